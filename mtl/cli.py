@@ -1,0 +1,122 @@
+"""The ``mtl`` command line: parse, call, print where the outputs went. No logic lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+# quieter TensorFlow start-up unless the user asked otherwise; set before TF is imported
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mtl")
+def main() -> None:
+    """mtl: one network for brain MRI tumor presence, type and mask."""
+
+
+@main.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              help="Experiment YAML (default: built-in phantom demo settings).")
+@click.option("--name", help="Run name; the run folder is <runs-dir>/<name>[N].")
+@click.option("--epochs", type=int, help="Number of epochs (train.epochs).")
+@click.option("--batch-size", type=int, help="Batch size (train.batch_size).")
+@click.option("--backbone", help="Encoder, e.g. resnet18, resnet34, efficientnetb0 (model.backbone).")
+@click.option("--image-size", type=int, help="Input side in pixels, a multiple of 32.")
+@click.option("--seed", type=int, help="Seed for splits, sampling, augmentation and weights.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Parent folder of run folders.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any config key, e.g. --set loss.uncertainty=true (repeatable).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True),
+              help="Continue the run in this folder from its last finished epoch.")
+@click.option("--quiet", "-q", is_flag=True, help="One line per epoch instead of progress bars.")
+def train(config_path, name, epochs, batch_size, backbone, image_size, seed, runs_dir,
+          overrides, resume_dir, quiet) -> None:
+    """Train the multi-task network; writes one run folder."""
+    from mtl.config import ConfigError, load_config
+    from mtl.data.adapters import DataError
+
+    named = {
+        "name": name, "train.epochs": epochs, "train.batch_size": batch_size,
+        "model.backbone": backbone, "data.image_size": image_size, "seed": seed,
+        "train.runs_dir": runs_dir,
+    }
+    cli_overrides = [f"{k}={v}" for k, v in named.items() if v is not None] + list(overrides)
+    try:
+        from mtl.train import resume_config, train as run_training
+
+        if resume_dir:
+            if config_path:
+                _fail("--resume continues a run with its saved config; drop --config")
+            run_dir = Path(resume_dir)
+            config = resume_config(run_dir, cli_overrides)
+            click.echo(f"resuming {run_dir}")
+        else:
+            run_dir = None
+            config = load_config(config_path, cli_overrides)
+        result = run_training(config, run_dir=run_dir, resume=bool(resume_dir),
+                              verbose=2 if quiet else "auto")
+    except (ConfigError, DataError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the last finished epoch is saved; continue with "
+                   "`mtl train --resume <run folder>`", err=True)
+        sys.exit(130)
+    best = "n/a" if result.best is None else f"{result.best:.4f}"
+    click.echo(f"\n{result.epochs_done} epochs done; best {best} at epoch {result.best_epoch}")
+    click.echo(f"results: {result.run_dir}")
+    for item in ("best.keras", "last.keras", "history.csv", "plots/curves.png", "metrics.json"):
+        click.echo(f"  {result.run_dir / item}")
+
+
+@main.group()
+def data() -> None:
+    """Supported datasets: list their cards, inspect a folder."""
+
+
+@data.command("list")
+def data_list() -> None:
+    """Show the dataset cards in datasets/."""
+    from mtl.data.cards import format_card_table, load_cards
+
+    click.echo(format_card_table(load_cards()))
+
+
+@data.command("inspect")
+@click.argument("name")
+@click.argument("path", required=False)
+@click.option("--out", type=click.Path(dir_okay=False), help="Mosaic PNG (default: <name>_mosaic.png).")
+@click.option("-n", "n_samples", type=int, default=16, show_default=True, help="Samples in the mosaic.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Adapter option, e.g. --option modalities=[flair,t1ce] (repeatable).")
+@click.option("--skip-bad", is_flag=True, help="Skip and count unreadable items instead of stopping.")
+def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
+    """Count labels per task in a dataset folder and write a mosaic of samples with masks."""
+    import json
+
+    from mtl.config import ConfigError, parse_override
+    from mtl.data.adapters import DataError, get_adapter
+    from mtl.data.inspect import summarize, write_mosaic
+
+    try:
+        opts = dict(parse_override(o) for o in options)
+        adapter = get_adapter(name, path, on_error="skip" if skip_bad else "raise", **opts)
+        summary = summarize(adapter)
+        out_path = Path(out or f"{name}_mosaic.png")
+        write_mosaic(adapter, out_path, n=n_samples)
+    except (ConfigError, DataError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(summary, indent=1, default=str))
+    click.echo(f"mosaic: {out_path.resolve()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,297 @@
+"""Typed configuration: ``experiments/*.yaml`` plus command-line overrides, parsed once.
+
+Everything downstream receives a :class:`Config`; nothing else reads YAML or raw dicts.
+Overrides use dotted keys with YAML values, e.g. ``train.epochs=3`` or
+``loss.weights={presence: 1, type: 0.5, mask: 2}``. Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtl.model.network import NetworkSpec
+
+DEFAULT_CLASSES = ["no_tumor", "glioma", "meningioma", "pituitary"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names it."""
+
+
+@dataclass
+class SourceConfig:
+    """One dataset in the mix: its adapter format, folder, sampling weight and options."""
+
+    format: str = "phantoms"
+    root: str | None = None
+    weight: float = 1.0
+    #: map an adapter's label to one of data.classes; map to null to treat it as missing
+    label_map: dict[str, str | None] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """Joint image/mask augmentation (albumentations); probabilities and ranges."""
+
+    enabled: bool = True
+    hflip: float = 0.5
+    vflip: float = 0.0
+    affine: float = 0.7
+    rotate_limit: float = 15.0
+    scale_limit: float = 0.1
+    shift_limit: float = 0.05
+    brightness_contrast: float = 0.5
+    brightness_limit: float = 0.15
+    contrast_limit: float = 0.15
+    distortion: float = 0.25  # elastic or grid distortion, one of the two
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    image_size: int = 128
+    channels: int = 1
+    #: per-image intensity scaling to [0, 1] between these percentiles
+    intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    split: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15}
+    )
+    #: "raise": a bad item stops with an error naming the file; "skip": skipped and counted
+    on_error: str = "raise"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: parallel decode/augment calls; null lets tf.data tune it
+    num_parallel_calls: int | None = None
+    cache_val: bool = True
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    encoder_weights: str | None = None
+    decoder_filters: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    decoder_block_type: str = "upsampling"
+    head_units: int = 256
+    head_dropout: float = 0.3
+    bn_momentum: float | None = None
+
+
+@dataclass
+class LossConfig:
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"presence": 1.0, "type": 1.0, "mask": 1.0, "box": 0.0}
+    )
+    uncertainty: bool = False
+    dice_smooth: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    #: null: one pass over the training split per epoch
+    steps_per_epoch: int | None = None
+    val_steps: int | None = None
+    #: the metric that picks best.keras, and whether higher is better
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+    early_stopping_patience: int | None = None
+    reduce_lr_patience: int | None = 3
+    runs_dir: str = "runs"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def network_spec(self) -> NetworkSpec:
+        m = self.model
+        return NetworkSpec(
+            backbone=m.backbone,
+            input_size=self.data.image_size,
+            channels=self.data.channels,
+            classes=list(self.data.classes),
+            encoder_weights=m.encoder_weights,
+            decoder_filters=list(m.decoder_filters),
+            decoder_block_type=m.decoder_block_type,
+            head_units=m.head_units,
+            head_dropout=m.head_dropout,
+            bn_momentum=m.bn_momentum,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> "Config":
+        if self.data.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error must be 'raise' or 'skip', not {self.data.on_error!r}")
+        if not self.data.sources:
+            raise ConfigError("data.sources is empty: list at least one dataset")
+        if set(self.data.split) - {"train", "val", "test"} or "train" not in self.data.split:
+            raise ConfigError(f"data.split needs train (and val/test) fractions, got {self.data.split}")
+        if abs(sum(self.data.split.values()) - 1.0) > 1e-6:
+            raise ConfigError(f"data.split fractions must sum to 1, got {self.data.split}")
+        if self.train.monitor_mode not in ("min", "max"):
+            raise ConfigError("train.monitor_mode must be 'min' or 'max'")
+        if self.train.epochs < 1 or self.train.batch_size < 1:
+            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if len(self.data.intensity_percentiles) != 2:
+            raise ConfigError("data.intensity_percentiles must be [low, high]")
+        try:
+            self.network_spec()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return self
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Turn a YAML value into the annotated type ``tp`` (dataclasses, lists, dicts, scalars)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: may not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if tp is int:
+            if number != int(number):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(
+            f"{where or 'config'}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}"
+        )
+    kwargs = {
+        k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if key.isdigit() and isinstance(node, list):
+            node = node[int(key)]
+            continue
+        child = node.get(key)
+        if not isinstance(child, (dict, list)):
+            child = {}
+            node[key] = child
+        node = child
+    last = keys[-1]
+    if last.isdigit() and isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: bad value: {exc}") from None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
+    """Defaults <- YAML file <- overrides, checked and typed."""
+    tree: dict[str, Any] = Config().to_dict()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        tree = _merge(tree, loaded)
+    pairs = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in pairs:
+        _set_dotted(tree, key, value)
+    return _build(Config, tree, "").validate()
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("weights", "options", "label_map", "split"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,1 @@
+"""Data: the sample dict, dataset adapters, built-in phantoms, splits and the tf.data pipeline."""

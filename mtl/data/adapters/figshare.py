@@ -1,0 +1,336 @@
+"""Cheng et al. figshare brain tumor dataset: glioma / meningioma / pituitary, two layouts.
+
+Cheng J., "brain tumor dataset", figshare (2017), doi:10.6084/m9.figshare.1512427. T1-weighted
+contrast-enhanced slices of 233 patients, every slice holding a tumor. The layout is detected
+from the files (or forced with the ``layout`` option, "jpeg" or "mat").
+
+JPEG + YOLO box layout (as in ``shared/data/figshare-cheng``), class folders directly under the
+root or one level down::
+
+    root/
+      glioma/      1841.jpg  1841.txt  1842.jpg  1842.txt ...
+      meningioma/  1.jpg     1.txt ...
+      pituitary/   ...
+
+``N.txt`` holds one line ``class x_center y_center width height``, coordinates normalised to
+[0, 1] (YOLO); the class digit (0 pituitary, 1 meningioma, 2 glioma) must agree with the folder.
+This layout labels a box only: ``mask=None``, ``meta["box"]``. It has no patient ids: see
+:func:`block_patient_id`.
+
+Original MATLAB v7.3 release: ``N.mat`` files anywhere under the root (the release ships as four
+zip parts; ``cvind.mat``, the authors' cross-validation folds, is ignored), each an HDF5 file
+(after a 512-byte MATLAB header) with group ``cjdata`` (shapes as h5py shows them)::
+
+    image        int16 (512, 512)   the slice, transposed
+    label        float64 (1, 1)     1 meningioma, 2 glioma, 3 pituitary
+    PID          uint16 (n, 1)      patient id as character codes (MATLAB char)
+    tumorBorder  float64 (k, 1)     outline points (not used: the mask says the same)
+    tumorMask    0/1 (512, 512)     tumor mask, transposed
+
+MATLAB writes arrays column-major, so through h5py every 2-D array appears transposed: image and
+mask are transposed back here (rows = image rows), and must then agree in shape. This layout
+labels the real mask, the box around it and the patient.
+
+``meta["box"]`` is ``(x0, y0, x1, y1)`` in pixel-edge coordinates, floats: (x0, y0) is the top-left
+corner and (x1, y1) the bottom-right corner, so a box over pixel columns c0..c1 has x0=c0,
+x1=c1+1. Images load as stored: uint8 grayscale for JPEG, int16 for .mat.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from mtl.data.adapters.base import Adapter, DataError, Record
+from mtl.data.adapters.class_folders import (
+    drop_duplicate_ids,
+    image_files,
+    load_failure,
+    natural_key,
+    read_image_or_fail,
+    visible_dirs,
+)
+from mtl.data.sample import Sample, make_sample
+
+#: YOLO class digit of the JPEG layout, by class folder
+JPEG_CLASS_DIGIT = {"pituitary": 0, "meningioma": 1, "glioma": 2}
+#: ``cjdata.label`` of the MATLAB release
+MAT_LABELS = {1: "meningioma", 2: "glioma", 3: "pituitary"}
+#: how far (as a fraction of the image) a YOLO box may poke out of [0, 1] before it is an error
+BOX_TOLERANCE = 0.01
+DEFAULT_BLOCK_SIZE = 20
+#: companion files of the .mat release that hold no slice (cvind.mat: the authors' 5 folds)
+MAT_COMPANIONS = frozenset({"cvind.mat"})
+
+Box = tuple[float, float, float, float]
+
+
+def block_patient_id(stem: str, block_size: int = DEFAULT_BLOCK_SIZE) -> str:
+    """Patient group of a JPEG-layout image: its block of ``block_size`` consecutive ids.
+
+    The JPEG layout lost the patient ids of the original release, but its ids run patient by
+    patient (the original files were numbered in acquisition order), so consecutive ids are
+    mostly slices of one patient. Splitting at random would put neighbouring slices of a
+    patient in train and test. Grouping id ``i`` into block ``i // block_size`` keeps runs of
+    slices together; only a patient straddling a block boundary can still be cut, which a larger
+    block makes rarer at the cost of coarser splits. The block depends on the id alone, so it
+    does not change when other files are added or removed. A non-numeric file name gets a group
+    of its own.
+    """
+    if not stem.isdigit():
+        return f"file-{stem}"
+    return f"block-{int(stem) // block_size:04d}"
+
+
+def box_from_mask(mask: np.ndarray) -> Box | None:
+    """Bounding box (x0, y0, x1, y1) of the non-zero pixels, in pixel-edge coordinates."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def yolo_to_pixels(box_norm: Box, width: int, height: int) -> Box:
+    """Normalised (x0, y0, x1, y1) -> pixel-edge coordinates clipped to the image."""
+    x0, y0, x1, y1 = box_norm
+    return (
+        float(np.clip(x0 * width, 0, width)),
+        float(np.clip(y0 * height, 0, height)),
+        float(np.clip(x1 * width, 0, width)),
+        float(np.clip(y1 * height, 0, height)),
+    )
+
+
+def parse_yolo_text(text: str, expected_digit: int) -> Box:
+    """Parse a YOLO box file into one normalised (x0, y0, x1, y1) box (the union of its lines).
+
+    Raises ValueError with a reason on a malformed line, a class digit other than
+    ``expected_digit``, or coordinates outside the image.
+    """
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("box file is empty")
+    boxes = []
+    for fields in lines:
+        if len(fields) != 5:
+            raise ValueError(f"expected 'class xc yc w h', got {' '.join(fields)!r}")
+        try:
+            digit = int(fields[0])
+            xc, yc, w, h = (float(v) for v in fields[1:])
+        except ValueError:
+            raise ValueError(f"non-numeric box line {' '.join(fields)!r}") from None
+        if digit != expected_digit:
+            raise ValueError(
+                f"box class digit {digit} disagrees with the folder (expected {expected_digit})"
+            )
+        box = (xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2)
+        if w <= 0 or h <= 0 or min(box) < -BOX_TOLERANCE or max(box) > 1 + BOX_TOLERANCE:
+            raise ValueError(f"box {' '.join(fields[1:])} lies outside the image")
+        boxes.append(box)
+    x0s, y0s, x1s, y1s = zip(*boxes)
+    return (max(min(x0s), 0.0), max(min(y0s), 0.0), min(max(x1s), 1.0), min(max(y1s), 1.0))
+
+
+def read_matlab_string(dataset: h5py.Dataset) -> str:
+    """A MATLAB char array stored in a v7.3 file (uint16 codes) as a Python string."""
+    if dataset.attrs.get("MATLAB_empty"):
+        return ""
+    codes = np.asarray(dataset[()]).ravel()
+    return "".join(chr(int(c)) for c in codes).strip("\x00 \t\r\n")
+
+
+def read_matlab_scalar(dataset: h5py.Dataset) -> float:
+    values = np.asarray(dataset[()]).ravel()
+    if values.size != 1:
+        raise ValueError(f"expected one value, got shape {dataset.shape}")
+    return float(values[0])
+
+
+class FigshareAdapter(Adapter):
+    """Cheng et al. figshare set, JPEG+YOLO box layout or original MATLAB v7.3 .mat files.
+
+    Options:
+        layout: "jpeg", "mat" or None (detect).
+        block_size: ids per patient block in the JPEG layout (default 20), see
+            :func:`block_patient_id`.
+    """
+
+    name = "figshare"
+    summary = "Cheng et al. figshare: glioma/meningioma/pituitary; JPEG+YOLO boxes or .mat masks"
+
+    # --- layout ---------------------------------------------------------------------------------
+
+    def _class_root(self) -> Path | None:
+        """The folder holding the class folders (root or one level down), or None."""
+        for candidate in [self.root, *visible_dirs(self.root)]:
+            if any(d.name.lower() in JPEG_CLASS_DIGIT for d in visible_dirs(candidate)):
+                return candidate
+        return None
+
+    def _layout(self) -> str:
+        forced = self.options.get("layout")
+        if forced is not None:
+            if forced not in ("jpeg", "mat"):
+                raise ValueError(f"figshare layout must be 'jpeg', 'mat' or None, got {forced!r}")
+            return str(forced)
+        if self._class_root() is not None:
+            return "jpeg"
+        if next(self.root.rglob("*.mat"), None) is not None:
+            return "mat"
+        raise DataError(
+            f"{self.root}: neither glioma/ meningioma/ pituitary/ folders nor .mat files found"
+        )
+
+    def _block_size(self) -> int:
+        size = int(self.options.get("block_size", DEFAULT_BLOCK_SIZE))
+        if size < 1:
+            raise ValueError(f"block_size must be >= 1, got {size}")
+        return size
+
+    def _scan(self) -> list[Record]:
+        records = self._scan_jpeg() if self._layout() == "jpeg" else self._scan_mat()
+        return drop_duplicate_ids(self, records)
+
+    # --- JPEG + YOLO layout ---------------------------------------------------------------------
+
+    def _scan_jpeg(self) -> list[Record]:
+        class_root = self._class_root()
+        if class_root is None:
+            raise DataError(f"{self.root}: no glioma/ meningioma/ pituitary/ folders found")
+        records: list[Record] = []
+        for folder in visible_dirs(class_root):
+            label = folder.name.lower()
+            if label in JPEG_CLASS_DIGIT:
+                records.extend(self._scan_class_folder(folder, label))
+        return records
+
+    def _scan_class_folder(self, folder: Path, label: str) -> list[Record]:
+        images = {p.stem: p for p in image_files(folder)}
+        texts = {p.stem: p for p in folder.glob("*.txt")}
+        for stem in sorted(texts.keys() - images.keys(), key=natural_key):
+            self.skip_or_raise(texts[stem], "box file without an image")
+        records = []
+        for stem in sorted(images, key=natural_key):
+            if stem not in texts:
+                self.skip_or_raise(images[stem], f"no box file {stem}.txt next to the image")
+                continue
+            record = self._jpeg_record(images[stem], texts[stem], label)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def _jpeg_record(self, image: Path, text: Path, label: str) -> Record | None:
+        try:
+            box_norm = parse_yolo_text(text.read_text(), JPEG_CLASS_DIGIT[label])
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            self.skip_or_raise(text, str(err))
+            return None
+        return Record(
+            case_id=image.stem,
+            patient_id=block_patient_id(image.stem, self._block_size()),
+            presence=1,
+            label=label,
+            has_mask=False,
+            source=str(image),
+            extra={"layout": "jpeg", "has_box": True, "box_norm": box_norm, "box_file": str(text)},
+        )
+
+    def _load_jpeg(self, record: Record) -> Sample:
+        image = read_image_or_fail(self, Path(record.source))
+        height, width = image.shape[:2]
+        meta = self._meta(record, box=yolo_to_pixels(record.extra["box_norm"], width, height))
+        meta["box_file"] = record.extra["box_file"]
+        return make_sample(
+            image, case_id=record.case_id, presence=1, label=record.label, mask=None, meta=meta
+        )
+
+    # --- MATLAB v7.3 layout ---------------------------------------------------------------------
+
+    def _scan_mat(self) -> list[Record]:
+        paths = [p for p in self.root.rglob("*.mat") if p.name.lower() not in MAT_COMPANIONS]
+        paths.sort(key=lambda p: natural_key(p.name))
+        records = []
+        for path in paths:
+            record = self._mat_record(path)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def _mat_record(self, path: Path) -> Record | None:
+        """Record from label and PID only; the image is not read."""
+        try:
+            with self._open_mat(path) as f:
+                cjdata = f["cjdata"]
+                code = read_matlab_scalar(cjdata["label"])
+                pid = read_matlab_string(cjdata["PID"])
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            self.skip_or_raise(path, f"cannot read cjdata label/PID ({type(err).__name__}: {err})")
+            return None
+        if code not in MAT_LABELS:
+            self.skip_or_raise(path, f"cjdata.label is {code:g}, expected 1, 2 or 3")
+            return None
+        if not pid:
+            self.skip_or_raise(path, "cjdata.PID is empty")
+            return None
+        return Record(
+            case_id=path.stem,
+            patient_id=pid,
+            presence=1,
+            label=MAT_LABELS[int(code)],
+            has_mask=True,
+            source=str(path),
+            extra={"layout": "mat", "has_box": True},
+        )
+
+    @staticmethod
+    def _open_mat(path: Path) -> h5py.File:
+        if not h5py.is_hdf5(path):
+            raise OSError("not a MATLAB v7.3 (HDF5) file; re-save it with save(..., '-v7.3')")
+        return h5py.File(path, "r")
+
+    def _read_mat_arrays(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(image, mask) with MATLAB's column-major transposition undone."""
+        try:
+            with self._open_mat(path) as f:
+                image = np.asarray(f["cjdata/image"][()])
+                mask = np.asarray(f["cjdata/tumorMask"][()])
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            load_failure(self, path, f"cannot read cjdata image/mask ({type(err).__name__}: {err})")
+        if image.ndim != 2 or mask.ndim != 2:
+            load_failure(self, path, f"image {image.shape} and tumorMask {mask.shape} must be 2-D")
+        return image.T, mask.T
+
+    def _load_mat(self, record: Record) -> Sample:
+        path = Path(record.source)
+        image, mask = self._read_mat_arrays(path)
+        if mask.shape != image.shape:
+            load_failure(
+                self, path, f"tumorMask shape {mask.shape} does not match image shape {image.shape}"
+            )
+        box = box_from_mask(mask)
+        if box is None:
+            load_failure(self, path, "tumorMask is empty although every slice holds a tumor")
+        meta = self._meta(record, box=box)
+        return make_sample(
+            image, case_id=record.case_id, presence=1, label=record.label, mask=mask, meta=meta
+        )
+
+    # --- common ---------------------------------------------------------------------------------
+
+    def _meta(self, record: Record, *, box: Box) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "patient_id": record.patient_id,
+            "source": record.source,
+            "box": box,
+            "layout": record.extra["layout"],
+        }
+
+    def load(self, record: Record) -> Sample:
+        if record.extra.get("layout") == "mat":
+            return self._load_mat(record)
+        return self._load_jpeg(record)

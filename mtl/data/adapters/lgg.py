@@ -1,0 +1,208 @@
+"""LGG segmentation dataset (Buda et al. 2019): TCGA lower-grade glioma slices with FLAIR masks.
+
+Kaggle "lgg-mri-segmentation" (mateuszbuda), 110 TCGA-LGG patients, 3929 slices. On disk
+(the download holds ``kaggle_3m/`` and a duplicate ``lgg-mri-segmentation/kaggle_3m/``; the
+first folder found with patient folders is used, so slices are never counted twice)::
+
+    kaggle_3m/
+    ├─ data.csv                                   Patient, ..., neoplasm_histologic_grade, ...
+    ├─ TCGA_CS_4941_19960909/
+    │  ├─ TCGA_CS_4941_19960909_1.tif        256x256x3 uint8: pre-contrast, FLAIR, post-contrast
+    │  ├─ TCGA_CS_4941_19960909_1_mask.tif   256x256 uint8, 0 background / 255 abnormality
+    │  └─ ...
+    └─ ...
+
+``data.csv`` gives one row per patient (``Patient`` = ``TCGA_CS_4941``); its
+``neoplasm_histologic_grade`` 1 or 2 means WHO grade II or III, reported here as "G2"/"G3".
+The grade belongs to the patient; a slice whose mask is empty holds no tumor and is labelled
+``no_tumor`` with presence 0, a slice with tumor gets the grade (None when the grade is missing,
+or when ``label_from="none"``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from mtl.data.adapters.base import Adapter, DataError, Record
+from mtl.data.sample import NO_TUMOR, Sample, make_sample
+
+CHANNELS = ("pre-contrast", "flair", "post-contrast")
+GRADES = {1: "G2", 2: "G3"}
+LABEL_FROM = ("grade", "none")
+_SLICE = re.compile(r"^(?P<case>.+)_(?P<index>\d+)$")
+
+
+def patient_of(folder_name: str) -> str:
+    """``TCGA_CS_4941_19960909`` -> ``TCGA_CS_4941`` (the first three underscore parts)."""
+    return "_".join(folder_name.split("_")[:3])
+
+
+def find_data_dir(root: Path) -> Path:
+    """The folder whose sub-folders hold ``*_mask.tif``: root, root/kaggle_3m or one level more."""
+    candidates = [root, root / "kaggle_3m", root / "lgg-mri-segmentation" / "kaggle_3m"]
+    candidates += sorted(p / "kaggle_3m" for p in root.iterdir() if p.is_dir())
+    for folder in candidates:
+        if folder.is_dir() and any(folder.glob("*/*_mask.tif")):
+            return folder
+    raise DataError(f"lgg: no patient folders with *_mask.tif files under {root}")
+
+
+def parse_grade(value: str | None) -> str | None:
+    """``"1"``/``"1.0"`` -> "G2", ``"2"`` -> "G3"; empty, NA or anything else -> None."""
+    try:
+        number = float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return None
+    if math.isnan(number) or not number.is_integer():
+        return None
+    return GRADES.get(int(number))
+
+
+def read_grades(path: Path) -> dict[str, str | None]:
+    """Patient -> grade from ``data.csv``; {} when the file is absent."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = set(reader.fieldnames or ())
+        if not {"Patient", "neoplasm_histologic_grade"} <= fields:
+            raise DataError(f"{path}: needs columns Patient and neoplasm_histologic_grade")
+        return {
+            row["Patient"].strip(): parse_grade(row["neoplasm_histologic_grade"].strip())
+            for row in reader
+            if row.get("Patient")
+        }
+
+
+def _read_tif(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as exc:  # tifffile raises several types on corrupt files
+        raise DataError(f"{path}: cannot read TIFF ({exc})") from exc
+
+
+def _tif_shape(path: Path) -> tuple[int, ...]:
+    """The array shape from the TIFF header, without decoding pixels."""
+    with tifffile.TiffFile(path) as tif:
+        return tuple(tif.pages[0].shape)
+
+
+class LggAdapter(Adapter):
+    """LGG (Kaggle lgg-mri-segmentation). Option ``label_from`` = "grade" (default) or "none"."""
+
+    name = "lgg"
+    summary = "LGG segmentation (Buda 2019): TCGA lower-grade glioma slices + masks, G2/G3"
+
+    def __init__(self, root: str | Path, *, on_error: str = "raise", **options: Any) -> None:
+        super().__init__(root, on_error=on_error, **options)
+        self.label_from: str = options.get("label_from", "grade")
+        if self.label_from not in LABEL_FROM:
+            raise ValueError(f"lgg: label_from must be 'grade' or 'none', got {self.label_from!r}")
+
+    # -- scanning -------------------------------------------------------------------------------
+
+    def _scan(self) -> list[Record]:
+        data_dir = find_data_dir(self.root)
+        csv_path = next(
+            (p / "data.csv" for p in (data_dir, self.root) if (p / "data.csv").is_file()),
+            data_dir / "data.csv",
+        )
+        grades = read_grades(csv_path)
+        records: list[Record] = []
+        for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+            records.extend(self._scan_patient(folder, grades.get(patient_of(folder.name))))
+        return records
+
+    def _scan_patient(self, folder: Path, grade: str | None) -> list[Record]:
+        names = {p.name for p in folder.glob("*.tif")}
+        if not names and folder.name.startswith("TCGA_"):
+            self.skip_or_raise(folder, "patient folder holds no .tif slices")
+        slices: list[tuple[int, Path, Path]] = []
+        for name in sorted(names):
+            path = folder / name
+            if name.endswith("_mask.tif"):
+                if name.replace("_mask.tif", ".tif") not in names:
+                    self.skip_or_raise(path, "mask without its image")
+                continue
+            match = _SLICE.match(path.stem)
+            mask = folder / f"{path.stem}_mask.tif"
+            if match is None:
+                self.skip_or_raise(path, "file name is not <case>_<slice>.tif")
+            elif mask.name not in names:
+                self.skip_or_raise(path, f"no mask {mask.name}")
+            else:
+                slices.append((int(match["index"]), path, mask))
+        records = []
+        for index, image, mask in sorted(slices):
+            record = self._slice_record(folder, index, image, mask, grade)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def _slice_record(
+        self, folder: Path, index: int, image: Path, mask: Path, grade: str | None
+    ) -> Record | None:
+        try:
+            image_shape = _tif_shape(image)
+        except (OSError, ValueError, tifffile.TiffFileError) as exc:
+            self.skip_or_raise(image, f"cannot read TIFF ({exc})")
+            return None
+        try:
+            mask_pixels = np.asarray(tifffile.imread(mask))
+        except Exception as exc:  # tifffile raises several types on corrupt files
+            self.skip_or_raise(mask, f"cannot read TIFF ({exc})")
+            return None
+        if mask_pixels.ndim == 3 and mask_pixels.shape[-1] == 1:
+            mask_pixels = mask_pixels[..., 0]
+        if mask_pixels.shape != image_shape[:2]:
+            self.skip_or_raise(
+                mask, f"mask shape {mask_pixels.shape} differs from image shape {image_shape[:2]}"
+            )
+            return None
+        presence = int(bool(mask_pixels.any()))
+        return Record(
+            case_id=f"{folder.name}_{index}",
+            patient_id=patient_of(folder.name),
+            presence=presence,
+            label=self._label(presence, grade),
+            has_mask=True,
+            source=str(image),
+            extra={"mask": str(mask), "slice": index, "grade": grade, "folder": folder.name},
+        )
+
+    def _label(self, presence: int, grade: str | None) -> str | None:
+        if not presence:
+            return NO_TUMOR
+        return grade if self.label_from == "grade" else None
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def load(self, record: Record) -> Sample:
+        image = _read_tif(Path(record.source))
+        mask = _read_tif(Path(record.extra["mask"]))
+        meta = {
+            "dataset": self.name,
+            "patient_id": record.patient_id,
+            "source": record.source,
+            "slice": record.extra["slice"],
+            "grade": record.extra["grade"],
+            "channels": list(CHANNELS),
+        }
+        try:
+            return make_sample(
+                image,
+                case_id=record.case_id,
+                mask=mask,
+                presence=record.presence,
+                label=record.label,
+                meta=meta,
+            )
+        except ValueError as exc:
+            raise DataError(f"{record.extra['mask']}: {exc}") from exc

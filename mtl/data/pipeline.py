@@ -1,0 +1,298 @@
+"""From adapters to batches: sources, epoch plans, joint augmentation and tf.data.
+
+A training epoch is planned up front in NumPy from ``(seed, epoch)``: which source, which item
+and which augmentation seed fills every slot. The plan makes runs reproducible and lets
+``--resume`` continue with exactly the epochs an uninterrupted run would have seen. tf.data
+then decodes and augments the planned items in parallel (``num_parallel_calls``), batches them
+and prefetches.
+
+Each element is ``(image, targets, weights)``: ``targets`` and ``weights`` are dicts keyed by
+``presence``, ``type``, ``mask`` and ``box``; a weight of 0 marks a label the sample lacks, and
+the target under it is an unused placeholder that the loss multiplies by that 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+import albumentations as A
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from mtl.config import AugmentConfig, Config, ConfigError, SourceConfig
+from mtl.data.adapters import Adapter, Record, get_adapter
+from mtl.data.preprocess import box_to_mask, letterbox, prepare_image, preprocessing_spec
+from mtl.data.sample import Sample
+
+log = logging.getLogger(__name__)
+
+TARGET_KEYS = ("presence", "type", "mask", "box")
+
+
+@dataclass
+class Source:
+    """An opened dataset: its adapter, records, and label mapping into the class list."""
+
+    config: SourceConfig
+    adapter: Adapter
+    records: list[Record]
+    name: str
+    splits: dict[str, list[int]] = field(default_factory=dict)
+
+    def class_label(self, label: str | None) -> str | None:
+        if label is None:
+            return None
+        return self.config.label_map.get(label, label)
+
+
+def open_source(config: SourceConfig, on_error: str, classes: list[str], index: int = 0) -> Source:
+    adapter = get_adapter(config.format, config.root, on_error=on_error, **config.options)
+    records = adapter.records()
+    source = Source(config, adapter, records, name=f"{config.format}" + (f"#{index}" if index else ""))
+    unknown = sorted(
+        {str(source.class_label(r.label)) for r in records if source.class_label(r.label) is not None}
+        - set(classes)
+    )
+    if unknown:
+        raise ConfigError(
+            f"{config.format} ({config.root}): labels {unknown} are not in data.classes {classes}; "
+            "add them to data.classes or map them with the source's label_map"
+        )
+    return source
+
+
+def open_sources(config: Config) -> list[Source]:
+    return [
+        open_source(s, config.data.on_error, config.data.classes, i)
+        for i, s in enumerate(config.data.sources)
+    ]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def build_augmenter(cfg: AugmentConfig) -> A.Compose | None:
+    """Joint image/mask/box augmentation; geometric transforms move all three together."""
+    if not cfg.enabled:
+        return None
+    transforms = [
+        A.HorizontalFlip(p=cfg.hflip),
+        A.VerticalFlip(p=cfg.vflip),
+        A.Affine(
+            scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+            translate_percent=(-cfg.shift_limit, cfg.shift_limit),
+            rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+            border_mode=cv2.BORDER_CONSTANT,
+            p=cfg.affine,
+        ),
+        A.RandomBrightnessContrast(
+            brightness_limit=cfg.brightness_limit, contrast_limit=cfg.contrast_limit,
+            p=cfg.brightness_contrast,
+        ),
+        A.OneOf(
+            [
+                A.ElasticTransform(alpha=20, sigma=5, border_mode=cv2.BORDER_CONSTANT),
+                A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_CONSTANT),
+            ],
+            p=cfg.distortion,
+        ),
+    ]
+    return A.Compose(transforms, additional_targets={"box": "mask"})
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class SampleEncoder:
+    """Turns a sample dict into network input, targets and per-task weights (NumPy)."""
+
+    def __init__(self, config: Config, augment: bool) -> None:
+        d = config.data
+        self.classes = list(d.classes)
+        self.spec = preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles)
+        self.size = d.image_size
+        self.channels = d.channels
+        self._aug_cfg = d.augment if augment else None
+        self._local = threading.local()  # one augmenter per worker thread: reseeding is safe
+
+    def _augmenter(self) -> A.Compose | None:
+        if self._aug_cfg is None:
+            return None
+        if not hasattr(self._local, "aug"):
+            self._local.aug = build_augmenter(self._aug_cfg)
+        return self._local.aug
+
+    def encode(self, sample: Sample, source: Source, aug_seed: int) -> tuple[np.ndarray, dict, dict]:
+        image, info = prepare_image(sample["image"], self.spec)
+        h, w = sample["image"].shape[:2]
+        has_mask = sample["mask"] is not None
+        mask = letterbox(sample["mask"], info, nearest=True) if has_mask else np.zeros(
+            (self.size, self.size), np.uint8
+        )
+        box_px = sample["meta"].get("box")
+        use_box = box_px is not None and not has_mask
+        box = letterbox(box_to_mask(box_px, h, w), info, nearest=True) if use_box else np.zeros(
+            (self.size, self.size), np.uint8
+        )
+        aug = self._augmenter()
+        if aug is not None:
+            aug.set_random_seed(int(aug_seed))
+            out = aug(image=image, mask=mask, box=box)
+            image, mask, box = out["image"], out["mask"], out["box"]
+            image = np.clip(image, 0.0, 1.0)
+        label = source.class_label(sample["label"])
+        targets = {
+            "presence": np.array([sample["presence"] or 0], np.float32),
+            "type": np.int32(self.classes.index(label) if label is not None else 0),
+            "mask": mask.astype(np.float32).reshape(self.size, self.size, 1),
+            "box": box.astype(np.float32).reshape(self.size, self.size, 1),
+        }
+        weights = {
+            "presence": np.float32(sample["presence"] is not None),
+            "type": np.float32(label is not None),
+            "mask": np.float32(has_mask),
+            "box": np.float32(use_box),
+        }
+        image = image.astype(np.float32).reshape(self.size, self.size, self.channels)
+        return image, targets, weights
+
+    def blank(self) -> tuple[np.ndarray, dict, dict]:
+        """A zero-weight placeholder for an item skipped at load time (on_error='skip')."""
+        s, c = self.size, self.channels
+        targets = {
+            "presence": np.zeros(1, np.float32), "type": np.int32(0),
+            "mask": np.zeros((s, s, 1), np.float32), "box": np.zeros((s, s, 1), np.float32),
+        }
+        return np.zeros((s, s, c), np.float32), targets, {k: np.float32(0) for k in TARGET_KEYS}
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass
+class Plan:
+    """Which (source, item, augmentation seed) fills each slot, in order."""
+
+    source: np.ndarray
+    item: np.ndarray
+    aug_seed: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+
+def steps_per_epoch(sources: list[Source], split: str, batch_size: int) -> int:
+    n = sum(len(s.splits.get(split, [])) for s in sources)
+    return max(1, math.ceil(n / batch_size))
+
+
+def plan_training(
+    sources: list[Source], *, seed: int, epochs: range, steps: int, batch_size: int
+) -> Plan:
+    """Weighted sampling across sources; each source is walked in a fresh permutation.
+
+    A source's chance per slot is proportional to ``weight * n_train_items``: weight 1 for all
+    sources is plain concatenation, weight 2 oversamples a source twofold.
+    """
+    sizes = np.array([len(s.splits["train"]) for s in sources], float)
+    if sizes.sum() == 0:
+        raise ConfigError("the training split is empty")
+    p = sizes * np.array([s.config.weight for s in sources], float)
+    p = p / p.sum()
+    src_all, item_all, seed_all = [], [], []
+    for epoch in epochs:
+        rng = np.random.default_rng([seed, epoch])
+        n = steps * batch_size
+        chosen = rng.choice(len(sources), size=n, p=p)
+        items = np.empty(n, np.int64)
+        for k, s in enumerate(sources):
+            slots = np.flatnonzero(chosen == k)
+            if not len(slots):
+                continue
+            pool = np.asarray(s.splits["train"], np.int64)
+            reps = math.ceil(len(slots) / len(pool))
+            order = np.concatenate([rng.permutation(pool) for _ in range(reps)])
+            items[slots] = order[: len(slots)]
+        src_all.append(chosen)
+        item_all.append(items)
+        seed_all.append(rng.integers(0, 2**31 - 1, size=n))
+    return Plan(np.concatenate(src_all), np.concatenate(item_all), np.concatenate(seed_all))
+
+
+def plan_split(sources: list[Source], split: str) -> Plan:
+    """Every item of a split, in order, once (evaluation)."""
+    src, items = [], []
+    for k, s in enumerate(sources):
+        idx = s.splits.get(split, [])
+        src.append(np.full(len(idx), k, np.int64))
+        items.append(np.asarray(idx, np.int64))
+    src_a, item_a = np.concatenate(src), np.concatenate(items)
+    return Plan(src_a, item_a, np.zeros(len(item_a), np.int64))
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+class LoadErrors:
+    """Thread-safe count of items skipped at load time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, source: str, reason: str) -> None:
+        with self._lock:
+            self.items.append((source, reason))
+
+
+def make_dataset(
+    sources: list[Source],
+    plan: Plan,
+    encoder: SampleEncoder,
+    *,
+    batch_size: int,
+    on_error: str = "raise",
+    num_parallel_calls: int | None = None,
+    errors: LoadErrors | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """A batched, prefetched dataset of ``(image, targets, weights)`` following ``plan``."""
+    errors = errors if errors is not None else LoadErrors()
+
+    def load(src: np.int64, item: np.int64, aug_seed: np.int64):
+        source = sources[int(src)]
+        record = source.records[int(item)]
+        try:
+            sample = source.adapter.load(record)
+            image, targets, weights = encoder.encode(sample, source, int(aug_seed))
+        except Exception as exc:  # noqa: BLE001 - reported with the file name, or skipped
+            if on_error == "raise":
+                raise RuntimeError(f"{record.source or record.case_id}: {exc}") from exc
+            errors.add(record.source or record.case_id, str(exc))
+            image, targets, weights = encoder.blank()
+        return (image, *(targets[k] for k in TARGET_KEYS), *(weights[k] for k in TARGET_KEYS))
+
+    s, c = encoder.size, encoder.channels
+    out_types = [tf.float32, tf.float32, tf.int32, tf.float32, tf.float32] + [tf.float32] * 4
+    shapes = [(s, s, c), (1,), (), (s, s, 1), (s, s, 1), (), (), (), ()]
+
+    def tf_load(src, item, aug_seed):
+        flat = tf.numpy_function(load, [src, item, aug_seed], out_types, stateful=False)
+        for tensor, shape in zip(flat, shapes):
+            tensor.set_shape(shape)
+        image, *rest = flat
+        targets = dict(zip(TARGET_KEYS, rest[:4]))
+        weights = dict(zip(TARGET_KEYS, rest[4:]))
+        return image, targets, weights
+
+    ds = tf.data.Dataset.from_tensor_slices((plan.source, plan.item, plan.aug_seed))
+    ds = ds.map(
+        tf_load,
+        num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+

@@ -1,0 +1,241 @@
+"""Patient-safe, stratified train/val/test splits of adapter records.
+
+Records are grouped by ``Record.patient_id`` so that no patient (or patient block, or image
+group, as each adapter defines it) appears in two splits, and stratified by ``Record.stratum`` so
+that every split sees every class in about the same proportion. The groups are dealt into many
+small folds with scikit-learn's ``StratifiedGroupKFold`` and the folds are then handed out to the
+splits in proportion to ``fractions``; with few groups the proportions are only approximate, but
+the patient separation always holds.
+
+The JSON written by :func:`save_splits` looks like::
+
+    {"format": "mtl-splits/1", "n_records": 2603, "info": {...},
+     "splits": {"train": {"n_cases": 1822, "n_patients": 92, "strata": {"glioma": 850, ...},
+                          "case_ids": ["1", "2", ...]}, "val": {...}, "test": {...}}}
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+from mtl.data.adapters.base import Record
+
+DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
+FORMAT = "mtl-splits/1"
+#: most folds the groups are dealt into (finer fractions cost scan time, not accuracy)
+MAX_FOLDS = 40
+#: a fold count whose fractions are this close to the requested ones is good enough
+FRACTION_TOLERANCE = 0.01
+
+
+def _check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
+    fractions = {str(k): float(v) for k, v in fractions.items()}
+    if not fractions or any(v < 0 for v in fractions.values()):
+        raise ValueError(f"fractions must be non-negative, got {fractions}")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        total = sum(fractions.values())
+        raise ValueError(f"fractions must sum to 1, got {fractions} (sum {total:g})")
+    return fractions
+
+
+def allocate_folds(fractions: Mapping[str, float], n_folds: int) -> dict[str, int]:
+    """Folds per split: largest-remainder rounding of ``fraction * n_folds``, at least one fold
+    for every split with a positive fraction (so needs ``n_folds`` >= number of such splits)."""
+    active = [name for name, f in fractions.items() if f > 0]
+    counts = {name: 1 for name in active}
+    for _ in range(n_folds - len(active)):
+        # give the next fold to the split furthest below its share
+        name = max(active, key=lambda n: fractions[n] * n_folds - counts[n])
+        counts[name] += 1
+    return {name: counts.get(name, 0) for name in fractions}
+
+
+def choose_n_folds(fractions: Mapping[str, float], n_groups: int) -> int:
+    """Smallest fold count that meets the fractions within FRACTION_TOLERANCE, else the best."""
+    n_active = sum(1 for f in fractions.values() if f > 0)
+    best, best_error = n_active, float("inf")
+    for n in range(max(n_active, 2), max(min(n_groups, MAX_FOLDS), 2) + 1):
+        counts = allocate_folds(fractions, n)
+        error = max(abs(counts[k] / n - f) for k, f in fractions.items())
+        if error <= FRACTION_TOLERANCE:
+            return n
+        if error < best_error - 1e-12:
+            best, best_error = n, error
+    return best
+
+
+def _fold_of_each_record(
+    records: Sequence[Record], n_folds: int, seed: int, stratify: bool = True
+) -> np.ndarray:
+    groups = np.array([r.patient_id for r in records], dtype=object)
+    strata = np.array([r.stratum for r in records], dtype=object)
+    folds = np.empty(len(records), dtype=int)
+    splitter = (
+        StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        if stratify
+        else GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    )
+    with warnings.catch_warnings():
+        # "The least populated class in y has only k members": expected with rare classes
+        warnings.simplefilter("ignore", UserWarning)
+        parts = splitter.split(np.zeros(len(records)), strata, groups)
+        for fold, (_, test_index) in enumerate(parts):
+            folds[test_index] = fold
+    return folds
+
+
+def split_records(
+    records: Sequence[Record],
+    fractions: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Split records into named parts by patient, stratified: {split name: sorted indices}.
+
+    ``fractions`` (default 0.7 / 0.15 / 0.15 train / val / test) must sum to 1; a split with
+    fraction 0 comes back empty. The result depends only on the records (and their order) and
+    ``seed``. Raises ValueError when there are fewer patient groups than non-empty splits.
+    """
+    fractions = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
+    active = [name for name, f in fractions.items() if f > 0]
+    n_groups = len({r.patient_id for r in records})
+    if n_groups < len(active):
+        raise ValueError(
+            f"cannot split {n_groups} patient group(s) into {len(active)} non-empty splits"
+        )
+    if len(active) == 1:
+        return {name: list(range(len(records))) if name in active else [] for name in fractions}
+    # StratifiedGroupKFold refuses more folds than the largest stratum has members
+    largest_stratum = max(Counter(r.stratum for r in records).values())
+    n_folds = choose_n_folds(fractions, min(n_groups, max(largest_stratum, len(active))))
+    folds = _fold_of_each_record(records, n_folds, seed, stratify=largest_stratum >= n_folds)
+    fold_order = np.random.default_rng(seed).permutation(n_folds)
+    split_of_fold: dict[int, str] = {}
+    position = 0
+    for name, count in allocate_folds(fractions, n_folds).items():
+        for fold in fold_order[position : position + count]:
+            split_of_fold[int(fold)] = name
+        position += count
+    result: dict[str, list[int]] = {name: [] for name in fractions}
+    for index, fold in enumerate(folds):
+        result[split_of_fold[int(fold)]].append(index)
+    return _fill_empty_splits(records, result, active)
+
+
+def _fill_empty_splits(
+    records: Sequence[Record], result: dict[str, list[int]], active: list[str]
+) -> dict[str, list[int]]:
+    """Give each empty active split the smallest patient group of the split with most groups.
+
+    StratifiedGroupKFold may leave a fold empty when there are very few groups.
+    """
+    for name in active:
+        if result[name]:
+            continue
+        groups_of = {
+            split: Counter(records[i].patient_id for i in indices)
+            for split, indices in result.items()
+        }
+        donor = max(result, key=lambda split: len(groups_of[split]))
+        smallest = min(groups_of[donor].items(), key=lambda item: (item[1], item[0]))[0]
+        result[name] = [i for i in result[donor] if records[i].patient_id == smallest]
+        result[donor] = [i for i in result[donor] if records[i].patient_id != smallest]
+    return result
+
+
+def check_no_leak(records: Sequence[Record], splits: Mapping[str, Sequence[int]]) -> None:
+    """Raise ValueError if a patient, or a record, appears in more than one split."""
+    splits_of_patient: dict[str, set[str]] = defaultdict(set)
+    split_of_index: dict[int, str] = {}
+    problems: list[str] = []
+    for name, indices in splits.items():
+        for index in indices:
+            if not 0 <= index < len(records):
+                raise ValueError(
+                    f"split {name!r} has index {index}, but there are {len(records)} records"
+                )
+            if index in split_of_index and split_of_index[index] != name:
+                problems.append(
+                    f"record {records[index].case_id!r} in {split_of_index[index]!r} and {name!r}"
+                )
+            split_of_index[index] = name
+            splits_of_patient[records[index].patient_id].add(name)
+    leaked = {p: sorted(s) for p, s in splits_of_patient.items() if len(s) > 1}
+    problems.extend(f"patient {p!r} in {', '.join(s)}" for p, s in sorted(leaked.items()))
+    if problems:
+        shown = "; ".join(problems[:20])
+        if len(problems) > 20:
+            shown += f"; ... ({len(problems)} in all)"
+        raise ValueError(f"splits leak {len(leaked)} patient(s): {shown}")
+
+
+def split_summary(records: Sequence[Record], indices: Sequence[int]) -> dict[str, Any]:
+    chosen = [records[i] for i in indices]
+    return {
+        "n_cases": len(chosen),
+        "n_patients": len({r.patient_id for r in chosen}),
+        "strata": dict(sorted(Counter(r.stratum for r in chosen).items())),
+    }
+
+
+def save_splits(
+    path: str | Path,
+    records: Sequence[Record],
+    splits: Mapping[str, Sequence[int]],
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the splits as JSON (case ids and counts per split); refuses leaking splits.
+
+    ``info`` (e.g. dataset name, seed, fractions) is stored as given.
+    """
+    check_no_leak(records, splits)
+    content = {
+        "format": FORMAT,
+        "n_records": len(records),
+        "info": dict(info or {}),
+        "splits": {
+            name: {
+                **split_summary(records, indices),
+                "case_ids": [records[i].case_id for i in indices],
+            }
+            for name, indices in splits.items()
+        },
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def load_splits(path: str | Path) -> dict[str, list[str]]:
+    """Read a file written by :func:`save_splits`: {split name: case ids}."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        splits = content["splits"]
+        return {name: [str(c) for c in part["case_ids"]] for name, part in splits.items()}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a splits file ({type(err).__name__}: {err})") from None
+
+
+def indices_for_case_ids(
+    records: Sequence[Record], case_splits: Mapping[str, Sequence[str]]
+) -> dict[str, list[int]]:
+    """Turn {split: case ids} (from :func:`load_splits`) back into indices into ``records``.
+
+    Raises ValueError naming case ids that are not among the records.
+    """
+    index_of = {r.case_id: i for i, r in enumerate(records)}
+    missing = [c for ids in case_splits.values() for c in ids if c not in index_of]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} case id(s) of the splits are not in the records, e.g. {missing[:5]}"
+        )
+    return {name: sorted(index_of[c] for c in ids) for name, ids in case_splits.items()}

@@ -1,0 +1,64 @@
+"""Run a model over a split and collect targets, weights and predictions as NumPy arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from mtl.config import Config
+from mtl.data.pipeline import TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
+
+
+@dataclass
+class SplitPredictions:
+    """Everything needed to score one split; arrays are aligned by item."""
+
+    case_ids: list[str]
+    targets: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    skipped: list[tuple[str, str]]
+
+
+def predict_split(
+    model: keras.Model, sources: list[Source], config: Config, split: str = "test",
+    batch_size: int | None = None,
+) -> SplitPredictions:
+    plan = plan_split(sources, split)
+    if not len(plan):
+        raise ValueError(f"the {split!r} split is empty")
+    errors = LoadErrors()
+    ds = make_dataset(
+        sources, plan, SampleEncoder(config, augment=False),
+        batch_size=batch_size or config.train.batch_size, on_error=config.data.on_error,
+        num_parallel_calls=config.data.num_parallel_calls, errors=errors,
+    )
+    targets = {k: [] for k in TARGET_KEYS}
+    weights = {k: [] for k in TARGET_KEYS}
+    outputs: dict[str, list[np.ndarray]] = {}
+    for x, y, w in ds:
+        pred = model(x, training=False)
+        for k in TARGET_KEYS:
+            targets[k].append(y[k].numpy())
+            weights[k].append(w[k].numpy())
+        for k, v in pred.items():
+            outputs.setdefault(k, []).append(keras.ops.convert_to_numpy(v))
+    case_ids = [sources[int(s)].records[int(i)].case_id for s, i in zip(plan.source, plan.item)]
+    return SplitPredictions(
+        case_ids,
+        {k: np.concatenate(v) for k, v in targets.items()},
+        {k: np.concatenate(v) for k, v in weights.items()},
+        {k: np.concatenate(v) for k, v in outputs.items()},
+        errors.items,
+    )
+
+
+def dice_per_image(truth: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Hard Dice per image, (N, H, W[, 1]); an empty truth and empty prediction score 1."""
+    t = truth.reshape(len(truth), -1) > 0.5
+    p = prob.reshape(len(prob), -1) > threshold
+    inter = (t & p).sum(1)
+    total = t.sum(1) + p.sum(1)
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)

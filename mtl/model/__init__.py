@@ -1,0 +1,1 @@
+"""The network (shared encoder + three heads) and its multi-task loss."""

@@ -1,0 +1,108 @@
+"""``MultiTaskModel``: the network plus its loss and masked metrics, saved as one ``.keras`` file.
+
+The model is rebuilt from its :class:`~mtl.model.network.NetworkSpec` on load (no weight
+download: saved weights are loaded over it), and carries the preprocessing it was trained with
+so inference never has to re-type it. Targets and sample weights are dicts keyed by task; see
+:mod:`mtl.data.pipeline` for how samples become them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import tensorflow as tf
+import keras
+
+from mtl.model.losses import LOSS_TASKS, MultiTaskLoss, masked_mean
+from mtl.model.network import NetworkSpec, build_network
+
+
+def hard_dice(y_true: tf.Tensor, y_pred: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+    """Per-image Dice of the thresholded prediction, (B, H, W, 1) -> (B,); empty vs empty = 1."""
+    y_true = tf.cast(y_true > 0.5, tf.float32)
+    y_hat = tf.cast(y_pred > threshold, tf.float32)
+    inter = tf.reduce_sum(y_true * y_hat, axis=[1, 2, 3])
+    total = tf.reduce_sum(y_true, axis=[1, 2, 3]) + tf.reduce_sum(y_hat, axis=[1, 2, 3])
+    return tf.where(total > 0, 2.0 * inter / tf.maximum(total, 1.0), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="mtl")
+class MultiTaskModel(keras.Model):
+    """Shared encoder + presence / type / mask heads, trained under a masked multi-task loss."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any] | NetworkSpec,
+        loss: dict[str, Any] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec if isinstance(spec, NetworkSpec) else NetworkSpec(**spec)
+        self.preprocessing = dict(preprocessing or {})
+        self.net = build_network(self.spec)
+        self.multitask_loss = MultiTaskLoss(**(loss or {}), name="multitask_loss")
+        self.task_loss_trackers = {
+            t: keras.metrics.Mean(name=f"{t}_loss")
+            for t in LOSS_TASKS
+            if self.multitask_loss.task_weights[t] > 0
+        }
+        self.presence_acc = keras.metrics.Mean(name="presence_acc")
+        self.type_acc = keras.metrics.Mean(name="type_acc")
+        self.dice = keras.metrics.Mean(name="dice")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    def call(self, inputs, training=False):
+        return self.net(inputs, training=training)
+
+    def build(self, input_shape=None):  # the network is built at construction
+        self.built = True
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        total, losses = self.multitask_loss(y, y_pred, sample_weight)
+        for task, value in losses.items():
+            self.task_loss_trackers[task].update_state(
+                value, sample_weight=tf.reduce_sum(sample_weight[task])
+            )
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        sw = sample_weight
+        correct = tf.cast(
+            tf.equal(tf.reshape(y_pred["presence"], [-1]) > 0.5, tf.reshape(y["presence"], [-1]) > 0.5),
+            tf.float32,
+        )
+        self.presence_acc.update_state(correct, sample_weight=sw["presence"])
+        predicted = tf.argmax(y_pred["type"], axis=-1, output_type=tf.int32)
+        correct = tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y["type"], [-1]), tf.int32)), tf.float32)
+        self.type_acc.update_state(correct, sample_weight=sw["type"])
+        # Dice over labelled images that hold a tumor; empty images are scored in `mtl evaluate`
+        has_tumor = tf.cast(tf.reduce_max(y["mask"], axis=[1, 2, 3]) > 0.5, tf.float32)
+        self.dice.update_state(
+            hard_dice(y["mask"], y_pred["mask"]), sample_weight=sw["mask"] * has_tumor
+        )
+        return self.get_metrics_result()
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "spec": dataclasses.asdict(self.spec),
+            "loss": self.multitask_loss.get_config()
+            | {"name": None, "trainable": None, "dtype": None},
+            "preprocessing": self.preprocessing,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "MultiTaskModel":
+        config = dict(config)
+        spec = dict(config.pop("spec"))
+        spec["encoder_weights"] = None  # weights come from the file, never from a download
+        loss = {k: v for k, v in (config.pop("loss") or {}).items() if k in ("weights", "uncertainty", "dice_smooth")}
+        return cls(spec=spec, loss=loss, **config)
+
+
+__all__ = ["MultiTaskModel", "hard_dice", "masked_mean"]

@@ -1,0 +1,80 @@
+"""The multi-task network: one shared encoder, three heads.
+
+``build_network`` returns a functional Keras model ``image -> {"presence", "type", "mask"}``:
+
+- ``presence``: (B, 1) sigmoid probability that the slice holds a tumor;
+- ``type``: (B, n_classes) softmax over the configured class list (e.g. no_tumor, glioma, ...);
+- ``mask``: (B, H, W, 1) sigmoid tumor probability per pixel, from the U-Net decoder.
+
+The presence and type heads read the encoder's deepest feature map through global average and
+max pooling, so all three tasks train the same encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+
+from mtl.model.backbones import build_unet
+
+OUTPUTS = ("presence", "type", "mask")
+
+
+@dataclass
+class NetworkSpec:
+    """Everything needed to rebuild the network; stored inside the saved model."""
+
+    backbone: str = "resnet18"
+    input_size: int = 128
+    channels: int = 1
+    classes: list[str] = field(
+        default_factory=lambda: ["no_tumor", "glioma", "meningioma", "pituitary"]
+    )
+    encoder_weights: str | None = None
+    decoder_filters: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    decoder_block_type: str = "upsampling"
+    head_units: int = 256
+    head_dropout: float = 0.3
+    #: BatchNormalization momentum for every BN layer; null keeps the backbone's (0.99).
+    #: Lower values (0.9) let short runs on small data validate sensibly.
+    bn_momentum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32, got {self.input_size}")
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must list >= 2 distinct names, got {self.classes}")
+
+
+def build_network(spec: NetworkSpec) -> keras.Model:
+    shape = (spec.input_size, spec.input_size, spec.channels)
+    unet, bottleneck = build_unet(
+        spec.backbone,
+        shape,
+        encoder_weights=spec.encoder_weights,
+        decoder_filters=tuple(spec.decoder_filters),
+        decoder_block_type=spec.decoder_block_type,
+    )
+    pooled = keras.layers.Concatenate(name="head_pool")(
+        [
+            keras.layers.GlobalAveragePooling2D(name="head_gap")(bottleneck),
+            keras.layers.GlobalMaxPooling2D(name="head_gmp")(bottleneck),
+        ]
+    )
+    shared = keras.layers.Dropout(spec.head_dropout, name="head_dropout")(pooled)
+    shared = keras.layers.Dense(spec.head_units, activation="relu", name="head_dense")(shared)
+    presence = keras.layers.Dense(1, activation="sigmoid", name="presence")(shared)
+    type_probs = keras.layers.Dense(len(spec.classes), activation="softmax", name="type")(shared)
+    if spec.bn_momentum is not None:
+        for layer in unet.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = spec.bn_momentum
+    mask = keras.layers.Identity(name="mask")(unet.output)
+    return keras.Model(
+        unet.input,
+        {"presence": presence, "type": type_probs, "mask": mask},
+        name=f"mtl_{spec.backbone}",
+    )

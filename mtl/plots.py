@@ -1,0 +1,50 @@
+"""Plots written into run folders (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+# panels of the training-curve figure: (title, metric names without the val_ prefix)
+CURVE_PANELS = (
+    ("total loss", ["loss"]),
+    ("task losses", ["presence_loss", "type_loss", "mask_loss", "box_loss"]),
+    ("accuracy", ["presence_acc", "type_acc"]),
+    ("Dice (tumor images)", ["dice"]),
+)
+
+
+def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
+    """Training curves from history.csv (train solid, validation dashed); atomic write."""
+    history_csv, out_png = Path(history_csv), Path(out_png)
+    if not history_csv.is_file():
+        return None
+    df = pd.read_csv(history_csv)
+    if df.empty:
+        return None
+    epochs = df["epoch"] + 1
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.2 * len(CURVE_PANELS), 3.4))
+    for ax, (title, names) in zip(axes, CURVE_PANELS):
+        for i, name in enumerate(n for n in names if n in df):
+            color = f"C{i}"
+            ax.plot(epochs, df[name], color=color, marker=".", label=name)
+            if f"val_{name}" in df:
+                ax.plot(epochs, df[f"val_{name}"], color=color, ls="--", marker=".", label=f"val_{name}")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png

@@ -1,0 +1,338 @@
+"""``mtl train``: fit the multi-task network and keep everything in one run folder.
+
+A run folder ``runs/<name>/`` holds::
+
+    config.yaml         the resolved configuration (what ``--resume`` reloads)
+    splits.json         the patient-safe train/val/test split of every source
+    data_summary.json   items and labelled tasks per source and split
+    history.csv         one row per finished epoch (train and val metrics, lr, seconds)
+    state.json          the last finished epoch and the best monitored value
+    last.keras          model + optimizer after the last finished epoch
+    best.keras          model at the best monitored epoch
+    plots/curves.png    training curves, redrawn every epoch
+    metrics.json        summary written when training ends
+
+Every file is written atomically (temporary file, then rename) at the end of each epoch, so a
+run killed at any moment resumes from its last finished epoch with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from mtl.config import Config, ConfigError, load_config
+from mtl.data.pipeline import (
+    LoadErrors,
+    SampleEncoder,
+    Source,
+    make_dataset,
+    open_sources,
+    plan_split,
+    plan_training,
+    steps_per_epoch,
+)
+from mtl.data.preprocess import preprocessing_spec
+from mtl.data.splits import check_no_leak, split_records
+from mtl.model.multitask import MultiTaskModel
+from mtl.plots import plot_history
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def new_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """``runs/<name>``, or ``<name>2``, ``<name>3``... so no run is ever overwritten."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        path = runs_dir / (name if k == 1 else f"{name}{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"too many runs named {name!r} in {runs_dir}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {"epoch": 0, "best": None}
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: bool) -> None:
+    """Patient-safe splits per source, saved to (or, on resume, read from) splits.json."""
+    path = run_dir / "splits.json"
+    saved = json.loads(path.read_text()) if reuse and path.is_file() else None
+    out: dict[str, Any] = {}
+    for source in sources:
+        if saved is not None and source.name in saved:
+            by_case = {r.case_id: i for i, r in enumerate(source.records)}
+            source.splits = {
+                split: [by_case[c] for c in cases if c in by_case]
+                for split, cases in saved[source.name]["case_ids"].items()
+            }
+        else:
+            source.splits = split_records(source.records, config.data.split, seed=config.seed)
+        check_no_leak(source.records, source.splits)
+        out[source.name] = {
+            "format": source.config.format,
+            "root": source.config.root,
+            "patients": {
+                split: len({source.records[i].patient_id for i in idx})
+                for split, idx in source.splits.items()
+            },
+            "case_ids": {
+                split: [source.records[i].case_id for i in idx]
+                for split, idx in source.splits.items()
+            },
+        }
+    write_atomic(path, json.dumps(out, indent=1))
+
+
+def data_summary(sources: list[Source]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for source in sources:
+        per_split = {}
+        for split, idx in source.splits.items():
+            recs = [source.records[i] for i in idx]
+            labels: dict[str, int] = {}
+            for r in recs:
+                key = str(source.class_label(r.label))
+                labels[key] = labels.get(key, 0) + 1
+            per_split[split] = {
+                "items": len(recs),
+                "patients": len({r.patient_id for r in recs}),
+                "labelled": {
+                    "presence": sum(r.presence is not None for r in recs),
+                    "type": sum(source.class_label(r.label) is not None for r in recs),
+                    "mask": sum(r.has_mask for r in recs),
+                },
+                "labels": labels,
+            }
+        summary[source.name] = {"skipped_at_scan": len(source.adapter.skipped), "splits": per_split}
+    return summary
+
+
+# --------------------------------------------------------------------------- callback
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Writes history.csv, last.keras, best.keras, state.json and the curves every epoch."""
+
+    def __init__(self, run_dir: Path, monitor: str, mode: str, best: float | None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.mode = mode
+        self.best = best
+        self._t0 = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None or math.isnan(self.best):
+            return not math.isnan(value)
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items())}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["seconds"] = round(time.perf_counter() - self._t0, 3)
+        append_history(self.run_dir / "history.csv", row)
+        save_model_atomic(self.model, self.run_dir / "last.keras")
+        value = logs.get(self.monitor)
+        if value is None:
+            raise ConfigError(
+                f"train.monitor {self.monitor!r} is not among the logged metrics: {sorted(logs)}"
+            )
+        if self._improved(float(value)):
+            self.best = float(value)
+            save_model_atomic(self.model, self.run_dir / "best.keras")
+            best_epoch = epoch + 1
+        else:
+            best_epoch = read_state(self.run_dir).get("best_epoch")
+        state = {"epoch": epoch + 1, "best": self.best, "best_epoch": best_epoch,
+                 "monitor": self.monitor, "mode": self.mode}
+        write_atomic(self.run_dir / "state.json", json.dumps(state, indent=1))
+        plot_history(self.run_dir / "history.csv", self.run_dir / "plots" / "curves.png")
+
+
+def append_history(path: Path, row: dict[str, Any]) -> None:
+    rows = read_history(path)
+    rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best: float | None
+    best_epoch: int | None
+    history: list[dict[str, Any]]
+
+
+def build_model(config: Config) -> MultiTaskModel:
+    d = config.data
+    model = MultiTaskModel(
+        spec=config.network_spec(),
+        loss={"weights": dict(config.loss.weights), "uncertainty": config.loss.uncertainty,
+              "dice_smooth": config.loss.dice_smooth},
+        preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles),
+        name="mtl",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
+    return model
+
+
+def train(
+    config: Config,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    verbose: int | str = "auto",
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TrainResult:
+    """Train per ``config`` into a new run folder, or continue ``run_dir`` with ``resume``."""
+    if resume:
+        if run_dir is None or not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume needs an existing run folder with config.yaml: {run_dir}")
+    else:
+        run_dir = new_run_dir(config.train.runs_dir, config.name)
+        write_atomic(run_dir / "config.yaml", config.to_yaml())
+    state = read_state(run_dir)
+    initial_epoch = int(state["epoch"]) if resume else 0
+    t = config.train
+    if initial_epoch >= t.epochs:
+        log.info("run %s already finished %d of %d epochs", run_dir, initial_epoch, t.epochs)
+        return TrainResult(run_dir, initial_epoch, state.get("best"), state.get("best_epoch"),
+                           read_history(run_dir / "history.csv"))
+
+    keras.utils.set_random_seed(config.seed + initial_epoch)
+    sources = open_sources(config)
+    assign_splits(sources, config, run_dir, reuse=resume)
+    write_atomic(run_dir / "data_summary.json", json.dumps(data_summary(sources), indent=1))
+
+    steps = t.steps_per_epoch or steps_per_epoch(sources, "train", t.batch_size)
+    errors = LoadErrors()
+    train_ds = make_dataset(
+        sources,
+        plan_training(sources, seed=config.seed, epochs=range(initial_epoch, t.epochs),
+                      steps=steps, batch_size=t.batch_size),
+        SampleEncoder(config, augment=True),
+        batch_size=t.batch_size, on_error=config.data.on_error,
+        num_parallel_calls=config.data.num_parallel_calls, errors=errors,
+    )
+    val_plan = plan_split(sources, "val")
+    val_ds = None
+    if len(val_plan):
+        val_ds = make_dataset(
+            sources, val_plan, SampleEncoder(config, augment=False),
+            batch_size=t.batch_size, on_error=config.data.on_error,
+            num_parallel_calls=config.data.num_parallel_calls, errors=errors,
+        )
+        if t.val_steps:
+            val_ds = val_ds.take(t.val_steps)
+        if config.data.cache_val:
+            val_ds = val_ds.cache()
+    monitor = t.monitor if val_ds is not None or not t.monitor.startswith("val_") else t.monitor[4:]
+
+    if resume and (run_dir / "last.keras").is_file():
+        model = keras.models.load_model(run_dir / "last.keras")
+    else:
+        model = build_model(config)
+
+    callbacks: list[keras.callbacks.Callback] = [
+        RunRecorder(run_dir, monitor, t.monitor_mode, state.get("best") if resume else None)
+    ]
+    if t.reduce_lr_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode=t.monitor_mode, factor=0.5, patience=t.reduce_lr_patience,
+            min_lr=1e-6, verbose=0))
+    if t.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
+    callbacks += extra_callbacks or []
+
+    started = time.perf_counter()
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=t.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,  # the epoch plan already fixes the order
+    )
+    elapsed = time.perf_counter() - started
+    state = read_state(run_dir)
+    history = read_history(run_dir / "history.csv")
+    summary = {
+        "epochs_done": state["epoch"],
+        "monitor": monitor,
+        "best": state.get("best"),
+        "best_epoch": state.get("best_epoch"),
+        "last": history[-1] if history else None,
+        "train_seconds_this_session": round(elapsed, 1),
+        "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
+        "skipped_at_load": len(errors.items),
+        "skipped_examples": errors.items[:20],
+    }
+    write_atomic(run_dir / "metrics.json", json.dumps(summary, indent=1))
+    return TrainResult(run_dir, state["epoch"], state.get("best"), state.get("best_epoch"), history)
+
+
+def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The saved config of a run, with overrides (e.g. more epochs), saved back."""
+    config = load_config(run_dir / "config.yaml", overrides)
+    write_atomic(run_dir / "config.yaml", config.to_yaml())
+    return config
+
+
+__all__ = ["TrainResult", "build_model", "new_run_dir", "resume_config", "train"]

@@ -1,0 +1,121 @@
+"""The masked multi-task loss: missing labels give no gradient, weights change the total."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtl.model.losses import MultiTaskLoss, mask_dice_bce, masked_mean, soft_dice_loss
+
+B, S, K = 4, 8, 3
+
+
+def batch(rng):
+    y_true = {
+        "presence": tf.constant(rng.integers(0, 2, (B, 1)), tf.float32),
+        "type": tf.constant(rng.integers(0, K, (B,)), tf.int32),
+        "mask": tf.constant(rng.random((B, S, S, 1)) > 0.7, tf.float32),
+        "box": tf.constant(np.ones((B, S, S, 1)), tf.float32),
+    }
+    logits = {
+        "presence": tf.Variable(rng.normal(size=(B, 1)), dtype=tf.float32),
+        "type": tf.Variable(rng.normal(size=(B, K)), dtype=tf.float32),
+        "mask": tf.Variable(rng.normal(size=(B, S, S, 1)), dtype=tf.float32),
+    }
+    return y_true, logits
+
+
+def predict(logits):
+    return {
+        "presence": tf.sigmoid(logits["presence"]),
+        "type": tf.nn.softmax(logits["type"]),
+        "mask": tf.sigmoid(logits["mask"]),
+    }
+
+
+def ones(**overrides):
+    w = {t: tf.ones(B) for t in ("presence", "type", "mask", "box")}
+    w.update({k: tf.constant(v, tf.float32) for k, v in overrides.items()})
+    return w
+
+
+@pytest.mark.parametrize("task", ["presence", "type", "mask"])
+def test_missing_label_gives_zero_gradient_to_that_sample(task):
+    rng = np.random.default_rng(0)
+    y_true, logits = batch(rng)
+    loss = MultiTaskLoss()
+    weights = ones(**{task: [1.0, 0.0, 1.0, 0.0]})
+    with tf.GradientTape() as tape:
+        total, _ = loss(y_true, predict(logits), weights)
+    grad = tape.gradient(total, logits[task]).numpy()
+    assert np.abs(grad[[1, 3]]).max() == 0.0  # unlabelled samples: exactly no gradient
+    assert np.abs(grad[[0, 2]]).max() > 0.0
+
+
+@pytest.mark.parametrize("task", ["presence", "type", "mask"])
+def test_task_with_no_label_in_batch_contributes_nothing(task):
+    rng = np.random.default_rng(1)
+    y_true, logits = batch(rng)
+    loss = MultiTaskLoss()
+    with tf.GradientTape() as tape:
+        total, parts = loss(y_true, predict(logits), ones(**{task: [0.0] * B}))
+    assert float(parts[task]) == 0.0
+    grad = tape.gradient(total, logits[task])
+    assert grad is None or np.abs(grad.numpy()).max() == 0.0
+
+
+def test_missing_labels_do_not_change_the_labelled_loss():
+    """The loss over labelled samples is the same whatever garbage sits under weight 0."""
+    rng = np.random.default_rng(2)
+    y_true, logits = batch(rng)
+    loss = MultiTaskLoss()
+    w = ones(type=[1.0, 1.0, 0.0, 0.0])
+    _, a = loss(y_true, predict(logits), w)
+    changed = y_true["type"].numpy().copy()
+    changed[2:] = (changed[2:] + 1) % K  # whatever sits under a zero weight
+    y_true["type"] = tf.constant(changed)
+    _, b = loss(y_true, predict(logits), w)
+    assert float(a["type"]) == pytest.approx(float(b["type"]))
+
+
+def test_weights_change_the_total():
+    rng = np.random.default_rng(3)
+    y_true, logits = batch(rng)
+    pred = predict(logits)
+    base, parts = MultiTaskLoss()(y_true, pred, ones())
+    heavy, _ = MultiTaskLoss(weights={"mask": 3.0})(y_true, pred, ones())
+    no_type, _ = MultiTaskLoss(weights={"type": 0.0})(y_true, pred, ones())
+    assert float(heavy) == pytest.approx(float(base) + 2.0 * float(parts["mask"]), rel=1e-5)
+    assert float(no_type) == pytest.approx(float(base) - float(parts["type"]), rel=1e-5)
+    with_box, parts_box = MultiTaskLoss(weights={"box": 1.0})(y_true, pred, ones())
+    assert float(parts_box["box"]) == pytest.approx(0.0, abs=1e-7)  # box covers everything
+
+
+def test_uncertainty_weighting_follows_kendall():
+    rng = np.random.default_rng(4)
+    y_true, logits = batch(rng)
+    pred = predict(logits)
+    loss = MultiTaskLoss(uncertainty=True)
+    s = np.array([0.5, -0.3, 1.0, 0.0], np.float32)
+    loss.log_vars.assign(s)
+    total, parts = loss(y_true, pred, ones())
+    expected = sum(
+        0.5 * np.exp(-s[i]) * float(parts[t]) + 0.5 * s[i]
+        for i, t in enumerate(("presence", "type", "mask"))
+    )
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    with tf.GradientTape() as tape:
+        total, _ = loss(y_true, pred, ones())
+    assert np.abs(tape.gradient(total, loss.log_vars).numpy()[:3]).min() > 0
+
+
+def test_masked_mean_and_dice():
+    assert float(masked_mean(tf.constant([1.0, 5.0]), tf.constant([1.0, 0.0]))) == 1.0
+    assert float(masked_mean(tf.constant([1.0, 5.0]), tf.constant([0.0, 0.0]))) == 0.0
+    target = np.zeros((1, 8, 8, 1), np.float32)
+    target[0, 2:5, 2:5] = 1
+    assert float(soft_dice_loss(target, target)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_dice_loss(target, 1 - target)[0]) > 0.9
+    empty = np.zeros_like(target)
+    # a no-tumor image with an empty prediction is a perfect score, and it counts
+    assert float(mask_dice_bce(empty, empty + 1e-6)[0]) < 1e-3
+    assert float(mask_dice_bce(empty, empty + 0.9)[0]) > 1.0

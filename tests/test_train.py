@@ -1,0 +1,135 @@
+"""Training end to end on phantoms: loss falls, held-out Dice beats chance, runs resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from mtl.config import load_config
+from mtl.data.pipeline import open_sources
+from mtl.evaluate.predict import dice_per_image, predict_split
+from mtl.train import read_history, train
+
+TINY = [
+    "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]", "model.head_units=32",
+    "model.bn_momentum=0.9", "train.batch_size=16", "train.learning_rate=0.002",
+    "data.split={train: 0.6, val: 0.2, test: 0.2}",
+]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(overrides=TINY + [f"train.runs_dir={tmp_path}", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    config = tiny_config(tmp, "name=learn", "train.epochs=7",
+                         "data.sources=[{format: phantoms, options: {n: 200, size: 64, seed: 5}}]")
+    return config, train(config, verbose=0)
+
+
+def test_run_folder_holds_everything(trained):
+    _, result = trained
+    for name in ("config.yaml", "splits.json", "data_summary.json", "history.csv",
+                 "state.json", "last.keras", "best.keras", "metrics.json", "plots/curves.png"):
+        assert (result.run_dir / name).is_file(), name
+    assert json.loads((result.run_dir / "state.json").read_text())["epoch"] == 7
+    assert len(result.history) == 7
+
+
+def test_training_lowers_the_loss(trained):
+    _, result = trained
+    losses = [float(r["loss"]) for r in result.history]
+    assert np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2])
+    val = [float(r["val_loss"]) for r in result.history]
+    assert min(val[-3:]) < val[0]
+
+
+def test_held_out_dice_beats_chance(trained):
+    config, result = trained
+    model = keras.models.load_model(result.run_dir / "best.keras")
+    sources = open_sources(config)
+    splits = json.loads((result.run_dir / "splits.json").read_text())
+    by_case = {r.case_id: i for i, r in enumerate(sources[0].records)}
+    sources[0].splits = {k: [by_case[c] for c in v] for k, v in splits["phantoms"]["case_ids"].items()}
+    pred = predict_split(model, sources, config, "test")
+    tumor = pred.targets["mask"].reshape(len(pred.case_ids), -1).max(1) > 0
+    assert tumor.sum() >= 10
+    dice = dice_per_image(pred.targets["mask"][tumor], pred.outputs["mask"][tumor]).mean()
+    # chance: a prediction that marks every pixel as tumor
+    chance = dice_per_image(pred.targets["mask"][tumor], np.ones_like(pred.outputs["mask"][tumor])).mean()
+    assert chance < 0.1
+    assert dice > 0.4, f"held-out Dice {dice:.3f} (chance {chance:.3f})"
+
+
+def test_seed_makes_runs_reproducible(tmp_path):
+    args = ("train.epochs=1", "train.steps_per_epoch=2", "train.val_steps=1",
+            "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+    a = train(tiny_config(tmp_path, "name=a", *args), verbose=0)
+    b = train(tiny_config(tmp_path, "name=a", *args), verbose=0)
+    assert b.run_dir.name == "a2"  # never overwrites
+    assert json.loads((a.run_dir / "splits.json").read_text()) == json.loads(
+        (b.run_dir / "splits.json").read_text())
+    la, lb = float(a.history[0]["loss"]), float(b.history[0]["loss"])
+    assert la == pytest.approx(lb, rel=1e-3)
+
+
+def test_resume_after_a_killed_run_continues_from_the_saved_epoch(tmp_path):
+    """A real `mtl train` process is SIGKILLed mid-run; `--resume` picks up where it stopped."""
+    cmd = [sys.executable, "-m", "mtl.cli", "train", "--name", "killed", "--quiet",
+           "--runs-dir", str(tmp_path), "--epochs", "4",
+           "--set", "data.sources=[{format: phantoms, options: {n: 60, size: 64}}]",
+           "--set", "train.steps_per_epoch=3", "--set", "train.val_steps=1"]
+    for item in TINY:
+        cmd += ["--set", item]
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            state = run_dir / "state.json"
+            if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+                break
+            if proc.poll() is not None:
+                pytest.fail("training exited before it could be killed")
+            time.sleep(0.2)
+        else:
+            pytest.fail("no epoch finished within 240 s")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = json.loads((run_dir / "state.json").read_text())["epoch"]
+    assert 1 <= saved < 4
+    before = read_history(run_dir / "history.csv")[:saved]
+    saved_iterations = int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations)
+    assert saved_iterations == 3 * saved
+
+    config = load_config(run_dir / "config.yaml")
+    result = train(config, run_dir=run_dir, resume=True, verbose=0)
+    history = read_history(run_dir / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]
+    assert history[:saved] == before  # finished epochs are kept as they were
+    model = keras.models.load_model(run_dir / "last.keras")
+    assert int(model.optimizer.iterations) == 3 * 4  # optimizer state carried over
+    assert result.epochs_done == 4
+    # a finished run resumed again does nothing
+    again = train(config, run_dir=run_dir, resume=True, verbose=0)
+    assert again.epochs_done == 4 and len(read_history(run_dir / "history.csv")) == 4
+
+
+def test_uncertainty_weighting_trains(tmp_path):
+    config = tiny_config(tmp_path, "loss.uncertainty=true", "train.epochs=2",
+                         "train.steps_per_epoch=3", "train.val_steps=1",
+                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+    result = train(config, verbose=0)
+    model = keras.models.load_model(result.run_dir / "last.keras")
+    assert np.abs(model.multitask_loss.log_vars.numpy()[:3]).max() > 0  # learned

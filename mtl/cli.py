@@ -77,6 +77,46 @@ def train(config_path, name, epochs, batch_size, backbone, image_size, seed, run
         click.echo(f"  {result.run_dir / item}")
 
 
+@main.command()
+@click.argument("run_or_model", type=click.Path(exists=True))
+@click.option("--data", "data_specs", multiple=True, metavar="FORMAT=PATH|YAML",
+              help="Dataset(s) to evaluate on (default: the run's own datasets), repeatable.")
+@click.option("--split", default="test", show_default=True,
+              help="train, val, test (the run's saved patient-safe split) or all.")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Probability threshold for presence and mask decisions.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/eval-<split>).")
+@click.option("--bootstrap", "n_resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for the 95% confidence intervals (0: none).")
+@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which checkpoint of a run folder.")
+@click.option("--batch-size", type=int, help="Batch size for prediction.")
+@click.option("--skip-bad", is_flag=True, help="Skip and count unreadable items instead of stopping.")
+def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weights, batch_size,
+             skip_bad) -> None:
+    """Score a model per task: metrics.json, report.md and plots in an evaluation folder."""
+    from mtl.config import ConfigError
+    from mtl.data.adapters import DataError
+    from mtl.evaluate.report import headline_rows
+    from mtl.evaluate.runner import evaluate as run_evaluation
+
+    try:
+        result, out_dir = run_evaluation(
+            run_or_model, data=list(data_specs) or None, split=split, threshold=threshold,
+            out=out, n_resamples=n_resamples, weights=weights, batch_size=batch_size,
+            on_error="skip" if skip_bad else None)
+    except (ConfigError, DataError, ValueError) as exc:
+        _fail(str(exc))
+    rows = headline_rows(result)
+    width = max(len(k) for k, _ in rows) if rows else 10
+    click.echo(f"\n{result['overall']['n_items']} items, split {split}")
+    for key, value in rows:
+        click.echo(f"  {key:<{width}}  {value}")
+    click.echo(f"\nresults: {out_dir}")
+    for name in ["metrics.json", "report.md", *result["plots"]]:
+        click.echo(f"  {out_dir / name}")
+
+
 @main.group()
 def data() -> None:
     """Supported datasets: list their cards, inspect a folder."""

@@ -41,10 +41,16 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """tight_layout, write atomically (temporary file, then rename), close."""
+    path = Path(path)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    os.replace(tmp, path)
+    return path

@@ -30,6 +30,8 @@ from mtl.data.sample import Sample
 log = logging.getLogger(__name__)
 
 TARGET_KEYS = ("presence", "type", "mask", "box")
+#: targets that carry information for metrics only, never for the loss
+INFO_KEYS = ("spacing",)
 
 
 @dataclass
@@ -144,11 +146,17 @@ class SampleEncoder:
             image, mask, box = out["image"], out["mask"], out["box"]
             image = np.clip(image, 0.0, 1.0)
         label = source.class_label(sample["label"])
+        spacing = sample["meta"].get("spacing")
+        # mm per network-input pixel (row, col); NaN where the dataset gives no spacing
+        scale = info.side / info.size
+        spacing = (np.asarray(spacing, np.float32)[:2] * scale if spacing is not None
+                   else np.full(2, np.nan, np.float32))
         targets = {
             "presence": np.array([sample["presence"] or 0], np.float32),
             "type": np.int32(self.classes.index(label) if label is not None else 0),
             "mask": mask.astype(np.float32).reshape(self.size, self.size, 1),
             "box": box.astype(np.float32).reshape(self.size, self.size, 1),
+            "spacing": spacing.astype(np.float32),
         }
         weights = {
             "presence": np.float32(sample["presence"] is not None),
@@ -165,6 +173,7 @@ class SampleEncoder:
         targets = {
             "presence": np.zeros(1, np.float32), "type": np.int32(0),
             "mask": np.zeros((s, s, 1), np.float32), "box": np.zeros((s, s, 1), np.float32),
+            "spacing": np.full(2, np.nan, np.float32),
         }
         return np.zeros((s, s, c), np.float32), targets, {k: np.float32(0) for k in TARGET_KEYS}
 
@@ -273,19 +282,22 @@ def make_dataset(
                 raise RuntimeError(f"{record.source or record.case_id}: {exc}") from exc
             errors.add(record.source or record.case_id, str(exc))
             image, targets, weights = encoder.blank()
-        return (image, *(targets[k] for k in TARGET_KEYS), *(weights[k] for k in TARGET_KEYS))
+        return (image, *(targets[k] for k in TARGET_KEYS + INFO_KEYS),
+                *(weights[k] for k in TARGET_KEYS))
 
     s, c = encoder.size, encoder.channels
-    out_types = [tf.float32, tf.float32, tf.int32, tf.float32, tf.float32] + [tf.float32] * 4
-    shapes = [(s, s, c), (1,), (), (s, s, 1), (s, s, 1), (), (), (), ()]
+    out_types = [tf.float32, tf.float32, tf.int32, tf.float32, tf.float32, tf.float32]
+    out_types += [tf.float32] * len(TARGET_KEYS)
+    shapes = [(s, s, c), (1,), (), (s, s, 1), (s, s, 1), (2,)] + [()] * len(TARGET_KEYS)
+    n_targets = len(TARGET_KEYS) + len(INFO_KEYS)
 
     def tf_load(src, item, aug_seed):
         flat = tf.numpy_function(load, [src, item, aug_seed], out_types, stateful=False)
         for tensor, shape in zip(flat, shapes):
             tensor.set_shape(shape)
         image, *rest = flat
-        targets = dict(zip(TARGET_KEYS, rest[:4]))
-        weights = dict(zip(TARGET_KEYS, rest[4:]))
+        targets = dict(zip(TARGET_KEYS + INFO_KEYS, rest[:n_targets]))
+        weights = dict(zip(TARGET_KEYS, rest[n_targets:]))
         return image, targets, weights
 
     ds = tf.data.Dataset.from_tensor_slices((plan.source, plan.item, plan.aug_seed))

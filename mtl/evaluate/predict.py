@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from mtl.config import Config
-from mtl.data.pipeline import TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
+from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
 
 
 @dataclass
@@ -16,6 +16,8 @@ class SplitPredictions:
     """Everything needed to score one split; arrays are aligned by item."""
 
     case_ids: list[str]
+    source_names: list[str]
+    images: np.ndarray
     targets: dict[str, np.ndarray]
     weights: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
@@ -35,19 +37,25 @@ def predict_split(
         batch_size=batch_size or config.train.batch_size, on_error=config.data.on_error,
         num_parallel_calls=config.data.num_parallel_calls, errors=errors,
     )
-    targets = {k: [] for k in TARGET_KEYS}
+    targets = {k: [] for k in TARGET_KEYS + INFO_KEYS}
     weights = {k: [] for k in TARGET_KEYS}
     outputs: dict[str, list[np.ndarray]] = {}
+    images = []
     for x, y, w in ds:
         pred = model(x, training=False)
-        for k in TARGET_KEYS:
+        images.append(x.numpy())
+        for k in TARGET_KEYS + INFO_KEYS:
             targets[k].append(y[k].numpy())
+        for k in TARGET_KEYS:
             weights[k].append(w[k].numpy())
         for k, v in pred.items():
             outputs.setdefault(k, []).append(keras.ops.convert_to_numpy(v))
     case_ids = [sources[int(s)].records[int(i)].case_id for s, i in zip(plan.source, plan.item)]
+    names = [sources[int(s)].name for s in plan.source]
     return SplitPredictions(
         case_ids,
+        names,
+        np.concatenate(images),
         {k: np.concatenate(v) for k, v in targets.items()},
         {k: np.concatenate(v) for k, v in weights.items()},
         {k: np.concatenate(v) for k, v in outputs.items()},

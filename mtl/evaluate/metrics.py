@@ -1,0 +1,226 @@
+"""Metrics per task, on NumPy arrays; scikit-learn and SciPy do the arithmetic they cover.
+
+Every function takes only the items that label the task (callers select them with the task
+weights) and returns plain JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage, stats
+from sklearn import metrics as skm
+
+
+def _f(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+# --------------------------------------------------------------------------- presence
+
+
+def presence_metrics(truth: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict:
+    """Binary tumor presence: accuracy, precision, recall (sensitivity), specificity, F1, AUC."""
+    truth = np.asarray(truth).astype(int).ravel()
+    prob = np.asarray(prob, float).ravel()
+    pred = (prob >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(truth, pred, labels=[0, 1]).ravel()
+    both = len(np.unique(truth)) == 2
+    return {
+        "n": int(len(truth)), "n_positive": int(tp + fn), "n_negative": int(tn + fp),
+        "threshold": float(threshold),
+        "accuracy": _f(skm.accuracy_score(truth, pred)),
+        "precision": _f(skm.precision_score(truth, pred, zero_division=np.nan)),
+        "recall": _f(skm.recall_score(truth, pred, zero_division=np.nan)),
+        "specificity": _f(tn / (tn + fp)) if tn + fp else None,
+        "f1": _f(skm.f1_score(truth, pred, zero_division=np.nan)),
+        "roc_auc": _f(skm.roc_auc_score(truth, prob)) if both else None,
+        "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+    }
+
+
+def roc_points(truth: np.ndarray, prob: np.ndarray) -> dict[str, list[float]] | None:
+    truth = np.asarray(truth).astype(int).ravel()
+    if len(np.unique(truth)) < 2:
+        return None
+    fpr, tpr, thr = skm.roc_curve(truth, np.asarray(prob, float).ravel())
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.nan_to_num(thr, posinf=1.0).tolist()}
+
+
+# --------------------------------------------------------------------------- type / grade
+
+
+def type_metrics(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """Multi-class type/grade: confusion matrix, per-class P/R/F1, macro-F1, balanced accuracy.
+
+    Classes absent from ``truth`` are reported with support 0 and left out of the macro
+    averages (they have no recall to average).
+    """
+    truth = np.asarray(truth).astype(int).ravel()
+    pred = np.asarray(probs).argmax(axis=1)
+    labels = list(range(len(classes)))
+    present = sorted(set(truth.tolist()))
+    p, r, f1, support = skm.precision_recall_fscore_support(
+        truth, pred, labels=labels, zero_division=0.0)
+    return {
+        "n": int(len(truth)),
+        "classes": list(classes),
+        "accuracy": _f(skm.accuracy_score(truth, pred)),
+        "balanced_accuracy": _f(skm.balanced_accuracy_score(truth, pred)) if present else None,
+        "macro_f1": _f(skm.f1_score(truth, pred, labels=present, average="macro", zero_division=0.0)),
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
+                   "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "confusion": skm.confusion_matrix(truth, pred, labels=labels).tolist(),
+    }
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def dice_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two binary masks; both empty scores 1 (nothing to find, nothing found)."""
+    t, p = truth.ravel().astype(bool), pred.ravel().astype(bool)
+    return (
+        float(skm.f1_score(t, p, zero_division=1.0)),
+        float(skm.jaccard_score(t, p, zero_division=1.0)),
+    )
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hd95(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> float:
+    """95th-percentile symmetric Hausdorff distance between mask surfaces (units of spacing).
+
+    Directed distances come from Euclidean distance transforms (SciPy) of the other surface;
+    the result is the larger of the two directed 95th percentiles (the MONAI/MedPy convention).
+    NaN when either mask is empty.
+    """
+    t, p = truth.astype(bool), pred.astype(bool)
+    if not t.any() or not p.any():
+        return float("nan")
+    st, sp = _surface(t), _surface(p)
+    dist_to_t = ndimage.distance_transform_edt(~st, sampling=spacing)
+    dist_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    return float(max(np.percentile(dist_to_p[st], 95), np.percentile(dist_to_t[sp], 95)))
+
+
+def mask_metrics(
+    truth: np.ndarray, prob: np.ndarray, spacing: np.ndarray, threshold: float = 0.5
+) -> dict:
+    """Per-image Dice/IoU/HD95 over images with a tumor; false-positive area on images without.
+
+    ``truth`` and ``prob`` are (N, H, W[, 1]); ``spacing`` is (N, 2) mm per pixel, NaN where
+    unknown. HD95 is in mm when every tumor image has a spacing, else in pixels.
+    """
+    truth = truth.reshape(len(truth), *truth.shape[1:3]) > 0.5
+    pred = prob.reshape(len(prob), *prob.shape[1:3]) >= threshold
+    tumor = truth.reshape(len(truth), -1).any(1)
+    spacing = np.asarray(spacing, float).reshape(len(truth), 2)
+    in_mm = bool(tumor.any()) and bool(np.isfinite(spacing[tumor]).all())
+    per_image = []
+    for t, p, s in zip(truth[tumor], pred[tumor], spacing[tumor]):
+        d, j = dice_iou(t, p)
+        per_image.append((d, j, hd95(t, p, s if in_mm else (1.0, 1.0))))
+    arr = np.array(per_image, float).reshape(-1, 3)
+    empty_pred = pred[~tumor]
+    fp_pixels = empty_pred.reshape(len(empty_pred), -1).sum(1)
+    px_area = np.prod(spacing[~tumor], axis=1) if len(empty_pred) else np.array([])
+    return {
+        "n_tumor": int(tumor.sum()),
+        "n_empty": int((~tumor).sum()),
+        "threshold": float(threshold),
+        "dice_mean": _f(np.mean(arr[:, 0])) if len(arr) else None,
+        "dice_median": _f(np.median(arr[:, 0])) if len(arr) else None,
+        "iou_mean": _f(np.mean(arr[:, 1])) if len(arr) else None,
+        "iou_median": _f(np.median(arr[:, 1])) if len(arr) else None,
+        "hd95_mean": _f(np.nanmean(arr[:, 2])) if len(arr) and np.isfinite(arr[:, 2]).any() else None,
+        "hd95_median": _f(np.nanmedian(arr[:, 2])) if len(arr) and np.isfinite(arr[:, 2]).any() else None,
+        "hd95_unit": "mm" if in_mm else "px",
+        "hd95_undefined": int(np.isnan(arr[:, 2]).sum()) if len(arr) else 0,
+        "empty_fp_rate": _f(np.mean(fp_pixels > 0)) if len(fp_pixels) else None,
+        "empty_fp_area_px_mean": _f(np.mean(fp_pixels)) if len(fp_pixels) else None,
+        "empty_fp_area_mm2_mean": (
+            _f(np.mean(fp_pixels * px_area)) if len(fp_pixels) and np.isfinite(px_area).all() else None
+        ),
+        "per_image_dice": arr[:, 0].tolist(),
+        "per_image_iou": arr[:, 1].tolist(),
+        "per_image_hd95": [None if np.isnan(v) else float(v) for v in arr[:, 2]],
+    }
+
+
+def box_metrics(box: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict:
+    """Box-only location: does the predicted tumor fall in the box?
+
+    ``hit``: the centroid of the predicted mask lies inside the box; an empty prediction is a
+    miss. ``inside_fraction``: share of the predicted tumor area inside the box.
+    """
+    box = box.reshape(len(box), *box.shape[1:3]) > 0.5
+    pred = prob.reshape(len(prob), *prob.shape[1:3]) >= threshold
+    hits, inside = [], []
+    for b, p in zip(box, pred):
+        if not p.any():
+            hits.append(0.0)
+            continue
+        r, c = (int(round(v)) for v in ndimage.center_of_mass(p))
+        hits.append(float(b[r, c]))
+        inside.append(float((p & b).sum() / p.sum()))
+    return {
+        "n": int(len(box)),
+        "hit_rate": _f(np.mean(hits)) if hits else None,
+        "empty_prediction_rate": _f(np.mean(~pred.reshape(len(pred), -1).any(1))) if len(pred) else None,
+        "inside_fraction_mean": _f(np.mean(inside)) if inside else None,
+        "per_image_hit": hits,
+    }
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> dict:
+    """Expected calibration error over equal-width confidence bins, and the bins themselves.
+
+    For presence, pass the tumor probability and the truth (0/1); for type, the top-class
+    probability and whether the top class is right.
+    """
+    confidence = np.asarray(confidence, float).ravel()
+    correct = np.asarray(correct, float).ravel()
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for k in range(n_bins):
+        sel = which == k
+        if not sel.any():
+            continue
+        conf, acc = confidence[sel].mean(), correct[sel].mean()
+        ece += sel.mean() * abs(acc - conf)
+        bins.append({"low": float(edges[k]), "high": float(edges[k + 1]), "n": int(sel.sum()),
+                     "confidence": float(conf), "accuracy": float(acc)})
+    return {"ece": float(ece) if len(confidence) else None, "n_bins": n_bins, "bins": bins}
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float], *arrays: np.ndarray, n_resamples: int = 1000,
+    confidence: float = 0.95, seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of ``statistic(*arrays)``, resampling items jointly (SciPy)."""
+    arrays = tuple(np.asarray(a) for a in arrays)
+    if len(arrays[0]) < 2 or n_resamples <= 0:
+        return None
+    result = stats.bootstrap(
+        arrays, statistic, paired=True, vectorized=False, n_resamples=n_resamples,
+        confidence_level=confidence, method="percentile", random_state=seed,
+    )
+    low, high = result.confidence_interval
+    if np.isnan(low) or np.isnan(high):
+        return None
+    return float(low), float(high)

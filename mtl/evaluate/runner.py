@@ -1,0 +1,129 @@
+"""``mtl evaluate``: resolve a run or model and the data, predict, score, write a report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from mtl.config import Config, ConfigError, SourceConfig, load_config
+from mtl.data.pipeline import Source, open_source
+from mtl.data.splits import split_records
+from mtl.evaluate.predict import predict_split
+from mtl.evaluate.report import evaluate_predictions
+from mtl.train import new_run_dir
+
+
+def resolve_model(target: str | Path, weights: str = "best") -> tuple[Path, Path | None]:
+    """(model file, run folder or None) for a run folder or a .keras file."""
+    target = Path(target)
+    if target.is_dir():
+        model_path = target / f"{weights}.keras"
+        if not model_path.is_file():
+            raise ConfigError(f"{target} has no {weights}.keras (is it a finished run folder?)")
+        return model_path, target
+    if target.suffix == ".keras" and target.is_file():
+        parent = target.parent
+        return target, parent if (parent / "config.yaml").is_file() else None
+    raise ConfigError(f"not a run folder or a .keras model file: {target}")
+
+
+def parse_data_spec(spec: str) -> list[SourceConfig]:
+    """``FORMAT=PATH`` (e.g. ``br35h=../shared/data/br35h``) or an experiment YAML's sources."""
+    if spec.endswith((".yaml", ".yml")):
+        return list(load_config(spec).data.sources)
+    if "=" not in spec:
+        raise ConfigError(f"--data {spec!r}: use FORMAT=PATH (e.g. br35h=data/br35h) or a YAML file")
+    fmt, root = spec.split("=", 1)
+    return [SourceConfig(format=fmt.strip(), root=root.strip() or None)]
+
+
+def config_for(model: keras.Model, run_dir: Path | None) -> Config:
+    """The run's config, or one rebuilt from what the model file stores."""
+    if run_dir is not None:
+        return load_config(run_dir / "config.yaml")
+    pre = model.preprocessing
+    return load_config(overrides={
+        "data.image_size": pre["image_size"], "data.channels": pre["channels"],
+        "data.intensity_percentiles": pre["intensity_percentiles"], "data.classes": model.classes,
+        "model.backbone": model.spec.backbone,
+    })
+
+
+def _saved_splits(run_dir: Path | None) -> dict[str, Any]:
+    if run_dir is None or not (run_dir / "splits.json").is_file():
+        return {}
+    return json.loads((run_dir / "splits.json").read_text())
+
+
+def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config: Config) -> str:
+    """Give ``source.splits[split]``; returns how the split was obtained (for the report).
+
+    A source the run trained on (same name, format and root) uses the run's saved split, so
+    evaluation sees exactly the held-out patients; other data use every item (``all``) or a
+    patient-safe split recomputed with the config's seed.
+    """
+    if split == "all":
+        source.splits = {"all": list(range(len(source.records)))}
+        return "every item"
+    entry = saved.get(source.name)
+    trained_on = (entry is not None and entry.get("format") == source.config.format
+                  and entry.get("root") == source.config.root)
+    if trained_on:
+        cases = entry["case_ids"].get(split)
+        if cases is None:
+            raise ConfigError(f"the run has no {split!r} split; it has {sorted(entry['case_ids'])}")
+        by_case = {r.case_id: i for i, r in enumerate(source.records)}
+        source.splits = {split: [by_case[c] for c in cases if c in by_case]}
+        return "the run's saved split"
+    source.splits = split_records(source.records, config.data.split, seed=config.seed)
+    if split not in source.splits:
+        raise ConfigError(f"unknown split {split!r}; use train, val, test or all")
+    return f"patient-safe split recomputed with seed {config.seed}"
+
+
+def evaluate(
+    target: str | Path,
+    *,
+    data: list[str] | None = None,
+    split: str = "test",
+    threshold: float = 0.5,
+    out: str | Path | None = None,
+    n_resamples: int = 1000,
+    weights: str = "best",
+    batch_size: int | None = None,
+    on_error: str | None = None,
+) -> tuple[dict[str, Any], Path]:
+    model_path, run_dir = resolve_model(target, weights)
+    model = keras.models.load_model(model_path)
+    config = config_for(model, run_dir)
+    if data:
+        config.data.sources = [s for spec in data for s in parse_data_spec(spec)]
+    if on_error:
+        config.data = replace(config.data, on_error=on_error)
+    saved = _saved_splits(run_dir)
+    sources, how = [], {}
+    for i, sc in enumerate(config.data.sources):
+        source = open_source(sc, config.data.on_error, config.data.classes, i)
+        how[source.name] = assign_eval_split(source, split, saved, config)
+        sources.append(source)
+    pred = predict_split(model, sources, config, split, batch_size=batch_size)
+    if out is not None:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        out_dir = new_run_dir(run_dir if run_dir is not None else Path("runs"), f"eval-{split}")
+    context = {
+        "model": str(model_path),
+        "split": split,
+        "data": {s.name: {"format": s.config.format, "root": s.config.root, "items": how[s.name]}
+                 for s in sources},
+        "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    result = evaluate_predictions(pred, config.data.classes, out_dir, threshold=threshold,
+                                  n_resamples=n_resamples, context=context)
+    return result, out_dir

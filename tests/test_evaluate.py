@@ -1,0 +1,70 @@
+"""`mtl evaluate` end to end on a tiny phantom run."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mtl.cli import main
+from mtl.config import load_config
+from mtl.train import train
+
+TWO_SOURCES = ("data.sources=[{format: phantoms, options: {n: 60, size: 64, seed: 1}}, "
+               "{format: phantoms, options: {n: 40, size: 64, seed: 2}}]")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    config = load_config(overrides=[
+        "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=16",
+        "model.bn_momentum=0.9", "train.epochs=2", "train.steps_per_epoch=4", "train.batch_size=8",
+        f"train.runs_dir={tmp}", "name=ev", TWO_SOURCES,
+    ])
+    return train(config, verbose=0).run_dir
+
+
+def test_evaluate_run_writes_metrics_report_and_plots(run_dir):
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--bootstrap", "50"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = run_dir / "eval-test"
+    assert f"results: {out}" in result.output
+    assert "presence accuracy" in result.output and "Dice mean" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    overall = metrics["overall"]
+    splits = json.loads((run_dir / "splits.json").read_text())
+    n_test = sum(len(v["case_ids"]["test"]) for v in splits.values())
+    assert overall["n_items"] == n_test  # exactly the run's held-out items
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "threshold"):
+        assert key in overall["presence"]
+    assert overall["presence"]["calibration"]["ece"] is not None
+    assert set(overall["type"]["per_class"]) == {"no_tumor", "glioma", "meningioma", "pituitary"}
+    assert len(overall["type"]["confusion"]) == 4
+    for key in ("dice_mean", "dice_median", "iou_mean", "hd95_median", "empty_fp_rate"):
+        assert key in overall["mask"]
+    assert overall["mask"]["hd95_unit"] == "mm"  # phantoms know their spacing
+    assert set(overall["ci95"]) >= {"presence_accuracy", "type_macro_f1", "dice_mean"}
+    assert set(metrics["by_dataset"]) == {"phantoms", "phantoms#1"}
+    for plot in ("roc.png", "confusion.png", "reliability.png", "dice_hist.png", "worst_cases.png"):
+        assert (out / "plots" / plot).stat().st_size > 5000, plot
+    report = (out / "report.md").read_text()
+    assert "## Presence" in report and "## Type / grade" in report and "worst_cases.png" in report
+
+
+def test_evaluate_model_file_on_other_data(run_dir, tmp_path):
+    out = tmp_path / "ev"
+    result = CliRunner().invoke(main, [
+        "evaluate", str(run_dir / "last.keras"), "--data", "phantoms=", "--split", "all",
+        "--out", str(out), "--bootstrap", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["n_items"] == 200  # PhantomAdapter's default n, every item
+    assert metrics["overall"]["ci95"] == {} or all(v is None for v in metrics["overall"]["ci95"].values())
+
+
+def test_evaluate_errors_are_clear(run_dir, tmp_path):
+    bad = CliRunner().invoke(main, ["evaluate", str(tmp_path)])
+    assert bad.exit_code != 0 and "best.keras" in bad.output
+    wrong = CliRunner().invoke(main, ["evaluate", str(run_dir), "--split", "holdout"])
+    assert wrong.exit_code != 0 and "holdout" in wrong.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -11,7 +13,8 @@ from PIL import Image
 
 from mtl.data.adapters import get_adapter
 from mtl.data.adapters.base import DataError
-from mtl.data.adapters.figshare import FigshareAdapter, block_patient_id, box_from_mask
+from mtl.data.adapters.figshare import FigshareAdapter, box_from_mask
+from mtl.data.grouping import consecutive_similarity, estimate_straddles, fixed_blocks
 from mtl.data.splits import check_no_leak, split_records
 
 DIGIT = {"pituitary": 0, "meningioma": 1, "glioma": 2}
@@ -21,13 +24,32 @@ MAT_CODE = {"meningioma": 1, "glioma": 2, "pituitary": 3}
 # --- writers for the on-disk formats ------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Image features (JPEG grouping) are cached in a temporary folder, not ~/.cache/mtl."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MTL_CACHE_DIR", str(folder))
+        yield folder
+
+
 def write_jpeg_item(
-    root: Path, folder: str, ident: int, line: str | None = None, size: tuple[int, int] = (64, 48)
+    root: Path,
+    folder: str,
+    ident: int,
+    line: str | None = None,
+    size: tuple[int, int] = (64, 48),
+    seed: int | None = None,
 ) -> Path:
-    """N.jpg (size = (width, height)) and N.txt with a YOLO line (default: a valid box)."""
+    """N.jpg (size = (width, height)) and N.txt with a YOLO line (default: a valid box).
+
+    The image is a fixed gradient, or random noise from ``seed`` (images unlike each other).
+    """
     (root / folder).mkdir(parents=True, exist_ok=True)
     width, height = size
     pixels = (np.arange(width * height).reshape(height, width) % 251).astype(np.uint8)
+    if seed is not None:
+        pixels = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
     Image.fromarray(pixels, mode="L").save(root / folder / f"{ident}.jpg", quality=95)
     if line is None:
         line = f"{DIGIT[folder]} 0.50 0.25 0.50 0.25"
@@ -100,9 +122,10 @@ def test_jpeg_layout_records(jpeg_root: Path) -> None:
     by_id = {r.case_id: r for r in records}
     assert by_id["1"].label == "meningioma" and by_id["21"].label == "glioma"
     assert all(r.presence == 1 and not r.has_mask and r.extra["has_box"] for r in records)
-    assert by_id["1"].patient_id == by_id["3"].patient_id == "block-0000"
-    assert by_id["21"].patient_id == "block-0001"
-    assert by_id["40"].patient_id == "block-0002"
+    # a run of one class without gaps is one group; class changes and id gaps cut
+    assert by_id["1"].patient_id == by_id["3"].patient_id == "ids-0001-0003"
+    assert by_id["21"].patient_id == "ids-0021-0022"
+    assert by_id["40"].patient_id == "ids-0040-0040"
 
 
 def test_jpeg_load_gives_pixel_box_and_no_mask(jpeg_root: Path) -> None:
@@ -114,15 +137,53 @@ def test_jpeg_load_gives_pixel_box_and_no_mask(jpeg_root: Path) -> None:
     assert sample["presence"] == 1 and sample["label"] == "meningioma"
     # xc 0.5, yc 0.25, w 0.5, h 0.25 on 64 x 48
     assert sample["meta"]["box"] == pytest.approx((16.0, 6.0, 48.0, 18.0))
-    assert sample["meta"]["patient_id"] == "block-0000"
+    assert sample["meta"]["patient_id"] == "ids-0001-0003"
     assert sample["meta"]["source"].endswith("2.jpg")
 
 
-def test_block_size_option(jpeg_root: Path) -> None:
-    records = FigshareAdapter(jpeg_root, block_size=2).records()
-    assert {r.case_id: r.patient_id for r in records}["3"] == "block-0001"
-    assert block_patient_id("41", 20) == "block-0002"
-    assert block_patient_id("scan", 20) == "file-scan"
+def jumping_run(root: Path, same_image: bool = False) -> Path:
+    """Glioma ids 101-112: the box jumps at 104|105 (far) and 108|109 (less far)."""
+    boxes = ["2 0.30 0.30 0.10 0.10"] * 4 + ["2 0.70 0.70 0.20 0.20"] * 4
+    boxes += ["2 0.70 0.40 0.20 0.20"] * 4
+    for k, line in enumerate(boxes):
+        write_jpeg_item(root, "glioma", 101 + k, line=line, seed=None if same_image else k)
+    return root
+
+
+def test_block_size_option(tmp_path: Path) -> None:
+    root = jumping_run(tmp_path / "run")
+    groups = {r.case_id: r.patient_id for r in FigshareAdapter(root, block_size=4).records()}
+    assert len(set(groups.values())) == 3
+    assert groups["104"] == "ids-0101-0104" and groups["105"] == "ids-0105-0108"
+    # no cut may leave fewer than block_size slices: one group
+    groups = {r.case_id: r.patient_id for r in FigshareAdapter(root, block_size=5).records()}
+    assert set(groups.values()) == {"ids-0101-0112"}
+    with pytest.raises(ValueError, match="block_size"):
+        FigshareAdapter(root, block_size=0).records()
+
+
+def test_alike_images_are_never_cut_apart(tmp_path: Path) -> None:
+    root = jumping_run(tmp_path / "run", same_image=True)
+    records = FigshareAdapter(root, block_size=4).records()
+    assert {r.patient_id for r in records} == {"ids-0101-0112"}
+    # from the boxes alone the jumps are cuts
+    records = FigshareAdapter(root, block_size=4, image_similarity=False).records()
+    assert len({r.patient_id for r in records}) == 3
+
+
+def test_non_numeric_name_and_cache_outside_the_dataset(tmp_path: Path) -> None:
+    root = tmp_path / "figshare"
+    write_jpeg_item(root, "glioma", 1)
+    (root / "glioma" / "1.jpg").rename(root / "glioma" / "scan.jpg")
+    (root / "glioma" / "1.txt").rename(root / "glioma" / "scan.txt")
+    write_jpeg_item(root, "glioma", 2)
+    cache = tmp_path / "cache"
+    records = FigshareAdapter(root, cache_dir=cache).records()
+    assert {r.case_id: r.patient_id for r in records} == {"2": "ids-0002-0002", "scan": "file-scan"}
+    assert list(cache.glob("*.npz"))
+    assert sorted(p.name for p in (root / "glioma").iterdir()) == [
+        "2.jpg", "2.txt", "scan.jpg", "scan.txt"
+    ]
 
 
 def test_nested_class_folders_are_found(tmp_path: Path) -> None:
@@ -296,7 +357,11 @@ def real_figshare(shared_data: Path) -> FigshareAdapter:
     root = shared_data / "figshare-cheng"
     if not root.is_dir():
         pytest.skip(f"real figshare data not available at {root}")
-    return FigshareAdapter(root)
+    adapter = FigshareAdapter(root)
+    started = time.perf_counter()
+    adapter.records()  # cold: reads every thumbnail into the (temporary) cache
+    adapter.scan_seconds = time.perf_counter() - started  # type: ignore[attr-defined]
+    return adapter
 
 
 def test_real_figshare_counts(real_figshare: FigshareAdapter) -> None:
@@ -316,7 +381,43 @@ def test_real_figshare_boxes_inside_images(real_figshare: FigshareAdapter) -> No
         assert sample["image"].ndim == 2 and sample["mask"] is None
 
 
-def test_real_figshare_splits_do_not_leak_blocks(real_figshare: FigshareAdapter) -> None:
+def test_real_figshare_scan_is_fast_cold_and_warm(real_figshare: FigshareAdapter) -> None:
+    cold = real_figshare.scan_seconds  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    warm = FigshareAdapter(real_figshare.root).records()
+    warm_seconds = time.perf_counter() - started
+    print(f"figshare JPEG scan: cold {cold:.1f} s, warm {warm_seconds:.1f} s")
+    assert cold < 15 and warm_seconds < 5
+    assert [r.patient_id for r in warm] == [r.patient_id for r in real_figshare.records()]
+
+
+def test_real_figshare_groups_straddle_far_less_than_fixed_blocks(
+    real_figshare: FigshareAdapter,
+) -> None:
+    records = sorted(real_figshare.records(), key=lambda r: int(r.case_id))
+    ids = [int(r.case_id) for r in records]
+    labels = [r.label for r in records]
+    boxes = [r.extra["box_norm"] for r in records]
+    similarity = consecutive_similarity([r.source for r in records])
+    groups = [r.patient_id for r in records]
+    before = estimate_straddles(ids, labels, boxes, fixed_blocks(ids, 20), similarity=similarity)
+    after = estimate_straddles(ids, labels, boxes, groups, similarity=similarity)
+    print(f"likely straddles: fixed blocks of 20 {before}, patient_blocks {after}")
+    assert before.either is not None and after.either is not None
+    assert before.either >= 50  # measured: 92 of 129 block boundaries
+    assert after.either <= before.either // 10  # measured: 0 of 86
+    assert 60 <= len(set(groups)) <= 200  # measured: 95
+    # groups never mix classes nor bridge a gap in the ids
+    by_group: dict[str, list[int]] = {}
+    for record in records:
+        by_group.setdefault(record.patient_id, []).append(int(record.case_id))
+        assert record.patient_id.startswith("ids-")
+    for group, members in by_group.items():
+        assert members == list(range(members[0], members[-1] + 1)), group
+        assert len({r.label for r in records if r.patient_id == group}) == 1, group
+
+
+def test_real_figshare_splits_do_not_leak_groups(real_figshare: FigshareAdapter) -> None:
     records = real_figshare.records()
     splits = split_records(records, seed=0)
     check_no_leak(records, splits)

@@ -51,7 +51,9 @@ def figshare_root(tmp_path: Path) -> Path:
 
 
 def test_summarize_br35h(br35h_root: Path) -> None:
-    summary = summarize(Br35hAdapter(br35h_root))
+    # the fixture's images are identical copies: one group with dedup, one each without
+    assert summarize(Br35hAdapter(br35h_root))["n_patients"] == 1
+    summary = summarize(Br35hAdapter(br35h_root, dedup=False))
     assert summary["dataset"] == "br35h" and summary["n_items"] == 7 and summary["n_patients"] == 7
     assert summary["labels"] == {"no_tumor": 4, "unknown": 3}
     assert summary["presence"] == {"0": 4, "1": 3}

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 import keras
 
-from mtl.model.backbones import build_unet
-
 OUTPUTS = ("presence", "type", "mask")
 
 
@@ -50,6 +48,8 @@ class NetworkSpec:
 
 
 def build_network(spec: NetworkSpec) -> keras.Model:
+    from mtl.model.backbones import build_unet  # imports segmentation-models: only when building
+
     shape = (spec.input_size, spec.input_size, spec.channels)
     unet, bottleneck = build_unet(
         spec.backbone,

@@ -20,13 +20,22 @@ mask; a ``yes/`` image without annotation keeps presence 1 but has mask None (th
 ``unannotated``). ``no/`` images are presence 0, label "no_tumor", all-zero mask.
 
 Images are mixed sizes, RGB or grayscale (a few ".jpg" files are really PNGs): they load as 2-D
-uint8 grayscale. Br35H has no patient ids, so each image is its own patient group
-(``patient_id`` = file stem); near-duplicate images of one slice do exist in the set and cannot
-be grouped from the labels.
+uint8 grayscale.
+
+Br35H has no patient ids, and most of its images are near-duplicates of others: the same slice
+resized, cropped, re-contrasted, sharpened, mirrored or byte-identical, up to some 50 copies of
+one slice.
+With ``dedup=True`` (the default) such copies share a patient group, found by
+:func:`mtl.data.grouping.duplicate_groups` (perceptual hashes checked by thumbnail correlation;
+features cached under ``$MTL_CACHE_DIR`` or ``~/.cache/mtl``), so splits keep all copies on one
+side: ``patient_id`` is ``dup-<stem of the first copy>`` for a group and the file stem for an
+image without copies. ``dedup=False`` makes every image its own group (``patient_id`` = stem),
+which lets copies leak across splits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,7 @@ from mtl.data.adapters.class_folders import (
     read_image_or_fail,
     visible_dirs,
 )
+from mtl.data.grouping import duplicate_groups
 from mtl.data.sample import NO_TUMOR, Sample, make_sample
 
 #: pixels a region may extend beyond the image before it counts as out of bounds
@@ -176,8 +186,16 @@ def rasterise(regions: list[Region], shape: tuple[int, int]) -> np.ndarray:
 class Br35hAdapter(Adapter):
     """Br35H: ``yes/`` tumor slices with VIA outlines, ``no/`` healthy slices.
 
+    Options:
+        dedup: group near-duplicate images into one patient group (default True), see the
+            module docstring.
+        cache_dir: cache folder for the image features instead of the default.
+
     After ``records()``, ``unannotated`` lists the yes-images without any outline and
-    ``unmatched_annotations`` the annotated file names with no image in ``yes/``.
+    ``unmatched_annotations`` the annotated file names with no image in ``yes/``. With dedup,
+    ``duplicate_groups`` maps each group of near-duplicates (two or more images) to its case
+    ids, ``duplicate_groups_found`` is their number and ``mixed_label_groups`` lists the groups
+    holding both yes/ and no/ images (a label conflict).
     """
 
     name = "br35h"
@@ -187,6 +205,13 @@ class Br35hAdapter(Adapter):
         super().__init__(root, on_error=on_error, **options)
         self.unannotated: list[str] = []
         self.unmatched_annotations: list[str] = []
+        self.duplicate_groups: dict[str, list[str]] = {}
+        self.mixed_label_groups: list[str] = []
+
+    @property
+    def duplicate_groups_found(self) -> int:
+        """Number of groups of two or more near-duplicate images (0 before ``records()``)."""
+        return len(self.duplicate_groups)
 
     def _base(self) -> Path:
         """The folder holding yes/ and no/: the root or one of its sub-folders."""
@@ -207,7 +232,24 @@ class Br35hAdapter(Adapter):
             records.extend(self._scan_yes(base, yes_dir))
         if no_dir is not None:
             records.extend(self._plain_record(path, "no") for path in image_files(no_dir))
-        return drop_duplicate_ids(self, records)
+        records = drop_duplicate_ids(self, records)
+        if self.options.get("dedup", True):
+            records = self._group_duplicates(records)
+        return records
+
+    def _group_duplicates(self, records: list[Record]) -> list[Record]:
+        """Give near-duplicate images one patient group and note what was found."""
+        groups = duplicate_groups([r.source for r in records], cache=self.options.get("cache_dir"))
+        members: dict[str, list[Record]] = {}
+        for record, group in zip(records, groups):
+            members.setdefault(group, []).append(record)
+        self.duplicate_groups = {
+            g: [r.case_id for r in rs] for g, rs in members.items() if len(rs) > 1
+        }
+        self.mixed_label_groups = sorted(
+            g for g, rs in members.items() if len({r.presence for r in rs}) > 1
+        )
+        return [dataclasses.replace(r, patient_id=g) for r, g in zip(records, groups)]
 
     def _read_annotations(self, base: Path, yes_dir: Path) -> dict[str, list[dict[str, Any]]]:
         """VIA entries by image file name, from every JSON in yes/ and next to it."""

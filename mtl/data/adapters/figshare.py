@@ -14,8 +14,8 @@ root or one level down::
 
 ``N.txt`` holds one line ``class x_center y_center width height``, coordinates normalised to
 [0, 1] (YOLO); the class digit (0 pituitary, 1 meningioma, 2 glioma) must agree with the folder.
-This layout labels a box only: ``mask=None``, ``meta["box"]``. It has no patient ids: see
-:func:`block_patient_id`.
+This layout labels a box only: ``mask=None``, ``meta["box"]``. It has no patient ids: they are
+guessed from runs of slices, see :meth:`FigshareAdapter.jpeg_patient_groups`.
 
 Original MATLAB v7.3 release: ``N.mat`` files anywhere under the root (the release ships as four
 zip parts; ``cvind.mat``, the authors' cross-validation folds, is ignored), each an HDF5 file
@@ -38,6 +38,7 @@ x1=c1+1. Images load as stored: uint8 grayscale for JPEG, int16 for .mat.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from mtl.data.adapters.class_folders import (
     read_image_or_fail,
     visible_dirs,
 )
+from mtl.data.grouping import DEFAULT_TARGET_SIZE, consecutive_similarity, patient_blocks
 from mtl.data.sample import Sample, make_sample
 
 #: YOLO class digit of the JPEG layout, by class folder
@@ -61,28 +63,16 @@ JPEG_CLASS_DIGIT = {"pituitary": 0, "meningioma": 1, "glioma": 2}
 MAT_LABELS = {1: "meningioma", 2: "glioma", 3: "pituitary"}
 #: how far (as a fraction of the image) a YOLO box may poke out of [0, 1] before it is an error
 BOX_TOLERANCE = 0.01
-DEFAULT_BLOCK_SIZE = 20
+DEFAULT_BLOCK_SIZE = DEFAULT_TARGET_SIZE
 #: companion files of the .mat release that hold no slice (cvind.mat: the authors' 5 folds)
 MAT_COMPANIONS = frozenset({"cvind.mat"})
 
 Box = tuple[float, float, float, float]
 
 
-def block_patient_id(stem: str, block_size: int = DEFAULT_BLOCK_SIZE) -> str:
-    """Patient group of a JPEG-layout image: its block of ``block_size`` consecutive ids.
-
-    The JPEG layout lost the patient ids of the original release, but its ids run patient by
-    patient (the original files were numbered in acquisition order), so consecutive ids are
-    mostly slices of one patient. Splitting at random would put neighbouring slices of a
-    patient in train and test. Grouping id ``i`` into block ``i // block_size`` keeps runs of
-    slices together; only a patient straddling a block boundary can still be cut, which a larger
-    block makes rarer at the cost of coarser splits. The block depends on the id alone, so it
-    does not change when other files are added or removed. A non-numeric file name gets a group
-    of its own.
-    """
-    if not stem.isdigit():
-        return f"file-{stem}"
-    return f"block-{int(stem) // block_size:04d}"
+def _plain_number(stem: str) -> bool:
+    """True for a file name like "17" (ASCII digits, no leading zero)."""
+    return stem.isascii() and stem.isdigit() and str(int(stem)) == stem
 
 
 def box_from_mask(mask: np.ndarray) -> Box | None:
@@ -153,10 +143,22 @@ def read_matlab_scalar(dataset: h5py.Dataset) -> float:
 class FigshareAdapter(Adapter):
     """Cheng et al. figshare set, JPEG+YOLO box layout or original MATLAB v7.3 .mat files.
 
+    The .mat layout carries real patient ids (``cjdata.PID``). The JPEG layout lost them; its
+    ids run patient by patient, so patient groups are guessed from runs of consecutive ids with
+    :func:`mtl.data.grouping.patient_blocks`: a change of tumor class or a gap in the ids always
+    starts a new group; inside a run of one class, a group ends only where the tumor box jumps
+    (moves or changes size clearly) and the image does not look like the previous one, and the
+    strongest such jumps are taken first, no closer than ``block_size`` slices to another cut.
+    Groups are named ``ids-<first>-<last>``; a non-numeric file name gets ``file-<stem>``.
+
     Options:
         layout: "jpeg", "mat" or None (detect).
-        block_size: ids per patient block in the JPEG layout (default 20), see
-            :func:`block_patient_id`.
+        block_size: smallest group, in slices, that the JPEG grouping aims for (default 20):
+            larger is safer against patients split across groups, smaller gives finer splits.
+        image_similarity: compare neighbouring images too (default True): JPEG scans then read
+            small thumbnails once (a few seconds for 2,600 images) and cache them under
+            ``$MTL_CACHE_DIR`` or ``~/.cache/mtl``; False uses the box files only.
+        cache_dir: cache folder for the thumbnails instead of the default.
     """
 
     name = "figshare"
@@ -192,8 +194,9 @@ class FigshareAdapter(Adapter):
         return size
 
     def _scan(self) -> list[Record]:
-        records = self._scan_jpeg() if self._layout() == "jpeg" else self._scan_mat()
-        return drop_duplicate_ids(self, records)
+        if self._layout() == "mat":
+            return drop_duplicate_ids(self, self._scan_mat())
+        return self._with_patient_groups(drop_duplicate_ids(self, self._scan_jpeg()))
 
     # --- JPEG + YOLO layout ---------------------------------------------------------------------
 
@@ -231,13 +234,45 @@ class FigshareAdapter(Adapter):
             return None
         return Record(
             case_id=image.stem,
-            patient_id=block_patient_id(image.stem, self._block_size()),
+            patient_id=f"file-{image.stem}",  # replaced by _with_patient_groups
             presence=1,
             label=label,
             has_mask=False,
             source=str(image),
             extra={"layout": "jpeg", "has_box": True, "box_norm": box_norm, "box_file": str(text)},
         )
+
+    def jpeg_patient_groups(self, records: list[Record]) -> dict[str, str]:
+        """Patient group by case id for JPEG-layout records (see the class docstring).
+
+        Only file names that are plain numbers take part; others keep ``file-<stem>``.
+        """
+        numbered = sorted(
+            (r for r in records if _plain_number(r.case_id)),
+            key=lambda r: int(r.case_id),
+        )
+        if not numbered:
+            return {}
+        similarity = None
+        if self.options.get("image_similarity", True):
+            similarity = consecutive_similarity(
+                [r.source for r in numbered], cache=self.options.get("cache_dir")
+            )
+        groups = patient_blocks(
+            [int(r.case_id) for r in numbered],
+            [r.label for r in numbered],
+            [r.extra["box_norm"] for r in numbered],
+            self._block_size(),
+            similarity=similarity,
+        )
+        return {r.case_id: group for r, group in zip(numbered, groups)}
+
+    def _with_patient_groups(self, records: list[Record]) -> list[Record]:
+        groups = self.jpeg_patient_groups(records)
+        return [
+            dataclasses.replace(r, patient_id=groups[r.case_id]) if r.case_id in groups else r
+            for r in records
+        ]
 
     def _load_jpeg(self, record: Record) -> Sample:
         image = read_image_or_fail(self, Path(record.source))

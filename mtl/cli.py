@@ -158,5 +158,10 @@ def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
     click.echo(f"mosaic: {out_path.resolve()}")
 
 
+from mtl.infer.command import infer  # noqa: E402  (its heavy imports are inside the command)
+
+main.add_command(infer)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

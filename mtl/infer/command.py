@@ -1,0 +1,168 @@
+"""``mtl infer``: run a trained model on new scans; parse, call :mod:`mtl.infer.runner`, report.
+
+Registered on the ``mtl`` group in :mod:`mtl.cli` with ``main.add_command(infer)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+
+
+def _spacing(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.replace("x", ",").split(",")]
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or min(parts) <= 0:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter("give ROW_MM,COL_MM (or one value), e.g. 0.5,0.5") from None
+    return tuple(parts)
+
+
+def _formats(ctx: click.Context, param: click.Parameter, value: str | None):
+    from mtl.infer.runner import parse_formats
+
+    try:
+        return parse_formats(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _axis(ctx: click.Context, param: click.Parameter, value: str):
+    from mtl.infer.readers import format_axis
+
+    try:
+        return format_axis(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command("infer", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Output folder: findings.csv and one sub-folder per case.")
+@click.option("--format", "formats", callback=_formats, metavar="LIST",
+              help="Mask formats, comma-separated: png, nifti, dicom-seg "
+                   "(default: PNG for images, NIfTI for NIfTI, DICOM SEG for DICOM).")
+@click.option("--overlay", is_flag=True,
+              help="PNG overlays (outline, fill, label, probabilities); contact sheet for volumes.")
+@click.option("--overlay-slices", type=click.Choice(["tumor", "all"]), default="tumor",
+              show_default=True, help="Volumes: overlay the slices with tumor, or every slice.")
+@click.option("--explain", is_flag=True, help="Grad-CAM heat map of the type head beside the overlay.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.5, show_default=True,
+              help="Tumor probability threshold for mask pixels (and presence, unless "
+                   "--presence-threshold).")
+@click.option("--presence-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Threshold of the presence decision (default: --threshold).")
+@click.option("--tta", is_flag=True, help="Flip test-time augmentation (average with the "
+                                          "mirrored input's prediction).")
+@click.option("--largest-component", is_flag=True,
+              help="Keep only the largest connected tumor region per case (3-D for volumes).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Slices per network call.")
+@click.option("--axis", default="axial", show_default=True, callback=_axis,
+              help="NIfTI slicing axis: axial, coronal, sagittal (from the affine) or 0, 1, 2.")
+@click.option("--pixel-spacing", callback=_spacing, metavar="ROW_MM,COL_MM",
+              help="Pixel spacing of 2-D image inputs, for areas in mm².")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: when the terminal shows it).")
+def infer(model, inputs, out, formats, overlay, overlay_slices, explain, threshold,
+          presence_threshold, tta, largest_component, batch_size, axis, pixel_spacing, force,
+          progress) -> None:
+    """Run MODEL on images, folders, NIfTI volumes or DICOM series; write findings and masks.
+
+    Per case: findings.json (presence, type, tumor size and place), the mask in the input's own
+    geometry, and with --overlay / --explain pictures to look at. One findings.csv for the run.
+    Exit status 1 if any input failed; the others still run. Research use, not a diagnosis.
+    """
+    from mtl.infer.predict import ModelError, Predictor
+    from mtl.infer.runner import InferOptions, run
+    from mtl.infer.writers import OutputExistsError
+
+    options = InferOptions(formats=formats, overlay=overlay, overlay_slices=overlay_slices,
+                           explain=explain, presence_threshold=presence_threshold, axis=axis,
+                           pixel_spacing=pixel_spacing, force=force)
+    out_dir = Path(out)
+    if (out_dir / "findings.csv").exists() and not force:
+        raise click.ClickException(f"{out_dir / 'findings.csv'} exists (an earlier run); use "
+                                   "--force to overwrite or choose another --out")
+    try:
+        predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
+                                        largest_component=largest_component,
+                                        batch_size=batch_size)
+        result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model)
+    except (ModelError, OutputExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary_table(result.cases))
+    failed = result.failures
+    click.echo(f"\nresults: {result.out}")
+    if result.csv_path:
+        click.echo(f"  {result.csv_path}")
+    for case in result.cases:
+        if case.status == "ok" and case.folder is not None:
+            click.echo(f"  {case.folder}/  {output_names(case.folder, case.outputs)}")
+    if failed:
+        click.echo(f"\n{len(failed)} of {len(result.cases)} input(s) failed:", err=True)
+        for case in failed:
+            click.echo(f"  {case.error}", err=True)
+        raise SystemExit(1)
+
+
+def output_names(folder: Path, paths) -> str:
+    """"mask.nii.gz, overlay_slice_*.png (12), ..." for a case's files."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        rel = path.relative_to(folder).as_posix()
+        rel = re.sub(r"slice_\d+", "slice_*", rel)
+        rel = rel.split("/")[0] + "/" if "/" in rel else rel
+        counts[rel] = counts.get(rel, 0) + 1
+    return ", ".join(k if n == 1 else f"{k} ({n})" for k, n in sorted(counts.items()))
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def summary_table(cases) -> str:
+    """One line per case: presence, label, size, hemisphere or the failure."""
+    header = ("case", "kind", "tumor", "label", "size", "side")
+    rows = []
+    for c in cases:
+        if c.status != "ok" or not c.record:
+            rows.append((c.name, c.kind or "-", "FAILED", "-", "-", "-"))
+            continue
+        f = c.record["findings"]
+        p = f["presence"]
+        t = f["tumor"]
+        label = f["type"]["label"]
+        prob = f["type"]["probabilities"].get(label)
+        presence = f"{'yes' if p['decision'] else 'no'} {_num(p['probability'])}"
+        if t["volume_ml"] is not None:
+            size = f"{t['volume_ml']:.2f} mL"
+        elif t["area_mm2"] is not None:
+            size = f"{t['area_mm2']:.1f} mm²"
+        else:
+            size = f"{t['pixels']} px"
+        side = (t.get("hemisphere") or {}).get("side") or "-"
+        rows.append((c.name, c.kind, presence, f"{label} {_num(prob)}", size, side))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+__all__ = ["infer", "summary_table"]

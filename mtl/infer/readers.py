@@ -1,0 +1,595 @@
+"""Inputs of ``mtl infer`` -> cases: 2-D slices plus the geometry needed to map results back.
+
+Three kinds of input are read:
+
+- ``image``: one PNG, JPEG, TIFF or BMP file. Read as the training adapters read images (EXIF
+  orientation applied, colour -> ITU-R 601 luma, alpha composited onto black); 16-bit and float
+  images keep their values. One slice; no spacing unless the caller provides it.
+- ``nifti``: a ``.nii`` / ``.nii.gz`` volume, cut into 2-D slices along one array axis, in array
+  order, exactly as the BraTS adapter cuts training slices (no in-plane reorientation). The
+  default axis is the axial one (the array axis closest to superior-inferior in the affine);
+  ``axis`` may name an array axis (0, 1, 2) or ``axial``/``coronal``/``sagittal``.
+- ``dicom``: the single-frame images of one DICOM series (one folder may hold several series),
+  sorted along the slice normal. Modality LUT (rescale slope/intercept) applied.
+
+Every case carries ``affine``: a 4x4 matrix from voxel indices *in the case's native array
+order* to RAS+ millimetres (x to the patient's Right, y Anterior, z Superior), or None for 2-D
+images. Native order is the NIfTI file's own array order, and (slice, row, column) for DICOM.
+
+Problems raise :class:`InputError` whose message starts with the offending file's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})
+#: smallest accepted image side in pixels
+MIN_SIDE = 8
+AXIS_NAMES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
+#: NIfTI spatial units -> millimetres
+_UNIT_TO_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
+
+
+class InputError(ValueError):
+    """An input that cannot be used; the message names the file and says why."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One case to read (not read yet): its output name, kind and file(s)."""
+
+    name: str
+    kind: str  # "image" | "nifti" | "dicom"
+    source: Path  # the file, or the folder of a DICOM series
+    paths: tuple[Path, ...]  # the file, or the files of a DICOM series
+
+
+@dataclass
+class Case:
+    """A read input: its slices and the geometry needed to put results back where they belong.
+
+    ``slices`` is (N, H, W) (or (N, H, W, C) for colour images): the 2-D images the model sees,
+    in order. ``to_native`` turns an (N, H, W) stack of per-slice results back into the input's
+    own array shape (``native_shape``).
+    """
+
+    name: str
+    kind: str
+    source: Path
+    slices: np.ndarray
+    native_shape: tuple[int, ...]
+    slice_axis: int | None = None  # native axis the slices were cut along; None for images
+    affine: np.ndarray | None = None  # native voxel index -> RAS+ mm
+    orientation_known: bool = False
+    spacing: tuple[float, float] | None = None  # in-plane (row, column) spacing in mm
+    nifti: Any = None  # the nibabel image (header and affine for the output label volume)
+    datasets: list[Any] | None = None  # pydicom datasets, in slice order
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.slices.shape[0])
+
+    @property
+    def is_volume(self) -> bool:
+        return self.kind in ("nifti", "dicom")
+
+    def to_native(self, stack: np.ndarray) -> np.ndarray:
+        """(N, H, W) per-slice array -> the input's own array shape and order."""
+        if self.kind == "image":
+            return stack[0]
+        if self.kind == "dicom":
+            return stack
+        axis = 2 if self.slice_axis is None else self.slice_axis
+        volume = np.moveaxis(stack, 0, axis)
+        return volume.reshape(self.native_shape)
+
+    def native_image(self) -> np.ndarray:
+        """The intensities in native order (grey; colour images reduced to their mean)."""
+        slices = self.slices if self.slices.ndim == 3 else self.slices.mean(axis=-1)
+        return self.to_native(np.asarray(slices, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _nifti_stem(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """DICOM Part 10 magic ("DICM" at byte 128) or a DICOM suffix."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def kind_of(path: Path) -> str | None:
+    """"image", "nifti", "dicom" or None for a file path."""
+    if _nifti_stem(path.name) is not None:
+        return "nifti"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    if is_dicom_file(path):
+        return "dicom"
+    return None
+
+
+def safe_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return name or "case"
+
+
+def _stem(path: Path) -> str:
+    return _nifti_stem(path.name) or path.stem
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def discover(inputs: Sequence[str | Path]) -> tuple[list[InputItem], list[tuple[str, str]]]:
+    """Expand files and folders into input items; also (path, reason) of inputs that cannot be used.
+
+    Folders are walked recursively (hidden entries skipped); images and NIfTI files become one
+    case each, DICOM files are grouped into one case per series. Item names are unique (a
+    numeric suffix is added on collision) and safe as folder names.
+    """
+    items: list[tuple[str, str, Path, tuple[Path, ...]]] = []
+    failures: list[tuple[str, str]] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            failures.append((str(path), "no such file or directory"))
+            continue
+        if path.is_file():
+            kind = kind_of(path)
+            if kind is None:
+                failures.append((str(path), "unsupported file type (expected PNG, JPEG, TIFF, "
+                                            "BMP, NIfTI .nii/.nii.gz or DICOM)"))
+            elif kind == "dicom":
+                series, bad = _group_dicom([path])
+                failures += bad
+                items += [(_series_name(path.parent, s, len(series)), "dicom", path, files)
+                          for s, files in series]
+            else:
+                items.append((_stem(path), kind, path, (path,)))
+            continue
+        found = 0
+        dicoms: list[Path] = []
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=_natural_key)
+            for name in sorted((f for f in files if not f.startswith(".")), key=_natural_key):
+                file = Path(folder) / name
+                kind = kind_of(file)
+                if kind == "dicom":
+                    dicoms.append(file)
+                elif kind is not None:
+                    rel = file.relative_to(path)
+                    items.append(("_".join((*rel.parent.parts, _stem(rel))), kind, file, (file,)))
+                    found += 1
+        if dicoms:
+            series, bad = _group_dicom(dicoms)
+            failures += bad
+            by_folder: dict[Path, int] = {}
+            for _uid, files in series:
+                by_folder[files[0].parent] = by_folder.get(files[0].parent, 0) + 1
+            for uid, files in series:
+                folder = files[0].parent
+                items.append((_series_name(folder, uid, by_folder[folder], files), "dicom",
+                              folder, files))
+                found += 1
+        if not found and not dicoms:
+            failures.append((str(path), "no images, NIfTI volumes or DICOM files found in folder"))
+    used: set[str] = set()
+    out: list[InputItem] = []
+    for name, kind, source, files in items:
+        base = safe_name(name)
+        unique, k = base, 2
+        while unique.lower() in used:
+            unique, k = f"{base}-{k}", k + 1
+        used.add(unique.lower())
+        out.append(InputItem(unique, kind, source, files))
+    return out, failures
+
+
+def _series_name(folder: Path, uid: str, n_in_folder: int, files: Sequence[Path] = ()) -> str:
+    if n_in_folder <= 1:
+        return folder.name or "dicom"
+    number = ""
+    if files:
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+            number = str(getattr(ds, "SeriesNumber", "") or "")
+        except Exception:  # noqa: BLE001 - the name is cosmetic; reading errors surface later
+            number = ""
+    return f"{folder.name}_series{number or uid[-8:]}"
+
+
+def _group_dicom(files: Iterable[Path]) -> tuple[list[tuple[str, tuple[Path, ...]]],
+                                                 list[tuple[str, str]]]:
+    """Group DICOM files by SeriesInstanceUID (header only); unreadable files are failures."""
+    import pydicom
+
+    groups: dict[str, list[Path]] = {}
+    failures: list[tuple[str, str]] = []
+    for file in files:
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+            uid = str(ds.SeriesInstanceUID)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad files
+            failures.append((str(file), f"cannot read DICOM header ({_why(exc)})"))
+            continue
+        groups.setdefault(uid, []).append(file)
+    return [(uid, tuple(paths)) for uid, paths in groups.items()], failures
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as one line: "Type: message"."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def check_pixels(path: Path | str, array: np.ndarray, what: str = "image") -> None:
+    """Reject empty, non-numeric, non-finite or constant pixel data, naming the file."""
+    if array.size == 0:
+        raise InputError(f"{path}: {what} is empty (shape {array.shape})")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: {what} has unsupported pixel type {array.dtype}")
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(f"{path}: {what} holds {bad} NaN or infinite values")
+    lo, hi = np.min(array).item(), np.max(array).item()
+    if lo == hi:
+        raise InputError(f"{path}: {what} is constant (every value = {lo:g}); nothing to analyse")
+
+
+def _check_side(path: Path, shape: tuple[int, ...]) -> None:
+    if min(shape[:2]) < MIN_SIDE:
+        raise InputError(f"{path}: image of shape {shape} is too small "
+                         f"(at least {MIN_SIDE}x{MIN_SIDE} pixels needed)")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> (H, W) array: grey as in training, 16-bit and float values kept."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                raise InputError(f"{path}: holds {img.n_frames} frames, not a 2-D image "
+                                 "(give a volume as NIfTI or DICOM)")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                array = np.asarray(img)
+            else:
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P"
+                                                       and "transparency" in img.info):
+                    rgba = img.convert("RGBA")
+                    img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+                array = np.asarray(img.convert("L"), dtype=np.uint8)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError...
+        if path.suffix.lower() in (".tif", ".tiff"):
+            array = _read_tiff(path, exc)
+        else:
+            raise InputError(f"{path}: cannot read image ({_why(exc)})") from exc
+    return np.array(array)
+
+
+def _read_tiff(path: Path, first_error: Exception) -> np.ndarray:
+    try:
+        import tifffile
+
+        array = np.asarray(tifffile.imread(path))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: cannot read image ({_why(first_error)}; "
+                         f"tifffile: {_why(exc)})") from exc
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        rgb = array[..., :3].astype(np.float32)
+        array = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    if array.ndim != 2:
+        raise InputError(f"{path}: TIFF of shape {array.shape} is not a 2-D image "
+                         "(give a volume as NIfTI or DICOM)")
+    return array
+
+
+def load_image_case(item: InputItem, spacing: tuple[float, float] | None = None) -> Case:
+    path = item.paths[0]
+    image = read_image(path)
+    if image.ndim != 2:
+        raise InputError(f"{path}: image of shape {image.shape} is not 2-D")
+    _check_side(path, image.shape)
+    check_pixels(path, image)
+    return Case(item.name, "image", item.source, image[None], image.shape, spacing=spacing)
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+
+def axis_from_option(axis: int | str, affine: np.ndarray | None) -> int:
+    """An array axis (0-2) from an int or "axial"/"coronal"/"sagittal" and the affine."""
+    if isinstance(axis, int) or str(axis).isdigit():
+        value = int(axis)
+        if value not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {value}")
+        return value
+    key = str(axis).lower()
+    if key not in AXIS_NAMES:
+        raise ValueError(f"axis must be 0, 1, 2, axial, coronal or sagittal, got {axis!r}")
+    if affine is None:
+        return 2
+    from nibabel.orientations import aff2axcodes
+
+    codes = aff2axcodes(affine)
+    for index, code in enumerate(codes):
+        if code is not None and code in AXIS_NAMES[key]:
+            return index
+    return 2
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """nibabel logs the header fixes it makes through Python's last-resort handler; mute that."""
+    from nibabel.imageglobals import logger
+
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _header_problems(path: Path, img: Any) -> list[str]:
+    """Problems nibabel silently repairs, as warnings; zero/non-finite voxel sizes are errors."""
+    from nibabel.openers import ImageOpener
+
+    header_class = type(img.header)
+    try:
+        with ImageOpener(str(path)) as fh:
+            raw = fh.read(header_class.template_dtype.itemsize)
+        problems = header_class.diagnose_binaryblock(raw)
+        raw_header = header_class(raw, check=False)
+        ndim = int(np.clip(raw_header["dim"][0], 1, 7))
+        pixdim = np.asarray(raw_header["pixdim"][1 : 1 + min(3, ndim)], dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: cannot read NIfTI header ({_why(exc)})") from exc
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise InputError(f"{path}: broken NIfTI header: voxel sizes (pixdim) {pixdim.tolist()} "
+                         "must be non-zero numbers")
+    return [f"NIfTI header repaired on reading: {line}" for line in problems.splitlines() if line]
+
+
+def load_nifti_case(item: InputItem, axis: int | str = "axial") -> Case:
+    """A NIfTI volume -> slices along ``axis``; broken headers and data raise InputError."""
+    import nibabel as nib
+
+    path = item.paths[0]
+    try:
+        with _quiet_nibabel():  # header problems are reported below, not printed
+            img = nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types on bad headers
+        raise InputError(f"{path}: cannot read NIfTI header ({_why(exc)})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__})")
+    warnings = _header_problems(path, img)
+    shape = tuple(int(s) for s in img.shape)
+    if not shape or min(shape) <= 0:
+        raise InputError(f"{path}: broken NIfTI header: dimensions {shape} must be positive")
+    if len(shape) == 4 and shape[3] == 1:
+        volume_shape = shape[:3]
+    elif len(shape) == 3:
+        volume_shape = shape
+    elif len(shape) == 2:
+        volume_shape = shape + (1,)
+    else:
+        raise InputError(f"{path}: NIfTI of shape {shape} is not a 3-D volume "
+                         "(a single 2-D or 3-D image is expected)")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: broken NIfTI header: the affine is not finite and invertible "
+                         f"({np.round(affine, 4).tolist()})")
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(f"{path}: broken NIfTI header: voxel sizes {zooms.tolist()} must be > 0")
+    try:
+        data = np.asarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
+        raise InputError(f"{path}: cannot read NIfTI data, the file may be truncated "
+                         f"({_why(exc)})") from exc
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"{path}: NIfTI pixel type {data.dtype} is not supported (grey only)")
+    check_pixels(path, data, "volume")
+    data = data.reshape(volume_shape)
+    codes_known = int(img.header["sform_code"]) > 0 or int(img.header["qform_code"]) > 0
+    unit = img.header.get_xyzt_units()[0] or "unknown"
+    scale = _UNIT_TO_MM.get(unit, 1.0)
+    affine_mm = affine.copy()
+    affine_mm[:3, :] *= scale
+    try:
+        slice_axis = 2 if len(shape) == 2 else axis_from_option(
+            axis, affine_mm if codes_known else None)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    if not codes_known:
+        warnings.append("NIfTI has no qform/sform orientation: hemisphere not reported"
+                        + ("" if axis in (0, 1, 2) else f"; sliced along array axis {slice_axis}"))
+    rows, cols = (a for a in range(3) if a != slice_axis)
+    if min(volume_shape[rows], volume_shape[cols]) < MIN_SIDE:
+        raise InputError(f"{path}: slices of {volume_shape[rows]}x{volume_shape[cols]} voxels "
+                         f"along axis {slice_axis} are too small")
+    spacing = (float(np.linalg.norm(affine_mm[:3, rows])), float(np.linalg.norm(affine_mm[:3, cols])))
+    slices = np.moveaxis(data, slice_axis, 0)
+    if slices.dtype.kind == "f":
+        slices = slices.astype(np.float32, copy=False)
+    return Case(item.name, "nifti", item.source, np.ascontiguousarray(slices), shape,
+                slice_axis=slice_axis, affine=affine_mm, orientation_known=codes_known,
+                spacing=spacing, nifti=img, warnings=warnings)
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def load_dicom_case(item: InputItem) -> Case:
+    """The single-frame images of one series, sorted along the slice normal."""
+    import pydicom
+
+    datasets = []
+    for path in item.paths:
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: cannot read DICOM ({_why(exc)})") from exc
+        if "PixelData" not in ds:
+            raise InputError(f"{path}: DICOM object has no pixel data "
+                             f"(SOP class {getattr(ds, 'SOPClassUID', '?')})")
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f"{path}: multi-frame DICOM is not supported; "
+                             "give a series of single-frame images")
+        datasets.append(ds)
+    first = datasets[0]
+    iop = getattr(first, "ImageOrientationPatient", None)
+    positions = [getattr(ds, "ImagePositionPatient", None) for ds in datasets]
+    warnings: list[str] = []
+    orientation_known = iop is not None and all(p is not None for p in positions)
+    if orientation_known:
+        iop = np.asarray(iop, dtype=np.float64)
+        for ds in datasets[1:]:
+            other = getattr(ds, "ImageOrientationPatient", None)
+            if other is None or not np.allclose(np.asarray(other, float), iop, atol=1e-4):
+                raise InputError(f"{ds.filename}: ImageOrientationPatient differs within the "
+                                 "series; a series of parallel slices is expected")
+        normal = np.cross(iop[:3], iop[3:])
+        depth = [float(np.dot(np.asarray(p, float), normal)) for p in positions]
+        order = np.argsort(depth, kind="stable")
+        sorted_depth = np.asarray(depth)[order]
+        if len(order) > 1 and np.min(np.diff(sorted_depth)) < 1e-4:
+            raise InputError(f"{item.source}: two images of the series are at the same position; "
+                             "is it a multi-echo, multi-phase or duplicated series?")
+    else:
+        order = np.argsort([int(getattr(ds, "InstanceNumber", 0) or 0) for ds in datasets],
+                           kind="stable")
+        warnings.append("no ImagePositionPatient/ImageOrientationPatient: slices ordered by "
+                        "InstanceNumber, orientation unknown")
+    datasets = [datasets[i] for i in order]
+    arrays = []
+    for ds in datasets:
+        try:
+            arr = np.asarray(ds.pixel_array)
+            from pydicom.pixels import apply_modality_lut
+
+            arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{ds.filename}: cannot decode DICOM pixel data "
+                             f"({_why(exc)})") from exc
+        if arr.ndim != 2:
+            raise InputError(f"{ds.filename}: pixel data of shape {arr.shape} is not a 2-D "
+                             "grey image")
+        if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+            arr = arr.max() - arr
+        arrays.append(arr)
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputError(f"{item.source}: images of different sizes {sorted(shapes)} in one series")
+    stack = np.stack(arrays)
+    _check_side(Path(datasets[0].filename), stack.shape[1:])
+    check_pixels(item.source, stack, "series")
+    spacing = None
+    if getattr(first, "PixelSpacing", None) is not None:
+        spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))
+    affine = None
+    if orientation_known and spacing is not None:
+        affine = _dicom_affine(datasets, iop, spacing, warnings)
+    elif orientation_known:
+        warnings.append("no PixelSpacing: sizes in pixels only")
+        orientation_known = False
+    return Case(item.name, "dicom", item.source, stack, stack.shape, slice_axis=0,
+                affine=affine, orientation_known=orientation_known and affine is not None,
+                spacing=spacing, datasets=datasets, warnings=warnings)
+
+
+def _dicom_affine(datasets: list[Any], iop: np.ndarray, spacing: tuple[float, float],
+                  warnings: list[str]) -> np.ndarray:
+    """(slice, row, column) index -> RAS+ mm, from the DICOM patient (LPS) geometry."""
+    row_dir, col_dir = iop[:3], iop[3:]  # direction of increasing column / increasing row
+    ipp = np.asarray([np.asarray(ds.ImagePositionPatient, float) for ds in datasets])
+    if len(ipp) > 1:
+        step = (ipp[-1] - ipp[0]) / (len(ipp) - 1)
+        gaps = np.linalg.norm(np.diff(ipp, axis=0), axis=1)
+        if np.ptp(gaps) > 0.01 * max(float(np.median(gaps)), 1e-6):
+            warnings.append(f"slice spacing is not uniform ({gaps.min():.3g}-{gaps.max():.3g} mm); "
+                            "volumes use the mean spacing")
+    else:
+        thickness = float(getattr(datasets[0], "SpacingBetweenSlices", 0) or 0) or float(
+            getattr(datasets[0], "SliceThickness", 0) or 0) or 1.0
+        step = np.cross(row_dir, col_dir) * thickness
+    lps = np.eye(4)
+    lps[:3, 0] = step
+    lps[:3, 1] = col_dir * spacing[0]
+    lps[:3, 2] = row_dir * spacing[1]
+    lps[:3, 3] = ipp[0]
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def load_case(item: InputItem, *, axis: int | str = "axial",
+              pixel_spacing: tuple[float, float] | None = None) -> Case:
+    """Read one input item. Raises InputError naming the file on any problem."""
+    if item.kind == "image":
+        return load_image_case(item, pixel_spacing)
+    if item.kind == "nifti":
+        return load_nifti_case(item, axis)
+    if item.kind == "dicom":
+        return load_dicom_case(item)
+    raise InputError(f"{item.source}: unknown input kind {item.kind!r}")
+
+
+def format_axis(value: str) -> int | str:
+    """Parse a --axis value: 0/1/2 or axial/coronal/sagittal."""
+    value = str(value).strip().lower()
+    if value in ("0", "1", "2"):
+        return int(value)
+    if value in AXIS_NAMES:
+        return value
+    raise ValueError(f"axis must be 0, 1, 2, axial, coronal or sagittal, got {value!r}")
+
+
+__all__ = [
+    "Case", "InputError", "InputItem", "axis_from_option", "check_pixels", "discover",
+    "format_axis", "is_dicom_file", "kind_of", "load_case", "load_dicom_case",
+    "load_image_case", "load_nifti_case", "read_image",
+]
+

@@ -1,0 +1,396 @@
+"""``mtl infer`` without the command line: inputs -> per-case outputs and one findings table.
+
+Output layout under ``out``::
+
+    findings.csv                  one row per input (failed ones too, with the error)
+    <case>/findings.json          the findings record (written last: its presence marks a
+                                  complete case)
+    <case>/mask.png               images: 0/255 mask at the image's size
+    <case>/mask.nii.gz            NIfTI: uint8 label volume, the input's affine and header
+    <case>/seg.dcm                DICOM: DICOM SEG referencing the source series
+    <case>/mask_slices/slice_NNN.png   volumes with --format png: one mask per slice
+    <case>/overlay.png | overlay_slice_NNN.png    --overlay
+    <case>/contact_sheet.png      --overlay, volumes with tumor
+    <case>/gradcam.png | gradcam_slice_NNN.png    --explain
+
+A case that fails leaves nothing behind (files written for it are removed); the others run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mtl.infer.findings import case_findings, csv_row
+from mtl.infer.predict import CasePrediction, Predictor
+from mtl.infer.readers import Case, InputError, InputItem, discover, load_case
+from mtl.infer.writers import (
+    OutputExistsError,
+    write_csv,
+    write_dicom_seg,
+    write_json,
+    write_mask_nifti,
+    write_mask_nifti_affine,
+    write_mask_png,
+)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("png", "nifti", "dicom-seg")
+NATIVE_FORMAT = {"image": "png", "nifti": "nifti", "dicom": "dicom-seg"}
+#: per-slice output files a --force rerun replaces (stale ones from an earlier run are removed)
+PER_SLICE_PATTERNS = ("overlay_slice_*.png", "gradcam_slice_*.png", "mask_slices/slice_*.png")
+
+
+@dataclass
+class InferOptions:
+    """What to write and how to read. ``formats`` None = each input's native mask format."""
+
+    formats: tuple[str, ...] | None = None
+    overlay: bool = False
+    overlay_slices: str = "tumor"  # "tumor" or "all" (volumes)
+    explain: bool = False
+    presence_threshold: float | None = None  # None: the predictor's threshold
+    axis: int | str = "axial"
+    pixel_spacing: tuple[float, float] | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.formats is not None:
+            unknown = sorted(set(self.formats) - set(FORMATS))
+            if unknown:
+                raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+        if self.overlay_slices not in ("tumor", "all"):
+            raise ValueError(f"overlay_slices must be 'tumor' or 'all', got {self.overlay_slices!r}")
+
+
+@dataclass
+class CaseResult:
+    name: str
+    source: str
+    kind: str | None
+    status: str  # "ok" | "failed"
+    error: str = ""
+    record: dict[str, Any] | None = None
+    folder: Path | None = None
+    outputs: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    cases: list[CaseResult]
+    csv_path: Path | None
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        return [c for c in self.cases if c.status != "ok"]
+
+
+def parse_formats(text: str | None) -> tuple[str, ...] | None:
+    """"png,nifti" -> ("png", "nifti"); empty/None -> None (native)."""
+    if not text:
+        return None
+    values = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
+    aliases = {"nii": "nifti", "nii.gz": "nifti", "seg": "dicom-seg", "dicomseg": "dicom-seg",
+               "dicom": "dicom-seg"}
+    values = tuple(aliases.get(v, v) for v in values)
+    unknown = [v for v in values if v not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    return values
+
+
+def _slice_tag(index: int, n: int) -> str:
+    return f"slice_{index:0{max(3, len(str(n - 1)))}d}"
+
+
+def _fmt(p: float | None, digits: int = 2) -> str:
+    return "n/a" if p is None or not np.isfinite(p) else f"{p:.{digits}f}"
+
+
+class CaseWriter:
+    """Writes one case's files, remembering them so a failure can remove them all."""
+
+    def __init__(self, folder: Path, force: bool) -> None:
+        self.folder = folder
+        self.force = force
+        self.written: list[Path] = []
+
+    def __call__(self, fn: Any, name: str, *args: Any, **kwargs: Any) -> Path:
+        path = fn(self.folder / name, *args, force=self.force, **kwargs)
+        self.written.append(path)
+        return path
+
+    def discard(self) -> None:
+        for path in reversed(self.written):
+            path.unlink(missing_ok=True)
+        for sub in (self.folder / "mask_slices", self.folder):
+            try:
+                sub.rmdir()  # only if empty
+            except OSError:
+                pass
+
+    def remove_stale(self) -> None:
+        keep = {p.resolve() for p in self.written}
+        for pattern in PER_SLICE_PATTERNS:
+            for path in self.folder.glob(pattern):
+                if path.resolve() not in keep:
+                    path.unlink()
+
+
+def check_case_folder(folder: Path, force: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder}: exists and is not a folder")
+    if not force and folder.is_dir() and any(folder.iterdir()):
+        raise OutputExistsError(f"{folder}: output folder exists and is not empty; "
+                                "use --force to overwrite")
+
+
+def infer_case(
+    item: InputItem,
+    predictor: Predictor,
+    out: Path,
+    options: InferOptions,
+    *,
+    gradcam: Any = None,
+    model_info: dict[str, Any] | None = None,
+) -> CaseResult:
+    """Read, predict and write one input. Raises InputError / OutputExistsError / others."""
+    folder = out / item.name
+    check_case_folder(folder, options.force)
+    case = load_case(item, axis=options.axis, pixel_spacing=options.pixel_spacing)
+    try:
+        pred = predictor.predict(case.slices)
+    except ValueError as exc:
+        raise InputError(f"{item.source}: {exc}") from exc
+    presence_threshold = (predictor.threshold if options.presence_threshold is None
+                          else options.presence_threshold)
+    mask_native = case.to_native(pred.mask)
+    findings = case_findings(
+        mask=mask_native, presence=pred.presence, type_probs=pred.type_probs,
+        classes=predictor.classes, presence_threshold=presence_threshold,
+        slice_axis=case.slice_axis, affine=case.affine, orientation_known=case.orientation_known,
+        spacing=case.spacing, image=case.native_image() if case.orientation_known else None,
+    )
+    record = _record(item, case, findings, predictor, options, presence_threshold, model_info)
+    writer = CaseWriter(folder, options.force)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_masks(writer, case, pred, mask_native, options, record)
+        if options.overlay or options.explain:
+            _write_pictures(writer, case, pred, findings, options, gradcam)
+        record["outputs"] = [str(p.relative_to(folder)) for p in writer.written] + ["findings.json"]
+        writer(write_json, "findings.json", record)
+        if options.force:
+            writer.remove_stale()
+    except BaseException:
+        writer.discard()
+        raise
+    return CaseResult(item.name, str(item.source), item.kind, "ok", record=record, folder=folder,
+                      outputs=list(writer.written))
+
+
+def _record(item: InputItem, case: Case, findings: dict[str, Any], predictor: Predictor,
+            options: InferOptions, presence_threshold: float,
+            model_info: dict[str, Any] | None) -> dict[str, Any]:
+    orientation = None
+    if case.orientation_known and case.affine is not None:
+        from nibabel.orientations import aff2axcodes
+
+        orientation = "".join(aff2axcodes(case.affine))
+    return {
+        "case": item.name,
+        "source": str(item.source),
+        "kind": case.kind,
+        "status": "ok",
+        "input": {
+            "shape": list(case.native_shape),
+            "n_slices": case.n_slices,
+            "slice_axis": case.slice_axis,
+            "spacing_mm": list(case.spacing) if case.spacing else None,
+            "orientation": orientation,
+            "affine_ras_mm": case.affine.round(6).tolist() if case.affine is not None else None,
+            "index_order": {"image": "row, col", "nifti": "i, j, k (file array order)",
+                            "dicom": "slice, row, col"}[case.kind],
+        },
+        "settings": {
+            "threshold": predictor.threshold,
+            "presence_threshold": presence_threshold,
+            "flip_tta": predictor.tta,
+            "largest_component": predictor.largest_component,
+        },
+        "model": model_info or {"classes": predictor.classes,
+                                "preprocessing": predictor.preprocessing},
+        "findings": findings,
+        "warnings": list(case.warnings),
+        "disclaimer": "research software output; not a medical device, not a diagnosis",
+    }
+
+
+def _write_masks(writer: CaseWriter, case: Case, pred: CasePrediction, mask_native: np.ndarray,
+                 options: InferOptions, record: dict[str, Any]) -> None:
+    formats = options.formats or (NATIVE_FORMAT[case.kind],)
+    for fmt in formats:
+        if fmt == "png":
+            if case.kind == "image":
+                writer(write_mask_png, "mask.png", pred.mask[0])
+            else:
+                for i in range(case.n_slices):
+                    writer(write_mask_png, f"mask_slices/{_slice_tag(i, case.n_slices)}.png",
+                           pred.mask[i])
+        elif fmt == "nifti":
+            if case.kind == "nifti":
+                writer(write_mask_nifti, "mask.nii.gz", mask_native, case.nifti)
+            elif case.kind == "dicom" and case.affine is not None:
+                writer(write_mask_nifti_affine, "mask.nii.gz", pred.mask, case.affine)
+            else:
+                record["warnings"].append(f"nifti mask not written: a {case.kind} input has no "
+                                          "3-D geometry")
+        elif fmt == "dicom-seg":
+            if case.kind == "dicom" and case.orientation_known:
+                writer(write_dicom_seg, "seg.dcm", pred.mask, case.datasets)
+            else:
+                record["warnings"].append("dicom-seg not written: it needs a DICOM series with "
+                                          "position and orientation")
+
+
+def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
+                    findings: dict[str, Any], options: InferOptions, gradcam: Any) -> None:
+    from mtl.infer.overlay import render_contact_sheet, render_overlay, view_for
+
+    classes = list(findings["type"]["probabilities"])
+    label = findings["type"]["label"]
+    presence = findings["presence"]
+    tumor = findings["tumor"]
+    px_mm2 = findings["pixel_area_mm2"]
+    view = view_for(case.kind, case.affine, case.slice_axis, case.orientation_known)
+    if case.kind == "image" and case.spacing:
+        view = type(view)(pixel_aspect=case.spacing[0] / case.spacing[1])
+
+    def area(n_px: int) -> str:
+        return f"{n_px} px" + (f" = {n_px * px_mm2:.1f} mm²" if px_mm2 is not None else "")
+
+    def type_line(probs: Sequence[float]) -> str:
+        return "  ".join(f"{c} {_fmt(p)}" for c, p in zip(classes, probs))
+
+    decision = "YES" if presence["decision"] else "no"
+    head = (f"{case.name}: {label} ({_fmt(findings['type']['probabilities'][label])})   "
+            f"tumor {decision} (p={_fmt(presence['probability'])})")
+    if case.kind == "image":
+        chosen = [0]
+    elif options.overlay_slices == "all":
+        chosen = list(range(case.n_slices))
+    else:
+        chosen = list(tumor["slices"]) or [int(np.nanargmax(np.nan_to_num(pred.presence, nan=-1)))]
+    heat_maps: dict[int, np.ndarray] = {}
+    if options.explain:
+        if gradcam is None:
+            raise RuntimeError("--explain needs the model (Grad-CAM)")
+        run = [i for i in chosen if pred.evaluated[i]]
+        maps = gradcam.slice_maps([case.slices[i] for i in run], classes.index(label))
+        heat_maps = dict(zip(run, maps))
+    for i in chosen:
+        n_px = int(pred.mask[i].sum())
+        if case.kind == "image":
+            lines = [head, "type: " + type_line(pred.type_probs[i]),
+                     f"tumor area {area(n_px)}"]
+            name = ""
+        else:
+            vol = tumor["volume_ml"]
+            lines = [head + (f"   volume {vol:.2f} mL" if vol is not None else ""),
+                     f"slice {i}/{case.n_slices - 1}: presence {_fmt(pred.presence[i])}  "
+                     + type_line(pred.type_probs[i]),
+                     f"tumor area on this slice {area(n_px)}"
+                     + (f"   hemisphere {tumor['hemisphere']['side']}"
+                        if tumor.get("hemisphere") else "")]
+            name = "_" + _slice_tag(i, case.n_slices)
+        if options.overlay:
+            writer(render_overlay, f"overlay{name}.png", case.slices[i], pred.mask[i],
+                   lines=lines, view=view)
+        if options.explain and i in heat_maps:
+            writer(render_overlay, f"gradcam{name}.png", case.slices[i], pred.mask[i],
+                   lines=lines, view=view, heat=heat_maps[i], heat_title=f"Grad-CAM: {label}")
+    if options.overlay and case.is_volume and tumor["slices"]:
+        slices = tumor["slices"]
+        captions = [f"{i}: {area(int(pred.mask[i].sum()))}" for i in slices]
+        title = (f"{case.name}: {label}, tumor on {len(slices)} slice(s)"
+                 + (f", {tumor['volume_ml']:.2f} mL" if tumor["volume_ml"] is not None else ""))
+        writer(render_contact_sheet, "contact_sheet.png", [case.slices[i] for i in slices],
+               [pred.mask[i] for i in slices], captions, title=title, view=view)
+
+
+def run(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    options: InferOptions | None = None,
+    *,
+    progress: bool | None = False,
+    model_path: str | Path | None = None,
+) -> RunResult:
+    """Infer every input; write per-case outputs and ``out/findings.csv``.
+
+    Raises OutputExistsError before doing anything if ``out/findings.csv`` exists and
+    ``options.force`` is false. Per-input problems never stop the run: they become failed cases.
+    """
+    from tqdm import tqdm
+
+    options = options or InferOptions()
+    out = Path(out)
+    csv_path = out / "findings.csv"
+    if csv_path.exists() and not options.force:
+        raise OutputExistsError(f"{csv_path}: exists (results of an earlier run); use --force "
+                                "to overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    gradcam = None
+    if options.explain:
+        if predictor.model is None:
+            raise ValueError("--explain needs a loaded model")
+        from mtl.infer.gradcam import GradCam
+
+        gradcam = GradCam(predictor.model)
+    model_info = {"path": str(model_path) if model_path else None, "classes": predictor.classes,
+                  "preprocessing": predictor.preprocessing}
+    items, bad = discover(inputs)
+    results = [CaseResult(Path(src).name, src, None, "failed", error=f"{src}: {reason}")
+               for src, reason in bad]
+    # progress None: a bar only when stderr is a terminal
+    disable = None if progress is None else not progress
+    bar = tqdm(items, desc="infer", unit="case", file=sys.stderr, disable=disable,
+               dynamic_ncols=True)
+    try:
+        for item in bar:
+            bar.set_postfix_str(item.name[-30:], refresh=False)
+            try:
+                results.append(infer_case(item, predictor, out, options, gradcam=gradcam,
+                                          model_info=model_info))
+            except (InputError, OutputExistsError) as exc:
+                results.append(CaseResult(item.name, str(item.source), item.kind, "failed",
+                                          error=str(exc)))
+            except Exception as exc:  # noqa: BLE001 - one bad input must not stop the others
+                log.debug("case %s failed", item.name, exc_info=True)
+                results.append(CaseResult(item.name, str(item.source), item.kind, "failed",
+                                          error=f"{item.source}: unexpected error "
+                                                f"({type(exc).__name__}: {exc})"))
+    finally:
+        bar.close()
+        rows = [csv_row(_row_record(r), predictor.classes) for r in results]
+        written = write_csv(csv_path, rows, force=True) if rows else None
+    return RunResult(out, results, written)
+
+
+def _row_record(result: CaseResult) -> dict[str, Any]:
+    if result.record is not None:
+        return {**result.record, "folder": str(result.folder)}
+    return {"case": result.name, "source": result.source, "kind": result.kind,
+            "status": result.status, "error": result.error}
+
+
+__all__ = ["FORMATS", "CaseResult", "InferOptions", "RunResult", "check_case_folder",
+           "infer_case", "parse_formats", "run"]

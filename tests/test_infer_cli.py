@@ -1,0 +1,222 @@
+"""``mtl infer`` end to end through click's CliRunner, with a real (tiny) model file.
+
+The network call is replaced by the fake perfect segmenter of ``test_infer_support`` where a
+known mask is needed (Grad-CAM still runs through the real model).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mtl.infer.command import infer
+from mtl.infer.predict import Predictor
+from test_infer_support import (  # noqa: F401 - tiny_model_path is a fixture
+    TUMOR,
+    fake_forward,
+    head_volume,
+    make_dicom_series,
+    oblique_las_affine,
+    save_nifti,
+    save_png,
+    tiny_model_path,
+    tumor_image,
+    write_bad_inputs,
+)
+
+
+@pytest.fixture
+def perfect_network(monkeypatch):
+    monkeypatch.setattr(Predictor, "_model_forward", lambda self, x: fake_forward(x))
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(infer, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _rows(out):
+    with (out / "findings.csv").open(newline="") as fh:
+        return {row["case"]: row for row in csv.DictReader(fh)}
+
+
+@pytest.fixture
+def scans(tmp_path):
+    """A PNG, an oblique NIfTI with a tumor in the patient's left, and a DICOM series."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save_png(folder / "slice.png", tumor_image(48, 64, (10, 20, 30, 45)))
+    vol = head_volume((48, 64, 8))
+    vol[30:38, 20:30, 2:5] = TUMOR  # i = 30..37 > midline; L-A-S: patient left
+    save_nifti(folder / "brain.nii.gz", vol, oblique_las_affine())
+    truth = np.zeros(vol.shape, np.uint8)
+    truth[30:38, 20:30, 2:5] = 1
+    make_dicom_series(folder / "series", n=4, tumor_slices=(1, 2), tumor_box=(10, 20, 40, 52))
+    return folder, truth
+
+
+def test_infer_writes_masks_in_the_input_geometry_and_findings(tiny_model_path, scans, tmp_path,
+                                                                perfect_network):
+    import highdicom as hd
+    import nibabel as nib
+    from PIL import Image
+
+    folder, truth = scans
+    out = tmp_path / "out"
+    result = _invoke(tiny_model_path, folder, "--out", out, "--overlay", "--explain",
+                     "--pixel-spacing", "0.5,0.4", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "results:" in result.output and "brain" in result.output
+    rows = _rows(out)
+    assert set(rows) == {"slice", "brain", "series"}
+    assert all(r["status"] == "ok" for r in rows.values())
+
+    # PNG: mask at the image's own size, exactly the tumor; mm² from --pixel-spacing
+    png = np.asarray(Image.open(out / "slice" / "mask.png"))
+    assert png.shape == (48, 64) and (png > 0).sum() == 150 and (png[10:20, 30:45] > 0).all()
+    f = json.loads((out / "slice" / "findings.json").read_text())
+    assert f["findings"]["tumor"]["area_px"] == 150
+    assert f["findings"]["tumor"]["area_mm2"] == pytest.approx(150 * 0.2)
+    assert f["findings"]["presence"]["decision"] is True
+    assert f["findings"]["type"]["label"] == "glioma"
+    assert {"mask.png", "overlay.png", "gradcam.png", "findings.json"} <= set(f["outputs"])
+
+    # NIfTI: same shape, affine and header codes; voxels exactly where the tumor was
+    src = nib.load(folder / "brain.nii.gz")
+    mask = nib.load(out / "brain" / "mask.nii.gz")
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)
+    assert mask.get_data_dtype() == np.uint8
+    assert (int(mask.header["qform_code"]), int(mask.header["sform_code"])) == (1, 2)
+    assert np.array_equal(np.asarray(mask.dataobj), truth)
+    f = json.loads((out / "brain" / "findings.json").read_text())["findings"]
+    t = f["tumor"]
+    assert t["pixels"] == truth.sum() == 240 and t["slices"] == [2, 3, 4]
+    assert t["volume_ml"] == pytest.approx(240 * 0.9 * 1.1 * 2.5 / 1000)
+    assert t["hemisphere"]["side"] == "left"
+    assert t["bbox_min"] == [30, 20, 2] and t["bbox_max"] == [37, 29, 4]
+    assert rows["brain"]["tumor_slices"] == "2-4" and rows["brain"]["hemisphere"] == "left"
+    for i in (2, 3, 4):
+        assert (out / "brain" / f"overlay_slice_{i:03d}.png").is_file()
+        assert (out / "brain" / f"gradcam_slice_{i:03d}.png").is_file()
+    assert (out / "brain" / "contact_sheet.png").is_file()
+    assert not (out / "brain" / "overlay_slice_000.png").exists()
+
+    # DICOM: a SEG referencing the series, one frame per tumor slice
+    seg = hd.seg.segread(out / "series" / "seg.dcm")
+    assert seg.NumberOfFrames == 2
+    f = json.loads((out / "series" / "findings.json").read_text())["findings"]
+    assert f["tumor"]["slices"] == [1, 2] and f["tumor"]["pixels"] == 2 * 120
+    assert f["tumor"]["volume_ml"] == pytest.approx(240 * 0.9 * 0.8 * 3.0 / 1000)
+    assert f["tumor"]["hemisphere"]["side"] == "left"  # columns 40..51 of 64: patient left
+    # no temporary files anywhere
+    assert not [p for p in out.rglob(".tmp-*")]
+
+
+def test_bad_inputs_fail_alone_with_clear_errors_and_exit_status_1(tiny_model_path, tmp_path,
+                                                                   perfect_network):
+    bad = tmp_path / "bad"
+    expected = write_bad_inputs(bad)
+    save_png(bad / "good.png", tumor_image(48, 64, (10, 20, 30, 45)))
+    out = tmp_path / "out"
+    result = _invoke(tiny_model_path, bad, tmp_path / "missing.nii.gz", "--out", out)
+    assert result.exit_code == 1
+    assert f"{len(expected) + 1} of {len(expected) + 2} input(s) failed" in result.output
+    rows = _rows(out)
+    assert rows["good"]["status"] == "ok" and (out / "good" / "mask.png").is_file()
+    for name, message in expected.items():
+        path = str(bad / name)
+        assert path in result.output
+        row = next(r for r in rows.values() if r["source"] == path)
+        assert row["status"] == "failed" and message in row["error"] and path in row["error"]
+    assert "missing.nii.gz: no such file" in result.output
+    # failed cases leave no folders behind
+    assert sorted(p.name for p in out.iterdir()) == ["findings.csv", "good"]
+
+
+def test_outputs_are_never_overwritten_without_force(tiny_model_path, tmp_path, perfect_network):
+    image = tmp_path / "a.png"
+    save_png(image, tumor_image(48, 64, (10, 20, 30, 45)))
+    out = tmp_path / "out"
+    assert _invoke(tiny_model_path, image, "--out", out).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = _invoke(tiny_model_path, image, "--out", out)
+    assert again.exit_code == 1 and "--force" in again.output
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # an existing case folder (e.g. from another run) also blocks that case only
+    (out / "findings.csv").unlink()
+    other = tmp_path / "b.png"
+    save_png(other, tumor_image(48, 64, (5, 9, 5, 9)))
+    partial = _invoke(tiny_model_path, image, other, "--out", out)
+    assert partial.exit_code == 1 and "use --force" in partial.output
+    assert _rows(out)["a"]["status"] == "failed" and _rows(out)["b"]["status"] == "ok"
+    forced = _invoke(tiny_model_path, image, other, "--out", out, "--force", "--format", "png",
+                     "--tta", "--largest-component", "--threshold", "0.4")
+    assert forced.exit_code == 0, forced.output
+    settings = json.loads((out / "a" / "findings.json").read_text())["settings"]
+    assert settings == {"threshold": 0.4, "presence_threshold": 0.4, "flip_tta": True,
+                        "largest_component": True}
+
+
+def test_a_crash_while_writing_leaves_no_half_written_case(tiny_model_path, tmp_path,
+                                                           perfect_network, monkeypatch):
+    import mtl.infer.overlay as overlay
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(overlay, "render_overlay", broken)
+    image = tmp_path / "a.png"
+    save_png(image, tumor_image(48, 64, (10, 20, 30, 45)))
+    out = tmp_path / "out"
+    result = _invoke(tiny_model_path, image, "--out", out, "--overlay")
+    assert result.exit_code == 1 and "unexpected error (RuntimeError: plotting failed)" in result.output
+    assert not (out / "a").exists()  # the mask written before the crash was removed
+
+
+def test_volume_formats_and_options(tiny_model_path, scans, tmp_path, perfect_network):
+    folder, truth = scans
+    out = tmp_path / "out"
+    result = _invoke(tiny_model_path, folder / "brain.nii.gz", folder / "series", "--out", out,
+                     "--format", "png,nifti,dicom-seg", "--axis", "2")
+    assert result.exit_code == 0, result.output
+    slices = sorted((out / "brain" / "mask_slices").glob("slice_*.png"))
+    assert len(slices) == 8
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(slices[3])) > 0, truth[:, :, 3] > 0)
+    record = json.loads((out / "brain" / "findings.json").read_text())
+    assert any("dicom-seg not written" in w for w in record["warnings"])
+    assert (out / "series" / "seg.dcm").is_file() and (out / "series" / "mask.nii.gz").is_file()
+    bad = CliRunner().invoke(infer, [str(tiny_model_path), str(folder), "--out", str(out),
+                                     "--format", "jpeg"])
+    assert bad.exit_code == 2 and "unknown format" in bad.output
+
+
+def test_real_network_runs_through_the_command(tiny_model_path, tmp_path):
+    image = tmp_path / "a.png"
+    save_png(image, tumor_image(100, 80, (30, 50, 20, 40)))
+    save_nifti(tmp_path / "v.nii.gz", head_volume((40, 40, 3)), oblique_las_affine())
+    out = tmp_path / "out"
+    result = _invoke(tiny_model_path, image, tmp_path / "v.nii.gz", "--out", out, "--tta",
+                     "--overlay", "--explain", "--overlay-slices", "all", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "a" / "findings.json").read_text())
+    probs = record["findings"]["type"]["probabilities"]
+    assert sum(probs.values()) == pytest.approx(1, abs=1e-3)
+    assert record["model"]["preprocessing"]["image_size"] == 64
+    assert len(list((out / "v").glob("overlay_slice_*.png"))) == 3
+    assert len(list((out / "v").glob("gradcam_slice_*.png"))) == 3
+
+
+def test_help_lists_the_options():
+    result = CliRunner().invoke(infer, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--out", "--overlay", "--explain", "--format", "--threshold", "--tta",
+                   "--largest-component", "--batch-size", "--axis", "--force"):
+        assert option in result.output

@@ -82,6 +82,9 @@ class ModelConfig:
     head_units: int = 256
     head_dropout: float = 0.3
     bn_momentum: float | None = None
+    #: with more than one replica, BatchNormalization uses moments all-reduced over replicas
+    #: (same statistics on every worker; better estimates from small per-replica batches)
+    sync_batchnorm: bool = True
 
 
 @dataclass
@@ -96,8 +99,14 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 20
+    #: batch per replica (device); the global batch is this times the number of replicas
     batch_size: int = 16
+    #: the learning rate for one replica; see lr_scaling
     learning_rate: float = 1e-3
+    #: "linear": multiply the learning rate by the number of replicas; "none": keep it
+    lr_scaling: str = "linear"
+    #: auto | default | mirrored | multiworker (see mtl.distribute)
+    strategy: str = "auto"
     #: null: one pass over the training split per epoch
     steps_per_epoch: int | None = None
     val_steps: int | None = None
@@ -148,6 +157,10 @@ class Config:
             raise ConfigError(f"data.split needs train (and val/test) fractions, got {self.data.split}")
         if abs(sum(self.data.split.values()) - 1.0) > 1e-6:
             raise ConfigError(f"data.split fractions must sum to 1, got {self.data.split}")
+        if self.train.strategy not in ("auto", "default", "mirrored", "multiworker"):
+            raise ConfigError("train.strategy must be auto, default, mirrored or multiworker")
+        if self.train.lr_scaling not in ("linear", "none"):
+            raise ConfigError("train.lr_scaling must be 'linear' or 'none'")
         if self.train.monitor_mode not in ("min", "max"):
             raise ConfigError("train.monitor_mode must be 'min' or 'max'")
         if self.train.epochs < 1 or self.train.batch_size < 1:

@@ -42,6 +42,9 @@ from mtl.data.pipeline import (
     steps_per_epoch,
 )
 from mtl.data.preprocess import preprocessing_spec
+from mtl.distribute import (
+    cluster_role, distributed_dataset, make_strategy, scaling, synchronize_batchnorm,
+)
 from mtl.data.splits import check_no_leak, split_records
 from mtl.model.multitask import MultiTaskModel
 from mtl.plots import plot_history
@@ -86,10 +89,12 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- splits
 
 
-def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: bool) -> None:
+def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: bool,
+                  saved_in: Path | None = None) -> None:
     """Patient-safe splits per source, saved to (or, on resume, read from) splits.json."""
     path = run_dir / "splits.json"
-    saved = json.loads(path.read_text()) if reuse and path.is_file() else None
+    source_path = (saved_in or run_dir) / "splits.json"
+    saved = json.loads(source_path.read_text()) if reuse and source_path.is_file() else None
     out: dict[str, Any] = {}
     for source in sources:
         if saved is not None and source.name in saved:
@@ -217,7 +222,7 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def build_model(config: Config) -> MultiTaskModel:
+def build_model(config: Config, learning_rate: float | None = None) -> MultiTaskModel:
     d = config.data
     model = MultiTaskModel(
         spec=config.network_spec(),
@@ -226,7 +231,8 @@ def build_model(config: Config) -> MultiTaskModel:
         preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles),
         name="mtl",
     )
-    model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
+    lr = config.train.learning_rate if learning_rate is None else learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(lr))
     return model
 
 
@@ -238,57 +244,88 @@ def train(
     verbose: int | str = "auto",
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainResult:
-    """Train per ``config`` into a new run folder, or continue ``run_dir`` with ``resume``."""
+    """Train per ``config`` into a new run folder, or continue ``run_dir`` with ``resume``.
+
+    Under a multi-worker strategy every worker runs this; only the chief writes the run folder,
+    the others write to a scratch folder ``<runs_dir>/.workers/<name>-worker<i>``.
+    """
+    t = config.train
+    strategy = make_strategy(t.strategy)  # first: MultiWorkerMirroredStrategy needs a fresh runtime
+    role = cluster_role()
     if resume:
         if run_dir is None or not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume needs an existing run folder with config.yaml: {run_dir}")
+    state = read_state(run_dir) if resume else {"epoch": 0, "best": None}
+    if role.is_chief:
+        if not resume:
+            run_dir = new_run_dir(t.runs_dir, config.name)
+            write_atomic(run_dir / "config.yaml", config.to_yaml())
+        write_dir = run_dir
     else:
-        run_dir = new_run_dir(config.train.runs_dir, config.name)
-        write_atomic(run_dir / "config.yaml", config.to_yaml())
-    state = read_state(run_dir)
-    initial_epoch = int(state["epoch"]) if resume else 0
-    t = config.train
+        write_dir = Path(t.runs_dir) / ".workers" / f"{config.name}-worker{role.task_index}"
+        write_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:  # the chief's folder name is not known here: it is only read on resume
+            run_dir = write_dir
+    initial_epoch = int(state["epoch"])
     if initial_epoch >= t.epochs:
         log.info("run %s already finished %d of %d epochs", run_dir, initial_epoch, t.epochs)
         return TrainResult(run_dir, initial_epoch, state.get("best"), state.get("best_epoch"),
                            read_history(run_dir / "history.csv"))
 
     keras.utils.set_random_seed(config.seed + initial_epoch)
+    scale = scaling(strategy, t.batch_size, t.learning_rate, t.lr_scaling)
+    log.info("distribution: %s", scale.to_dict())
+    write_atomic(write_dir / "distribution.json", json.dumps(scale.to_dict(), indent=1))
     sources = open_sources(config)
-    assign_splits(sources, config, run_dir, reuse=resume)
-    write_atomic(run_dir / "data_summary.json", json.dumps(data_summary(sources), indent=1))
+    assign_splits(sources, config, write_dir, reuse=resume, saved_in=run_dir)
+    write_atomic(write_dir / "data_summary.json", json.dumps(data_summary(sources), indent=1))
 
-    steps = t.steps_per_epoch or steps_per_epoch(sources, "train", t.batch_size)
+    steps = t.steps_per_epoch or steps_per_epoch(sources, "train", scale.global_batch)
     errors = LoadErrors()
-    train_ds = make_dataset(
-        sources,
-        plan_training(sources, seed=config.seed, epochs=range(initial_epoch, t.epochs),
-                      steps=steps, batch_size=t.batch_size),
-        SampleEncoder(config, augment=True),
-        batch_size=t.batch_size, on_error=config.data.on_error,
-        num_parallel_calls=config.data.num_parallel_calls, errors=errors,
-    )
+    train_plan = plan_training(sources, seed=config.seed, epochs=range(initial_epoch, t.epochs),
+                               steps=steps, batch_size=scale.global_batch)
+    encoder = SampleEncoder(config, augment=True)
+
+    def build_train(shard: int, shards: int, batch: int):
+        return make_dataset(sources, train_plan.shard(shard, shards), encoder, batch_size=batch,
+                            on_error=config.data.on_error,
+                            num_parallel_calls=config.data.num_parallel_calls, errors=errors)
+
+    train_ds = distributed_dataset(strategy, build_train, t.batch_size)
     val_plan = plan_split(sources, "val")
-    val_ds = None
-    if len(val_plan):
-        val_ds = make_dataset(
-            sources, val_plan, SampleEncoder(config, augment=False),
-            batch_size=t.batch_size, on_error=config.data.on_error,
-            num_parallel_calls=config.data.num_parallel_calls, errors=errors,
-        )
-        if t.val_steps:
-            val_ds = val_ds.take(t.val_steps)
-        if config.data.cache_val:
-            val_ds = val_ds.cache()
+    val_ds, val_steps = None, t.val_steps
+    distributed = scale.replicas > 1 or scale.workers > 1
+    if distributed:
+        # every replica must see equal batches and every worker the same number of steps
+        full = len(val_plan) // scale.global_batch
+        if full == 0 and len(val_plan):
+            log.warning("validation split (%d items) is smaller than one global batch (%d): "
+                        "no validation", len(val_plan), scale.global_batch)
+        val_steps = min(val_steps or full, full)
+    if len(val_plan) and (val_steps or not distributed):
+        val_encoder = SampleEncoder(config, augment=False)
+
+        def build_val(shard: int, shards: int, batch: int):
+            ds = make_dataset(sources, val_plan.shard(shard, shards), val_encoder, batch_size=batch,
+                              on_error=config.data.on_error, drop_remainder=distributed,
+                              num_parallel_calls=config.data.num_parallel_calls, errors=errors)
+            if val_steps:
+                ds = ds.take(val_steps * (scale.replicas // scale.workers) if distributed else val_steps)
+            return ds.cache() if config.data.cache_val else ds
+
+        val_ds = distributed_dataset(strategy, build_val, t.batch_size)
     monitor = t.monitor if val_ds is not None or not t.monitor.startswith("val_") else t.monitor[4:]
 
-    if resume and (run_dir / "last.keras").is_file():
-        model = keras.models.load_model(run_dir / "last.keras")
-    else:
-        model = build_model(config)
+    with strategy.scope():
+        if resume and (run_dir / "last.keras").is_file():
+            model = keras.models.load_model(run_dir / "last.keras")
+        else:
+            model = build_model(config, learning_rate=scale.learning_rate)
+    if scale.replicas > 1 and config.model.sync_batchnorm:
+        log.info("synchronized BatchNormalization in %d layers", synchronize_batchnorm(model))
 
     callbacks: list[keras.callbacks.Callback] = [
-        RunRecorder(run_dir, monitor, t.monitor_mode, state.get("best") if resume else None)
+        RunRecorder(write_dir, monitor, t.monitor_mode, state.get("best") if resume else None)
     ]
     if t.reduce_lr_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -303,6 +340,7 @@ def train(
     model.fit(
         train_ds,
         validation_data=val_ds,
+        validation_steps=val_steps if val_ds is not None else None,
         epochs=t.epochs,
         initial_epoch=initial_epoch,
         steps_per_epoch=steps,
@@ -311,21 +349,22 @@ def train(
         shuffle=False,  # the epoch plan already fixes the order
     )
     elapsed = time.perf_counter() - started
-    state = read_state(run_dir)
-    history = read_history(run_dir / "history.csv")
+    state = read_state(write_dir)
+    history = read_history(write_dir / "history.csv")
     summary = {
         "epochs_done": state["epoch"],
         "monitor": monitor,
         "best": state.get("best"),
         "best_epoch": state.get("best_epoch"),
         "last": history[-1] if history else None,
+        "distribution": scale.to_dict(),
         "train_seconds_this_session": round(elapsed, 1),
         "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
         "skipped_at_load": len(errors.items),
         "skipped_examples": errors.items[:20],
     }
-    write_atomic(run_dir / "metrics.json", json.dumps(summary, indent=1))
-    return TrainResult(run_dir, state["epoch"], state.get("best"), state.get("best_epoch"), history)
+    write_atomic(write_dir / "metrics.json", json.dumps(summary, indent=1))
+    return TrainResult(write_dir, state["epoch"], state.get("best"), state.get("best_epoch"), history)
 
 
 def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:

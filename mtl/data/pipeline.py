@@ -192,6 +192,12 @@ class Plan:
     def __len__(self) -> int:
         return len(self.item)
 
+    def shard(self, index: int, count: int) -> "Plan":
+        """Every ``count``-th slot from ``index``: one worker's share of the plan."""
+        if count == 1:
+            return self
+        return Plan(self.source[index::count], self.item[index::count], self.aug_seed[index::count])
+
 
 def steps_per_epoch(sources: list[Source], split: str, batch_size: int) -> int:
     n = sum(len(s.splits.get(split, [])) for s in sources)

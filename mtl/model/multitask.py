@@ -14,6 +14,7 @@ from typing import Any
 import tensorflow as tf
 import keras
 
+from mtl.distribute import cluster_role
 from mtl.model.losses import LOSS_TASKS, MultiTaskLoss, masked_mean
 from mtl.model.network import NetworkSpec, build_network
 
@@ -25,6 +26,18 @@ def hard_dice(y_true: tf.Tensor, y_pred: tf.Tensor, threshold: float = 0.5) -> t
     inter = tf.reduce_sum(y_true * y_hat, axis=[1, 2, 3])
     total = tf.reduce_sum(y_true, axis=[1, 2, 3]) + tf.reduce_sum(y_hat, axis=[1, 2, 3])
     return tf.where(total > 0, 2.0 * inter / tf.maximum(total, 1.0), 1.0)
+
+
+def _reducible_across_workers(logs: dict[str, Any]) -> dict[str, Any]:
+    """One-element vectors instead of scalars when several workers train together.
+
+    Keras 3 averages each replica's logs with ``strategy.reduce("MEAN", value, axis=0)`` under
+    MultiWorkerMirroredStrategy, which fails on scalars (tensorflow/tensorflow#72388); the
+    reduction of a one-element vector is the same scalar.
+    """
+    if cluster_role().num_workers > 1:
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
 
 
 @keras.saving.register_keras_serializable(package="mtl")
@@ -62,13 +75,37 @@ class MultiTaskModel(keras.Model):
     def build(self, input_shape=None):  # the network is built at construction
         self.built = True
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build what fit needs without Keras's symbolic pass over a reduced data batch.
+
+        Under a tf.distribute strategy Keras 3 first averages a data batch across replicas,
+        which fails with MultiWorkerMirroredStrategy (keras-team/keras#20585). This model is
+        fully built at construction and compiles no Keras losses or metrics, so the only state
+        left to create is the optimizer's, under the strategy's scope.
+        """
+        if self._distribute_strategy is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+            self._post_build()
+
+    def train_step(self, data):
+        return _reducible_across_workers(super().train_step(data))
+
+    def test_step(self, data):
+        return _reducible_across_workers(super().test_step(data))
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         total, losses = self.multitask_loss(y, y_pred, sample_weight)
         for task, value in losses.items():
             self.task_loss_trackers[task].update_state(
                 value, sample_weight=tf.reduce_sum(sample_weight[task])
             )
-        return total
+        # under tf.distribute, gradients are summed over replicas: return the per-replica share
+        # (Keras divides the loss it tracks back by the same factor)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return total / replicas if replicas > 1 else total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         sw = sample_weight

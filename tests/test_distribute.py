@@ -1,0 +1,137 @@
+"""tf.distribute in `mtl train`: mirrored on one device, and two real workers on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+
+import keras
+import numpy as np
+import pytest
+
+from mtl.config import ConfigError, load_config
+from mtl.distribute import cluster_role, make_strategy
+from mtl.train import read_history, train
+
+TINY = [
+    "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=8",
+    "data.sources=[{format: phantoms, options: {n: 96, size: 64}}]",
+    "train.batch_size=4", "train.steps_per_epoch=3", "train.reduce_lr_patience=null",
+]
+
+
+def test_cluster_role_from_tf_config():
+    assert cluster_role({}).is_chief and cluster_role({}).num_workers == 1
+    cfg = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    role = cluster_role({"TF_CONFIG": json.dumps(cfg)})
+    assert (role.num_workers, role.task_index, role.is_chief) == (2, 1, False)
+    cfg["task"]["index"] = 0
+    assert cluster_role({"TF_CONFIG": json.dumps(cfg)}).is_chief
+    cfg = {"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+    role = cluster_role({"TF_CONFIG": json.dumps(cfg)})
+    assert role.num_workers == 2 and not role.is_chief
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        cluster_role({"TF_CONFIG": "{not json"})
+
+
+def test_strategy_names_are_checked():
+    with pytest.raises(ConfigError, match="strategy"):
+        load_config(overrides=["train.strategy=horovod"])
+    with pytest.raises(ValueError, match="unknown strategy"):
+        make_strategy("horovod")
+    assert make_strategy("auto").num_replicas_in_sync == 1  # no GPUs, no TF_CONFIG here
+
+
+def test_mirrored_runs_on_one_device(tmp_path):
+    config = load_config(overrides=TINY + [f"train.runs_dir={tmp_path}", "train.epochs=2",
+                                           "train.strategy=mirrored", "train.val_steps=1"])
+    result = train(config, verbose=0)
+    dist = json.loads((result.run_dir / "distribution.json").read_text())
+    assert dist["strategy"] == "MirroredStrategy" and dist["replicas"] == 1
+    assert dist["global_batch"] == 4 and dist["learning_rate"] == dist["base_learning_rate"]
+    assert [int(r["epoch"]) for r in read_history(result.run_dir / "history.csv")] == [0, 1]
+    assert (result.run_dir / "last.keras").is_file()
+
+
+TWO_CPU_REPLICAS = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mtl.config import load_config
+from mtl.train import train
+result = train(load_config(overrides=json.loads(sys.argv[1])), verbose=0)
+print("RUN_DIR=" + str(result.run_dir))
+"""
+
+
+def test_mirrored_splits_batches_over_two_replicas(tmp_path):
+    """Two logical CPU devices stand in for two GPUs (set before TensorFlow starts)."""
+    overrides = TINY + [f"train.runs_dir={tmp_path}", "train.epochs=1", "train.strategy=mirrored"]
+    out = subprocess.run([sys.executable, "-c", TWO_CPU_REPLICAS, json.dumps(overrides)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    dist = json.loads((run_dir / "distribution.json").read_text())
+    assert dist["replicas"] == 2 and dist["global_batch"] == 8
+    history = read_history(run_dir / "history.csv")
+    assert len(history) == 1 and "val_loss" in history[0]
+    assert int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations) == 3
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_two_workers_train_the_same_weights(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cmd = [sys.executable, "-m", "mtl.cli", "train", "--quiet", "--name", "mw",
+           "--runs-dir", str(tmp_path), "--epochs", "2", "--strategy", "multiworker"]
+    for item in TINY + ["train.val_steps=1"]:
+        cmd += ["--set", item]
+    procs = []
+    try:
+        for index in range(2):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            log = open(tmp_path / f"worker{index}.log", "w")
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        deadline = time.time() + 400
+        for proc, _ in procs:
+            proc.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two-worker run did not finish within 400 s")
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    for (proc, _), text in zip(procs, logs):
+        assert proc.returncode == 0, text[-3000:]
+    chief_dir = tmp_path / "mw"
+    worker_dir = tmp_path / ".workers" / "mw-worker1"
+    assert (chief_dir / "last.keras").is_file() and (chief_dir / "best.keras").is_file()
+    assert not (tmp_path / "mw2").exists()  # only the chief made a run folder
+    dist = json.loads((chief_dir / "distribution.json").read_text())
+    assert dist["replicas"] == 2 and dist["workers"] == 2 and dist["global_batch"] == 8
+    assert dist["learning_rate"] == pytest.approx(2 * dist["base_learning_rate"])
+    chief = keras.models.load_model(chief_dir / "last.keras")
+    other = keras.models.load_model(worker_dir / "last.keras")
+    assert int(chief.optimizer.iterations) == 2 * 3
+    for a, b in zip(chief.weights, other.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    assert len(read_history(chief_dir / "history.csv")) == 2

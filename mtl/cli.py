@@ -33,12 +33,14 @@ def main() -> None:
 @click.option("--image-size", type=int, help="Input side in pixels, a multiple of 32.")
 @click.option("--seed", type=int, help="Seed for splits, sampling, augmentation and weights.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Parent folder of run folders.")
+@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+              help="tf.distribute strategy (train.strategy); multiworker reads TF_CONFIG.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Any config key, e.g. --set loss.uncertainty=true (repeatable).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True),
               help="Continue the run in this folder from its last finished epoch.")
 @click.option("--quiet", "-q", is_flag=True, help="One line per epoch instead of progress bars.")
-def train(config_path, name, epochs, batch_size, backbone, image_size, seed, runs_dir,
+def train(config_path, name, epochs, batch_size, backbone, image_size, seed, runs_dir, strategy,
           overrides, resume_dir, quiet) -> None:
     """Train the multi-task network; writes one run folder."""
     from mtl.config import ConfigError, load_config
@@ -47,7 +49,7 @@ def train(config_path, name, epochs, batch_size, backbone, image_size, seed, run
     named = {
         "name": name, "train.epochs": epochs, "train.batch_size": batch_size,
         "model.backbone": backbone, "data.image_size": image_size, "seed": seed,
-        "train.runs_dir": runs_dir,
+        "train.runs_dir": runs_dir, "train.strategy": strategy,
     }
     cli_overrides = [f"{k}={v}" for k, v in named.items() if v is not None] + list(overrides)
     try:
@@ -158,9 +160,12 @@ def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
     click.echo(f"mosaic: {out_path.resolve()}")
 
 
-from mtl.infer.command import infer  # noqa: E402  (its heavy imports are inside the command)
+# registered here; their heavy imports happen inside the commands
+from mtl.infer.command import infer  # noqa: E402
+from mtl.serve.command import serve  # noqa: E402
 
 main.add_command(infer)
+main.add_command(serve)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -178,7 +178,7 @@ def infer_case(
         slice_axis=case.slice_axis, affine=case.affine, orientation_known=case.orientation_known,
         spacing=case.spacing, image=case.native_image() if case.orientation_known else None,
     )
-    record = _record(item, case, findings, predictor, options, presence_threshold, model_info)
+    record = findings_record(item, case, findings, predictor, options, presence_threshold, model_info)
     writer = CaseWriter(folder, options.force)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -196,7 +196,7 @@ def infer_case(
                       outputs=list(writer.written))
 
 
-def _record(item: InputItem, case: Case, findings: dict[str, Any], predictor: Predictor,
+def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predictor: Predictor,
             options: InferOptions, presence_threshold: float,
             model_info: dict[str, Any] | None) -> dict[str, Any]:
     orientation = None

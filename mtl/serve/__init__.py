@@ -1,0 +1,8 @@
+"""``mtl serve``: a web page and a JSON API that run one trained model on uploaded scans.
+
+Modules: :mod:`~mtl.serve.uploads` (type by content, size and decompression limits, a
+server-owned input file), :mod:`~mtl.serve.service` (upload -> findings, masks, overlays, with
+the :mod:`mtl.infer` building blocks), :mod:`~mtl.serve.results` (results in memory under random
+ids, bounded and expiring), :mod:`~mtl.serve.app` (the FastAPI app) and
+:mod:`~mtl.serve.command` (the ``serve`` click command). The page is ``static/index.html``.
+"""

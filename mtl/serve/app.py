@@ -1,0 +1,362 @@
+"""The FastAPI application of ``mtl serve``: the page, ``POST /predict`` and the result files.
+
+Routes (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
+
+=========================================== ==================================================
+``GET /``                                   the page (one static HTML file, plain JavaScript)
+``GET /api/info``                           model classes, input size, limits, accepted types
+``POST /predict``                           multipart form: ``file`` (+ ``axis``,
+                                            ``pixel_spacing``) -> findings JSON with an ``id``
+``GET /results/{id}``                       the same JSON again
+``GET /results/{id}/findings.json``         the findings record (as ``mtl infer`` writes it)
+``GET /results/{id}/mask.png``              images (and one-file DICOM): 0/255 mask, image size
+``GET /results/{id}/mask.nii.gz``           volumes: uint8 label volume in the input's geometry
+``GET /results/{id}/overlay.png``           scan + mask outline, default slice
+``GET /results/{id}/slices/{i}/overlay.png`` the same for slice ``i`` of a volume
+``GET /results/{id}/slices/{i}/mask.png``   the mask of slice ``i``
+=========================================== ==================================================
+
+Errors are JSON ``{"detail": "..."}`` with 400 (unreadable or unusable file, bad option), 413
+(too large: bytes, pixels, or what a gzip file unpacks to), 415 (not an accepted type by
+content), 404 (unknown or expired result), 422 (no ``file`` field).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, Iterable
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+import mtl
+from mtl.infer.predict import Predictor
+from mtl.serve.results import ID_PATTERN, ResultStore, StoredResult
+from mtl.serve.service import BadRequest, Service
+from mtl.serve.uploads import ACCEPTED, Limits
+
+log = logging.getLogger(__name__)
+
+#: multipart boundaries and the small form fields on top of the file itself
+FORM_OVERHEAD = 64 << 10
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; "
+            "base-uri 'none'; frame-ancestors 'none'")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+# --------------------------------------------------------------------------- schema models
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What is wrong, for people.")
+
+
+class Info(BaseModel):
+    name: str = "mtl"
+    version: str
+    classes: list[str] = Field(description="Tumor type classes of the model's type head.")
+    image_size: int = Field(description="Side of the network input in pixels.")
+    threshold: float
+    max_upload_bytes: int
+    max_pixels: int = Field(description="Largest image (pixels) or volume (voxels) accepted.")
+    accepted: list[str]
+    result_ttl_seconds: float
+    max_results: int
+    disclaimer: str
+
+
+class SliceInfo(BaseModel):
+    index: int
+    evaluated: bool = Field(description="False for constant slices, which are not run.")
+    presence: float | None = Field(description="Presence probability of this slice.")
+    area_px: int = Field(description="Tumor pixels on this slice.")
+    area_mm2: float | None = Field(description="Tumor area on this slice, when the pixel "
+                                               "size is known.")
+
+
+class MaskLinks(BaseModel):
+    png: str | None
+    nifti: str | None
+
+
+class Links(BaseModel):
+    self: str
+    findings: str
+    mask: str | None = Field(description="The mask in the input's own format (PNG for images, "
+                                         "NIfTI for volumes).")
+    masks: MaskLinks
+    overlay: str
+    slice_overlay: str = Field(description="Template: replace {index} by a slice index.")
+    slice_mask: str = Field(description="Template: replace {index} by a slice index.")
+
+
+class PredictResult(BaseModel):
+    """The findings record of ``mtl infer`` (``findings.json``) plus what the page needs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="Result id (random) for the /results/{id}/... downloads.")
+    case: str = Field(description="A safe short name made from the uploaded file's name.")
+    source: str = Field(description="The uploaded file's name as sent (display only).")
+    kind: str = Field(description="image, nifti or dicom.")
+    detected_type: str = Field(description="png, jpeg, tiff, nifti, nifti-gz or dicom, "
+                                           "from the content.")
+    input: dict[str, Any]
+    settings: dict[str, Any]
+    findings: dict[str, Any] = Field(description=(
+        "presence {probability, decision, threshold, slice}, type {label, probabilities}, "
+        "tumor {pixels, area_px, area_mm2, volume_ml, largest_slice, centroid, bbox, slices, "
+        "hemisphere}, pixel_area_mm2, ...; see mtl.infer.findings."))
+    warnings: list[str]
+    n_slices: int
+    default_slice: int = Field(description="The slice to show first (largest tumor area, or "
+                                           "highest presence probability).")
+    slices: list[SliceInfo]
+    links: Links
+    expires_in_seconds: int
+    disclaimer: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Unreadable or unusable file, or a bad option."},
+    413: {"model": ErrorBody, "description": "Too large: bytes, pixels/voxels, or what a gzip "
+                                             "file unpacks to."},
+    415: {"model": ErrorBody, "description": "Not an accepted type (checked by content)."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Unknown or expired result, or no such file."}}
+
+
+# --------------------------------------------------------------------------- ASGI middleware
+
+
+class Guard:
+    """Pure ASGI middleware: request body limit, Host check, and safety headers.
+
+    A declared ``Content-Length`` above ``max_body`` is answered 413 before anything is read;
+    a body that streams past it (chunked uploads) stops with 413 as soon as it does. With
+    ``allowed_hosts``, other ``Host`` headers get 400 (DNS-rebinding guard for a local server).
+    """
+
+    def __init__(self, app: Any, max_body: int, allowed_hosts: Iterable[str] | None = None) -> None:
+        self.app = app
+        self.max_body = int(max_body)
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        if self.allowed_hosts is not None:
+            host = _host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.allowed_hosts:
+                await _error(send, 400, "invalid Host header")
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _error(send, 400, "invalid Content-Length header")
+                return
+            if declared > self.max_body:
+                await _error(send, 413, f"the upload is larger than the "
+                                        f"{self.max_body - FORM_OVERHEAD:,}-byte limit")
+                return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise HTTPException(413, f"the upload is larger than the "
+                                             f"{self.max_body - FORM_OVERHEAD:,}-byte limit")
+            return message
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"),
+                         (b"x-frame-options", b"DENY"),
+                         (b"referrer-policy", b"no-referrer")]
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                if b"cache-control" not in names:
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        await self.app(scope, limited_receive, send_with_headers)
+
+
+def _host_name(header: str) -> str:
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+async def _error(send: Any, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                            (b"cache-control", b"no-store"),
+                            (b"x-content-type-options", b"nosniff")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def page_html() -> str:
+    return (resources.files("mtl.serve") / "static" / "index.html").read_text(encoding="utf-8")
+
+
+def create_app(
+    predictor: Predictor,
+    *,
+    limits: Limits = Limits(),
+    max_results: int = 20,
+    result_ttl_seconds: float = 3600.0,
+    max_result_bytes: int = 1 << 30,
+    allowed_hosts: Iterable[str] | None = None,
+    model_name: str | None = None,
+    presence_threshold: float | None = None,
+) -> FastAPI:
+    """The web app around one loaded :class:`Predictor` (shared by all requests).
+
+    ``allowed_hosts``: accepted ``Host`` header names (None: any); ``mtl serve`` passes the
+    loopback names when it binds to a loopback address.
+    """
+    store = ResultStore(max_items=max_results, ttl_seconds=result_ttl_seconds,
+                        max_bytes=max_result_bytes)
+    service = Service(predictor, limits=limits, store=store, model_name=model_name,
+                      presence_threshold=presence_threshold)
+    page = page_html()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = FastAPI(
+        title="mtl serve",
+        version=mtl.__version__,
+        description=(
+            "Run an mtl multi-task model (tumor presence, tumor type, tumor mask) on an "
+            "uploaded brain MRI slice image (PNG, JPEG, TIFF), NIfTI volume (.nii, .nii.gz) "
+            "or DICOM file. Types are recognised by content. Results stay in the server's "
+            "memory for a limited time under a random id. Research software: not a medical "
+            "device, outputs are not a diagnosis."),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(Guard, max_body=limits.max_bytes + FORM_OVERHEAD,
+                       allowed_hosts=allowed_hosts)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"content-security-policy": PAGE_CSP})
+
+    @app.get("/api/info", response_model=Info, summary="Model and server limits")
+    def info() -> Info:
+        return Info(version=mtl.__version__, classes=list(predictor.classes),
+                    image_size=predictor.image_size, threshold=predictor.threshold,
+                    max_upload_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
+                    accepted=list(ACCEPTED), result_ttl_seconds=store.ttl_seconds,
+                    max_results=store.max_items,
+                    disclaimer="Research software: not a medical device; results are not a "
+                               "diagnosis.")
+
+    @app.post("/predict", response_model=PredictResult, responses=ERRORS,
+              summary="Run the model on one uploaded scan")
+    def predict(
+        file: UploadFile = File(description="A slice image (PNG, JPEG, TIFF), a NIfTI-1 "
+                                            "volume (.nii or .nii.gz) or a DICOM file; the "
+                                            "type is taken from the content."),
+        axis: str = Form("axial", description="Volumes: slicing axis, axial, coronal, "
+                                              "sagittal (from the affine) or 0, 1, 2."),
+        pixel_spacing: str | None = Form(None, description="Images: ROW_MM,COL_MM (or one "
+                                                           "value) for areas in mm²."),
+    ) -> dict[str, Any]:
+        data = file.file.read(limits.max_bytes + 1)
+        try:
+            result = service.analyse(data, file.filename, axis=axis, pixel_spacing=pixel_spacing)
+        except BadRequest as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        return result.payload
+
+    def _result(result_id: str) -> StoredResult:
+        result = store.get(result_id)
+        if result is None:
+            raise HTTPException(404, "no such result: unknown id, or expired (results are kept "
+                                     f"{store.ttl_seconds / 60:g} min, the last {store.max_items})")
+        return result
+
+    def _slice(result: StoredResult, index: int) -> int:
+        if not 0 <= index < result.n_slices:
+            raise HTTPException(404, f"no slice {index}: the case has slices 0 to "
+                                     f"{result.n_slices - 1}")
+        return index
+
+    id_param = PathParam(description="The id returned by POST /predict.", max_length=64)
+
+    @app.get("/results/{result_id}", response_model=PredictResult, responses=NOT_FOUND,
+             summary="A stored result's JSON")
+    def get_result(result_id: str = id_param) -> dict[str, Any]:
+        result = _result(result_id)
+        return {**result.payload, "expires_in_seconds": round(store.expires_in(result))}
+
+    png = {"content": {"image/png": {}}, "description": "PNG image"}
+
+    @app.get("/results/{result_id}/overlay.png", response_class=Response, summary="Overlay",
+             responses={200: png, **NOT_FOUND})
+    def overlay(result_id: str = id_param) -> Response:
+        result = _result(result_id)
+        return Response(service.overlay_png(result), media_type="image/png", headers={
+            "content-disposition": f'inline; filename="{result.name}_overlay.png"'})
+
+    @app.get("/results/{result_id}/slices/{index}/overlay.png", response_class=Response,
+             summary="Overlay of one slice", responses={200: png, **NOT_FOUND})
+    def slice_overlay(index: int, result_id: str = id_param) -> Response:
+        result = _result(result_id)
+        index = _slice(result, index)
+        return Response(service.overlay_png(result, index), media_type="image/png", headers={
+            "content-disposition": f'inline; filename="{result.name}_overlay_{index:03d}.png"'})
+
+    @app.get("/results/{result_id}/slices/{index}/mask.png", response_class=Response,
+             summary="Mask of one slice (0/255 PNG)", responses={200: png, **NOT_FOUND})
+    def slice_mask(index: int, result_id: str = id_param) -> Response:
+        result = _result(result_id)
+        index = _slice(result, index)
+        return Response(service.slice_mask_png(result, index), media_type="image/png", headers={
+            "content-disposition": f'attachment; filename="{result.name}_mask_{index:03d}.png"'})
+
+    @app.get("/results/{result_id}/{file_name}", response_class=Response,
+             summary="findings.json, mask.png or mask.nii.gz of a result",
+             responses={200: {"content": {"application/json": {}, "image/png": {},
+                                          "application/gzip": {}}}, **NOT_FOUND})
+    def result_file(file_name: str, result_id: str = id_param) -> Response:
+        result = _result(result_id)
+        download = result.files.get(file_name)
+        if download is None:
+            raise HTTPException(404, f"no {file_name!r} for this result; it has "
+                                     + ", ".join(sorted(result.files)) + ", overlay.png")
+        return Response(download.content, media_type=download.media_type, headers={
+            "content-disposition": f'attachment; filename="{download.filename}"'})
+
+    return app
+
+
+__all__ = ["FORM_OVERHEAD", "Guard", "LOOPBACK_HOSTS", "create_app", "page_html"]

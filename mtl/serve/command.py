@@ -1,0 +1,130 @@
+"""``mtl serve``: a web page and JSON API around one trained model.
+
+Registered on the ``mtl`` group in :mod:`mtl.cli` with ``main.add_command(serve)``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (port 0: a free one); ClickException if impossible."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"--host {host}: cannot resolve ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def is_loopback(host: str, sock: socket.socket) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def url_for(sock: socket.socket) -> str:
+    address, port = sock.getsockname()[:2]
+    shown = f"[{address}]" if ":" in address else address
+    return f"http://{shown}:{port}/"
+
+
+def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
+    """Serve ``app`` on the bound socket until interrupted (one process: one model)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but a loopback address lets other machines "
+                   "upload scans: there is no authentication.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port).")
+@click.option("--max-upload-mb", default=64.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Largest accepted upload.")
+@click.option("--max-megapixels", default=50.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Largest image (million pixels) or volume (million voxels) accepted.")
+@click.option("--keep-results", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Results kept in memory for download (the newest).")
+@click.option("--result-minutes", default=60.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="How long a result can be downloaded.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.5, show_default=True, help="Tumor probability threshold (mask and "
+                                                   "presence decision).")
+@click.option("--tta", is_flag=True, help="Flip test-time augmentation.")
+@click.option("--largest-component", is_flag=True,
+              help="Keep only the largest connected tumor region per case.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Slices per network call.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="warning", show_default=True, help="Server log level (info: access log).")
+def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result_minutes,
+          threshold, tta, largest_component, batch_size, log_level) -> None:
+    """Serve MODEL: a web page and a JSON API (POST /predict) for uploaded scans.
+
+    Upload a slice image (PNG, JPEG, TIFF), a NIfTI volume (.nii, .nii.gz) or a DICOM file;
+    get presence and type probabilities, tumor area or volume, an overlay, and the mask and
+    findings to download. The model is loaded once. Research use, not a diagnosis.
+    """
+    from mtl.infer.predict import ModelError, Predictor
+    from mtl.serve.app import LOOPBACK_HOSTS, create_app
+    from mtl.serve.uploads import Limits
+
+    sock = bind_socket(host, port)
+    try:
+        try:
+            predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
+                                            largest_component=largest_component,
+                                            batch_size=batch_size)
+        except ModelError as exc:
+            raise click.ClickException(str(exc)) from None
+        loopback = is_loopback(host, sock)
+        limits = Limits(max_bytes=int(max_upload_mb * (1 << 20)),
+                        max_pixels=int(max_megapixels * 1e6))
+        app = create_app(predictor, limits=limits, max_results=keep_results,
+                         result_ttl_seconds=result_minutes * 60,
+                         allowed_hosts=LOOPBACK_HOSTS if loopback else None,
+                         model_name=Path(model).name)
+        url = url_for(sock)
+        click.echo(f"mtl serve: {url}")
+        click.echo(f"  model {model}: classes {', '.join(predictor.classes)}; "
+                   f"input {predictor.image_size} px")
+        click.echo(f"  API: POST {url}predict  (schema {url}openapi.json, docs {url}docs)")
+        if not loopback:
+            click.echo(f"  warning: listening on {host}, not a loopback address: anyone who "
+                       "can reach this machine can upload scans (no authentication)", err=True)
+        click.echo("  Ctrl+C to stop")
+        run_server(app, sock, log_level)
+    finally:
+        sock.close()
+
+
+__all__ = ["bind_socket", "run_server", "serve", "url_for"]

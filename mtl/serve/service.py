@@ -1,0 +1,299 @@
+"""One upload -> one stored result, with the same steps as ``mtl infer`` (no web code here).
+
+Steps: :func:`~mtl.serve.uploads.stage_upload` (type by content, limits, a server-owned file),
+:func:`mtl.infer.readers.load_case`, :meth:`mtl.infer.predict.Predictor.predict` (the one
+model, called under a lock so requests never share a network call),
+:func:`mtl.infer.findings.case_findings`, the findings record of ``mtl infer`` and its mask
+writers; overlays are drawn on request by :func:`mtl.infer.overlay.render_overlay`.
+
+The writers and the overlay renderer write files; here they write into a private temporary
+folder of the server, and the bytes are kept in memory. Every temporary file of a request is
+gone when the request ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mtl.infer.findings import case_findings
+from mtl.infer.predict import Predictor
+from mtl.infer.readers import InputError, format_axis, load_case, safe_name
+from mtl.infer.runner import InferOptions, findings_record
+from mtl.infer.writers import (
+    write_json,
+    write_mask_nifti,
+    write_mask_nifti_affine,
+    write_mask_png,
+)
+from mtl.serve.results import Download, ResultStore, StoredResult
+from mtl.serve.uploads import Limits, UploadRejected, stage_upload
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = "research software output; not a medical device, not a diagnosis"
+
+
+class BadRequest(Exception):
+    """A request that cannot be analysed: ``status`` 400/413/415 and a message for people."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def display_name(filename: str | None) -> str:
+    """A short safe name from the client's file name, for titles and download names only."""
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    lower = base.lower()
+    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm",
+                   ".dicom", ".gz"):
+        if lower.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    name = safe_name(base)[:60]
+    return "upload" if name == "case" else name
+
+
+def parse_spacing(text: str | None) -> tuple[float, float] | None:
+    """"0.5" or "0.5,0.4" (row, column mm) -> a pair; empty -> None."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        parts = [float(v) for v in str(text).replace("x", ",").split(",")]
+        if len(parts) == 1:
+            parts *= 2
+        if len(parts) != 2 or not all(np.isfinite(parts)) or min(parts) <= 0:
+            raise ValueError
+    except ValueError:
+        raise BadRequest(400, "pixel_spacing: give ROW_MM,COL_MM or one value in mm, "
+                              "e.g. 0.5,0.5") from None
+    return (parts[0], parts[1])
+
+
+def parse_axis(text: str | None) -> int | str:
+    try:
+        return format_axis(text or "axial")
+    except ValueError as exc:
+        raise BadRequest(400, f"axis: {exc}") from None
+
+
+def _fmt(p: float | None) -> str:
+    return "n/a" if p is None or not np.isfinite(p) else f"{p:.2f}"
+
+
+class Service:
+    """The model (one :class:`Predictor`, loaded once), the limits and the result store."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        limits: Limits = Limits(),
+        store: ResultStore | None = None,
+        presence_threshold: float | None = None,
+        model_name: str | None = None,
+        temp_root: str | Path | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.limits = limits
+        self.store = store if store is not None else ResultStore()
+        self.presence_threshold = (predictor.threshold if presence_threshold is None
+                                   else float(presence_threshold))
+        self.model_info = {"path": model_name, "classes": list(predictor.classes),
+                           "preprocessing": dict(predictor.preprocessing)}
+        self.temp_root = Path(tempfile.mkdtemp(prefix="mtl-serve-", dir=temp_root))
+        self._predict_lock = threading.Lock()  # one network call at a time, whole cases
+        self._render_lock = threading.Lock()  # matplotlib is not thread-safe
+
+    def close(self) -> None:
+        shutil.rmtree(self.temp_root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ files via temp folders
+
+    def _file_bytes(self, write: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> bytes:
+        """Run a writer of :mod:`mtl.infer` into a private temporary folder; return the bytes."""
+        folder = Path(tempfile.mkdtemp(dir=self.temp_root))
+        try:
+            path = write(folder / name, *args, **kwargs)
+            return Path(path).read_bytes()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ analysis
+
+    def analyse(self, data: bytes, filename: str | None = None, *, axis: str | None = "axial",
+                pixel_spacing: str | None = None) -> StoredResult:
+        """Check, read, predict and summarise one upload; store and return the result.
+
+        Raises BadRequest (400/413/415) for anything wrong with the upload or the options.
+        """
+        axis_value = parse_axis(axis)
+        spacing = parse_spacing(pixel_spacing)
+        name = display_name(filename)
+        shown = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1][:200] or "upload"
+        folder = Path(tempfile.mkdtemp(dir=self.temp_root))
+        try:
+            try:
+                item, detected = stage_upload(data, folder, name, self.limits)
+                case = load_case(item, axis=axis_value, pixel_spacing=spacing)
+            except UploadRejected as exc:
+                raise BadRequest(exc.status, exc.message) from None
+            except InputError as exc:
+                raise BadRequest(400, _without_paths(str(exc), folder, shown)) from None
+            slices = np.array(case.slices)  # detached from any memory map of the temp file
+            try:
+                with self._predict_lock:
+                    pred = self.predictor.predict(slices)
+            except ValueError as exc:
+                raise BadRequest(400, f"{shown}: {exc}") from None
+            mask_native = case.to_native(pred.mask)
+            findings = case_findings(
+                mask=mask_native, presence=pred.presence, type_probs=pred.type_probs,
+                classes=self.predictor.classes, presence_threshold=self.presence_threshold,
+                slice_axis=case.slice_axis, affine=case.affine,
+                orientation_known=case.orientation_known, spacing=case.spacing,
+                image=case.native_image() if case.orientation_known else None,
+            )
+            options = InferOptions(axis=axis_value, pixel_spacing=spacing)
+            record = findings_record(item, case, findings, self.predictor, options,
+                             self.presence_threshold, self.model_info)
+            record["source"] = shown
+            record["detected_type"] = detected
+            record["disclaimer"] = DISCLAIMER
+            files = self._masks(name, case, pred, mask_native)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+        from mtl.infer.overlay import View, view_for
+
+        view = view_for(case.kind, case.affine, case.slice_axis, case.orientation_known)
+        if case.kind == "image" and case.spacing:
+            view = View(pixel_aspect=case.spacing[0] / case.spacing[1])
+        tumor = findings["tumor"]
+        if case.kind == "image":
+            default = 0
+        elif tumor["largest_slice"] is not None:
+            default = int(tumor["largest_slice"])
+        else:
+            default = int(np.nanargmax(np.where(pred.evaluated, pred.presence, -np.inf)))
+        result = StoredResult(name=name, kind=case.kind, payload={}, files=files, slices=slices,
+                              mask=pred.mask, presence=pred.presence, type_probs=pred.type_probs,
+                              findings=findings, view=view, default_slice=default)
+        record["outputs"] = sorted(files) + ["findings.json", "overlay.png"]
+        files["findings.json"] = Download(self._file_bytes(write_json, "findings.json", record),
+                                          "application/json", f"{name}_findings.json")
+        px_mm2 = findings["pixel_area_mm2"]
+        result.payload = {
+            "id": result.id,
+            **record,
+            "n_slices": case.n_slices,
+            "default_slice": default,
+            "slices": [
+                {"index": i, "evaluated": bool(pred.evaluated[i]),
+                 "presence": _round(pred.presence[i]),
+                 "area_px": int(pred.mask[i].sum()),
+                 "area_mm2": None if px_mm2 is None else round(float(pred.mask[i].sum()) * px_mm2, 3)}
+                for i in range(case.n_slices)
+            ],
+            "links": links(result.id, files),
+        }
+        self.store.put(result)
+        result.payload["expires_in_seconds"] = round(self.store.expires_in(result))
+        return result
+
+    def _masks(self, name: str, case: Any, pred: Any, mask_native: np.ndarray) -> dict[str, Download]:
+        files: dict[str, Download] = {}
+        if case.kind == "nifti":
+            files["mask.nii.gz"] = Download(
+                self._file_bytes(write_mask_nifti, "mask.nii.gz", mask_native, case.nifti),
+                "application/gzip", f"{name}_mask.nii.gz")
+        else:  # an image, or a one-file DICOM "series": one slice
+            files["mask.png"] = Download(self._file_bytes(write_mask_png, "mask.png", pred.mask[0]),
+                                         "image/png", f"{name}_mask.png")
+            if case.kind == "dicom" and case.affine is not None:
+                files["mask.nii.gz"] = Download(
+                    self._file_bytes(write_mask_nifti_affine, "mask.nii.gz", pred.mask,
+                                     case.affine),
+                    "application/gzip", f"{name}_mask.nii.gz")
+        return files
+
+    # ------------------------------------------------------------------ pictures
+
+    def overlay_lines(self, result: StoredResult, index: int) -> list[str]:
+        """The text above an overlay, as ``mtl infer --overlay`` writes it."""
+        f = result.findings
+        classes = list(f["type"]["probabilities"])
+        label = f["type"]["label"]
+        presence = f["presence"]
+        tumor = f["tumor"]
+        px_mm2 = f["pixel_area_mm2"]
+        n_px = int(result.mask[index].sum())
+        area = f"{n_px} px" + (f" = {n_px * px_mm2:.1f} mm²" if px_mm2 is not None else "")
+        types = "  ".join(f"{c} {_fmt(p)}" for c, p in zip(classes, result.type_probs[index]))
+        head = (f"{result.name}: {label} ({_fmt(f['type']['probabilities'][label])})   "
+                f"tumor {'YES' if presence['decision'] else 'no'} "
+                f"(p={_fmt(presence['probability'])})")
+        if result.kind == "image":
+            return [head, "type: " + types, f"tumor area {area}"]
+        volume = tumor["volume_ml"]
+        side = (tumor.get("hemisphere") or {}).get("side")
+        return [head + (f"   volume {volume:.2f} mL" if volume is not None else ""),
+                f"slice {index}/{result.n_slices - 1}: presence "
+                f"{_fmt(result.presence[index])}  {types}",
+                f"tumor area on this slice {area}" + (f"   hemisphere {side}" if side else "")]
+
+    def overlay_png(self, result: StoredResult, index: int | None = None) -> bytes:
+        """The overlay of one slice (the default slice if None), drawn once per result."""
+        from mtl.infer.overlay import render_overlay
+
+        index = result.default_slice if index is None else int(index)
+
+        def render() -> bytes:
+            with self._render_lock:
+                return self._file_bytes(render_overlay, "overlay.png", result.slices[index],
+                                        result.mask[index], lines=self.overlay_lines(result, index),
+                                        view=result.view)
+
+        return result.cached_overlay(index, render)
+
+    def slice_mask_png(self, result: StoredResult, index: int) -> bytes:
+        return self._file_bytes(write_mask_png, "mask.png", result.mask[index])
+
+
+def links(result_id: str, files: dict[str, Download]) -> dict[str, Any]:
+    base = f"/results/{result_id}"
+    masks = {"png": f"{base}/mask.png" if "mask.png" in files else None,
+             "nifti": f"{base}/mask.nii.gz" if "mask.nii.gz" in files else None}
+    return {
+        "self": base,
+        "findings": f"{base}/findings.json",
+        "mask": masks["nifti"] if "mask.nii.gz" in files and "mask.png" not in files
+        else masks["png"],
+        "masks": masks,
+        "overlay": f"{base}/overlay.png",
+        "slice_overlay": f"{base}/slices/{{index}}/overlay.png",
+        "slice_mask": f"{base}/slices/{{index}}/mask.png",
+    }
+
+
+def _round(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 4)
+
+
+def _without_paths(message: str, folder: Path, shown: str) -> str:
+    """A reader's message with the server's temporary paths replaced by the client's name."""
+    for path in sorted(folder.glob("*"), key=lambda p: -len(str(p))):
+        message = message.replace(str(path), shown)
+    return message.replace(str(folder), "upload")
+
+
+__all__ = ["BadRequest", "DISCLAIMER", "Service", "display_name", "links", "parse_axis",
+           "parse_spacing"]

@@ -368,9 +368,10 @@ def train(
 
 
 def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
-    """The saved config of a run, with overrides (e.g. more epochs), saved back."""
+    """The saved config of a run, with overrides (e.g. more epochs), saved back by the chief."""
     config = load_config(run_dir / "config.yaml", overrides)
-    write_atomic(run_dir / "config.yaml", config.to_yaml())
+    if cluster_role().is_chief:
+        write_atomic(run_dir / "config.yaml", config.to_yaml())
     return config
 
 

@@ -94,44 +94,52 @@ def free_ports(n):
             s.close()
 
 
-def test_two_workers_train_the_same_weights(tmp_path):
+def run_cluster(tmp_path, args, tag):
+    """Run `mtl train ARGS` as two workers on 127.0.0.1; returns their logs; always cleans up."""
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    cmd = [sys.executable, "-m", "mtl.cli", "train", "--quiet", "--name", "mw",
-           "--runs-dir", str(tmp_path), "--epochs", "2", "--strategy", "multiworker"]
-    for item in TINY + ["train.val_steps=1"]:
-        cmd += ["--set", item]
+    cmd = [sys.executable, "-m", "mtl.cli", "train", "--quiet", *args]
     procs = []
     try:
         for index in range(2):
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
                    "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-            log = open(tmp_path / f"worker{index}.log", "w")
+            log = open(tmp_path / f"{tag}-worker{index}.log", "w")
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         deadline = time.time() + 400
         for proc, _ in procs:
             proc.wait(timeout=max(1, deadline - time.time()))
     except subprocess.TimeoutExpired:
-        pytest.fail("the two-worker run did not finish within 400 s")
+        pytest.fail(f"the two-worker run {tag!r} did not finish within 400 s")
     finally:
         for proc, log in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             log.close()
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    logs = [(tmp_path / f"{tag}-worker{i}.log").read_text() for i in range(2)]
     for (proc, _), text in zip(procs, logs):
         assert proc.returncode == 0, text[-3000:]
+    return logs
+
+
+def test_two_workers_train_the_same_weights_and_resume(tmp_path):
+    sets = [a for item in TINY + ["train.val_steps=1"] for a in ("--set", item)]
+    run_cluster(tmp_path, ["--name", "mw", "--runs-dir", str(tmp_path), "--epochs", "1",
+                           "--strategy", "multiworker", *sets], "first")
     chief_dir = tmp_path / "mw"
+    assert json.loads((chief_dir / "state.json").read_text())["epoch"] == 1
+    # the cluster stopped after epoch 1 (as after a lost worker): resume both workers
+    run_cluster(tmp_path, ["--resume", str(chief_dir), "--epochs", "2"], "resumed")
     worker_dir = tmp_path / ".workers" / "mw-worker1"
     assert (chief_dir / "last.keras").is_file() and (chief_dir / "best.keras").is_file()
     assert not (tmp_path / "mw2").exists()  # only the chief made a run folder
     dist = json.loads((chief_dir / "distribution.json").read_text())
     assert dist["replicas"] == 2 and dist["workers"] == 2 and dist["global_batch"] == 8
     assert dist["learning_rate"] == pytest.approx(2 * dist["base_learning_rate"])
+    assert [int(r["epoch"]) for r in read_history(chief_dir / "history.csv")] == [0, 1]
     chief = keras.models.load_model(chief_dir / "last.keras")
     other = keras.models.load_model(worker_dir / "last.keras")
-    assert int(chief.optimizer.iterations) == 2 * 3
+    assert int(chief.optimizer.iterations) == 2 * 3  # optimizer state carried over the restart
     for a, b in zip(chief.weights, other.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
-    assert len(read_history(chief_dir / "history.csv")) == 2

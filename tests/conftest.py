@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA.resolve()} does not exist")
     return SHARED_DATA.resolve()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """mtl's image-feature cache (dataset grouping) lives in a temporary folder during tests."""
+    folder = tmp_path_factory.mktemp("mtl-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MTL_CACHE_DIR", str(folder))
+        yield folder

@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,6 @@ from mtl.data.adapters.class_folders import read_gray_image
 from mtl.data.splits import check_no_leak, split_records
 
 SQUARE = {"name": "polygon", "all_points_x": [10, 30, 30, 10], "all_points_y": [5, 5, 20, 20]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Image features (dedup) are cached in a temporary folder, not ~/.cache/mtl."""
-    folder = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MTL_CACHE_DIR", str(folder))
-        yield folder
 
 
 def write_image(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Path:

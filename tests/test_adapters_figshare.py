@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -22,15 +21,6 @@ MAT_CODE = {"meningioma": 1, "glioma": 2, "pituitary": 3}
 
 
 # --- writers for the on-disk formats ------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Image features (JPEG grouping) are cached in a temporary folder, not ~/.cache/mtl."""
-    folder = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MTL_CACHE_DIR", str(folder))
-        yield folder
 
 
 def write_jpeg_item(

@@ -304,6 +304,11 @@ def create_app(
                                      f"{store.ttl_seconds / 60:g} min, the last {store.max_items})")
         return result
 
+    def _file(content: bytes, media_type: str, filename: str, inline: bool = False) -> Response:
+        disposition = "inline" if inline else "attachment"
+        return Response(content, media_type=media_type, headers={
+            "content-disposition": f'{disposition}; filename="{filename}"'})
+
     def _slice(result: StoredResult, index: int) -> int:
         if not 0 <= index < result.n_slices:
             raise HTTPException(404, f"no slice {index}: the case has slices 0 to "
@@ -324,24 +329,24 @@ def create_app(
              responses={200: png, **NOT_FOUND})
     def overlay(result_id: str = id_param) -> Response:
         result = _result(result_id)
-        return Response(service.overlay_png(result), media_type="image/png", headers={
-            "content-disposition": f'inline; filename="{result.name}_overlay.png"'})
+        return _file(service.overlay_png(result), "image/png", f"{result.name}_overlay.png",
+                     inline=True)
 
     @app.get("/results/{result_id}/slices/{index}/overlay.png", response_class=Response,
              summary="Overlay of one slice", responses={200: png, **NOT_FOUND})
     def slice_overlay(index: int, result_id: str = id_param) -> Response:
         result = _result(result_id)
         index = _slice(result, index)
-        return Response(service.overlay_png(result, index), media_type="image/png", headers={
-            "content-disposition": f'inline; filename="{result.name}_overlay_{index:03d}.png"'})
+        return _file(service.overlay_png(result, index), "image/png",
+                     f"{result.name}_overlay_{index:03d}.png", inline=True)
 
     @app.get("/results/{result_id}/slices/{index}/mask.png", response_class=Response,
              summary="Mask of one slice (0/255 PNG)", responses={200: png, **NOT_FOUND})
     def slice_mask(index: int, result_id: str = id_param) -> Response:
         result = _result(result_id)
         index = _slice(result, index)
-        return Response(service.slice_mask_png(result, index), media_type="image/png", headers={
-            "content-disposition": f'attachment; filename="{result.name}_mask_{index:03d}.png"'})
+        return _file(service.slice_mask_png(result, index), "image/png",
+                     f"{result.name}_mask_{index:03d}.png")
 
     @app.get("/results/{result_id}/{file_name}", response_class=Response,
              summary="findings.json, mask.png or mask.nii.gz of a result",
@@ -353,8 +358,7 @@ def create_app(
         if download is None:
             raise HTTPException(404, f"no {file_name!r} for this result; it has "
                                      + ", ".join(sorted(result.files)) + ", overlay.png")
-        return Response(download.content, media_type=download.media_type, headers={
-            "content-disposition": f'attachment; filename="{download.filename}"'})
+        return _file(download.content, download.media_type, download.filename)
 
     return app
 

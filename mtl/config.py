@@ -67,6 +67,8 @@ class DataConfig:
     )
     #: "raise": a bad item stops with an error naming the file; "skip": skipped and counted
     on_error: str = "raise"
+    #: load every item once before training so bad data is found before the first epoch
+    preflight: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     #: parallel decode/augment calls; null lets tf.data tune it
     num_parallel_calls: int | None = None

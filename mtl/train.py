@@ -39,6 +39,7 @@ from mtl.data.pipeline import (
     open_sources,
     plan_split,
     plan_training,
+    preflight,
     steps_per_epoch,
 )
 from mtl.data.preprocess import preprocessing_spec
@@ -277,6 +278,10 @@ def train(
     log.info("distribution: %s", scale.to_dict())
     write_atomic(write_dir / "distribution.json", json.dumps(scale.to_dict(), indent=1))
     sources = open_sources(config)
+    skipped_at_preflight = (
+        preflight(sources, config.data.on_error, progress=verbose not in (0, 2) and role.is_chief)
+        if config.data.preflight else []
+    )
     assign_splits(sources, config, write_dir, reuse=resume, saved_in=run_dir)
     write_atomic(write_dir / "data_summary.json", json.dumps(data_summary(sources), indent=1))
 
@@ -360,8 +365,9 @@ def train(
         "distribution": scale.to_dict(),
         "train_seconds_this_session": round(elapsed, 1),
         "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
+        "skipped_at_preflight": len(skipped_at_preflight),
         "skipped_at_load": len(errors.items),
-        "skipped_examples": errors.items[:20],
+        "skipped_examples": (skipped_at_preflight + errors.items)[:20],
     }
     write_atomic(write_dir / "metrics.json", json.dumps(summary, indent=1))
     return TrainResult(write_dir, state["epoch"], state.get("best"), state.get("best_epoch"), history)

@@ -133,3 +133,33 @@ def test_uncertainty_weighting_trains(tmp_path):
     result = train(config, verbose=0)
     model = keras.models.load_model(result.run_dir / "last.keras")
     assert np.abs(model.multitask_loss.log_vars.numpy()[:3]).max() > 0  # learned
+
+
+def br35h_with_a_bad_file(root):
+    """A small Br35H-layout folder whose no/no99.jpg is not an image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, prefix, n in (("yes", "y", 6), ("no", "no", 10)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(
+                root / folder / f"{prefix}{i}.jpg")
+    (root / "no" / "no99.jpg").write_bytes(b"this is not a JPEG")
+    return root
+
+
+def test_bad_data_is_found_before_the_first_epoch(tmp_path):
+    from mtl.data.adapters import DataError
+
+    root = br35h_with_a_bad_file(tmp_path / "br35h")
+    source = f"data.sources=[{{format: br35h, root: {root}, options: {{dedup: false}}}}]"
+    args = ("train.epochs=1", "train.steps_per_epoch=1", "train.val_steps=1", source)
+    with pytest.raises(DataError, match="no99.jpg"):
+        train(tiny_config(tmp_path, "name=strict", *args), verbose=0)
+    assert not (tmp_path / "strict" / "history.csv").exists()  # failed before training
+    result = train(tiny_config(tmp_path, "name=lenient", "data.on_error=skip", *args), verbose=0)
+    summary = json.loads((result.run_dir / "metrics.json").read_text())
+    assert summary["skipped_at_preflight"] == 1
+    assert "no99.jpg" in summary["skipped_examples"][0][0]
+    assert result.epochs_done == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 import albumentations as A
@@ -71,6 +72,51 @@ def open_sources(config: Config) -> list[Source]:
         open_source(s, config.data.on_error, config.data.classes, i)
         for i, s in enumerate(config.data.sources)
     ]
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def preflight(sources: list[Source], on_error: str, *, progress: bool = True) -> list[tuple[str, str]]:
+    """Load every item once before training, so bad data never stops an epoch half-way.
+
+    ``on_error="raise"``: one :class:`DataError` listing every unreadable item (by file).
+    ``on_error="skip"``: unreadable items are removed from their source; returns them as
+    ``(file, reason)`` pairs.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from mtl.data.adapters import DataError
+
+    def check(job: tuple[int, int]) -> tuple[int, int, str | None]:
+        k, i = job
+        try:
+            sources[k].adapter.load(sources[k].records[i])
+            return k, i, None
+        except Exception as exc:  # noqa: BLE001 - every failure is reported with its file
+            return k, i, str(exc)
+
+    jobs = [(k, i) for k, s in enumerate(sources) for i in range(len(s.records))]
+    bad: list[tuple[int, int, str]] = []
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        for k, i, error in tqdm(pool.map(check, jobs), total=len(jobs), desc="checking data",
+                                unit="item", disable=not progress, leave=False):
+            if error is not None:
+                bad.append((k, i, error))
+    failures = [(sources[k].records[i].source or sources[k].records[i].case_id, why)
+                for k, i, why in bad]
+    if bad and on_error == "raise":
+        listed = "\n  ".join(f"{src}: {why}" for src, why in failures[:20])
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise DataError(
+            f"{len(failures)} unreadable item(s); fix or remove them, or set data.on_error: skip "
+            f"to skip and count them:\n  {listed}{more}")
+    for k in sorted({k for k, _, _ in bad}):
+        drop = {i for kk, i, _ in bad if kk == k}
+        sources[k].records = [r for i, r in enumerate(sources[k].records) if i not in drop]
+    return failures
 
 
 # --------------------------------------------------------------------------- augmentation

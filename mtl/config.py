@@ -96,6 +96,8 @@ class LossConfig:
     )
     uncertainty: bool = False
     dice_smooth: float = 1.0
+    #: "image": soft Dice per image, averaged; "batch": one Dice over the batch (see losses)
+    dice: str = "image"
 
 
 @dataclass
@@ -163,6 +165,8 @@ class Config:
             raise ConfigError("train.strategy must be auto, default, mirrored or multiworker")
         if self.train.lr_scaling not in ("linear", "none"):
             raise ConfigError("train.lr_scaling must be 'linear' or 'none'")
+        if self.loss.dice not in ("image", "batch"):
+            raise ConfigError("loss.dice must be 'image' or 'batch'")
         if self.train.monitor_mode not in ("min", "max"):
             raise ConfigError("train.monitor_mode must be 'min' or 'max'")
         if self.train.epochs < 1 or self.train.batch_size < 1:

@@ -228,7 +228,7 @@ def build_model(config: Config, learning_rate: float | None = None) -> MultiTask
     model = MultiTaskModel(
         spec=config.network_spec(),
         loss={"weights": dict(config.loss.weights), "uncertainty": config.loss.uncertainty,
-              "dice_smooth": config.loss.dice_smooth},
+              "dice_smooth": config.loss.dice_smooth, "dice": config.loss.dice},
         preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles),
         name="mtl",
     )

@@ -119,3 +119,26 @@ def test_masked_mean_and_dice():
     # a no-tumor image with an empty prediction is a perfect score, and it counts
     assert float(mask_dice_bce(empty, empty + 1e-6)[0]) < 1e-3
     assert float(mask_dice_bce(empty, empty + 0.9)[0]) > 1.0
+
+
+def test_batch_dice_option():
+    rng = np.random.default_rng(5)
+    y_true, logits = batch(rng)
+    y_true["mask"] = tf.concat([y_true["mask"][:2], tf.zeros_like(y_true["mask"][2:])], 0)
+    loss = MultiTaskLoss(dice="batch")
+    w = ones(mask=[1.0, 0.0, 1.0, 1.0])
+    with tf.GradientTape() as tape:
+        total, parts = loss(y_true, predict(logits), w)
+    grad = tape.gradient(total, logits["mask"]).numpy()
+    assert np.abs(grad[1]).max() == 0.0  # the unlabelled image gets no gradient
+    assert all(np.abs(grad[i]).max() > 0 for i in (0, 2, 3))  # tumor-free images count
+    # by hand: BCE averaged over labelled images + one Dice over their pixels
+    t = y_true["mask"].numpy()[[0, 2, 3]]
+    p = predict(logits)["mask"].numpy()[[0, 2, 3]]
+    bce = np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+    dice = 1 - (2 * (t * p).sum() + 1) / (t.sum() + p.sum() + 1)
+    assert float(parts["mask"]) == pytest.approx(bce + dice, rel=1e-4)
+    _, none = loss(y_true, predict(logits), ones(mask=[0.0] * B))
+    assert float(none["mask"]) == 0.0
+    with pytest.raises(ValueError, match="dice"):
+        MultiTaskLoss(dice="volume")

@@ -9,8 +9,11 @@ Task losses:
 
 - presence: binary cross-entropy;
 - type: sparse categorical cross-entropy over the class list;
-- mask: soft Dice + pixel BCE, per image (an image with no tumor has an all-background target
-  and counts: its Dice term is ~0 only when the prediction is empty too);
+- mask: soft Dice + pixel BCE. ``dice="image"``: Dice per image, averaged (an image with no
+  tumor has an all-background target and counts: its Dice term is ~0 only when the prediction
+  is empty too). ``dice="batch"``: one Dice over all labelled pixels of the batch (nnU-Net's
+  batch Dice), so tumor-free images count through their false-positive pixels without each
+  one pulling hard towards an empty prediction;
 - box (optional, weight 0 by default): for samples whose location is known only as a box, the
   mean predicted tumor probability outside the box, so box-only data can still teach location.
 
@@ -63,6 +66,18 @@ def mask_dice_bce(y_true: tf.Tensor, y_pred: tf.Tensor, smooth: float = 1.0) -> 
     return soft_dice_loss(y_true, y_pred, smooth) + bce
 
 
+def batch_soft_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor, weights: tf.Tensor,
+                         smooth: float = 1.0) -> tf.Tensor:
+    """One soft Dice loss over every labelled pixel of the batch (weights (B,) select images)."""
+    w = tf.reshape(tf.cast(weights, tf.float32), [-1, 1, 1, 1])
+    y_true = tf.cast(y_true, tf.float32) * w
+    y_pred = y_pred * w
+    inter = tf.reduce_sum(y_true * y_pred)
+    total = tf.reduce_sum(y_true) + tf.reduce_sum(y_pred)
+    labelled = tf.cast(tf.reduce_sum(weights) > 0, tf.float32)
+    return labelled * (1.0 - (2.0 * inter + smooth) / (total + smooth))
+
+
 def outside_box(box: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Per-image mean predicted tumor probability outside the box (box = 1 inside) -> (B,)."""
     return tf.reduce_mean(y_pred * (1.0 - tf.cast(box, tf.float32)), axis=[1, 2, 3])
@@ -81,6 +96,7 @@ class MultiTaskLoss(keras.layers.Layer):
         weights: dict[str, float] | None = None,
         uncertainty: bool = False,
         dice_smooth: float = 1.0,
+        dice: str = "image",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -91,6 +107,9 @@ class MultiTaskLoss(keras.layers.Layer):
         self.task_weights = {**defaults, **(weights or {})}
         self.uncertainty = bool(uncertainty)
         self.dice_smooth = float(dice_smooth)
+        if dice not in ("image", "batch"):
+            raise ValueError(f"dice must be 'image' or 'batch', got {dice!r}")
+        self.dice = dice
         # one learned log-variance per task; created always so checkpoints have one layout
         self.log_vars = self.add_weight(
             name="log_vars",
@@ -106,11 +125,21 @@ class MultiTaskLoss(keras.layers.Layer):
             "mask": lambda: mask_dice_bce(y_true["mask"], y_pred["mask"], self.dice_smooth),
             "box": lambda: outside_box(y_true["box"], y_pred["mask"]),
         }
-        return {
+        if self.dice == "batch":
+            def batch_mask_loss():
+                t = tf.cast(y_true["mask"], tf.float32)
+                bce = tf.reduce_mean(keras.losses.binary_crossentropy(t, y_pred["mask"]), axis=[1, 2])
+                return masked_mean(bce, sample_weight["mask"]) + batch_soft_dice_loss(
+                    t, y_pred["mask"], sample_weight["mask"], self.dice_smooth)
+        losses = {
             task: masked_mean(fn(), sample_weight[task])
             for task, fn in per_sample.items()
             if task in y_true and self.task_weights[task] > 0
+            and not (task == "mask" and self.dice == "batch")
         }
+        if self.dice == "batch" and "mask" in y_true and self.task_weights["mask"] > 0:
+            losses["mask"] = batch_mask_loss()
+        return losses
 
     def combine(self, losses: dict[str, tf.Tensor], sample_weight: dict) -> tf.Tensor:
         total = tf.constant(0.0)
@@ -137,4 +166,5 @@ class MultiTaskLoss(keras.layers.Layer):
             "weights": dict(self.task_weights),
             "uncertainty": self.uncertainty,
             "dice_smooth": self.dice_smooth,
+            "dice": self.dice,
         }

@@ -138,7 +138,7 @@ class MultiTaskModel(keras.Model):
         config = dict(config)
         spec = dict(config.pop("spec"))
         spec["encoder_weights"] = None  # weights come from the file, never from a download
-        loss = {k: v for k, v in (config.pop("loss") or {}).items() if k in ("weights", "uncertainty", "dice_smooth")}
+        loss = {k: v for k, v in (config.pop("loss") or {}).items() if k in ("weights", "uncertainty", "dice_smooth", "dice")}
         return cls(spec=spec, loss=loss, **config)
 
 

@@ -1,0 +1,168 @@
+"""Shared helpers: statistics over repeats, machine facts, peak memory, logging to stderr.
+
+Nothing here imports TensorFlow at module level, so child processes and the report can use it
+cheaply; :func:`machine_facts` imports it only to read versions and thread settings.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the table)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def stats(values: Iterable[float]) -> dict[str, Any]:
+    """Median, p95, min, max and the raw values (all kept in the JSON)."""
+    raw = [float(v) for v in values]
+    if not raw:
+        return {"n": 0, "median": None, "p95": None, "min": None, "max": None, "raw": []}
+    arr = np.asarray(raw, dtype=np.float64)
+    return {
+        "n": len(raw),
+        "median": float(np.median(arr)),
+        "p95": float(np.percentile(arr, 95)),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "raw": raw,
+    }
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS / VmHWM (peak) of a process in bytes, from /proc (Linux only; {} elsewhere)."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def _cpuinfo() -> dict[str, Any]:
+    info: dict[str, Any] = {"model": platform.processor() or platform.machine()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    cores: set[tuple[str, str]] = set()
+    flags: set[str] = set()
+    for block in blocks:
+        fields = dict(
+            (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines())
+        )
+        if "model name" in fields:
+            info["model"] = fields["model name"]
+        if "core id" in fields:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+        if "flags" in fields:
+            flags = set(fields["flags"].split())
+        if "cpu MHz" in fields:
+            info["mhz"] = float(fields["cpu MHz"])
+    info["logical_cpus"] = len(blocks)
+    info["physical_cores"] = len(cores) or None
+    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    info["simd"] = [f for f in wanted if f in flags]
+    return info
+
+
+def _cgroup_cpu_limit() -> float | None:
+    """CPUs allowed by a cgroup v2 quota (``cpu.max``), None when unlimited or unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else float(quota) / float(period)
+
+
+def git_revision() -> dict[str, Any]:
+    """Commit and whether the work tree differs from it (read-only git commands)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=20, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def machine_facts() -> dict[str, Any]:
+    """CPU, cores, memory, library versions and TensorFlow's thread settings."""
+    import tensorflow as tf
+    import keras
+
+    facts: dict[str, Any] = {"cpu": _cpuinfo()}
+    facts["os_cpu_count"] = os.cpu_count()
+    try:
+        facts["cpus_usable"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        facts["cpus_usable"] = os.cpu_count()
+    facts["cgroup_cpu_limit"] = _cgroup_cpu_limit()
+    try:
+        kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:"))
+        facts["memory_total_gb"] = round(kb / 1024**2, 2)
+    except (OSError, StopIteration):
+        facts["memory_total_gb"] = None
+    facts["platform"] = platform.platform()
+    facts["python"] = platform.python_version()
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    for name in ("albumentations", "cv2", "segmentation_models", "nibabel"):
+        try:
+            module = __import__(name)
+            versions[name] = getattr(module, "__version__", "?")
+        except Exception:  # noqa: BLE001 - a version we cannot read is not an error
+            versions[name] = None
+    facts["versions"] = versions
+    build = tf.sysconfig.get_build_info()
+    facts["tf_build"] = {k: build.get(k) for k in ("is_cuda_build", "cpu_compiler") if k in build}
+    facts["threads"] = {
+        "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        "note": "0 means TensorFlow's default (one thread per usable core)",
+        "env": {k: os.environ.get(k) for k in (
+            "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+            "TF_ENABLE_ONEDNN_OPTS", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "KMP_AFFINITY",
+            "KMP_BLOCKTIME", "MALLOC_ARENA_MAX", "LD_PRELOAD")},
+    }
+    facts["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
+    facts["git"] = git_revision()
+    return facts
+
+
+def timed(fn, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t0, out

@@ -1,0 +1,156 @@
+"""Peak memory (RSS) of training and of inference, each in a fresh child process.
+
+The parent runs ``python -m benchmarks.memory train|infer ...``; the child does the work and
+prints one JSON line with its own peak RSS, read from ``VmHWM`` in /proc/self/status (the high
+water mark of this process image), so neither the parent's TensorFlow nor another child's peak
+is counted. ``getrusage(...).ru_maxrss`` (RUSAGE_SELF in the child, or RUSAGE_CHILDREN in the
+parent) is *not* usable here: Linux carries it across fork and exec, so every child would report
+at least the parent's RSS at the time of the fork; it is kept in the JSON only for reference and
+used only where /proc is missing. Figures include the Python interpreter, TensorFlow and the
+libraries (RSS after imports and after building/loading the model are reported too).
+
+- ``train``: the real pipeline (``make_dataset``) and ``model.fit`` for a few steps at the given
+  image size and batch (256 px, batch 16 by default: the target is <= 4 GB).
+- ``infer``: ``Predictor.from_file`` + ``infer_case`` on the NIfTI volume (mask written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, log, peak_rss_bytes, proc_status  # noqa: E402
+
+GB = 1024**3
+
+
+def _rss_now() -> int:
+    return proc_status().get("VmRSS", 0)
+
+
+def child_train(config_path: str | None, overrides: list[str], image_size: int, batch: int,
+                steps: int) -> dict[str, Any]:
+    os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+    import keras
+
+    from benchmarks.fixtures import open_train_sources
+    from mtl.config import load_config
+    from mtl.data.pipeline import SampleEncoder, make_dataset, plan_training
+    from mtl.train import build_model
+
+    rss_imports = _rss_now()
+    config = load_config(config_path, [*overrides, f"data.image_size={image_size}",
+                                       f"train.batch_size={batch}"])
+    sources = open_train_sources(config)
+    plan = plan_training(sources, seed=config.seed, epochs=range(1), steps=steps, batch_size=batch)
+    ds = make_dataset(sources, plan, SampleEncoder(config, augment=True), batch_size=batch,
+                      on_error=config.data.on_error,
+                      num_parallel_calls=config.data.num_parallel_calls)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    rss_model = _rss_now()
+    t = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    return {"what": f"train {config.model.backbone}, {image_size}x{image_size}, batch {batch}, "
+                    f"{steps} steps, real pipeline",
+            "backbone": config.model.backbone, "image_size": image_size, "batch_size": batch,
+            "steps": steps, "fit_seconds": time.perf_counter() - t,
+            "rss_after_imports_bytes": rss_imports, "rss_after_model_bytes": rss_model}
+
+
+def child_infer(model_path: str, input_path: str) -> dict[str, Any]:
+    os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+    from mtl.infer.predict import Predictor
+    from mtl.infer.readers import discover
+    from mtl.infer.runner import InferOptions, infer_case
+
+    import tensorflow  # noqa: F401 - count the import in "after imports"
+
+    rss_imports = _rss_now()
+    predictor = Predictor.from_file(model_path)
+    rss_model = _rss_now()
+    (item,), bad = discover([input_path])
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-mem-") as out:
+        t = time.perf_counter()
+        result = infer_case(item, predictor, Path(out), InferOptions())
+        seconds = time.perf_counter() - t
+    return {"what": f"infer {Path(input_path).name} ({result.record['input']['n_slices']} slices)",
+            "seconds": seconds, "rss_after_imports_bytes": rss_imports,
+            "rss_after_model_bytes": rss_model}
+
+
+def _child_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
+    sub = parser.add_subparsers(dest="what", required=True)
+    tr = sub.add_parser("train")
+    tr.add_argument("--config", default="")
+    tr.add_argument("--override", action="append", default=[])
+    tr.add_argument("--image-size", type=int, default=256)
+    tr.add_argument("--batch", type=int, default=16)
+    tr.add_argument("--steps", type=int, default=5)
+    inf = sub.add_parser("infer")
+    inf.add_argument("--model", required=True)
+    inf.add_argument("--input", required=True)
+    args = parser.parse_args(argv)
+    if args.what == "train":
+        out = child_train(args.config or None, args.override, args.image_size, args.batch,
+                          args.steps)
+    else:
+        out = child_infer(args.model, args.input)
+    # VmHWM: this process image's peak RSS. ru_maxrss is not used as the figure: Linux carries
+    # it over fork and exec, so a child of a big parent starts with the parent's RSS as its peak.
+    hwm = proc_status().get("VmHWM")
+    out["vmhwm_bytes"] = hwm
+    out["ru_maxrss_bytes"] = peak_rss_bytes()
+    out["peak_rss_bytes"] = hwm if hwm else out["ru_maxrss_bytes"]
+    out["peak_source"] = "VmHWM" if hwm else "ru_maxrss"
+    print("BENCH-RESULT " + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def run_child(args: list[str], timeout: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"memory child {args[0]} failed (exit {proc.returncode}):\n{tail}")
+    out = json.loads(lines[-1][len("BENCH-RESULT "):])
+    out["child_wall_seconds"] = wall
+    out["peak_rss_gb"] = out["peak_rss_bytes"] / GB
+    return out
+
+
+def run_section(*, config_path: str | None, overrides: list[str], image_size: int, batch: int,
+                steps: int, model: Path, volume: Path, timeout: float) -> dict[str, Any]:
+    log(f"memory: training {image_size} px, batch {batch}, {steps} steps in a child process")
+    train = run_child(["train", "--config", config_path or "",
+                       *[a for o in overrides for a in ("--override", o)],
+                       "--image-size", str(image_size), "--batch", str(batch),
+                       "--steps", str(steps)], timeout)
+    log("memory: inference of the volume in a child process")
+    infer = run_child(["infer", "--model", str(model), "--input", str(volume)], timeout)
+    return {"method": "fresh child process per figure; peak RSS = VmHWM of the child "
+                      "(interpreter + TensorFlow included)",
+            "train": train, "infer": infer}
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

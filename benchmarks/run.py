@@ -1,0 +1,263 @@
+"""mtl's benchmark suite: training throughput, FLOP efficiency, inference speed, peak memory.
+
+    python benchmarks/run.py                      # everything, experiments/demo.yaml, 5 repeats
+    python benchmarks/run.py --quick              # tiny sizes, ~1 min: checks the script works
+    python benchmarks/run.py --sections train,flops --repeats 7 --set data.image_size=128
+    python benchmarks/run.py --config experiments/shared_real.yaml --model runs/x/best.keras
+
+Writes ``benchmarks/results/<timestamp>.json`` (every raw timing, machine facts, settings) and
+the Markdown table next to it (``.md``), and prints the table. See benchmarks/README.md for what
+each figure means and how it is measured. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+
+SECTIONS = ("train", "flops", "infer", "memory")
+
+#: settings of --quick (each can still be given explicitly)
+QUICK = {
+    "repeats": 2, "warmup_steps": 1, "steps": 2, "latency_repeats": 3, "throughput_slices": 16,
+    "png_size": 128, "volume_size": 64, "volume_slices": 8, "memory_image_size": 64,
+    "memory_batch": 4, "memory_steps": 2, "conv_shape": "2,32,32,32", "child_timeout": 300.0,
+    "large_backbone": "none",
+}
+FULL = {
+    "repeats": 5, "warmup_steps": 3, "steps": 15, "latency_repeats": 30, "throughput_slices": 64,
+    "png_size": 512, "volume_size": 240, "volume_slices": 155, "memory_image_size": 256,
+    "memory_batch": 16, "memory_steps": 5, "conv_shape": "16,64,64,128", "child_timeout": 1800.0,
+    "large_backbone": "resnet34",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/run.py",
+        description="Benchmarks of mtl: training throughput (real pipeline vs in-memory vs "
+                    "naive), FLOP efficiency, inference latency, peak memory.")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes and steps (~1 min): proves the script runs, measures nothing")
+    p.add_argument("--out", help="results JSON (default benchmarks/results/<timestamp>.json); "
+                                 "the Markdown table goes next to it with .md")
+    p.add_argument("--config", default="experiments/demo.yaml",
+                   help="experiment file whose data and model are benchmarked; 'none' for "
+                        "mtl's built-in defaults (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override as for `mtl train --set` (repeatable), e.g. "
+                        "data.image_size=128")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated subset of " + ",".join(SECTIONS) + " (default: all)")
+    p.add_argument("--repeats", type=int, help="repeats per figure (quick 2, default 5)")
+    p.add_argument("--large-backbone",
+                   help="the larger backbone also measured in train and flops ('none' to skip; "
+                        "default resnet34, quick: none)")
+    p.add_argument("--warmup-steps", type=int, help="training steps excluded per timed fit (3)")
+    p.add_argument("--steps", type=int, help="timed training steps per fit (15)")
+    p.add_argument("--latency-repeats", type=int, help="file-to-mask calls for median/p95 (30)")
+    p.add_argument("--throughput-slices", type=int, help="slices per throughput run (64)")
+    p.add_argument("--png-size", type=int, help="side of the PNG slice (512)")
+    p.add_argument("--volume-size", type=int, help="in-plane side of the NIfTI volume (240)")
+    p.add_argument("--volume-slices", type=int, help="slices of the NIfTI volume (155)")
+    p.add_argument("--model", help="a trained .keras model for the inference figures (default: "
+                                   "an untrained model of the config, same cost)")
+    p.add_argument("--memory-image-size", type=int, help="training image size for peak RSS (256)")
+    p.add_argument("--memory-batch", type=int, help="training batch for peak RSS (16)")
+    p.add_argument("--memory-steps", type=int, help="training steps for peak RSS (5)")
+    p.add_argument("--conv-shape", help="N,H,W,C input of the conv peak probe (16,64,64,128)")
+    p.add_argument("--child-timeout", type=float, help="seconds per memory child process (1800)")
+    args = p.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        p.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
+    args.sections = [s for s in SECTIONS if s in sections]
+    args.conv_shape = tuple(int(v) for v in str(args.conv_shape).split(","))
+    if len(args.conv_shape) != 4:
+        p.error("--conv-shape must be N,H,W,C")
+    if args.repeats < 1 or args.steps < 1 or args.warmup_steps < 0:
+        p.error("--repeats and --steps must be >= 1, --warmup-steps >= 0")
+    return args
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _abs(path: str | None) -> str | None:
+    """A path given on the command line, absolute (relative to the caller's folder, else ROOT)."""
+    if not path or path.lower() == "none":
+        return None
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = p.resolve() if p.exists() or not (ROOT / p).exists() else (ROOT / p)
+    return str(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(timezone.utc)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
+    out_json = Path(_abs(args.out) or ROOT / "benchmarks" / "results" / f"{stamp}.json")
+    config_path = _abs(args.config)
+    model_path = _abs(args.model)
+    os.chdir(ROOT)  # relative data roots in experiment files are relative to the project
+
+    from benchmarks.common import log, loadavg, machine_facts
+    from benchmarks.fixtures import describe_config, make_infer_inputs, resolve_config
+    from benchmarks.report import efficiency, markdown
+
+    command = "python benchmarks/run.py" + (" " + shlex.join(argv if argv is not None
+                                                           else sys.argv[1:]))
+    results: dict[str, Any] = {
+        "schema": "mtl-benchmarks/1",
+        "command": command.strip(),
+        "started": started.isoformat(timespec="seconds"),
+        "quick": bool(args.quick),
+        "loadavg": {"start": loadavg()},
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "sections": {},
+        "errors": {},
+        "notes": [],
+    }
+    log(f"mtl benchmarks ({'quick' if args.quick else 'full'}): {', '.join(args.sections)}")
+    results["machine"] = machine_facts()
+    cpus = results["machine"].get("cpus_usable") or 1
+    if results["loadavg"]["start"] and results["loadavg"]["start"][0] > 0.5 * cpus:
+        results["notes"].append(
+            f"machine busy at start (1-min load average {results['loadavg']['start'][0]:.2f} on "
+            f"{cpus} CPUs): absolute figures are unreliable, ratios less so")
+
+    resolved = resolve_config(config_path, args.overrides, args.quick)
+    config = resolved.load()
+    configs = {"default": config}
+    large = (args.large_backbone or "").strip()
+    if large and large.lower() != "none" and large != config.model.backbone:
+        configs["large"] = resolved.load(f"model.backbone={large}")
+    results["config"] = {"path": config_path, "overrides": resolved.overrides,
+                         "data_note": resolved.data_note,
+                         "models": {role: describe_config(c) for role, c in configs.items()},
+                         "resolved": config.to_dict()}
+    if resolved.data_note:
+        results["notes"].append(resolved.data_note)
+    sections = results["sections"]
+
+    def attempt(name: str, fn) -> None:
+        t = time.perf_counter()
+        try:
+            sections[name] = fn()
+            sections[name]["section_seconds"] = time.perf_counter() - t
+        except Exception:  # noqa: BLE001 - one failed section must not lose the others
+            results["errors"][name] = traceback.format_exc()
+            log(f"section {name} FAILED:\n{results['errors'][name]}")
+
+    # ---- flops: the conv probe is built first and timed once per training round
+    probe = None
+    if "flops" in args.sections:
+        def flops_section() -> dict[str, Any]:
+            nonlocal probe
+            from benchmarks.flops import ConvProbe, model_flops
+            from mtl.train import build_model
+
+            log(f"flops: conv probe {args.conv_shape}, model FLOPs")
+            probe = ConvProbe(args.conv_shape)
+            models = {}
+            for role, c in configs.items():
+                net = build_model(c).net
+                size = c.data.image_size
+                models[role] = {"backbone": c.model.backbone,
+                                **model_flops(net, (size, size, c.data.channels))}
+                del net
+            return {"models": models}
+
+        attempt("flops", flops_section)
+
+    if "train" in args.sections:
+        from benchmarks import train_speed
+
+        attempt("train", lambda: train_speed.run_section(
+            configs, warmup=args.warmup_steps, steps=args.steps, repeats=args.repeats,
+            between_rounds=probe.measure if probe is not None else None))
+
+    if probe is not None:
+        while len(probe.runs["forward"]) < args.repeats:  # without training rounds
+            probe.measure()
+        sections["flops"]["conv_peak"] = probe.result()
+        sections["flops"]["conv_peak"]["timing"] = (
+            "interleaved with the training rounds (one probe per round)"
+            if "train" in sections else "back to back")
+
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
+        inputs = None
+        if {"infer", "memory"} & set(args.sections):
+            try:
+                log("preparing inference inputs (model file, PNG, NIfTI volume)")
+                inputs = make_infer_inputs(
+                    Path(tmp), config, model_path=model_path, png_size=args.png_size,
+                    volume_size=args.volume_size, volume_slices=args.volume_slices)
+            except Exception:  # noqa: BLE001
+                results["errors"]["infer_inputs"] = traceback.format_exc()
+                log(f"inference inputs FAILED:\n{results['errors']['infer_inputs']}")
+        if inputs is not None and "infer" in args.sections:
+            from benchmarks import infer_speed
+
+            attempt("infer", lambda: infer_speed.run_section(
+                inputs, latency_repeats=args.latency_repeats, repeats=args.repeats,
+                throughput_slices=args.throughput_slices))
+        if inputs is not None and "memory" in args.sections:
+            from benchmarks import memory
+
+            attempt("memory", lambda: memory.run_section(
+                config_path=config_path, overrides=resolved.overrides,
+                image_size=args.memory_image_size, batch=args.memory_batch,
+                steps=args.memory_steps, model=inputs.model, volume=inputs.volume,
+                timeout=args.child_timeout))
+
+    results["efficiency"] = efficiency(results)
+    results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results["loadavg"]["end"] = loadavg()
+    results["elapsed_seconds"] = (datetime.now(timezone.utc) - started).total_seconds()
+    table = markdown(results)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp_json = out_json.with_name(out_json.name + ".tmp")
+    tmp_json.write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+    os.replace(tmp_json, out_json)
+    out_md = out_json.with_suffix(".md")
+    out_md.write_text(table)
+    print(table)
+    log(f"wrote {out_json} and {out_md} ({results['elapsed_seconds']:.0f} s)")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

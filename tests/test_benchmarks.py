@@ -1,0 +1,118 @@
+"""``benchmarks/run.py --quick`` end to end (one subprocess), plus the cheap parts by import."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import headline_rows, markdown  # noqa: E402
+from benchmarks.run import SECTIONS, parse_args  # noqa: E402
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text()), out, proc.stdout
+
+
+def test_quick_run_has_every_section(quick_run):
+    results, _, _ = quick_run
+    assert results["quick"] is True
+    assert results["errors"] == {}
+    assert set(SECTIONS) <= set(results["sections"])
+    machine = results["machine"]
+    assert machine["cpu"]["model"] and machine["cpus_usable"] >= 1
+    assert machine["versions"]["tensorflow"]
+    assert "tf_intra_op" in machine["threads"]
+    assert results["command"].startswith("python benchmarks/run.py --quick")
+
+
+def test_quick_run_numbers_are_sane(quick_run):
+    results, _, _ = quick_run
+    s = results["sections"]
+    conv = s["flops"]["conv_peak"]
+    assert _positive(conv["peak_gflops"])
+    assert conv["forward_backward_gflop"] == pytest.approx(3 * conv["forward_gflop"])
+    assert len(conv["seconds"]["forward"]["raw"]) >= results["settings"]["repeats"]
+    counted = s["flops"]["models"]["default"]
+    assert _positive(counted["forward_flops_per_image"])
+    # the profiler and the layer-by-layer count agree (convolutions dominate)
+    assert counted["analytic_forward_gflop_per_image"] == pytest.approx(
+        counted["forward_gflop_per_image"], rel=0.05)
+    model = s["train"]["models"]["default"]
+    for variant in ("pipeline", "memory", "naive"):
+        ips = model["images_per_s"][variant]
+        assert ips["n"] == results["settings"]["repeats"]
+        assert all(_positive(v) for v in ips["raw"])
+        assert len(model["runs"][variant][0]["step_seconds"]) == model["timed_steps"]
+    for ratio in model["ratios"].values():
+        if isinstance(ratio, dict):
+            assert _positive(ratio["median"])
+    eff = results["efficiency"]["models"]["default"]
+    assert 0 < eff["memory"]["fraction_of_peak"] < 10
+    infer = s["infer"]
+    assert 0 < infer["slice_latency"]["median_ms"] <= infer["slice_latency"]["p95_ms"]
+    assert infer["slice_latency"]["seconds"]["n"] == results["settings"]["latency_repeats"]
+    assert _positive(infer["throughput"]["predict_slices_per_s"]["median"])
+    assert infer["volume"]["slices"] == results["settings"]["volume_slices"]
+    assert _positive(infer["volume"]["seconds"]["median"])
+    for part in ("train", "infer"):
+        mem = s["memory"][part]
+        assert mem["peak_source"] == "VmHWM"
+        # peak of the child alone: above its RSS after imports, below the machine's memory
+        assert mem["rss_after_imports_bytes"] < mem["peak_rss_bytes"]
+        assert mem["peak_rss_gb"] < results["machine"]["memory_total_gb"]
+
+
+def test_markdown_table_renders(quick_run):
+    results, out, stdout = quick_run
+    table = out.with_suffix(".md").read_text()
+    assert table == markdown(results)
+    assert table in stdout
+    assert "QUICK MODE" in table
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| figure | value | target | status |")
+    rows = headline_rows(results)
+    assert len(lines) == len(rows) + 2
+    assert all(ln.count(" | ") == 4 for ln in lines)
+    for needle in ("conv peak", "real pipeline", "pipeline / in-memory", "pipeline / naive",
+                   "achieved GFLOP/s", "file to mask", "slices/s", "volume", "peak RSS"):
+        assert needle in table, needle
+    assert "python benchmarks/run.py --quick" in table and results["started"][:10] in table
+
+
+def test_arguments():
+    args = parse_args(["--quick", "--sections", "infer,train", "--repeats", "3"])
+    assert args.sections == ["train", "infer"] and args.repeats == 3 and args.steps == 2
+    full = parse_args([])
+    assert full.sections == list(SECTIONS) and full.repeats == 5
+    assert (full.png_size, full.volume_slices, full.memory_image_size, full.memory_batch) == (
+        512, 155, 256, 16)
+    assert full.large_backbone == "resnet34"
+    with pytest.raises(SystemExit):
+        parse_args(["--sections", "train,bogus"])
+
+
+def test_missing_data_falls_back_to_phantoms(tmp_path):
+    from benchmarks.fixtures import resolve_config
+
+    yaml = tmp_path / "exp.yaml"
+    yaml.write_text("data:\n  sources:\n    - {format: br35h, root: %s}\n" % (tmp_path / "nope"))
+    resolved = resolve_config(str(yaml), [], quick=False)
+    assert "phantoms instead" in resolved.data_note
+    assert [s.format for s in resolved.load().data.sources] == ["phantoms"]

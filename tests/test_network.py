@@ -69,6 +69,7 @@ def test_save_and_load_give_equal_outputs(tmp_path, backbone):
         preprocessing={"image_size": 64, "channels": 1},
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)  # as after training: its state is saved too
     x = np.random.default_rng(1).random((3, 64, 64, 1), dtype=np.float32)
     before = model.predict(x, verbose=0)
     model.save(tmp_path / "m.keras")

@@ -46,7 +46,7 @@ from mtl.data.preprocess import preprocessing_spec
 from mtl.distribute import (
     cluster_role, distributed_dataset, make_strategy, scaling, synchronize_batchnorm,
 )
-from mtl.data.splits import check_no_leak, split_records
+from mtl.data.splits import check_no_leak, match_case_ids, split_records
 from mtl.model.multitask import MultiTaskModel
 from mtl.plots import plot_history
 
@@ -99,11 +99,10 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
     out: dict[str, Any] = {}
     for source in sources:
         if saved is not None and source.name in saved:
-            by_case = {r.case_id: i for i, r in enumerate(source.records)}
-            source.splits = {
-                split: [by_case[c] for c in cases if c in by_case]
-                for split, cases in saved[source.name]["case_ids"].items()
-            }
+            source.splits, missing = match_case_ids(source.records, saved[source.name]["case_ids"])
+            if missing:  # e.g. items skipped as unreadable since the run started
+                log.warning("%s: %d case id(s) of the saved splits are no longer in the data, "
+                            "e.g. %s", source.name, len(missing), missing[:5])
         else:
             source.splits = split_records(source.records, config.data.split, seed=config.seed)
         check_no_leak(source.records, source.splits)
@@ -152,9 +151,11 @@ def data_summary(sources: list[Source]) -> dict[str, Any]:
 class RunRecorder(keras.callbacks.Callback):
     """Writes history.csv, last.keras, best.keras, state.json and the curves every epoch."""
 
-    def __init__(self, run_dir: Path, monitor: str, mode: str, best: float | None) -> None:
+    def __init__(self, run_dir: Path, monitor: str, mode: str, best: float | None,
+                 epochs: int) -> None:
         super().__init__()
         self.run_dir = run_dir
+        self.epochs = epochs
         self.monitor = monitor
         self.mode = mode
         self.best = best
@@ -187,9 +188,17 @@ class RunRecorder(keras.callbacks.Callback):
         else:
             best_epoch = read_state(self.run_dir).get("best_epoch")
         state = {"epoch": epoch + 1, "best": self.best, "best_epoch": best_epoch,
-                 "monitor": self.monitor, "mode": self.mode}
+                 "monitor": self.monitor, "mode": self.mode, "epochs_planned": self.epochs,
+                 "stopped_early": False}
         write_atomic(self.run_dir / "state.json", json.dumps(state, indent=1))
         plot_history(self.run_dir / "history.csv", self.run_dir / "plots" / "curves.png")
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        state = read_state(self.run_dir)
+        if self.model.stop_training and state.get("epoch", 0) < self.epochs:
+            # early stopping: the run is finished unless it is resumed with more epochs
+            state["stopped_early"] = True
+            write_atomic(self.run_dir / "state.json", json.dumps(state, indent=1))
 
 
 def append_history(path: Path, row: dict[str, Any]) -> None:
@@ -268,8 +277,10 @@ def train(
         if not resume:  # the chief's folder name is not known here: it is only read on resume
             run_dir = write_dir
     initial_epoch = int(state["epoch"])
-    if initial_epoch >= t.epochs:
-        log.info("run %s already finished %d of %d epochs", run_dir, initial_epoch, t.epochs)
+    stopped = state.get("stopped_early") and t.epochs <= state.get("epochs_planned", t.epochs)
+    if initial_epoch >= t.epochs or stopped:
+        log.info("run %s already finished (%d epochs%s)", run_dir, initial_epoch,
+                 ", stopped early" if stopped else "")
         return TrainResult(run_dir, initial_epoch, state.get("best"), state.get("best_epoch"),
                            read_history(run_dir / "history.csv"))
 
@@ -286,6 +297,20 @@ def train(
     write_atomic(write_dir / "data_summary.json", json.dumps(data_summary(sources), indent=1))
 
     steps = t.steps_per_epoch or steps_per_epoch(sources, "train", scale.global_batch)
+    with strategy.scope():
+        if resume and (run_dir / "last.keras").is_file():
+            model = keras.models.load_model(run_dir / "last.keras")
+        else:
+            model = build_model(config, learning_rate=scale.learning_rate)
+    if resume and (run_dir / "last.keras").is_file():
+        # a run killed between saving last.keras and state.json: the optimizer's step count
+        # says which epochs the saved weights have seen
+        saved_epochs = int(model.optimizer.iterations) // steps
+        if saved_epochs != initial_epoch:
+            log.warning("state.json says %d finished epochs, last.keras holds %d: continuing "
+                        "after epoch %d", initial_epoch, saved_epochs, saved_epochs)
+            initial_epoch = saved_epochs
+            keras.utils.set_random_seed(config.seed + initial_epoch)
     errors = LoadErrors()
     train_plan = plan_training(sources, seed=config.seed, epochs=range(initial_epoch, t.epochs),
                                steps=steps, batch_size=scale.global_batch)
@@ -321,16 +346,12 @@ def train(
         val_ds = distributed_dataset(strategy, build_val, t.batch_size)
     monitor = t.monitor if val_ds is not None or not t.monitor.startswith("val_") else t.monitor[4:]
 
-    with strategy.scope():
-        if resume and (run_dir / "last.keras").is_file():
-            model = keras.models.load_model(run_dir / "last.keras")
-        else:
-            model = build_model(config, learning_rate=scale.learning_rate)
     if scale.replicas > 1 and config.model.sync_batchnorm:
         log.info("synchronized BatchNormalization in %d layers", synchronize_batchnorm(model))
 
     callbacks: list[keras.callbacks.Callback] = [
-        RunRecorder(write_dir, monitor, t.monitor_mode, state.get("best") if resume else None)
+        RunRecorder(write_dir, monitor, t.monitor_mode, state.get("best") if resume else None,
+                    t.epochs)
     ]
     if t.reduce_lr_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -374,7 +395,13 @@ def train(
 
 
 def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
-    """The saved config of a run, with overrides (e.g. more epochs), saved back by the chief."""
+    """The saved config of a run, with overrides of ``train.*`` (e.g. more epochs), saved back.
+
+    Anything else (data, classes, model, loss) is fixed by the saved model and splits.
+    """
+    fixed = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("train.")]
+    if fixed:
+        raise ConfigError(f"--resume accepts only train.* overrides (e.g. --epochs); got {fixed}")
     config = load_config(run_dir / "config.yaml", overrides)
     if cluster_role().is_chief:
         write_atomic(run_dir / "config.yaml", config.to_yaml())

@@ -68,3 +68,19 @@ def test_evaluate_errors_are_clear(run_dir, tmp_path):
     assert bad.exit_code != 0 and "best.keras" in bad.output
     wrong = CliRunner().invoke(main, ["evaluate", str(run_dir), "--split", "holdout"])
     assert wrong.exit_code != 0 and "holdout" in wrong.output
+
+
+def test_case_ids_missing_from_the_data_are_reported(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    splits = json.loads((copy / "splits.json").read_text())
+    splits["phantoms"]["case_ids"]["test"].append("phantom-99999")  # no longer in the data
+    (copy / "splits.json").write_text(json.dumps(splits))
+    result = CliRunner().invoke(main, ["evaluate", str(copy), "--bootstrap", "0", "--out",
+                                       str(tmp_path / "ev")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert "less 1 case id" in metrics["data"]["phantoms"]["items"]
+    assert "phantom-99999" in metrics["data"]["phantoms"]["items"]

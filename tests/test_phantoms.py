@@ -194,8 +194,9 @@ def test_generation_is_fast():
     adapter = PhantomAdapter(n=50, size=128, seed=9)
     recs = adapter.records()
     adapter.load(recs[0])  # warm-up (imports, caches)
-    t0 = time.perf_counter()
+    # CPU time of this process: other jobs on a shared machine do not count against it
+    t0 = time.process_time()
     for r in recs:
         adapter.load(r)
-    per_sample = (time.perf_counter() - t0) / len(recs)
+    per_sample = (time.process_time() - t0) / len(recs)
     assert per_sample < 0.020, f"{per_sample * 1000:.1f} ms per 128x128 sample"

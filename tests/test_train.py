@@ -163,3 +163,41 @@ def test_bad_data_is_found_before_the_first_epoch(tmp_path):
     assert summary["skipped_at_preflight"] == 1
     assert "no99.jpg" in summary["skipped_examples"][0][0]
     assert result.epochs_done == 1
+
+
+def test_resume_trusts_the_checkpoint_and_respects_early_stopping(tmp_path):
+    args = ("train.steps_per_epoch=2", "train.val_steps=1",
+            "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+    config = tiny_config(tmp_path, "name=r", "train.epochs=2", *args)
+    run_dir = train(config, verbose=0).run_dir
+    # killed after last.keras was saved but before state.json said so
+    state = json.loads((run_dir / "state.json").read_text())
+    state["epoch"] = 1
+    (run_dir / "state.json").write_text(json.dumps(state))
+    result = train(tiny_config(tmp_path, "name=r", "train.epochs=3", *args), run_dir=run_dir,
+                   resume=True, verbose=0)
+    assert [int(r["epoch"]) for r in read_history(run_dir / "history.csv")] == [0, 1, 2]
+    assert int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations) == 3 * 2
+    assert result.epochs_done == 3
+
+    # a run that early stopping ended stays finished when resumed with the same epochs
+    stop = tiny_config(tmp_path, "name=es", "train.epochs=6", "train.early_stopping_patience=1",
+                       "train.monitor=loss", "train.monitor_mode=max", *args)
+    es_dir = train(stop, verbose=0).run_dir
+    es_state = json.loads((es_dir / "state.json").read_text())
+    assert es_state["stopped_early"] and es_state["epoch"] < 6
+    again = train(stop, run_dir=es_dir, resume=True, verbose=0)
+    assert again.epochs_done == es_state["epoch"]
+    assert len(read_history(es_dir / "history.csv")) == es_state["epoch"]
+
+
+def test_resume_refuses_overrides_outside_train(tmp_path):
+    from mtl.config import ConfigError
+    from mtl.train import resume_config
+
+    config = tiny_config(tmp_path, "name=o", "train.epochs=1", "train.steps_per_epoch=1",
+                         "train.val_steps=1", "data.sources=[{format: phantoms, options: {n: 30, size: 64}}]")
+    run_dir = train(config, verbose=0).run_dir
+    with pytest.raises(ConfigError, match="only train"):
+        resume_config(run_dir, ["data.classes=[no_tumor, glioma]"])
+    assert resume_config(run_dir, ["train.epochs=4"]).train.epochs == 4

@@ -232,10 +232,20 @@ def indices_for_case_ids(
 
     Raises ValueError naming case ids that are not among the records.
     """
-    index_of = {r.case_id: i for i, r in enumerate(records)}
-    missing = [c for ids in case_splits.values() for c in ids if c not in index_of]
+    indices, missing = match_case_ids(records, case_splits)
     if missing:
         raise ValueError(
             f"{len(missing)} case id(s) of the splits are not in the records, e.g. {missing[:5]}"
         )
-    return {name: sorted(index_of[c] for c in ids) for name, ids in case_splits.items()}
+    return indices
+
+
+def match_case_ids(
+    records: Sequence[Record], case_splits: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, list[int]], list[str]]:
+    """({split: indices of the case ids found}, [case ids not among the records])."""
+    index_of = {r.case_id: i for i, r in enumerate(records)}
+    missing = [c for ids in case_splits.values() for c in ids if c not in index_of]
+    found = {name: sorted(index_of[c] for c in ids if c in index_of)
+             for name, ids in case_splits.items()}
+    return found, missing

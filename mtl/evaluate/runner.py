@@ -12,7 +12,7 @@ import keras
 
 from mtl.config import Config, ConfigError, SourceConfig, load_config
 from mtl.data.pipeline import Source, open_source
-from mtl.data.splits import split_records
+from mtl.data.splits import match_case_ids, split_records
 from mtl.evaluate.predict import predict_split
 from mtl.evaluate.report import evaluate_predictions
 from mtl.train import new_run_dir
@@ -43,15 +43,18 @@ def parse_data_spec(spec: str) -> list[SourceConfig]:
 
 
 def config_for(model: keras.Model, run_dir: Path | None) -> Config:
-    """The run's config, or one rebuilt from what the model file stores."""
-    if run_dir is not None:
-        return load_config(run_dir / "config.yaml")
+    """The run's config (or defaults), with the classes and preprocessing the model stores.
+
+    The model file is the authority: its class order and input preprocessing override whatever
+    a config says, so targets are never encoded differently from what the model learned.
+    """
     pre = model.preprocessing
-    return load_config(overrides={
+    stored = {
         "data.image_size": pre["image_size"], "data.channels": pre["channels"],
         "data.intensity_percentiles": pre["intensity_percentiles"], "data.classes": model.classes,
         "model.backbone": model.spec.backbone,
-    })
+    }
+    return load_config(run_dir / "config.yaml" if run_dir is not None else None, stored)
 
 
 def _saved_splits(run_dir: Path | None) -> dict[str, Any]:
@@ -77,8 +80,10 @@ def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config:
         cases = entry["case_ids"].get(split)
         if cases is None:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(entry['case_ids'])}")
-        by_case = {r.case_id: i for i, r in enumerate(source.records)}
-        source.splits = {split: [by_case[c] for c in cases if c in by_case]}
+        source.splits, missing = match_case_ids(source.records, {split: cases})
+        if missing:
+            return (f"the run's saved split, less {len(missing)} case id(s) no longer in the "
+                    f"data (e.g. {', '.join(missing[:3])})")
         return "the run's saved split"
     source.splits = split_records(source.records, config.data.split, seed=config.seed)
     if split not in source.splits:

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mtl.data.imageio import ImageReadError, describe_error, read_gray
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})
@@ -240,18 +242,13 @@ def _group_dicom(files: Iterable[Path]) -> tuple[list[tuple[str, tuple[Path, ...
             ds = pydicom.dcmread(file, stop_before_pixels=True)
             uid = str(ds.SeriesInstanceUID)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad files
-            failures.append((str(file), f"cannot read DICOM header ({_why(exc)})"))
+            failures.append((str(file), f"cannot read DICOM header ({describe_error(exc)})"))
             continue
         groups.setdefault(uid, []).append(file)
     return [(uid, tuple(paths)) for uid, paths in groups.items()], failures
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _why(exc: BaseException) -> str:
-    """An exception as one line: "Type: message"."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def check_pixels(path: Path | str, array: np.ndarray, what: str = "image") -> None:
@@ -279,49 +276,11 @@ def _check_side(path: Path, shape: tuple[int, ...]) -> None:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file -> (H, W) array: grey as in training, 16-bit and float values kept."""
-    from PIL import Image, ImageOps
-
+    """An image file -> (H, W) array, read exactly as training reads it (:mod:`mtl.data.imageio`)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                raise InputError(f"{path}: holds {img.n_frames} frames, not a 2-D image "
-                                 "(give a volume as NIfTI or DICOM)")
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                array = np.asarray(img)
-            else:
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P"
-                                                       and "transparency" in img.info):
-                    rgba = img.convert("RGBA")
-                    img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-                array = np.asarray(img.convert("L"), dtype=np.uint8)
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError...
-        if path.suffix.lower() in (".tif", ".tiff"):
-            array = _read_tiff(path, exc)
-        else:
-            raise InputError(f"{path}: cannot read image ({_why(exc)})") from exc
-    return np.array(array)
-
-
-def _read_tiff(path: Path, first_error: Exception) -> np.ndarray:
-    try:
-        import tifffile
-
-        array = np.asarray(tifffile.imread(path))
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: cannot read image ({_why(first_error)}; "
-                         f"tifffile: {_why(exc)})") from exc
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        rgb = array[..., :3].astype(np.float32)
-        array = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-    if array.ndim != 2:
-        raise InputError(f"{path}: TIFF of shape {array.shape} is not a 2-D image "
-                         "(give a volume as NIfTI or DICOM)")
-    return array
+        return read_gray(path)
+    except ImageReadError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def load_image_case(item: InputItem, spacing: tuple[float, float] | None = None) -> Case:
@@ -384,7 +343,7 @@ def _header_problems(path: Path, img: Any) -> list[str]:
         ndim = int(np.clip(raw_header["dim"][0], 1, 7))
         pixdim = np.asarray(raw_header["pixdim"][1 : 1 + min(3, ndim)], dtype=np.float64)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: cannot read NIfTI header ({_why(exc)})") from exc
+        raise InputError(f"{path}: cannot read NIfTI header ({describe_error(exc)})") from exc
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
         raise InputError(f"{path}: broken NIfTI header: voxel sizes (pixdim) {pixdim.tolist()} "
                          "must be non-zero numbers")
@@ -400,7 +359,7 @@ def load_nifti_case(item: InputItem, axis: int | str = "axial") -> Case:
         with _quiet_nibabel():  # header problems are reported below, not printed
             img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types on bad headers
-        raise InputError(f"{path}: cannot read NIfTI header ({_why(exc)})") from exc
+        raise InputError(f"{path}: cannot read NIfTI header ({describe_error(exc)})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__})")
     warnings = _header_problems(path, img)
@@ -427,7 +386,7 @@ def load_nifti_case(item: InputItem, axis: int | str = "axial") -> Case:
         data = np.asarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
         raise InputError(f"{path}: cannot read NIfTI data, the file may be truncated "
-                         f"({_why(exc)})") from exc
+                         f"({describe_error(exc)})") from exc
     if data.dtype.kind not in "biuf":
         raise InputError(f"{path}: NIfTI pixel type {data.dtype} is not supported (grey only)")
     check_pixels(path, data, "volume")
@@ -470,7 +429,7 @@ def load_dicom_case(item: InputItem) -> Case:
         try:
             ds = pydicom.dcmread(path)
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{path}: cannot read DICOM ({_why(exc)})") from exc
+            raise InputError(f"{path}: cannot read DICOM ({describe_error(exc)})") from exc
         if "PixelData" not in ds:
             raise InputError(f"{path}: DICOM object has no pixel data "
                              f"(SOP class {getattr(ds, 'SOPClassUID', '?')})")
@@ -512,7 +471,7 @@ def load_dicom_case(item: InputItem) -> Case:
             arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{ds.filename}: cannot decode DICOM pixel data "
-                             f"({_why(exc)})") from exc
+                             f"({describe_error(exc)})") from exc
         if arr.ndim != 2:
             raise InputError(f"{ds.filename}: pixel data of shape {arr.shape} is not a 2-D "
                              "grey image")

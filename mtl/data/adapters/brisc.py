@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from PIL import Image
 
+from mtl.data.imageio import ImageReadError, read_gray
 from mtl.data.adapters.base import Adapter, DataError, Record
 from mtl.data.sample import NO_TUMOR, Sample, make_sample
 
@@ -93,10 +95,9 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def _read_gray(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from exc
+        return read_gray(path)
+    except ImageReadError as exc:
+        raise DataError(str(exc)) from exc
 
 
 class BriscAdapter(Adapter):

@@ -24,7 +24,7 @@ image's path relative to the root, without suffix: stems alone repeat across cla
 some releases). Slices of one patient, or duplicated images, may therefore still fall into
 different splits; nothing in the data allows to prevent it.
 
-Images are read as 2-D uint8 grayscale (see :func:`read_gray_image`). This module also holds the
+Images are read as 2-D greyscale arrays (see :func:`read_gray_image`; 16-bit values are kept). This module also holds the
 small image-folder helpers the other JPEG-based adapters share.
 """
 
@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-from PIL import Image, ImageOps
 
+from PIL import Image
+
+from mtl.data.imageio import read_gray
 from mtl.data.adapters.base import Adapter, DataError, Record
 from mtl.data.sample import NO_TUMOR, Sample, make_sample
 
@@ -93,22 +95,11 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def read_gray_image(path: Path) -> np.ndarray:
-    """Read an image file as a 2-D uint8 grayscale array (H, W).
+    """Read an image file as a 2-D array, as inference does (:func:`mtl.data.imageio.read_gray`).
 
-    The format is taken from the content, not the suffix (some ".jpg" files are PNGs). EXIF
-    orientation is applied, as image viewers and annotation tools display it. Colour images are
-    converted with ITU-R 601 luma; an alpha channel is composited onto black. Raises OSError or
-    ValueError when the file cannot be decoded.
+    Raises :class:`~mtl.data.imageio.ImageReadError` (a ValueError) naming the file.
     """
-    with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(background, rgba)
-        gray = img.convert("L")
-        return np.asarray(gray, dtype=np.uint8).copy()
+    return read_gray(path)
 
 
 def load_failure(adapter: Adapter, source: str | Path, reason: str) -> NoReturn:

@@ -1,0 +1,65 @@
+"""Reading 2-D image files the same way for training and for inference.
+
+8-bit images become uint8 greyscale (colour by ITU-R 601 luma, an alpha channel composited onto
+black); 16-bit and floating-point images keep their values, because the network's per-image
+percentile scaling (:mod:`mtl.data.preprocess`) is what maps intensities to [0, 1]. The format is
+taken from the content, not the suffix, and EXIF orientation is applied as viewers display it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read as one 2-D image; the message names the file."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one line: \"Type: message\"."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """An image file -> (H, W) array (uint8 for 8-bit files, original values otherwise)."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                raise ImageReadError(f"{path}: holds {img.n_frames} frames, not a 2-D image "
+                                     "(give a volume as NIfTI or DICOM)")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return np.array(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            return np.array(img.convert("L"), dtype=np.uint8)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError...
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _read_tiff(path, exc)
+        raise ImageReadError(f"{path}: cannot read image ({describe_error(exc)})") from exc
+
+
+def _read_tiff(path: Path, first_error: Exception) -> np.ndarray:
+    """TIFFs PIL cannot open (e.g. float or multi-sample) through tifffile."""
+    try:
+        import tifffile
+
+        array = np.asarray(tifffile.imread(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"{path}: cannot read image ({describe_error(first_error)}; "
+                             f"tifffile: {describe_error(exc)})") from exc
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if array.ndim != 2:
+        raise ImageReadError(f"{path}: TIFF of shape {array.shape} is not a 2-D image "
+                             "(give a volume as NIfTI or DICOM)")
+    return array

@@ -375,6 +375,7 @@ def train(
         shuffle=False,  # the epoch plan already fixes the order
     )
     elapsed = time.perf_counter() - started
+    at_scan = [item for s in sources for item in s.adapter.skipped]
     state = read_state(write_dir)
     history = read_history(write_dir / "history.csv")
     summary = {
@@ -386,9 +387,10 @@ def train(
         "distribution": scale.to_dict(),
         "train_seconds_this_session": round(elapsed, 1),
         "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
+        "skipped_at_scan": len(at_scan),
         "skipped_at_preflight": len(skipped_at_preflight),
         "skipped_at_load": len(errors.items),
-        "skipped_examples": (skipped_at_preflight + errors.items)[:20],
+        "skipped_examples": (at_scan + skipped_at_preflight + errors.items)[:20],
     }
     write_atomic(write_dir / "metrics.json", json.dumps(summary, indent=1))
     return TrainResult(write_dir, state["epoch"], state.get("best"), state.get("best_epoch"), history)

@@ -298,7 +298,7 @@ def plan_split(sources: list[Source], split: str) -> Plan:
 
 
 class LoadErrors:
-    """Thread-safe count of items skipped at load time."""
+    """Thread-safe list of the items skipped at load time, each once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -306,7 +306,8 @@ class LoadErrors:
 
     def add(self, source: str, reason: str) -> None:
         with self._lock:
-            self.items.append((source, reason))
+            if (source, reason) not in self.items:  # an item fails again every epoch
+                self.items.append((source, reason))
 
 
 def make_dataset(

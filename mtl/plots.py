@@ -38,6 +38,8 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
                 ax.plot(epochs, df[f"val_{name}"], color=color, ls="--", marker=".", label=f"val_{name}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        if "loss" in title and ax.lines:
+            ax.set_yscale("log")  # early validation losses can be orders of magnitude larger
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)

@@ -100,37 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _json_default(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _abs(path: str | None) -> str | None:
-    """A path given on the command line, absolute (relative to the caller's folder, else ROOT)."""
-    if not path or path.lower() == "none":
-        return None
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = p.resolve() if p.exists() or not (ROOT / p).exists() else (ROOT / p)
-    return str(p)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(timezone.utc)
     stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
-    out_json = Path(_abs(args.out) or ROOT / "benchmarks" / "results" / f"{stamp}.json")
-    config_path = _abs(args.config)
-    model_path = _abs(args.model)
+    out_json = Path(args.out or ROOT / "benchmarks" / "results" / f"{stamp}.json")
+    config_path = args.config
+    model_path = args.model
     os.chdir(ROOT)  # relative data roots in experiment files are relative to the project
 
     from benchmarks.common import log, loadavg, machine_facts
@@ -250,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     tmp_json = out_json.with_name(out_json.name + ".tmp")
-    tmp_json.write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+    from mtl.infer.writers import json_default
+
+    tmp_json.write_text(json.dumps(results, indent=1, default=json_default) + "\n")
     os.replace(tmp_json, out_json)
     out_md = out_json.with_suffix(".md")
     out_md.write_text(table)

@@ -223,6 +223,12 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- training
 
 
+def optimizer_steps(model: keras.Model) -> int:
+    """Steps the optimizer has taken (its counter may be a tf.distribute MirroredVariable)."""
+    value = model.optimizer.iterations.value
+    return int(value.numpy() if hasattr(value, "numpy") else value)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -305,7 +311,7 @@ def train(
     if resume and (run_dir / "last.keras").is_file():
         # a run killed between saving last.keras and state.json: the optimizer's step count
         # says which epochs the saved weights have seen
-        saved_epochs = int(model.optimizer.iterations) // steps
+        saved_epochs = optimizer_steps(model) // steps
         if saved_epochs != initial_epoch:
             log.warning("state.json says %d finished epochs, last.keras holds %d: continuing "
                         "after epoch %d", initial_epoch, saved_epochs, saved_epochs)

@@ -65,11 +65,12 @@ def write_bytes(path: str | Path, data: bytes, *, force: bool = False) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
-    text = json.dumps(obj, indent=1, default=_json_default, allow_nan=False) + "\n"
+    text = json.dumps(obj, indent=1, default=json_default, allow_nan=False) + "\n"
     return write_bytes(path, text.encode("utf-8"), force=force)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars and arrays and paths."""
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from mtl.evaluate.metrics import (
     bootstrap_ci, box_metrics, calibration, mask_metrics, presence_metrics, roc_points, type_metrics,
 )
 from mtl.evaluate.predict import SplitPredictions
+from mtl.train import write_atomic
 
 
 def _select(pred: SplitPredictions, keep: np.ndarray) -> SplitPredictions:
@@ -103,8 +103,8 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
     roc = roc_points(pred.targets["presence"][sel], pred.outputs["presence"][sel]) if sel.any() else None
     written = plots.write_all(pred, result, roc, classes, out_dir / "plots", threshold)
     result["plots"] = [str(p.relative_to(out_dir)) for p in written]
-    _write(out_dir / "metrics.json", json.dumps(result, indent=1, default=_json_default))
-    _write(out_dir / "report.md", render_markdown(result))
+    write_atomic(out_dir / "metrics.json", json.dumps(result, indent=1, default=_json_default))
+    write_atomic(out_dir / "report.md", render_markdown(result))
     return result
 
 
@@ -112,12 +112,6 @@ def _json_default(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     raise TypeError(type(x))
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(x: Any, pct: bool = False) -> str:

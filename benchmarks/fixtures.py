@@ -170,6 +170,7 @@ def describe_config(config) -> dict[str, Any]:
         "image_size": config.data.image_size,
         "channels": config.data.channels,
         "batch_size": config.train.batch_size,
+        "precision": config.train.precision,
         "decoder_filters": list(config.model.decoder_filters),
         "num_parallel_calls": config.data.num_parallel_calls,
         "augment": config.data.augment.enabled,

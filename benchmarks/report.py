@@ -85,7 +85,9 @@ def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     eff = results.get("efficiency") or {}
     for role, model in (_get(s, "train", "models") or {}).items():
         cfg = model["config"]
-        name = f"{role} model ({cfg['backbone']}, {cfg['image_size']} px, batch {model['batch_size']})"
+        precision = cfg.get("precision", "float32")
+        name = (f"{role} model ({cfg['backbone']}, {cfg['image_size']} px, batch "
+                f"{model['batch_size']}{'' if precision == 'float32' else ', ' + precision})")
         ips = model["images_per_s"]
         add(f"train {name}: real pipeline", f"{ips['pipeline']['median']:.2f} img/s",
             f"train.models.{role}.images_per_s.pipeline")
@@ -97,10 +99,20 @@ def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"train {role}: pipeline / in-memory", f"{r:.2f}",
             f"train.models.{role}.ratios.pipeline_over_memory", ">= 0.90",
             r >= TARGETS["pipeline_over_memory"])
-        r = model["ratios"]["pipeline_over_naive"]["median"]
-        add(f"train {role}: pipeline / naive", f"{r:.2f}",
+        ratios = model["ratios"]
+        r = ratios["pipeline_over_naive"]["median"]
+        ceiling = _get(ratios, "memory_over_naive", "median")
+        add(f"train {role}: pipeline / naive", f"{r:.2f}"
+            + (f" (ceiling: in-memory / naive = {ceiling:.2f})" if ceiling else ""),
             f"train.models.{role}.ratios.pipeline_over_naive", ">= 2.0",
             r >= TARGETS["pipeline_over_naive"])
+        alone = model.get("input_only_images_per_s")
+        if alone:
+            add(f"input only, no model ({cfg['image_size']} px, batch {model['batch_size']}): "
+                "pipeline / naive",
+                f"{alone['pipeline']['median']:.0f} / {alone['naive']['median']:.0f} img/s = "
+                f"{ratios['input_only_pipeline_over_naive']['median']:.2f}",
+                f"train.models.{role}.input_only_images_per_s")
         e = _get(eff, "models", role)
         if e and "pipeline" in e and e["pipeline"]["fraction_of_peak"] is not None:
             frac = e["pipeline"]["fraction_of_peak"]

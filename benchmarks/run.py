@@ -37,13 +37,13 @@ QUICK = {
     "repeats": 2, "warmup_steps": 1, "steps": 2, "latency_repeats": 3, "throughput_slices": 16,
     "png_size": 128, "volume_size": 64, "volume_slices": 8, "memory_image_size": 64,
     "memory_batch": 4, "memory_steps": 2, "conv_shape": "2,32,32,32", "child_timeout": 300.0,
-    "large_backbone": "none",
+    "large_backbone": "none", "mixed_precision": "none",
 }
 FULL = {
     "repeats": 5, "warmup_steps": 3, "steps": 15, "latency_repeats": 30, "throughput_slices": 64,
     "png_size": 512, "volume_size": 240, "volume_slices": 155, "memory_image_size": 256,
     "memory_batch": 16, "memory_steps": 5, "conv_shape": "16,64,64,128", "child_timeout": 1800.0,
-    "large_backbone": "resnet34",
+    "large_backbone": "resnet34", "mixed_precision": "mixed_bfloat16",
 }
 
 
@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large-backbone",
                    help="the larger backbone also measured in train and flops ('none' to skip; "
                         "default resnet34, quick: none)")
+    p.add_argument("--mixed-precision",
+                   help="train.precision of a third model, the config's own at that precision, "
+                        "measured in train and flops ('none' to skip; default mixed_bfloat16, "
+                        "quick: none)")
     p.add_argument("--warmup-steps", type=int, help="training steps excluded per timed fit (3)")
     p.add_argument("--steps", type=int, help="timed training steps per fit (15)")
     p.add_argument("--latency-repeats", type=int, help="file-to-mask calls for median/p95 (30)")
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     large = (args.large_backbone or "").strip()
     if large and large.lower() != "none" and large != config.model.backbone:
         configs["large"] = resolved.load(f"model.backbone={large}")
+    mixed = (args.mixed_precision or "").strip()
+    if mixed and mixed.lower() != "none" and mixed != config.train.precision:
+        configs["mixed"] = resolved.load(f"train.precision={mixed}")
     results["config"] = {"path": config_path, "overrides": resolved.overrides,
                          "data_note": resolved.data_note,
                          "models": {role: describe_config(c) for role, c in configs.items()},

@@ -100,6 +100,9 @@ class LossConfig:
     dice: str = "image"
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 20
@@ -111,6 +114,11 @@ class TrainConfig:
     lr_scaling: str = "linear"
     #: auto | default | mirrored | multiworker (see mtl.distribute)
     strategy: str = "auto"
+    #: float32 | mixed_bfloat16 | mixed_float16: the compute precision of training (weights,
+    #: batch norm, heads and loss stay float32; saved models predict in float32). bfloat16 runs
+    #: convolutions about twice as fast on CPUs with AVX512_BF16 or AMX (benchmarks/README.md)
+    #: and slower on others; float16 is for GPUs (loss scaling is automatic)
+    precision: str = "float32"
     #: null: one pass over the training split per epoch
     steps_per_epoch: int | None = None
     val_steps: int | None = None
@@ -163,6 +171,9 @@ class Config:
             raise ConfigError(f"data.split fractions must sum to 1, got {self.data.split}")
         if self.train.strategy not in ("auto", "default", "mirrored", "multiworker"):
             raise ConfigError("train.strategy must be auto, default, mirrored or multiworker")
+        if self.train.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
+                              f"not {self.train.precision!r}")
         if self.train.lr_scaling not in ("linear", "none"):
             raise ConfigError("train.lr_scaling must be 'linear' or 'none'")
         if self.loss.dice not in ("image", "batch"):

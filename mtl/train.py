@@ -18,6 +18,7 @@ run killed at any moment resumes from its last finished epoch with ``--resume``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -26,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 
@@ -238,17 +239,33 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
+@contextlib.contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Build (or load) models under Keras's dtype policy ``name``; restores the previous one.
+
+    A policy is fixed per layer when the layer is made, so only construction needs it; a model
+    loaded outside this context (inference) computes in float32 whatever it was trained in.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def build_model(config: Config, learning_rate: float | None = None) -> MultiTaskModel:
     d = config.data
-    model = MultiTaskModel(
-        spec=config.network_spec(),
-        loss={"weights": dict(config.loss.weights), "uncertainty": config.loss.uncertainty,
-              "dice_smooth": config.loss.dice_smooth, "dice": config.loss.dice},
-        preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles),
-        name="mtl",
-    )
-    lr = config.train.learning_rate if learning_rate is None else learning_rate
-    model.compile(optimizer=keras.optimizers.Adam(lr))
+    with precision_policy(config.train.precision):
+        model = MultiTaskModel(
+            spec=config.network_spec(),
+            loss={"weights": dict(config.loss.weights), "uncertainty": config.loss.uncertainty,
+                  "dice_smooth": config.loss.dice_smooth, "dice": config.loss.dice},
+            preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles),
+            name="mtl",
+        )
+        lr = config.train.learning_rate if learning_rate is None else learning_rate
+        model.compile(optimizer=keras.optimizers.Adam(lr))  # float16: wrapped in loss scaling
     return model
 
 
@@ -303,7 +320,7 @@ def train(
     write_atomic(write_dir / "data_summary.json", json.dumps(data_summary(sources), indent=1))
 
     steps = t.steps_per_epoch or steps_per_epoch(sources, "train", scale.global_batch)
-    with strategy.scope():
+    with strategy.scope(), precision_policy(t.precision):
         if resume and (run_dir / "last.keras").is_file():
             model = keras.models.load_model(run_dir / "last.keras")
         else:

@@ -201,3 +201,41 @@ def test_resume_refuses_overrides_outside_train(tmp_path):
     with pytest.raises(ConfigError, match="only train"):
         resume_config(run_dir, ["data.classes=[no_tumor, glioma]"])
     assert resume_config(run_dir, ["train.epochs=4"]).train.epochs == 4
+
+
+def test_mixed_bfloat16_trains_resumes_and_saves_a_float32_predicting_model(tmp_path):
+    config = tiny_config(tmp_path, "train.precision=mixed_bfloat16", "train.epochs=2",
+                         "train.steps_per_epoch=3", "train.val_steps=1",
+                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+    result = train(config, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+    history = read_history(result.run_dir / "history.csv")
+    assert all(np.isfinite(float(row["loss"])) for row in history)
+    # resuming rebuilds the model under the run's precision
+    config.train.epochs = 3
+    again = train(config, run_dir=result.run_dir, resume=True, verbose=0)
+    assert again.epochs_done == 3
+    # outside training the saved model computes in float32
+    model = keras.models.load_model(result.run_dir / "last.keras", compile=False)
+    convs = [layer for layer in model.net.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert {layer.compute_dtype for layer in convs} == {"float32"}
+    x = np.random.default_rng(0).random((2, 64, 64, 1), np.float32)
+    out = model(x, training=False)
+    assert all("float32" in str(v.dtype) for v in out.values())
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_heads_and_loss(tmp_path):
+    from mtl.train import build_model
+
+    model = build_model(tiny_config(tmp_path, "train.precision=mixed_bfloat16"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert model.net.get_layer("final_conv").compute_dtype == "float32"
+    body = [layer for layer in model.net.layers
+            if isinstance(layer, keras.layers.Conv2D) and layer.name != "final_conv"]
+    assert body and {layer.compute_dtype for layer in body} == {"bfloat16"}
+    assert {layer.variable_dtype for layer in body} == {"float32"}
+    assert model.multitask_loss.compute_dtype == "float32"
+    out = model(np.random.default_rng(0).random((2, 64, 64, 1), np.float32), training=False)
+    assert all("float32" in str(v.dtype) for v in out.values())
+    with pytest.raises(Exception, match="train.precision"):
+        tiny_config(tmp_path, "train.precision=float8")

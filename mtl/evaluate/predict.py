@@ -9,6 +9,7 @@ import numpy as np
 
 from mtl.config import Config
 from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
+from mtl.model.inference import compiled_forward
 
 
 @dataclass
@@ -41,15 +42,16 @@ def predict_split(
     weights = {k: [] for k in TARGET_KEYS}
     outputs: dict[str, list[np.ndarray]] = {}
     images = []
+    forward = compiled_forward(model, config.data.image_size, config.data.channels)
     for x, y, w in ds:
-        pred = model(x, training=False)
+        pred = forward(x)
         images.append(x.numpy())
         for k in TARGET_KEYS + INFO_KEYS:
             targets[k].append(y[k].numpy())
         for k in TARGET_KEYS:
             weights[k].append(w[k].numpy())
         for k, v in pred.items():
-            outputs.setdefault(k, []).append(keras.ops.convert_to_numpy(v))
+            outputs.setdefault(k, []).append(v)
     case_ids = [sources[int(s)].records[int(i)].case_id for s, i in zip(plan.source, plan.item)]
     names = [sources[int(s)].name for s in plan.source]
     return SplitPredictions(

@@ -6,8 +6,9 @@ map *at each slice's own size* (via :func:`mtl.data.preprocess.prepare_image` an
 :func:`~mtl.data.preprocess.unletterbox`), then a binary mask.
 
 The network call is one function, ``forward(x) -> {"presence": (B, 1), "type": (B, K),
-"mask": (B, S, S, 1)}`` on NumPy batches of network inputs; by default it calls the model, and
-tests or other runtimes may pass their own.
+"mask": (B, S, S, 1)}`` on NumPy batches of network inputs; by default it runs the model's
+network as one TensorFlow graph (:func:`compiled_forward`), and tests or other runtimes may pass
+their own.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from mtl.data.preprocess import Letterbox, prepare_image, unletterbox
-
-Forward = Callable[[np.ndarray], Mapping[str, Any]]
-
+from mtl.model.inference import Forward, compiled_forward
 
 class ModelError(RuntimeError):
     """The model file cannot be loaded or is not an mtl multi-task model."""
@@ -109,6 +108,7 @@ class Predictor:
         self.preprocessing = dict(preprocessing or model.preprocessing)
         self.classes = list(classes or model.classes)
         self.forward = forward or self._model_forward
+        self._graph: Forward | None = None
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if batch_size < 1:
@@ -127,8 +127,10 @@ class Predictor:
         return int(self.preprocessing["image_size"])
 
     def _model_forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.model(x, training=False)
-        return {k: np.asarray(v) for k, v in out.items()}
+        if self._graph is None:  # traced on first use, not at construction
+            self._graph = compiled_forward(self.model, self.image_size,
+                                           self.preprocessing.get("channels", 1))
+        return self._graph(x)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """One raw slice -> network input (S, S, C) with the model's stored preprocessing."""

@@ -6,7 +6,9 @@ segmentation-models 1.0.1 targets Keras 2; on TensorFlow >= 2.16 it runs on Kera
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterator
 
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 if os.environ["SM_FRAMEWORK"] != "tf.keras":  # pragma: no cover - user misconfiguration
@@ -17,6 +19,12 @@ if os.environ["SM_FRAMEWORK"] != "tf.keras":  # pragma: no cover - user misconfi
 
 import segmentation_models as sm  # noqa: E402
 import keras  # noqa: E402
+
+from mtl.model.layers import BatchNormalization  # noqa: E402
+
+#: the batch-norm layer the backbones and the decoder are built with (Keras's own one is
+#: several times slower to train on TensorFlow; see mtl.model.layers)
+BATCHNORM: type = BatchNormalization
 
 #: backbones the test-suite builds; every name in ``available_backbones()`` is accepted
 TESTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "vgg16", "efficientnetb0", "mobilenetv2")
@@ -52,15 +60,16 @@ def build_unet(
     if encoder_weights == "imagenet" and input_shape[-1] != 3:
         raise ValueError("encoder_weights: imagenet needs 3 input channels (data.channels: 3)")
     try:
-        unet = sm.Unet(
-            backbone,
-            input_shape=input_shape,
-            classes=1,
-            activation="sigmoid",
-            encoder_weights=encoder_weights,
-            decoder_filters=tuple(decoder_filters),
-            decoder_block_type=decoder_block_type,
-        )
+        with _layers_with_batchnorm(BATCHNORM):
+            unet = sm.Unet(
+                backbone,
+                input_shape=input_shape,
+                classes=1,
+                activation="sigmoid",
+                encoder_weights=encoder_weights,
+                decoder_filters=tuple(decoder_filters),
+                decoder_block_type=decoder_block_type,
+            )
     except Exception as exc:  # keras' downloader raises a bare Exception with the URL in it
         if encoder_weights and ("URL fetch failure" in str(exc) or "download" in str(exc).lower()):
             raise EncoderWeightsError(
@@ -74,3 +83,31 @@ def build_unet(
     )
     bottleneck = unet.get_layer(first_block).input
     return unet, bottleneck
+
+
+class _LayersWith:
+    """segmentation-models' view of ``keras.layers`` with some classes replaced."""
+
+    def __init__(self, layers: Any, **replacements: type) -> None:
+        self._layers = layers
+        self._replacements = replacements
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._replacements:
+            return self._replacements[name]
+        return getattr(self._layers, name)
+
+
+@contextlib.contextmanager
+def _layers_with_batchnorm(batchnorm: type) -> Iterator[None]:
+    """Build segmentation-models networks with ``batchnorm`` for every BatchNormalization.
+
+    segmentation-models hands its backbones and decoders the ``layers`` module it stores at
+    ``set_framework``; swapping that module for the duration of one build is the only way in.
+    """
+    original = sm._KERAS_LAYERS
+    sm._KERAS_LAYERS = _LayersWith(original, BatchNormalization=batchnorm)
+    try:
+        yield
+    finally:
+        sm._KERAS_LAYERS = original

@@ -55,7 +55,7 @@ class MultiTaskModel(keras.Model):
         self.spec = spec if isinstance(spec, NetworkSpec) else NetworkSpec(**spec)
         self.preprocessing = dict(preprocessing or {})
         self.net = build_network(self.spec)
-        self.multitask_loss = MultiTaskLoss(**(loss or {}), name="multitask_loss")
+        self.multitask_loss = MultiTaskLoss(**(loss or {}), name="multitask_loss", dtype="float32")
         self.task_loss_trackers = {
             t: keras.metrics.Mean(name=f"{t}_loss")
             for t in LOSS_TASKS

@@ -66,13 +66,17 @@ def build_network(spec: NetworkSpec) -> keras.Model:
     )
     shared = keras.layers.Dropout(spec.head_dropout, name="head_dropout")(pooled)
     shared = keras.layers.Dense(spec.head_units, activation="relu", name="head_dense")(shared)
-    presence = keras.layers.Dense(1, activation="sigmoid", name="presence")(shared)
-    type_probs = keras.layers.Dense(len(spec.classes), activation="softmax", name="type")(shared)
+    # outputs in float32 under mixed precision too: sigmoid/softmax and the loss need its range
+    presence = keras.layers.Dense(1, activation="sigmoid", name="presence", dtype="float32")(shared)
+    type_probs = keras.layers.Dense(len(spec.classes), activation="softmax", name="type",
+                                    dtype="float32")(shared)
     if spec.bn_momentum is not None:
         for layer in unet.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = spec.bn_momentum
-    mask = keras.layers.Identity(name="mask")(unet.output)
+    for layer in unet.layers[-2:]:  # segmentation-models' final 1x1 conv and its sigmoid
+        layer.dtype_policy = "float32"
+    mask = keras.layers.Identity(name="mask", dtype="float32")(unet.output)
     return keras.Model(
         unet.input,
         {"presence": presence, "type": type_probs, "mask": mask},

@@ -173,6 +173,7 @@ def describe_config(config) -> dict[str, Any]:
         "precision": config.train.precision,
         "decoder_filters": list(config.model.decoder_filters),
         "num_parallel_calls": config.data.num_parallel_calls,
+        "workers": config.data.workers,
         "augment": config.data.augment.enabled,
         "sources": [{"format": s.format, "root": s.root, "options": s.options}
                     for s in config.data.sources],

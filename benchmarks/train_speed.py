@@ -127,7 +127,7 @@ def build_inputs(config, sources, *, warmup: int, steps: int) -> tuple[dict[str,
     pipeline = make_dataset(sources, plan, encoder, batch_size=batch,
                             on_error=config.data.on_error,
                             num_parallel_calls=config.data.num_parallel_calls,
-                            drop_remainder=True)
+                            workers=config.data.workers, drop_remainder=True)
     memory, nbytes = _memory_dataset(pipeline, warmup + steps)
     naive = _naive_dataset(sources, plan, SampleEncoder(config, augment=True), batch,
                            pipeline.element_spec)

@@ -70,8 +70,13 @@ class DataConfig:
     #: load every item once before training so bad data is found before the first epoch
     preflight: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    #: parallel decode/augment calls; null lets tf.data tune it
+    #: parallel decode/augment calls in tf.data threads; null lets tf.data tune it
     num_parallel_calls: int | None = None
+    #: 0: decode and augment in tf.data threads of the training process (they share Python's
+    #: global interpreter lock, so they gain little over one thread); N > 0: in N worker
+    #: processes, which scale with cores. Worth it with a GPU or many cores; on 2 cores see
+    #: benchmarks/README.md
+    workers: int = 0
     cache_val: bool = True
 
 
@@ -171,6 +176,8 @@ class Config:
             raise ConfigError(f"data.split fractions must sum to 1, got {self.data.split}")
         if self.train.strategy not in ("auto", "default", "mirrored", "multiworker"):
             raise ConfigError("train.strategy must be auto, default, mirrored or multiworker")
+        if self.data.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.data.workers}")
         if self.train.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
                               f"not {self.train.precision!r}")

@@ -342,7 +342,8 @@ def train(
     def build_train(shard: int, shards: int, batch: int):
         return make_dataset(sources, train_plan.shard(shard, shards), encoder, batch_size=batch,
                             on_error=config.data.on_error,
-                            num_parallel_calls=config.data.num_parallel_calls, errors=errors)
+                            num_parallel_calls=config.data.num_parallel_calls,
+                            workers=config.data.workers, errors=errors)
 
     train_ds = distributed_dataset(strategy, build_train, t.batch_size)
     val_plan = plan_split(sources, "val")
@@ -361,7 +362,8 @@ def train(
         def build_val(shard: int, shards: int, batch: int):
             ds = make_dataset(sources, val_plan.shard(shard, shards), val_encoder, batch_size=batch,
                               on_error=config.data.on_error, drop_remainder=distributed,
-                              num_parallel_calls=config.data.num_parallel_calls, errors=errors)
+                              num_parallel_calls=config.data.num_parallel_calls,
+                            workers=config.data.workers, errors=errors)
             if val_steps:
                 ds = ds.take(val_steps * (scale.replicas // scale.workers) if distributed else val_steps)
             return ds.cache() if config.data.cache_val else ds

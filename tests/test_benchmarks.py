@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,38 @@ def test_missing_data_falls_back_to_phantoms(tmp_path):
     resolved = resolve_config(str(yaml), [], quick=False)
     assert "phantoms instead" in resolved.data_note
     assert [s.format for s in resolved.load().data.sources] == ["phantoms"]
+
+
+def test_equivalence_of_the_fast_path_on_a_saved_model(tmp_path):
+    """benchmarks/equivalence.py: Keras batch norm called eagerly vs mtl's fused batch norm in
+    a graph, on one saved model: tiny differences, no flipped decision."""
+    import keras
+    import numpy as np
+
+    from benchmarks.equivalence import compare, inference_speed, training_speed
+    from mtl.config import load_config
+    from mtl.train import build_model
+
+    model = build_model(load_config(overrides=[
+        "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=8"]))
+    rng = np.random.default_rng(0)
+    for layer in model.net.layers:  # statistics as a trained model has them, not 0 and 1
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.3, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape).astype("float32"))
+    path = tmp_path / "m.keras"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not yet been built.*")
+        model.save(path)
+    result = compare(path, rng.random((20, 64, 64, 1), dtype=np.float32), batch=8)
+    assert result["slices"] == 20 and result["mask_pixels"] == 20 * 64 * 64
+    for key in ("presence", "type", "mask"):
+        assert 0 <= result[f"{key}_max_abs_diff"] < 1e-4
+    assert result["presence_flips"] == result["type_flips"] == 0
+    assert result["mask_pixel_flips"] <= 2  # only pixels within float rounding of 0.5
+    x = rng.random((4, 64, 64, 1), dtype=np.float32)
+    speed = inference_speed(path, x, repeats=1)
+    assert set(speed) == {"batch1", "batch16"}
+    assert all(v["old_ms"] > 0 and v["new_ms"] > 0 for v in speed.values())
+    trained = training_speed(path, x, repeats=1, steps=1)
+    assert trained["keras_batchnorm_images_per_s"] > 0 and trained["fused_batchnorm_images_per_s"] > 0

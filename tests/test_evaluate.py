@@ -45,6 +45,8 @@ def test_evaluate_run_writes_metrics_report_and_plots(run_dir):
         assert key in overall["mask"]
     assert overall["mask"]["hd95_unit"] == "mm"  # phantoms know their spacing
     assert set(overall["ci95"]) >= {"presence_accuracy", "type_macro_f1", "dice_mean"}
+    assert overall["ci95_resampling"] == "patients"
+    assert "resampling patients" in (out / "report.md").read_text()
     assert set(metrics["by_dataset"]) == {"phantoms", "phantoms#1"}
     for plot in ("roc.png", "confusion.png", "reliability.png", "dice_hist.png", "worst_cases.png"):
         assert (out / "plots" / plot).stat().st_size > 5000, plot

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mtl.evaluate.metrics import (
-    bootstrap_ci, box_metrics, calibration, dice_iou, hd95, mask_metrics, presence_metrics,
+    bootstrap_ci, box_metrics, calibration, cluster_bootstrap_ci, dice_iou, hd95, mask_metrics, presence_metrics,
     roc_points, type_metrics,
 )
 
@@ -118,3 +118,29 @@ def test_bootstrap_interval_brackets_the_estimate():
     assert low < x.mean() < high
     assert high - low < 0.15
     assert bootstrap_ci(np.mean, np.array([1.0])) is None
+
+
+def test_cluster_bootstrap_resamples_patients_not_images():
+    """20 patients, each seen as 10 identical slices: the honest interval is that of 20 values;
+    resampling the 200 slices one by one would be about sqrt(10) times narrower."""
+    rng = np.random.default_rng(1)
+    per_patient = rng.random(20)
+    x = np.repeat(per_patient, 10)
+    groups = np.repeat([f"p{i}" for i in range(20)], 10)
+    low, high = cluster_bootstrap_ci(np.mean, x, groups=groups, n_resamples=2000, seed=0)
+    ref_low, ref_high = bootstrap_ci(np.mean, per_patient, n_resamples=2000)
+    item_low, item_high = bootstrap_ci(np.mean, x, n_resamples=2000)
+    assert low < x.mean() < high
+    assert (high - low) == pytest.approx(ref_high - ref_low, rel=0.2)
+    assert (high - low) > 2 * (item_high - item_low)
+    # one slice per patient: the ordinary bootstrap
+    single = [f"p{i}" for i in range(20)]
+    low1, high1 = cluster_bootstrap_ci(np.mean, per_patient, groups=single, n_resamples=2000)
+    assert (high1 - low1) == pytest.approx(ref_high - ref_low, rel=0.2)
+    # paired arrays stay paired; too few groups give no interval; lengths must match
+    a = np.array([0, 1, 1, 0, 1, 1]); b = np.array([0, 1, 1, 0, 1, 1])
+    assert cluster_bootstrap_ci(lambda u, v: float(np.mean(u == v)), a, b,
+                                groups=list("aabbcc"), n_resamples=50) == (1.0, 1.0)
+    assert cluster_bootstrap_ci(np.mean, x[:3], groups=["a"] * 3) is None
+    with pytest.raises(ValueError, match="group ids"):
+        cluster_bootstrap_ci(np.mean, x, groups=groups[:5])

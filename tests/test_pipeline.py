@@ -186,3 +186,45 @@ def test_dataset_batches_and_skips_bad_items():
                           batch_size=3, on_error="raise")
     with pytest.raises(Exception, match="memory/1.png"):
         next(iter(strict))
+
+
+def test_worker_processes_give_the_same_batches_as_threads():
+    """data.workers: the plan's items loaded and augmented in spawned processes come back in
+    plan order, equal to the in-process pipeline's, seeded augmentation included."""
+    cfg = load_config(overrides={"data.image_size": SIZE,
+                                 "data.sources": [{"format": "phantoms",
+                                                   "options": {"n": 12, "size": 64}}]})
+    sources = open_sources(cfg)
+    sources[0].splits = {"train": list(range(12))}
+    plan = plan_training(sources, seed=3, epochs=range(2), steps=3, batch_size=4)
+    encoder = SampleEncoder(cfg, augment=True)
+    threads = list(make_dataset(sources, plan, encoder, batch_size=4).as_numpy_iterator())
+    processes = list(make_dataset(sources, plan, encoder, batch_size=4, workers=2)
+                     .as_numpy_iterator())
+    assert len(processes) == len(threads) == 6
+    for (x1, y1, w1), (x2, y2, w2) in zip(threads, processes):
+        np.testing.assert_array_equal(x1, x2)
+        for key in y1:
+            np.testing.assert_array_equal(y1[key], y2[key])
+        for key in w1:
+            np.testing.assert_array_equal(w1[key], w2[key])
+
+
+def test_worker_processes_skip_and_raise_like_threads():
+    image, mask = tumor_image()
+    good = make_sample(image, mask=mask, presence=1, label="glioma", case_id="0")
+    src = source_of([good, None, good])
+    src.splits = {"test": [0, 1, 2]}
+    encoder = SampleEncoder(config(), augment=False)
+    errors = LoadErrors()
+    ds = make_dataset([src], plan_split([src], "test"), encoder, batch_size=3, on_error="skip",
+                      errors=errors, workers=1)
+    _, _, w = next(iter(ds))
+    np.testing.assert_array_equal(w["mask"].numpy(), [1.0, 0.0, 1.0])
+    assert errors.items == [("memory/1.png", "memory/1.png: cannot decode")]
+    strict = make_dataset([src], plan_split([src], "test"), encoder, batch_size=3,
+                          on_error="raise", workers=1)
+    with pytest.raises(Exception, match="memory/1.png"):
+        next(iter(strict))
+    with pytest.raises(ConfigError, match="data.workers"):
+        config(**{"data.workers": -1})

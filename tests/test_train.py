@@ -239,3 +239,12 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_heads_and_loss(tmp_pa
     assert all("float32" in str(v.dtype) for v in out.values())
     with pytest.raises(Exception, match="train.precision"):
         tiny_config(tmp_path, "train.precision=float8")
+
+
+def test_training_with_worker_processes(tmp_path):
+    config = tiny_config(tmp_path, "data.workers=2", "train.epochs=2", "train.steps_per_epoch=3",
+                         "train.val_steps=1",
+                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+    result = train(config, verbose=0)
+    history = read_history(result.run_dir / "history.csv")
+    assert len(history) == 2 and all(np.isfinite(float(r["val_loss"])) for r in history)

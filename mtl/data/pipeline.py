@@ -3,8 +3,10 @@
 A training epoch is planned up front in NumPy from ``(seed, epoch)``: which source, which item
 and which augmentation seed fills every slot. The plan makes runs reproducible and lets
 ``--resume`` continue with exactly the epochs an uninterrupted run would have seen. tf.data
-then decodes and augments the planned items in parallel (``num_parallel_calls``), batches them
-and prefetches.
+then decodes and augments the planned items in parallel, batches them and prefetches: in its own
+threads (``data.num_parallel_calls``), or in worker processes (``data.workers``), which Python's
+global interpreter lock does not serialise. This module imports TensorFlow only to build the
+dataset, so worker processes start without it.
 
 Each element is ``(image, targets, weights)``: ``targets`` and ``weights`` are dicts keyed by
 ``presence``, ``type``, ``mask`` and ``box``; a weight of 0 marks a label the sample lacks, and
@@ -13,20 +15,25 @@ the target under it is an unused placeholder that the loss multiplies by that 0.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import math
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
 import albumentations as A
 import cv2
 import numpy as np
-import tensorflow as tf
 
 from mtl.config import AugmentConfig, Config, ConfigError, SourceConfig
 from mtl.data.adapters import Adapter, Record, get_adapter
 from mtl.data.preprocess import box_to_mask, letterbox, prepare_image, preprocessing_spec
 from mtl.data.sample import Sample
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +172,15 @@ class SampleEncoder:
         self.channels = d.channels
         self._aug_cfg = d.augment if augment else None
         self._local = threading.local()  # one augmenter per worker thread: reseeding is safe
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to worker processes without its threads' state
+        state = dict(self.__dict__)
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def _augmenter(self) -> A.Compose | None:
         if self._aug_cfg is None:
@@ -310,6 +326,69 @@ class LoadErrors:
                 self.items.append((source, reason))
 
 
+Encoded = tuple[np.ndarray, dict, dict]
+
+
+def load_item(sources: list[Source], encoder: SampleEncoder, src: int, item: int,
+              aug_seed: int) -> tuple[tuple[str, str] | None, Encoded | None]:
+    """Load and encode one planned item: ``(None, encoded)``, or ``((file, reason), None)``."""
+    source = sources[src]
+    record = source.records[item]
+    try:
+        return None, encoder.encode(source.adapter.load(record), source, aug_seed)
+    except Exception as exc:  # noqa: BLE001 - reported with the file name, or skipped
+        return (record.source or record.case_id, str(exc)), None
+
+
+def _settle(result: tuple[tuple[str, str] | None, Encoded | None], on_error: str,
+            errors: LoadErrors, encoder: SampleEncoder) -> Encoded:
+    error, encoded = result
+    if error is None:
+        return encoded
+    if on_error == "raise":
+        raise RuntimeError(f"{error[0]}: {error[1]}")
+    errors.add(*error)
+    return encoder.blank()
+
+
+# worker processes: each holds the sources and the encoder, sent once at start
+_WORKER_STATE: tuple[list[Source], SampleEncoder] | None = None
+
+
+def _worker_start(sources: list[Source], encoder: SampleEncoder) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = (sources, encoder)
+    cv2.setNumThreads(1)  # the processes are the parallelism
+
+
+def _worker_load(job: tuple[int, int, int]):
+    assert _WORKER_STATE is not None
+    return load_item(*_WORKER_STATE, *job)
+
+
+def encode_in_processes(sources: list[Source], encoder: SampleEncoder, plan: Plan, workers: int,
+                        on_error: str, errors: LoadErrors) -> Iterator[Encoded]:
+    """The plan's items loaded and encoded by ``workers`` processes, yielded in plan order.
+
+    At most ``4 * workers`` items are in flight, so memory stays flat however long the plan.
+    Processes are spawned, never forked (forking a process that runs TensorFlow can hang), and
+    end with the iteration.
+    """
+    import multiprocessing
+
+    jobs = zip(plan.source.tolist(), plan.item.tolist(), plan.aug_seed.tolist())
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_worker_start, initargs=(sources, encoder)) as pool:
+        pending = collections.deque(pool.apply_async(_worker_load, (job,))
+                                    for job in itertools.islice(jobs, 4 * workers))
+        while pending:
+            result = pending.popleft().get()
+            job = next(jobs, None)
+            if job is not None:
+                pending.append(pool.apply_async(_worker_load, (job,)))
+            yield _settle(result, on_error, errors, encoder)
+
+
 def make_dataset(
     sources: list[Source],
     plan: Plan,
@@ -320,25 +399,41 @@ def make_dataset(
     num_parallel_calls: int | None = None,
     errors: LoadErrors | None = None,
     drop_remainder: bool = False,
+    workers: int = 0,
 ) -> tf.data.Dataset:
-    """A batched, prefetched dataset of ``(image, targets, weights)`` following ``plan``."""
+    """A batched, prefetched dataset of ``(image, targets, weights)`` following ``plan``.
+
+    ``workers`` > 0 loads and encodes in that many processes (:func:`encode_in_processes`),
+    else in ``num_parallel_calls`` tf.data threads; both give the same elements.
+    """
+    import tensorflow as tf
+
     errors = errors if errors is not None else LoadErrors()
+    s, c = encoder.size, encoder.channels
+    if workers > 0:
+        def generate():
+            for image, targets, weights in encode_in_processes(sources, encoder, plan, workers,
+                                                              on_error, errors):
+                yield (image, {k: targets[k] for k in TARGET_KEYS + INFO_KEYS},
+                       {k: weights[k] for k in TARGET_KEYS})
+
+        signature = (
+            tf.TensorSpec((s, s, c), tf.float32),
+            {"presence": tf.TensorSpec((1,), tf.float32), "type": tf.TensorSpec((), tf.int32),
+             "mask": tf.TensorSpec((s, s, 1), tf.float32), "box": tf.TensorSpec((s, s, 1), tf.float32),
+             "spacing": tf.TensorSpec((2,), tf.float32)},
+            {k: tf.TensorSpec((), tf.float32) for k in TARGET_KEYS},
+        )
+        ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
     def load(src: np.int64, item: np.int64, aug_seed: np.int64):
-        source = sources[int(src)]
-        record = source.records[int(item)]
-        try:
-            sample = source.adapter.load(record)
-            image, targets, weights = encoder.encode(sample, source, int(aug_seed))
-        except Exception as exc:  # noqa: BLE001 - reported with the file name, or skipped
-            if on_error == "raise":
-                raise RuntimeError(f"{record.source or record.case_id}: {exc}") from exc
-            errors.add(record.source or record.case_id, str(exc))
-            image, targets, weights = encoder.blank()
+        image, targets, weights = _settle(
+            load_item(sources, encoder, int(src), int(item), int(aug_seed)), on_error, errors,
+            encoder)
         return (image, *(targets[k] for k in TARGET_KEYS + INFO_KEYS),
                 *(weights[k] for k in TARGET_KEYS))
 
-    s, c = encoder.size, encoder.channels
     out_types = [tf.float32, tf.float32, tf.int32, tf.float32, tf.float32, tf.float32]
     out_types += [tf.float32] * len(TARGET_KEYS)
     shapes = [(s, s, c), (1,), (), (s, s, 1), (s, s, 1), (2,)] + [()] * len(TARGET_KEYS)

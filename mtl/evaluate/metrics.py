@@ -224,3 +224,34 @@ def bootstrap_ci(
     if np.isnan(low) or np.isnan(high):
         return None
     return float(low), float(high)
+
+
+def cluster_bootstrap_ci(
+    statistic: Callable[..., float], *arrays: np.ndarray, groups: Sequence[str] | np.ndarray,
+    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI that resamples whole groups (patients), not items.
+
+    Items of one patient (or near-duplicate slices of one scan) are not independent: resampling
+    them one by one gives intervals that are too narrow. Each resample draws as many groups as
+    there are, with replacement, and takes all items of each drawn group (the cluster bootstrap,
+    Field & Welsh 2007). With one item per group it is the ordinary bootstrap.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    groups = np.asarray(groups)
+    if len(groups) != len(arrays[0]):
+        raise ValueError(f"{len(groups)} group ids for {len(arrays[0])} items")
+    _, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if len(groups) else []
+    if len(members) < 2 or n_resamples <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_resamples)
+    for r in range(n_resamples):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        values[r] = statistic(*(a[idx] for a in arrays))
+    alpha = (1.0 - confidence) / 2
+    low, high = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)])
+    if np.isnan(low) or np.isnan(high):
+        return None
+    return float(low), float(high)

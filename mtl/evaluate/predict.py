@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -23,6 +23,8 @@ class SplitPredictions:
     weights: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
     skipped: list[tuple[str, str]]
+    #: "<dataset>/<patient>" per item: the unit the bootstrap resamples (empty: unknown)
+    patient_ids: list[str] = field(default_factory=list)
 
 
 def predict_split(
@@ -36,7 +38,8 @@ def predict_split(
     ds = make_dataset(
         sources, plan, SampleEncoder(config, augment=False),
         batch_size=batch_size or config.train.batch_size, on_error=config.data.on_error,
-        num_parallel_calls=config.data.num_parallel_calls, errors=errors,
+        num_parallel_calls=config.data.num_parallel_calls, workers=config.data.workers,
+        errors=errors,
     )
     targets = {k: [] for k in TARGET_KEYS + INFO_KEYS}
     weights = {k: [] for k in TARGET_KEYS}
@@ -54,6 +57,8 @@ def predict_split(
             outputs.setdefault(k, []).append(v)
     case_ids = [sources[int(s)].records[int(i)].case_id for s, i in zip(plan.source, plan.item)]
     names = [sources[int(s)].name for s in plan.source]
+    patients = [f"{sources[int(s)].name}/{sources[int(s)].records[int(i)].patient_id}"
+                for s, i in zip(plan.source, plan.item)]
     return SplitPredictions(
         case_ids,
         names,
@@ -62,6 +67,7 @@ def predict_split(
         {k: np.concatenate(v) for k, v in weights.items()},
         {k: np.concatenate(v) for k, v in outputs.items()},
         errors.items,
+        patients,
     )
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from mtl.evaluate import plots
+from mtl.evaluate.metrics import bootstrap_ci as item_bootstrap_ci
 from mtl.evaluate.metrics import (
-    bootstrap_ci, box_metrics, calibration, mask_metrics, presence_metrics, roc_points, type_metrics,
+    box_metrics, calibration, cluster_bootstrap_ci, mask_metrics, presence_metrics, roc_points, type_metrics,
 )
 from mtl.evaluate.predict import SplitPredictions
 from mtl.train import write_atomic
@@ -25,6 +26,7 @@ def _select(pred: SplitPredictions, keep: np.ndarray) -> SplitPredictions:
         {k: v[keep] for k, v in pred.weights.items()},
         {k: v[keep] for k, v in pred.outputs.items()},
         pred.skipped,
+        [p for p, k in zip(pred.patient_ids, keep) if k],
     )
 
 
@@ -53,34 +55,45 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5) ->
 
 def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: float,
                        n_resamples: int, seed: int = 0) -> dict[str, Any]:
-    """95% bootstrap CIs of the headline numbers (resampling images)."""
+    """95% bootstrap CIs of the headline numbers, resampling patients (images when the
+    predictions carry no patient ids)."""
     from sklearn import metrics as skm
 
     ci: dict[str, Any] = {}
     w, t, o = pred.weights, pred.targets, pred.outputs
+    patients = np.asarray(pred.patient_ids)
+
+    def interval(statistic, *arrays, sel, n_resamples, seed):
+        if len(patients) == len(pred.case_ids) and len(patients):
+            return cluster_bootstrap_ci(statistic, *arrays, groups=patients[sel],
+                                        n_resamples=n_resamples, seed=seed)
+        return item_bootstrap_ci(statistic, *arrays, n_resamples=n_resamples, seed=seed)
+
     sel = w["presence"] > 0
     if sel.sum() > 1:
         truth = t["presence"][sel].ravel().astype(int)
         hit = ((o["presence"][sel].ravel() >= threshold).astype(int) == truth).astype(float)
-        ci["presence_accuracy"] = bootstrap_ci(np.mean, hit, n_resamples=n_resamples, seed=seed)
+        ci["presence_accuracy"] = interval(np.mean, hit, sel=sel, n_resamples=n_resamples,
+                                               seed=seed)
         decided = (o["presence"][sel].ravel() >= threshold).astype(int)
-        ci["presence_f1"] = bootstrap_ci(
-            lambda a, b: skm.f1_score(a, b, zero_division=0.0), truth, decided,
+        ci["presence_f1"] = interval(
+            lambda a, b: skm.f1_score(a, b, zero_division=0.0), truth, decided, sel=sel,
             n_resamples=n_resamples, seed=seed)
     sel = w["type"] > 0
     if sel.sum() > 1:
         truth, guess = t["type"][sel], o["type"][sel].argmax(1)
-        ci["type_accuracy"] = bootstrap_ci(np.mean, (truth == guess).astype(float),
+        ci["type_accuracy"] = interval(np.mean, (truth == guess).astype(float), sel=sel,
                                            n_resamples=n_resamples, seed=seed)
-        ci["type_macro_f1"] = bootstrap_ci(
+        ci["type_macro_f1"] = interval(
             lambda a, b: skm.f1_score(a, b, average="macro", labels=sorted(set(truth.tolist())),
                                       zero_division=0.0),
-            truth, guess, n_resamples=n_resamples, seed=seed)
+            truth, guess, sel=sel, n_resamples=n_resamples, seed=seed)
     sel = w["mask"] > 0
     if sel.any():
         m = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
         if len(m["per_image_dice"]) > 1:
-            ci["dice_mean"] = bootstrap_ci(np.mean, np.array(m["per_image_dice"]),
+            with_tumor = sel & (t["mask"].reshape(len(sel), -1).max(1) > 0.5)  # Dice's images
+            ci["dice_mean"] = interval(np.mean, np.array(m["per_image_dice"]), sel=with_tumor,
                                            n_resamples=n_resamples, seed=seed)
     return ci
 
@@ -92,6 +105,7 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
     result: dict[str, Any] = {**(context or {}), "threshold": threshold}
     result["overall"] = score(pred, classes, threshold)
     result["overall"]["ci95"] = headline_intervals(pred, classes, threshold, n_resamples)
+    result["overall"]["ci95_resampling"] = "patients" if pred.patient_ids else "images"
     names = sorted(set(pred.source_names))
     if len(names) > 1:
         result["by_dataset"] = {
@@ -165,7 +179,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     for key in ("split", "data", "threshold", "evaluated_at"):
         if key in result:
             lines.append(f"- {key}: {result[key]}")
-    lines += ["", "## Headline (95% bootstrap CI)", "", "| metric | value |", "| --- | --- |"]
+    unit = result["overall"].get("ci95_resampling", "images")
+    lines += ["", f"## Headline (95% bootstrap CI, resampling {unit})", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in headline_rows(result)]
     o = result["overall"]
     if "presence" in o:

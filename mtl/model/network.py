@@ -13,8 +13,10 @@ max pooling, so all three tasks train the same encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:  # keras (and TensorFlow) load only to build: NetworkSpec is part of the config
+    import keras
 
 OUTPUTS = ("presence", "type", "mask")
 
@@ -48,6 +50,8 @@ class NetworkSpec:
 
 
 def build_network(spec: NetworkSpec) -> keras.Model:
+    import keras
+
     from mtl.model.backbones import build_unet  # imports segmentation-models: only when building
 
     shape = (spec.input_size, spec.input_size, spec.channels)

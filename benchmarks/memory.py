@@ -49,8 +49,9 @@ def child_train(config_path: str | None, overrides: list[str], image_size: int, 
     from mtl.train import build_model
 
     rss_imports = _rss_now()
+    # data.cache off: a few steps would hold a few items; its full size is reported apart
     config = load_config(config_path, [*overrides, f"data.image_size={image_size}",
-                                       f"train.batch_size={batch}"])
+                                       f"train.batch_size={batch}", "data.cache=false"])
     sources = open_train_sources(config)
     plan = plan_training(sources, seed=config.seed, epochs=range(1), steps=steps, batch_size=batch)
     ds = make_dataset(sources, plan, SampleEncoder(config, augment=True), batch_size=batch,
@@ -61,8 +62,13 @@ def child_train(config_path: str | None, overrides: list[str], image_size: int, 
     rss_model = _rss_now()
     t = time.perf_counter()
     model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    items = sum(len(s.records) for s in sources)
+    per_item = image_size * image_size * (4 * config.data.channels + 2)
     return {"what": f"train {config.model.backbone}, {image_size}x{image_size}, batch {batch}, "
                     f"{steps} steps, real pipeline",
+            "data_cache": {"in_config": load_config(config_path, overrides).data.cache,
+                           "measured": False, "items": items, "bytes_per_item": per_item,
+                           "full_gb": items * per_item / 1e9},
             "backbone": config.model.backbone, "image_size": image_size, "batch_size": batch,
             "steps": steps, "fit_seconds": time.perf_counter() - t,
             "rss_after_imports_bytes": rss_imports, "rss_after_model_bytes": rss_model}

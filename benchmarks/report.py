@@ -149,7 +149,11 @@ def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     mem = s.get("memory")
     if mem:
         tr = mem["train"]
-        add(f"peak RSS: {tr['what']}", f"{tr['peak_rss_gb']:.2f} GB", "memory.train.peak_rss_bytes",
+        cache = tr.get("data_cache") or {}
+        extra = (f" (data.cache off; on, it adds {cache['full_gb']:.1f} GB for these "
+                 f"{cache['items']} items)" if cache.get("in_config") else "")
+        add(f"peak RSS: {tr['what']}", f"{tr['peak_rss_gb']:.2f} GB{extra}",
+            "memory.train.peak_rss_bytes",
             "<= 4 GB" if (tr["image_size"], tr["batch_size"]) == (256, 16) or quick else "",
             tr["peak_rss_gb"] <= TARGETS["train_rss_gb"])
         add(f"peak RSS: {mem['infer']['what']}", f"{mem['infer']['peak_rss_gb']:.2f} GB",

@@ -123,7 +123,7 @@ def build_inputs(config, sources, *, warmup: int, steps: int) -> tuple[dict[str,
     batch = config.train.batch_size
     plan = plan_training(sources, seed=config.seed, epochs=range(1), steps=warmup + steps,
                          batch_size=batch)
-    encoder = SampleEncoder(config, augment=True)
+    encoder = SampleEncoder(config, augment=True, cache=config.data.cache)  # as mtl train
     pipeline = make_dataset(sources, plan, encoder, batch_size=batch,
                             on_error=config.data.on_error,
                             num_parallel_calls=config.data.num_parallel_calls,

@@ -337,7 +337,7 @@ def train(
     errors = LoadErrors()
     train_plan = plan_training(sources, seed=config.seed, epochs=range(initial_epoch, t.epochs),
                                steps=steps, batch_size=scale.global_batch)
-    encoder = SampleEncoder(config, augment=True)
+    encoder = SampleEncoder(config, augment=True, cache=config.data.cache)
 
     def build_train(shard: int, shards: int, batch: int):
         return make_dataset(sources, train_plan.shard(shard, shards), encoder, batch_size=batch,

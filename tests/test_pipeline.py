@@ -228,3 +228,42 @@ def test_worker_processes_skip_and_raise_like_threads():
         next(iter(strict))
     with pytest.raises(ConfigError, match="data.workers"):
         config(**{"data.workers": -1})
+
+
+class CountingAdapter(MemoryAdapter):
+    """MemoryAdapter that counts loads (threads of one process)."""
+
+    def __init__(self, samples, **kw):
+        super().__init__(samples, **kw)
+        self.loads = 0
+
+    def load(self, record):
+        self.loads += 1
+        return super().load(record)
+
+
+def test_cache_gives_the_same_batches_and_loads_each_item_once():
+    image, mask = tumor_image()
+    samples = [make_sample(np.roll(image, 7 * i, axis=1), mask=np.roll(mask, 7 * i, axis=1),
+                           presence=1, label="glioma", case_id=str(i)) for i in range(6)]
+    adapter = CountingAdapter(samples)
+    src = Source(SourceConfig(format="memory"), adapter, adapter.records(), "memory")
+    src.splits = {"train": list(range(6))}
+    cfg = config(**{"data.augment.enabled": True})
+    plan = plan_training([src], seed=1, epochs=range(3), steps=3, batch_size=4)  # 36 slots
+    plain = list(make_dataset([src], plan, SampleEncoder(cfg, augment=True), batch_size=4)
+                 .as_numpy_iterator())
+    assert adapter.loads == 36
+    adapter.loads = 0
+    encoder = SampleEncoder(cfg, augment=True, cache=True)
+    cached = list(make_dataset([src], plan, encoder, batch_size=4).as_numpy_iterator())
+    assert adapter.loads <= 6 + 2  # once per item (a racing thread may load one twice)
+    assert encoder.cache_bytes == 6 * SIZE * SIZE * (4 + 2)
+    for (x1, y1, w1), (x2, y2, w2) in zip(plain, cached, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        for key in y1:
+            np.testing.assert_array_equal(y1[key], y2[key])
+    # augmentation never alters what the cache holds
+    fresh = SampleEncoder(cfg, augment=False).prepare(samples[0], src)
+    np.testing.assert_array_equal(encoder._cache[(0, 0)].image, fresh.image)
+    np.testing.assert_array_equal(encoder._cache[(0, 0)].mask, fresh.mask)

@@ -22,7 +22,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 import albumentations as A
 import cv2
 import numpy as np
@@ -161,10 +161,35 @@ def build_augmenter(cfg: AugmentConfig) -> A.Compose | None:
 # --------------------------------------------------------------------------- encoding
 
 
-class SampleEncoder:
-    """Turns a sample dict into network input, targets and per-task weights (NumPy)."""
+@dataclass
+class Prepared:
+    """A sample at network size before augmentation: what :class:`SampleEncoder` caches."""
 
-    def __init__(self, config: Config, augment: bool) -> None:
+    image: np.ndarray  # (S, S, C) float32 in [0, 1]
+    mask: np.ndarray  # (S, S) uint8
+    box: np.ndarray  # (S, S) uint8
+    presence: int | None
+    label: str | None  # already mapped into the class list
+    has_mask: bool
+    use_box: bool
+    spacing: np.ndarray  # (2,) mm per network pixel, NaN if unknown
+
+    @property
+    def nbytes(self) -> int:
+        return self.image.nbytes + self.mask.nbytes + self.box.nbytes
+
+
+class SampleEncoder:
+    """Turns a sample dict into network input, targets and per-task weights (NumPy).
+
+    Encoding is two steps: :meth:`prepare` (intensity scaling, letterbox to the network size:
+    the same every epoch) and :meth:`finish` (seeded augmentation, targets, weights). With
+    ``cache=True`` (``data.cache``) the prepared sample of each planned item is kept in memory
+    after its first use, so later epochs skip decoding and preparing and only augment; the
+    batches are identical either way.
+    """
+
+    def __init__(self, config: Config, augment: bool, cache: bool = False) -> None:
         d = config.data
         self.classes = list(d.classes)
         self.spec = preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles)
@@ -172,15 +197,22 @@ class SampleEncoder:
         self.channels = d.channels
         self._aug_cfg = d.augment if augment else None
         self._local = threading.local()  # one augmenter per worker thread: reseeding is safe
+        self._cache: dict[tuple[int, int], Prepared] | None = {} if cache else None
 
     def __getstate__(self) -> dict[str, Any]:  # sent to worker processes without its threads' state
         state = dict(self.__dict__)
         del state["_local"]
+        if state["_cache"] is not None:
+            state["_cache"] = {}  # each worker process fills its own
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(p.nbytes for p in (self._cache or {}).values())
 
     def _augmenter(self) -> A.Compose | None:
         if self._aug_cfg is None:
@@ -189,7 +221,7 @@ class SampleEncoder:
             self._local.aug = build_augmenter(self._aug_cfg)
         return self._local.aug
 
-    def encode(self, sample: Sample, source: Source, aug_seed: int) -> tuple[np.ndarray, dict, dict]:
+    def prepare(self, sample: Sample, source: Source) -> Prepared:
         image, info = prepare_image(sample["image"], self.spec)
         h, w = sample["image"].shape[:2]
         has_mask = sample["mask"] is not None
@@ -201,33 +233,52 @@ class SampleEncoder:
         box = letterbox(box_to_mask(box_px, h, w), info, nearest=True) if use_box else np.zeros(
             (self.size, self.size), np.uint8
         )
-        aug = self._augmenter()
-        if aug is not None:
-            aug.set_random_seed(int(aug_seed))
-            out = aug(image=image, mask=mask, box=box)
-            image, mask, box = out["image"], out["mask"], out["box"]
-            image = np.clip(image, 0.0, 1.0)
-        label = source.class_label(sample["label"])
         spacing = sample["meta"].get("spacing")
         # mm per network-input pixel (row, col); NaN where the dataset gives no spacing
         scale = info.side / info.size
         spacing = (np.asarray(spacing, np.float32)[:2] * scale if spacing is not None
                    else np.full(2, np.nan, np.float32))
+        return Prepared(image, mask, box, sample["presence"], source.class_label(sample["label"]),
+                        has_mask, use_box, spacing.astype(np.float32))
+
+    def prepared(self, key: tuple[int, int], load: Callable[[], tuple[Sample, Source]]) -> Prepared:
+        """The prepared sample of planned item ``key``, from the cache when it is on."""
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        sample, source = load()
+        prepared = self.prepare(sample, source)
+        if self._cache is not None:
+            self._cache[key] = prepared
+        return prepared
+
+    def finish(self, p: Prepared, aug_seed: int) -> tuple[np.ndarray, dict, dict]:
+        image, mask, box = p.image, p.mask, p.box
+        aug = self._augmenter()
+        if aug is not None:
+            aug.set_random_seed(int(aug_seed))
+            # copies: a cached sample must come out of augmentation untouched
+            out = aug(image=image.copy(), mask=mask.copy(), box=box.copy())
+            image, mask, box = out["image"], out["mask"], out["box"]
+            image = np.clip(image, 0.0, 1.0)
+        label = p.label
         targets = {
-            "presence": np.array([sample["presence"] or 0], np.float32),
+            "presence": np.array([p.presence or 0], np.float32),
             "type": np.int32(self.classes.index(label) if label is not None else 0),
             "mask": mask.astype(np.float32).reshape(self.size, self.size, 1),
             "box": box.astype(np.float32).reshape(self.size, self.size, 1),
-            "spacing": spacing.astype(np.float32),
+            "spacing": p.spacing.copy(),
         }
         weights = {
-            "presence": np.float32(sample["presence"] is not None),
+            "presence": np.float32(p.presence is not None),
             "type": np.float32(label is not None),
-            "mask": np.float32(has_mask),
-            "box": np.float32(use_box),
+            "mask": np.float32(p.has_mask),
+            "box": np.float32(p.use_box),
         }
         image = image.astype(np.float32).reshape(self.size, self.size, self.channels)
         return image, targets, weights
+
+    def encode(self, sample: Sample, source: Source, aug_seed: int) -> tuple[np.ndarray, dict, dict]:
+        return self.finish(self.prepare(sample, source), aug_seed)
 
     def blank(self) -> tuple[np.ndarray, dict, dict]:
         """A zero-weight placeholder for an item skipped at load time (on_error='skip')."""
@@ -335,7 +386,8 @@ def load_item(sources: list[Source], encoder: SampleEncoder, src: int, item: int
     source = sources[src]
     record = source.records[item]
     try:
-        return None, encoder.encode(source.adapter.load(record), source, aug_seed)
+        prepared = encoder.prepared((src, item), lambda: (source.adapter.load(record), source))
+        return None, encoder.finish(prepared, aug_seed)
     except Exception as exc:  # noqa: BLE001 - reported with the file name, or skipped
         return (record.source or record.case_id, str(exc)), None
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +77,9 @@ def with_keras_batchnorm(build):
 
 
 def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    from benchmarks.common import timed
+
+    return float(np.median([timed(fn)[0] for _ in range(repeats)]))
 
 
 def old_and_new(model_path: Path):

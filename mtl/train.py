@@ -363,7 +363,7 @@ def train(
             ds = make_dataset(sources, val_plan.shard(shard, shards), val_encoder, batch_size=batch,
                               on_error=config.data.on_error, drop_remainder=distributed,
                               num_parallel_calls=config.data.num_parallel_calls,
-                            workers=config.data.workers, errors=errors)
+                              workers=config.data.workers, errors=errors)
             if val_steps:
                 ds = ds.take(val_steps * (scale.replicas // scale.workers) if distributed else val_steps)
             return ds.cache() if config.data.cache_val else ds

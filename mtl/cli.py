@@ -94,8 +94,17 @@ def train(config_path, name, epochs, batch_size, backbone, image_size, seed, run
               help="Which checkpoint of a run folder.")
 @click.option("--batch-size", type=int, help="Batch size for prediction.")
 @click.option("--skip-bad", is_flag=True, help="Skip and count unreadable items instead of stopping.")
+@click.option("--healthy-volume", "healthy_volumes", multiple=True, metavar="PATH|mni152",
+              help="Also run every brain slice (3 planes, upright) of a tumor-free NIfTI volume "
+                   "and report the share called tumor; mni152 = the template shipped with "
+                   "nilearn. Repeatable.")
+@click.option("--healthy-orientation", type=click.Choice(["upright", "native", "both"]),
+              default="upright", show_default=True,
+              help="Healthy-volume slices as a radiologist views them (upright), in the file's "
+                   "array order (native, as mtl infer feeds volumes today), or both.")
+@click.option("--tta", is_flag=True, help="Flip test-time augmentation, as mtl infer --tta.")
 def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weights, batch_size,
-             skip_bad) -> None:
+             skip_bad, healthy_volumes, healthy_orientation, tta) -> None:
     """Score a model per task: metrics.json, report.md and plots in an evaluation folder."""
     from mtl.config import ConfigError
     from mtl.data.adapters import DataError
@@ -106,7 +115,11 @@ def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weigh
         result, out_dir = run_evaluation(
             run_or_model, data=list(data_specs) or None, split=split, threshold=threshold,
             out=out, n_resamples=n_resamples, weights=weights, batch_size=batch_size,
-            on_error="skip" if skip_bad else None)
+            on_error="skip" if skip_bad else None,
+            healthy_volumes=list(healthy_volumes) or None,
+            healthy_orientations=(("upright", "native") if healthy_orientation == "both"
+                                  else (healthy_orientation,)),
+            tta=tta)
     except (ConfigError, DataError, ValueError) as exc:
         _fail(str(exc))
     rows = headline_rows(result)
@@ -114,6 +127,12 @@ def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weigh
     click.echo(f"\n{result['overall']['n_items']} items, split {split}")
     for key, value in rows:
         click.echo(f"  {key:<{width}}  {value}")
+    if result.get("healthy_volumes"):
+        from mtl.evaluate.healthy import format_summary
+
+        click.echo("\nhealthy volumes (share of brain slices called tumor):")
+        for entry in result["healthy_volumes"]:
+            click.echo(f"  {format_summary(entry)}")
     click.echo(f"\nresults: {out_dir}")
     for name in ["metrics.json", "report.md", *result["plots"]]:
         click.echo(f"  {out_dir / name}")

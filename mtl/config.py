@@ -82,6 +82,9 @@ class DataConfig:
     #: benchmarks/README.md
     workers: int = 0
     cache_val: bool = True
+    #: split all sources together so that near-copies of a slice in any source of the run land
+    #: in one split (mtl.data.copies); false splits each source on its own
+    link_copies: bool = True
 
 
 @dataclass

@@ -47,6 +47,7 @@ from mtl.data.preprocess import preprocessing_spec
 from mtl.distribute import (
     cluster_role, distributed_dataset, make_strategy, scaling, synchronize_batchnorm,
 )
+from mtl.data.copies import check_groups_together, link_copies, split_jointly
 from mtl.data.splits import check_no_leak, match_case_ids, split_records
 from mtl.model.multitask import MultiTaskModel
 from mtl.plots import plot_history
@@ -92,20 +93,42 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 
 
 def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: bool,
-                  saved_in: Path | None = None) -> None:
-    """Patient-safe splits per source, saved to (or, on resume, read from) splits.json."""
+                  saved_in: Path | None = None) -> dict[str, Any] | None:
+    """Patient-safe splits of every source, saved to (or, on resume, read from) splits.json.
+
+    With ``data.link_copies`` (default) the sources are split together: near-copies in any
+    source of the run share a split with each other and with their patient groups
+    (:mod:`mtl.data.copies`). Returns the copy counts for ``data_summary.json`` (None when
+    the splits were read back or linking is off).
+    """
     path = run_dir / "splits.json"
     source_path = (saved_in or run_dir) / "splits.json"
     saved = json.loads(source_path.read_text()) if reuse and source_path.is_file() else None
-    out: dict[str, Any] = {}
-    for source in sources:
-        if saved is not None and source.name in saved:
+    copies: dict[str, Any] | None = None
+    if saved is not None and all(source.name in saved for source in sources):
+        for source in sources:
             source.splits, missing = match_case_ids(source.records, saved[source.name]["case_ids"])
             if missing:  # e.g. items skipped as unreadable since the run started
                 log.warning("%s: %d case id(s) of the saved splits are no longer in the data, "
                             "e.g. %s", source.name, len(missing), missing[:5])
-        else:
+        summary_path = (saved_in or run_dir) / "data_summary.json"
+        if summary_path.is_file():  # the counts found when the run started
+            copies = json.loads(summary_path.read_text()).get("_near_copies")
+    elif config.data.link_copies:
+        links = link_copies(sources)
+        parts = split_jointly(sources, links, config.data.split, seed=config.seed)
+        check_groups_together(links, parts)
+        for source, split in zip(sources, parts):
+            source.splits = split
+        copies = links.summary()
+        log.info("near-copies: %d cross-dataset groups (%d items); %d split groups",
+                 copies["cross_dataset_groups"], copies["items_in_cross_dataset_groups"],
+                 copies["split_groups"])
+    else:
+        for source in sources:
             source.splits = split_records(source.records, config.data.split, seed=config.seed)
+    out: dict[str, Any] = {}
+    for source in sources:
         check_no_leak(source.records, source.splits)
         out[source.name] = {
             "format": source.config.format,
@@ -120,9 +143,12 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
             },
         }
     write_atomic(path, json.dumps(out, indent=1))
+    return copies
 
 
-def data_summary(sources: list[Source]) -> dict[str, Any]:
+def data_summary(sources: list[Source], copies: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Items and labelled tasks per source and split; ``copies``: near-copy counts, under
+    ``"_near_copies"`` (see :meth:`mtl.data.copies.CopyLinks.summary`)."""
     summary: dict[str, Any] = {}
     for source in sources:
         per_split = {}
@@ -143,6 +169,8 @@ def data_summary(sources: list[Source]) -> dict[str, Any]:
                 "labels": labels,
             }
         summary[source.name] = {"skipped_at_scan": len(source.adapter.skipped), "splits": per_split}
+    if copies is not None:
+        summary["_near_copies"] = copies
     return summary
 
 
@@ -316,8 +344,9 @@ def train(
         preflight(sources, config.data.on_error, progress=verbose not in (0, 2) and role.is_chief)
         if config.data.preflight else []
     )
-    assign_splits(sources, config, write_dir, reuse=resume, saved_in=run_dir)
-    write_atomic(write_dir / "data_summary.json", json.dumps(data_summary(sources), indent=1))
+    copies = assign_splits(sources, config, write_dir, reuse=resume, saved_in=run_dir)
+    write_atomic(write_dir / "data_summary.json",
+                 json.dumps(data_summary(sources, copies), indent=1))
 
     steps = t.steps_per_epoch or steps_per_epoch(sources, "train", scale.global_batch)
     with strategy.scope(), precision_policy(t.precision):

@@ -131,6 +131,53 @@ def test_jpeg_load_gives_pixel_box_and_no_mask(jpeg_root: Path) -> None:
     assert sample["meta"]["source"].endswith("2.jpg")
 
 
+def write_mask(root: Path, ident: int, mask: np.ndarray) -> Path:
+    """masks/N.png, 0 / 255, next to the class folders."""
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    path = root / "masks" / f"{ident}.png"
+    Image.fromarray((mask > 0).astype(np.uint8) * 255).save(path)
+    return path
+
+
+def test_jpeg_masks_folder_gives_the_mask_and_keeps_the_box(jpeg_root: Path) -> None:
+    mask = np.zeros((48, 64), np.uint8)
+    mask[8:16, 20:44] = 1
+    write_mask(jpeg_root, 2, mask)
+    adapter = FigshareAdapter(jpeg_root)
+    by_id = {r.case_id: r for r in adapter.records()}
+    assert by_id["2"].has_mask and not by_id["1"].has_mask  # only slice 2 has a mask file
+    sample = adapter.load(by_id["2"])
+    np.testing.assert_array_equal(sample["mask"], mask)
+    assert sample["meta"]["box"] == pytest.approx((16.0, 6.0, 48.0, 18.0))  # box kept
+    assert sample["meta"]["mask_file"].endswith("masks/2.png")
+    assert adapter.load(by_id["1"])["mask"] is None  # box only, as before
+    # the masks folder is not mistaken for a class, and groups are unchanged
+    assert {r.label for r in by_id.values()} == {"glioma", "meningioma", "pituitary"}
+    assert by_id["2"].patient_id == "ids-0001-0003"
+
+
+def test_jpeg_mask_of_another_size_names_both_files(jpeg_root: Path) -> None:
+    write_mask(jpeg_root, 3, np.ones((24, 32), np.uint8))
+    adapter = FigshareAdapter(jpeg_root)
+    record = next(r for r in adapter.records() if r.case_id == "3")
+    with pytest.raises(DataError) as err:
+        adapter.load(record)
+    message = str(err.value)
+    assert "masks/3.png" in message and "meningioma/3.jpg" in message
+    assert "32x24" in message and "64x48" in message
+    skipping = FigshareAdapter(jpeg_root, on_error="skip")
+    with pytest.raises(DataError):
+        skipping.load(next(r for r in skipping.records() if r.case_id == "3"))
+    assert len(skipping.skipped) == 1 and "masks/3.png" in skipping.skipped[0][0]
+
+
+def test_jpeg_empty_mask_is_an_error(jpeg_root: Path) -> None:
+    write_mask(jpeg_root, 1, np.zeros((48, 64), np.uint8))
+    adapter = FigshareAdapter(jpeg_root)
+    with pytest.raises(DataError, match="empty"):
+        adapter.load(next(r for r in adapter.records() if r.case_id == "1"))
+
+
 def jumping_run(root: Path, same_image: bool = False) -> Path:
     """Glioma ids 101-112: the box jumps at 104|105 (far) and 108|109 (less far)."""
     boxes = ["2 0.30 0.30 0.10 0.10"] * 4 + ["2 0.70 0.70 0.20 0.20"] * 4
@@ -368,7 +415,24 @@ def test_real_figshare_boxes_inside_images(real_figshare: FigshareAdapter) -> No
         height, width = sample["image"].shape[:2]
         x0, y0, x1, y1 = sample["meta"]["box"]
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, record.case_id
-        assert sample["image"].ndim == 2 and sample["mask"] is None
+        assert sample["image"].ndim == 2
+
+
+def test_real_figshare_every_slice_has_its_expert_mask_inside_its_box(
+    real_figshare: FigshareAdapter,
+) -> None:
+    records = real_figshare.records()
+    assert all(r.has_mask for r in records)  # masks/N.png for all 2,603 slices
+    for record in records[:: len(records) // 40]:
+        sample = real_figshare.load(record)
+        mask = sample["mask"]
+        assert mask is not None and mask.shape == sample["image"].shape[:2]
+        assert set(np.unique(mask)) == {0, 1}
+        x0, y0, x1, y1 = sample["meta"]["box"]
+        mx0, my0, mx1, my1 = box_from_mask(mask)
+        # the outline and the YOLO box describe the same tumor (within 6 of 512 pixels)
+        for a, b in zip((mx0, my0, mx1, my1), (x0, y0, x1, y1)):
+            assert abs(a - b) <= 6, record.case_id
 
 
 def test_real_figshare_scan_is_fast_cold_and_warm(real_figshare: FigshareAdapter) -> None:

@@ -162,3 +162,21 @@ def test_equivalence_of_the_fast_path_on_a_saved_model(tmp_path):
     assert all(v["old_ms"] > 0 and v["new_ms"] > 0 for v in speed.values())
     trained = training_speed(path, x, repeats=1, steps=1)
     assert trained["keras_batchnorm_images_per_s"] > 0 and trained["fused_batchnorm_images_per_s"] > 0
+
+
+def test_train_budget_reports_speed_and_epochs_per_variant(tmp_path, capsys):
+    from benchmarks.train_budget import main as budget
+
+    out = tmp_path / "budget.json"
+    assert budget(["--config", "experiments/demo.yaml", "--sizes", "32,64", "--precisions",
+                   "float32", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                   "--train-items", "320", "--budget-min", "10", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(v["image_size"], v["precision"]) for v in result["variants"]] == [
+        (32, "float32"), (64, "float32")]
+    for v in result["variants"]:
+        assert _positive(v["images_per_s"]["median"])
+        assert v["epoch_seconds"] == pytest.approx(320 / v["images_per_s"]["median"])
+        assert v["epochs_in_budget"] == int(600 // v["epoch_seconds"])
+    assert "simd" in result["machine"]["cpu"]  # bfloat16 pays only with avx512_bf16 / amx_bf16
+    assert "| resnet18 | 64 | float32 |" in capsys.readouterr().out

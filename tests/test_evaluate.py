@@ -44,6 +44,15 @@ def test_evaluate_run_writes_metrics_report_and_plots(run_dir):
     for key in ("dice_mean", "dice_median", "iou_mean", "hd95_median", "empty_fp_rate"):
         assert key in overall["mask"]
     assert overall["mask"]["hd95_unit"] == "mm"  # phantoms know their spacing
+    # scored on the masks as exported; phantoms are 64 px like the network, so the two agree
+    assert overall["mask"]["geometry"] == "source image"
+    assert overall["mask"]["dice_mean"] == pytest.approx(
+        overall["mask_network_input"]["dice_mean"], abs=0.02)
+    assert set(overall["mask_by_type"]) <= {"glioma", "meningioma", "pituitary"}
+    assert overall["mask_by_type"]
+    free = overall["tumor_free_with_tumor_pixels"]
+    assert free["n"] == overall["presence"]["n_negative"] and 0 <= free["count"] <= free["n"]
+    assert "Dice mean, " in result.output
     assert set(overall["ci95"]) >= {"presence_accuracy", "type_macro_f1", "dice_mean"}
     assert overall["ci95_resampling"] == "patients"
     assert "resampling patients" in (out / "report.md").read_text()

@@ -161,7 +161,7 @@ def head_crop(gray: Image.Image) -> Image.Image:
     return gray.crop((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
 
 
-def _unreadable() -> FeatureRow:
+def unreadable_features() -> FeatureRow:
     return {name: np.zeros(shape, dtype) for name, (dtype, shape) in FEATURE_FIELDS.items()}
 
 
@@ -177,7 +177,12 @@ def _features_of(path: Path) -> FeatureRow:
     try:
         full = _read_small_gray(path)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
-        return _unreadable()
+        return unreadable_features()
+    return features_of_gray(full)
+
+
+def features_of_gray(full: Image.Image) -> FeatureRow:
+    """Features of one 8-bit grayscale image (see :class:`ImageFeatures`)."""
     head = head_crop(full)
     return {
         "ok": np.True_,
@@ -190,7 +195,7 @@ def _features_of(path: Path) -> FeatureRow:
     }
 
 
-def _stack(rows: Sequence[FeatureRow]) -> dict[str, np.ndarray]:
+def stack_features(rows: Sequence[FeatureRow]) -> dict[str, np.ndarray]:
     """Feature rows as arrays named like the fields of :class:`ImageFeatures`."""
     return {
         name: np.array([r[name] for r in rows], dtype=dtype).reshape(-1, *shape)
@@ -236,7 +241,8 @@ class _FeatureCache:
                 dir=self.path.parent, prefix=".features-", suffix=".npz", delete=False
             ) as tmp:
                 tmp_name = tmp.name
-                np.savez(tmp, keys=np.array(list(keep), dtype=str), **_stack(list(keep.values())))
+                np.savez(tmp, keys=np.array(list(keep), dtype=str),
+                         **stack_features(list(keep.values())))
             os.replace(tmp_name, self.path)
         except OSError as err:
             if tmp_name is not None:
@@ -264,8 +270,8 @@ def image_features(
                 store.rows[key] = row
         store.changed = True
         store.save()
-    rows = [store.rows[k] if k is not None else _unreadable() for k in keys]
-    return ImageFeatures(**_stack(rows))
+    rows = [store.rows[k] if k is not None else unreadable_features() for k in keys]
+    return ImageFeatures(**stack_features(rows))
 
 
 def _unit_rows(values: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ weights) and returns plain JSON-ready dicts.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage, stats
@@ -111,27 +112,80 @@ def hd95(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float] = (1.0, 1
     return float(max(np.percentile(dist_to_p[st], 95), np.percentile(dist_to_t[sp], 95)))
 
 
-def mask_metrics(
-    truth: np.ndarray, prob: np.ndarray, spacing: np.ndarray, threshold: float = 0.5
-) -> dict:
-    """Per-image Dice/IoU/HD95 over images with a tumor; false-positive area on images without.
+@dataclass
+class MaskScores:
+    """Per-image mask scores, aligned with the images they came from.
 
-    ``truth`` and ``prob`` are (N, H, W[, 1]); ``spacing`` is (N, 2) mm per pixel, NaN where
-    unknown. HD95 is in mm when every tumor image has a spacing, else in pixels.
+    ``tumor`` marks images whose true mask has a tumor; ``dice``, ``iou`` and ``hd95`` are
+    NaN on the others (and HD95 also where the prediction is empty); ``pred_pixels`` counts
+    predicted tumor pixels; ``pixel_area`` is mm^2 per pixel (NaN where unknown); ``hd95_unit``
+    says whether HD95 is in mm or pixels.
     """
+
+    tumor: np.ndarray
+    dice: np.ndarray
+    iou: np.ndarray
+    hd95: np.ndarray
+    pred_pixels: np.ndarray
+    pixel_area: np.ndarray
+    hd95_unit: str = "px"
+
+    def __len__(self) -> int:
+        return len(self.tumor)
+
+    def select(self, keep: np.ndarray) -> "MaskScores":
+        keep = np.asarray(keep)
+        return MaskScores(self.tumor[keep], self.dice[keep], self.iou[keep], self.hd95[keep],
+                          self.pred_pixels[keep], self.pixel_area[keep], self.hd95_unit)
+
+    @classmethod
+    def empty(cls, n: int, hd95_unit: str = "px") -> "MaskScores":
+        nan = np.full(n, np.nan)
+        return cls(np.zeros(n, bool), nan.copy(), nan.copy(), nan.copy(), np.zeros(n, np.int64),
+                   nan.copy(), hd95_unit)
+
+
+def score_mask(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | None
+               ) -> tuple[bool, float, float, float, int]:
+    """(tumor, Dice, IoU, HD95, predicted pixels) of one binary (H, W) mask pair.
+
+    HD95 is in the units of ``spacing`` (pixels when None); Dice/IoU/HD95 are NaN when the
+    true mask is empty."""
+    t, p = np.asarray(truth) > 0, np.asarray(pred) > 0
+    tumor = bool(t.any())
+    n_pred = int(p.sum())
+    if not tumor:
+        return False, float("nan"), float("nan"), float("nan"), n_pred
+    d, j = dice_iou(t, p)
+    return True, d, j, hd95(t, p, spacing if spacing is not None else (1.0, 1.0)), n_pred
+
+
+def mask_scores(truth: np.ndarray, prob: np.ndarray, spacing: np.ndarray,
+                threshold: float = 0.5) -> MaskScores:
+    """:class:`MaskScores` of (N, H, W[, 1]) true masks and probability maps at one size.
+
+    ``spacing`` is (N, 2) mm per pixel, NaN where unknown: HD95 is in mm when every tumor
+    image has a spacing, else in pixels."""
     truth = truth.reshape(len(truth), *truth.shape[1:3]) > 0.5
     pred = prob.reshape(len(prob), *prob.shape[1:3]) >= threshold
-    tumor = truth.reshape(len(truth), -1).any(1)
     spacing = np.asarray(spacing, float).reshape(len(truth), 2)
+    tumor = truth.reshape(len(truth), -1).any(1)
     in_mm = bool(tumor.any()) and bool(np.isfinite(spacing[tumor]).all())
-    per_image = []
-    for t, p, s in zip(truth[tumor], pred[tumor], spacing[tumor]):
-        d, j = dice_iou(t, p)
-        per_image.append((d, j, hd95(t, p, s if in_mm else (1.0, 1.0))))
-    arr = np.array(per_image, float).reshape(-1, 3)
-    empty_pred = pred[~tumor]
-    fp_pixels = empty_pred.reshape(len(empty_pred), -1).sum(1)
-    px_area = np.prod(spacing[~tumor], axis=1) if len(empty_pred) else np.array([])
+    out = MaskScores.empty(len(truth), "mm" if in_mm else "px")
+    for i, (t, p, sp) in enumerate(zip(truth, pred, spacing)):
+        out.tumor[i], out.dice[i], out.iou[i], out.hd95[i], out.pred_pixels[i] = score_mask(
+            t, p, sp if in_mm else None)
+    out.pixel_area[:] = np.prod(spacing, axis=1)
+    return out
+
+
+def summarise_masks(scores: MaskScores, threshold: float = 0.5) -> dict:
+    """Dice/IoU/HD95 over images with a tumor; false positives on images without."""
+    tumor = scores.tumor.astype(bool)
+    arr = np.stack([scores.dice[tumor], scores.iou[tumor], scores.hd95[tumor]], 1).reshape(-1, 3)
+    fp_pixels = scores.pred_pixels[~tumor].astype(float)
+    px_area = scores.pixel_area[~tumor]
+    hd_ok = len(arr) and np.isfinite(arr[:, 2]).any()
     return {
         "n_tumor": int(tumor.sum()),
         "n_empty": int((~tumor).sum()),
@@ -140,11 +194,12 @@ def mask_metrics(
         "dice_median": _f(np.median(arr[:, 0])) if len(arr) else None,
         "iou_mean": _f(np.mean(arr[:, 1])) if len(arr) else None,
         "iou_median": _f(np.median(arr[:, 1])) if len(arr) else None,
-        "hd95_mean": _f(np.nanmean(arr[:, 2])) if len(arr) and np.isfinite(arr[:, 2]).any() else None,
-        "hd95_median": _f(np.nanmedian(arr[:, 2])) if len(arr) and np.isfinite(arr[:, 2]).any() else None,
-        "hd95_unit": "mm" if in_mm else "px",
+        "hd95_mean": _f(np.nanmean(arr[:, 2])) if hd_ok else None,
+        "hd95_median": _f(np.nanmedian(arr[:, 2])) if hd_ok else None,
+        "hd95_unit": scores.hd95_unit,
         "hd95_undefined": int(np.isnan(arr[:, 2]).sum()) if len(arr) else 0,
         "empty_fp_rate": _f(np.mean(fp_pixels > 0)) if len(fp_pixels) else None,
+        "empty_fp_count": int((fp_pixels > 0).sum()),
         "empty_fp_area_px_mean": _f(np.mean(fp_pixels)) if len(fp_pixels) else None,
         "empty_fp_area_mm2_mean": (
             _f(np.mean(fp_pixels * px_area)) if len(fp_pixels) and np.isfinite(px_area).all() else None
@@ -153,6 +208,17 @@ def mask_metrics(
         "per_image_iou": arr[:, 1].tolist(),
         "per_image_hd95": [None if np.isnan(v) else float(v) for v in arr[:, 2]],
     }
+
+
+def mask_metrics(
+    truth: np.ndarray, prob: np.ndarray, spacing: np.ndarray, threshold: float = 0.5
+) -> dict:
+    """Per-image Dice/IoU/HD95 over images with a tumor; false-positive area on images without.
+
+    ``truth`` and ``prob`` are (N, H, W[, 1]); ``spacing`` is (N, 2) mm per pixel, NaN where
+    unknown. HD95 is in mm when every tumor image has a spacing, else in pixels.
+    """
+    return summarise_masks(mask_scores(truth, prob, spacing, threshold), threshold)
 
 
 def box_metrics(box: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict:

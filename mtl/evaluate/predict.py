@@ -1,15 +1,24 @@
-"""Run a model over a split and collect targets, weights and predictions as NumPy arrays."""
+"""Run a model over a split and collect targets, weights and predictions as NumPy arrays.
+
+Masks are also scored as ``mtl infer`` exports them: each predicted probability map is taken
+back to its source image's own size (:func:`mtl.data.preprocess.unletterbox`, as
+:class:`mtl.infer.predict.Predictor` does), thresholded there and compared with the dataset's
+own mask at full resolution (:func:`source_geometry_scores`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
 
 from mtl.config import Config
 from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
-from mtl.model.inference import compiled_forward
+from mtl.data.preprocess import letterbox_info, unletterbox
+from mtl.evaluate.metrics import MaskScores, score_mask
+from mtl.model.inference import compiled_forward, with_flip_tta
 
 
 @dataclass
@@ -25,12 +34,76 @@ class SplitPredictions:
     skipped: list[tuple[str, str]]
     #: "<dataset>/<patient>" per item: the unit the bootstrap resamples (empty: unknown)
     patient_ids: list[str] = field(default_factory=list)
+    #: mask scores in each source image's own geometry (None: not computed)
+    native: MaskScores | None = None
+
+    def select(self, keep: np.ndarray) -> "SplitPredictions":
+        """The items where ``keep`` is True."""
+        keep = np.asarray(keep, bool)
+        return SplitPredictions(
+            [c for c, k in zip(self.case_ids, keep) if k],
+            [s for s, k in zip(self.source_names, keep) if k],
+            self.images[keep],
+            {k: v[keep] for k, v in self.targets.items()},
+            {k: v[keep] for k, v in self.weights.items()},
+            {k: v[keep] for k, v in self.outputs.items()},
+            self.skipped,
+            [p for p, k in zip(self.patient_ids, keep) if k],
+            self.native.select(keep) if self.native is not None else None,
+        )
+
+
+def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
+                           mask_weights: np.ndarray, threshold: float = 0.5,
+                           progress: bool = True) -> MaskScores:
+    """Mask scores of every planned item in its source image's geometry.
+
+    Each item with a mask label is loaded again through its adapter; the network-size
+    probability map goes back to the image's size (unletterbox, as ``mtl infer`` does) and is
+    thresholded there. HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
+    source pixels. Items without a mask label (or unreadable now) keep NaN scores.
+    """
+    from tqdm import tqdm
+
+    size = mask_probs.shape[1]
+    rows: list[tuple[int, tuple, tuple | None, Any]] = []
+    for j in tqdm(range(len(plan)), desc="scoring masks at source size", unit="item",
+                  disable=not progress, leave=False):
+        if mask_weights[j] <= 0:
+            continue
+        source = sources[int(plan.source[j])]
+        try:
+            sample = source.adapter.load(source.records[int(plan.item[j])])
+        except Exception:  # noqa: BLE001 - counted as skipped by the pipeline already
+            continue
+        truth = sample["mask"]
+        if truth is None:
+            continue
+        h, w = truth.shape[:2]
+        prob = np.clip(unletterbox(mask_probs[j].reshape(size, size),
+                                   letterbox_info(h, w, size)), 0.0, 1.0)
+        spacing = sample["meta"].get("spacing")
+        pred = prob > threshold
+        in_px = score_mask(truth, pred, None)
+        in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
+        rows.append((j, in_px, in_mm, spacing))
+    # HD95 in mm only when every tumor item has a spacing, else in source pixels
+    use_mm = bool(rows) and all(mm is not None for _, px, mm, _ in rows if px[0])
+    out = MaskScores.empty(len(plan), "mm" if use_mm else "px")
+    for j, in_px, in_mm, spacing in rows:
+        scored = in_mm if use_mm and in_mm is not None else in_px
+        out.tumor[j], out.dice[j], out.iou[j], out.hd95[j], out.pred_pixels[j] = scored
+        out.pixel_area[j] = float(np.prod(spacing[:2])) if spacing is not None else np.nan
+    return out
 
 
 def predict_split(
     model: keras.Model, sources: list[Source], config: Config, split: str = "test",
-    batch_size: int | None = None,
+    batch_size: int | None = None, threshold: float = 0.5, progress: bool = True,
+    tta: bool = False,
 ) -> SplitPredictions:
+    """Run ``model`` over ``split`` of ``sources``; ``tta`` averages with mirrored inputs as
+    ``mtl infer --tta`` does; masks are also scored at source size (see module docstring)."""
     plan = plan_split(sources, split)
     if not len(plan):
         raise ValueError(f"the {split!r} split is empty")
@@ -46,8 +119,10 @@ def predict_split(
     outputs: dict[str, list[np.ndarray]] = {}
     images = []
     forward = compiled_forward(model, config.data.image_size, config.data.channels)
+    if tta:
+        forward = with_flip_tta(forward)
     for x, y, w in ds:
-        pred = forward(x)
+        pred = forward(x.numpy())
         images.append(x.numpy())
         for k in TARGET_KEYS + INFO_KEYS:
             targets[k].append(y[k].numpy())
@@ -59,15 +134,20 @@ def predict_split(
     names = [sources[int(s)].name for s in plan.source]
     patients = [f"{sources[int(s)].name}/{sources[int(s)].records[int(i)].patient_id}"
                 for s, i in zip(plan.source, plan.item)]
+    weights_all = {k: np.concatenate(v) for k, v in weights.items()}
+    outputs_all = {k: np.concatenate(v) for k, v in outputs.items()}
+    native = source_geometry_scores(sources, plan, outputs_all["mask"], weights_all["mask"],
+                                    threshold, progress=progress)
     return SplitPredictions(
         case_ids,
         names,
         np.concatenate(images),
         {k: np.concatenate(v) for k, v in targets.items()},
-        {k: np.concatenate(v) for k, v in weights.items()},
-        {k: np.concatenate(v) for k, v in outputs.items()},
+        weights_all,
+        outputs_all,
         errors.items,
         patients,
+        native,
     )
 
 

@@ -11,23 +11,12 @@ import numpy as np
 from mtl.evaluate import plots
 from mtl.evaluate.metrics import bootstrap_ci as item_bootstrap_ci
 from mtl.evaluate.metrics import (
-    box_metrics, calibration, cluster_bootstrap_ci, mask_metrics, presence_metrics, roc_points, type_metrics,
+    box_metrics, calibration, cluster_bootstrap_ci, mask_metrics, presence_metrics, roc_points,
+    summarise_masks, type_metrics,
 )
+from mtl.data.sample import NO_TUMOR
 from mtl.evaluate.predict import SplitPredictions
 from mtl.train import write_atomic
-
-
-def _select(pred: SplitPredictions, keep: np.ndarray) -> SplitPredictions:
-    return SplitPredictions(
-        [c for c, k in zip(pred.case_ids, keep) if k],
-        [s for s, k in zip(pred.source_names, keep) if k],
-        pred.images[keep],
-        {k: v[keep] for k, v in pred.targets.items()},
-        {k: v[keep] for k, v in pred.weights.items()},
-        {k: v[keep] for k, v in pred.outputs.items()},
-        pred.skipped,
-        [p for p, k in zip(pred.patient_ids, keep) if k],
-    )
 
 
 def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5) -> dict[str, Any]:
@@ -46,10 +35,40 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5) ->
         out["type"]["calibration"] = calibration(probs.max(1), probs.argmax(1) == truth)
     sel = w["mask"] > 0
     if sel.any():
-        out["mask"] = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
+        network = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
+        if pred.native is None:
+            out["mask"] = {**network, "geometry": "network input"}
+        else:
+            out.update(source_geometry_masks(pred, classes, threshold))
+            out["mask_network_input"] = {k: v for k, v in network.items()
+                                         if not k.startswith("per_image")}
     sel = w["box"] > 0
     if sel.any():
         out["box"] = box_metrics(t["box"][sel], o["mask"][sel], threshold)
+    return out
+
+
+def source_geometry_masks(pred: SplitPredictions, classes: list[str], threshold: float
+                          ) -> dict[str, Any]:
+    """Mask metrics on the masks as exported (each image's own size): overall, per tumor type,
+    and the tumor-free images with any predicted tumor pixel."""
+    w, t = pred.weights, pred.targets
+    sel = w["mask"] > 0
+    out: dict[str, Any] = {"mask": {**summarise_masks(pred.native.select(sel), threshold),
+                                    "geometry": "source image"}}
+    by_type = {}
+    for index, name in enumerate(classes):
+        keep = sel & (w["type"] > 0) & (t["type"] == index) & pred.native.tumor
+        if name != NO_TUMOR and keep.any():
+            summary = summarise_masks(pred.native.select(keep), threshold)
+            by_type[name] = {k: v for k, v in summary.items() if not k.startswith(("per_image", "empty"))}
+    out["mask_by_type"] = by_type
+    free = sel & (w["presence"] > 0) & (t["presence"].ravel() < 0.5)
+    flagged = int((pred.native.pred_pixels[free] > 0).sum())
+    out["tumor_free_with_tumor_pixels"] = {
+        "n": int(free.sum()), "count": flagged,
+        "rate": flagged / int(free.sum()) if free.any() else None,
+    }
     return out
 
 
@@ -90,17 +109,27 @@ def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: fl
             truth, guess, sel=sel, n_resamples=n_resamples, seed=seed)
     sel = w["mask"] > 0
     if sel.any():
-        m = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
-        if len(m["per_image_dice"]) > 1:
+        if pred.native is not None:  # the masks as exported
+            with_tumor = sel & pred.native.tumor
+            dice = pred.native.dice[with_tumor]
+        else:
+            m = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
             with_tumor = sel & (t["mask"].reshape(len(sel), -1).max(1) > 0.5)  # Dice's images
-            ci["dice_mean"] = interval(np.mean, np.array(m["per_image_dice"]), sel=with_tumor,
-                                           n_resamples=n_resamples, seed=seed)
+            dice = np.array(m["per_image_dice"])
+        if len(dice) > 1:
+            ci["dice_mean"] = interval(np.mean, dice, sel=with_tumor, n_resamples=n_resamples,
+                                       seed=seed)
     return ci
 
 
 def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Path, *,
                          threshold: float = 0.5, n_resamples: int = 1000,
-                         context: dict[str, Any] | None = None) -> dict[str, Any]:
+                         context: dict[str, Any] | None = None,
+                         healthy: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score ``pred``; write metrics.json, report.md and plots into ``out_dir``.
+
+    ``healthy``: results of :func:`mtl.evaluate.healthy` checks on tumor-free volumes, kept
+    under ``"healthy_volumes"``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {**(context or {}), "threshold": threshold}
     result["overall"] = score(pred, classes, threshold)
@@ -109,10 +138,12 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
     names = sorted(set(pred.source_names))
     if len(names) > 1:
         result["by_dataset"] = {
-            name: score(_select(pred, np.array([s == name for s in pred.source_names])), classes, threshold)
+            name: score(pred.select(np.array([s == name for s in pred.source_names])), classes, threshold)
             for name in names
         }
     result["skipped"] = [list(x) for x in pred.skipped]
+    if healthy:
+        result["healthy_volumes"] = healthy
     sel = pred.weights["presence"] > 0
     roc = roc_points(pred.targets["presence"][sel], pred.outputs["presence"][sel]) if sel.any() else None
     written = plots.write_all(pred, result, roc, classes, out_dir / "plots", threshold)
@@ -167,7 +198,13 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             ("IoU mean / median", f"{_fmt(m['iou_mean'])} / {_fmt(m['iou_median'])}"),
             (f"HD95 median ({m['hd95_unit']})", _fmt(m["hd95_median"])),
         ]
-    if "mask" in o and o["mask"]["n_empty"]:
+    for name, m in o.get("mask_by_type", {}).items():
+        rows.append((f"Dice mean, {name}", f"{_fmt(m['dice_mean'])} (n={m['n_tumor']})"))
+    free = o.get("tumor_free_with_tumor_pixels")
+    if free and free["n"]:
+        rows.append(("tumor-free images with any predicted tumor pixel",
+                     f"{_fmt(free['rate'], True)} ({free['count']}/{free['n']})"))
+    elif "mask" in o and o["mask"]["n_empty"]:
         rows.append(("tumor-free images with false-positive pixels", _fmt(o["mask"]["empty_fp_rate"], True)))
     if "box" in o:
         rows.append(("predicted tumor inside the box (hit rate)", _fmt(o["box"]["hit_rate"], True)))
@@ -201,16 +238,48 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     if "mask" in o:
         m = o["mask"]
-        lines += ["", "## Mask", "", f"{m['n_tumor']} images with a tumor, {m['n_empty']} without.",
+        geometry = m.get("geometry", "network input")
+        lines += ["", "## Mask", "", f"{m['n_tumor']} images with a tumor, {m['n_empty']} without; "
+                  f"scored in the {geometry} geometry"
+                  + (" (each mask resized back to its image, as `mtl infer` exports it)."
+                     if geometry == "source image" else "."),
                   f"HD95 in {m['hd95_unit']}; undefined (empty prediction) on {m['hd95_undefined']} tumor images."]
+        if o.get("mask_by_type"):
+            lines += ["", "| tumor type | images | Dice mean | Dice median | IoU mean | "
+                      f"HD95 median ({m['hd95_unit']}) | empty prediction |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            for name, v in o["mask_by_type"].items():
+                lines.append(f"| {name} | {v['n_tumor']} | {_fmt(v['dice_mean'])} | "
+                             f"{_fmt(v['dice_median'])} | {_fmt(v['iou_mean'])} | "
+                             f"{_fmt(v['hd95_median'])} | {v['hd95_undefined']} |")
+        if "mask_network_input" in o:
+            n = o["mask_network_input"]
+            lines += ["", f"At the network's input size instead: Dice mean {_fmt(n['dice_mean'])}, "
+                      f"tumor-free images with false-positive pixels {_fmt(n['empty_fp_rate'], True)}."]
     if "by_dataset" in result:
-        lines += ["", "## By dataset", "", "| dataset | items | presence acc | type acc | macro-F1 | Dice mean | box hit |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "## By dataset", "", "| dataset | items | presence acc | type acc | macro-F1 | Dice mean | "
+                  "tumor-free with tumor pixels | box hit |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, s in result["by_dataset"].items():
             lines.append(
                 f"| {name} | {s['n_items']} | {_fmt(s.get('presence', {}).get('accuracy'), True)} | "
                 f"{_fmt(s.get('type', {}).get('accuracy'), True)} | {_fmt(s.get('type', {}).get('macro_f1'))} | "
-                f"{_fmt(s.get('mask', {}).get('dice_mean'))} | {_fmt(s.get('box', {}).get('hit_rate'), True)} |")
+                f"{_fmt(s.get('mask', {}).get('dice_mean'))} | "
+                f"{_fmt(s.get('tumor_free_with_tumor_pixels', {}).get('rate'), True)} | "
+                f"{_fmt(s.get('box', {}).get('hit_rate'), True)} |")
+    if result.get("healthy_volumes"):
+        lines += ["", "## Healthy volumes", "",
+                  "Every slice with brain content of a tumor-free volume, in three planes: the "
+                  "share called tumor (presence >= threshold) and the share with any predicted "
+                  "tumor pixel.", "",
+                  "| volume | orientation | plane | slices | called tumor | with tumor pixels | "
+                  "types called |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for h in result["healthy_volumes"]:
+            for plane, v in [*h["planes"].items(), ("all", h["overall"])]:
+                types = ", ".join(f"{k} {n}" for k, n in v["type_counts_called_tumor"].items() if n)
+                lines.append(f"| {h['volume']} | {h['orientation']} | {plane} | "
+                             f"{v['slices_checked']} | {_fmt(v['share_called_tumor'], True)} | "
+                             f"{_fmt(v['share_mask_nonempty'], True)} | {types or '-'} |")
     if result.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in result["plots"]]
     if result.get("skipped"):

@@ -13,7 +13,9 @@ import keras
 from mtl.config import Config, ConfigError, SourceConfig, load_config
 from mtl.data.pipeline import Source, open_source
 from mtl.data.splits import match_case_ids, split_records
+from mtl.evaluate.healthy import healthy_volume_check, resolve_healthy_volume
 from mtl.evaluate.predict import predict_split
+from mtl.infer.predict import Predictor
 from mtl.evaluate.report import evaluate_predictions
 from mtl.train import new_run_dir
 
@@ -102,8 +104,15 @@ def evaluate(
     weights: str = "best",
     batch_size: int | None = None,
     on_error: str | None = None,
+    healthy_volumes: list[str] | None = None,
+    healthy_orientations: tuple[str, ...] = ("upright",),
+    tta: bool = False,
 ) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run or model on a split; ``healthy_volumes`` (``mni152`` or NIfTI paths) are
+    also checked for slices called tumor (:mod:`mtl.evaluate.healthy`), once per orientation
+    in ``healthy_orientations``; ``tta`` averages every prediction with the mirrored input's."""
     model_path, run_dir = resolve_model(target, weights)
+    healthy_paths = [resolve_healthy_volume(v) for v in healthy_volumes or []]  # fail early
     model = keras.models.load_model(model_path)
     config = config_for(model, run_dir)
     if data:
@@ -116,7 +125,14 @@ def evaluate(
         source = open_source(sc, config.data.on_error, config.data.classes, i)
         how[source.name] = assign_eval_split(source, split, saved, config)
         sources.append(source)
-    pred = predict_split(model, sources, config, split, batch_size=batch_size)
+    pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
+                         tta=tta)
+    predictor = Predictor(model, threshold=threshold, tta=tta,
+                          batch_size=batch_size or config.train.batch_size)
+    healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=threshold,
+                                    orientation=orientation)
+               for spec, path in zip(healthy_volumes or [], healthy_paths)
+               for orientation in healthy_orientations]
     if out is not None:
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +144,9 @@ def evaluate(
         "data": {s.name: {"format": s.config.format, "root": s.config.root, "items": how[s.name]}
                  for s in sources},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tta": tta,
     }
     result = evaluate_predictions(pred, config.data.classes, out_dir, threshold=threshold,
-                                  n_resamples=n_resamples, context=context)
+                                  n_resamples=n_resamples, context=context,
+                                  healthy=healthy or None)
     return result, out_dir

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtl.data.preprocess import Letterbox, prepare_image, unletterbox
-from mtl.model.inference import Forward, compiled_forward
+from mtl.model.inference import Forward, compiled_forward, with_flip_tta
 
 class ModelError(RuntimeError):
     """The model file cannot be loaded or is not an mtl multi-task model."""
@@ -141,14 +141,7 @@ class Predictor:
         parts: dict[str, list[np.ndarray]] = {"presence": [], "type": [], "mask": []}
         for start in range(0, len(x), self.batch_size):
             batch = np.ascontiguousarray(x[start : start + self.batch_size], dtype=np.float32)
-            out = self._outputs(batch)
-            if self.tta:
-                flipped = self._outputs(np.ascontiguousarray(batch[:, :, ::-1]))
-                out = {
-                    "presence": (out["presence"] + flipped["presence"]) / 2,
-                    "type": (out["type"] + flipped["type"]) / 2,
-                    "mask": (out["mask"] + flipped["mask"][:, :, ::-1]) / 2,
-                }
+            out = with_flip_tta(self._outputs)(batch) if self.tta else self._outputs(batch)
             for key in parts:
                 parts[key].append(out[key])
         return {k: np.concatenate(v) for k, v in parts.items()}

@@ -36,4 +36,21 @@ def compiled_forward(model: Any, image_size: int, channels: int) -> Forward:
     return forward
 
 
-__all__ = ["Forward", "compiled_forward"]
+def with_flip_tta(forward: Forward) -> Forward:
+    """``forward`` averaged with its output for the left-right mirrored input (the mirrored
+    mask flipped back): test-time augmentation, two network passes per batch."""
+
+    def averaged(x: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.asarray(x, np.float32)
+        plain = forward(x)
+        mirrored = forward(np.ascontiguousarray(x[:, :, ::-1]))
+        return {
+            "presence": (np.asarray(plain["presence"]) + np.asarray(mirrored["presence"])) / 2,
+            "type": (np.asarray(plain["type"]) + np.asarray(mirrored["type"])) / 2,
+            "mask": (np.asarray(plain["mask"]) + np.asarray(mirrored["mask"])[:, :, ::-1]) / 2,
+        }
+
+    return averaged
+
+
+__all__ = ["Forward", "compiled_forward", "with_flip_tta"]

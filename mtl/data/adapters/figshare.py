@@ -14,8 +14,13 @@ root or one level down::
 
 ``N.txt`` holds one line ``class x_center y_center width height``, coordinates normalised to
 [0, 1] (YOLO); the class digit (0 pituitary, 1 meningioma, 2 glioma) must agree with the folder.
-This layout labels a box only: ``mask=None``, ``meta["box"]``. It has no patient ids: they are
-guessed from runs of slices, see :meth:`FigshareAdapter.jpeg_patient_groups`.
+Where a ``masks/`` folder sits next to the class folders (``masks/N.png``, 0 = background,
+non-zero = tumor, the size of ``N.jpg``: Cheng's own outline, as ``cjdata.tumorMask``), a slice
+with such a file carries that mask, and ``meta["box"]`` still holds the YOLO box for the box
+metrics. A mask whose size differs from its image is a :class:`DataError` naming both files.
+Without ``masks/`` (or for a slice with no mask file) the slice labels a box only:
+``mask=None``, ``meta["box"]``. The layout has no patient ids: they are guessed from runs of
+slices, see :meth:`FigshareAdapter.jpeg_patient_groups`.
 
 Original MATLAB v7.3 release: ``N.mat`` files anywhere under the root (the release ships as four
 zip parts; ``cvind.mat``, the authors' cross-validation folds, is ignored), each an HDF5 file
@@ -204,14 +209,23 @@ class FigshareAdapter(Adapter):
         class_root = self._class_root()
         if class_root is None:
             raise DataError(f"{self.root}: no glioma/ meningioma/ pituitary/ folders found")
+        masks = self._mask_files(class_root)
         records: list[Record] = []
         for folder in visible_dirs(class_root):
             label = folder.name.lower()
             if label in JPEG_CLASS_DIGIT:
-                records.extend(self._scan_class_folder(folder, label))
+                records.extend(self._scan_class_folder(folder, label, masks))
         return records
 
-    def _scan_class_folder(self, folder: Path, label: str) -> list[Record]:
+    @staticmethod
+    def _mask_files(class_root: Path) -> dict[str, Path]:
+        """``masks/N.png`` next to the class folders, by stem (empty when there is no folder)."""
+        folder = next((d for d in visible_dirs(class_root) if d.name.lower() == "masks"), None)
+        if folder is None:
+            return {}
+        return {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()}
+
+    def _scan_class_folder(self, folder: Path, label: str, masks: dict[str, Path]) -> list[Record]:
         images = {p.stem: p for p in image_files(folder)}
         texts = {p.stem: p for p in folder.glob("*.txt")}
         for stem in sorted(texts.keys() - images.keys(), key=natural_key):
@@ -221,12 +235,14 @@ class FigshareAdapter(Adapter):
             if stem not in texts:
                 self.skip_or_raise(images[stem], f"no box file {stem}.txt next to the image")
                 continue
-            record = self._jpeg_record(images[stem], texts[stem], label)
+            record = self._jpeg_record(images[stem], texts[stem], label, masks.get(stem))
             if record is not None:
                 records.append(record)
         return records
 
-    def _jpeg_record(self, image: Path, text: Path, label: str) -> Record | None:
+    def _jpeg_record(
+        self, image: Path, text: Path, label: str, mask: Path | None = None
+    ) -> Record | None:
         try:
             box_norm = parse_yolo_text(text.read_text(), JPEG_CLASS_DIGIT[label])
         except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -237,9 +253,15 @@ class FigshareAdapter(Adapter):
             patient_id=f"file-{image.stem}",  # replaced by _with_patient_groups
             presence=1,
             label=label,
-            has_mask=False,
+            has_mask=mask is not None,
             source=str(image),
-            extra={"layout": "jpeg", "has_box": True, "box_norm": box_norm, "box_file": str(text)},
+            extra={
+                "layout": "jpeg",
+                "has_box": True,
+                "box_norm": box_norm,
+                "box_file": str(text),
+                "mask_file": str(mask) if mask is not None else None,
+            },
         )
 
     def jpeg_patient_groups(self, records: list[Record]) -> dict[str, str]:
@@ -279,9 +301,30 @@ class FigshareAdapter(Adapter):
         height, width = image.shape[:2]
         meta = self._meta(record, box=yolo_to_pixels(record.extra["box_norm"], width, height))
         meta["box_file"] = record.extra["box_file"]
+        mask = self._read_jpeg_mask(record, image.shape[:2])
+        if mask is not None:
+            meta["mask_file"] = record.extra["mask_file"]
         return make_sample(
-            image, case_id=record.case_id, presence=1, label=record.label, mask=None, meta=meta
+            image, case_id=record.case_id, presence=1, label=record.label, mask=mask, meta=meta
         )
+
+    def _read_jpeg_mask(self, record: Record, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The slice's ``masks/N.png`` as 0/1, or None when it has none; checked against the image."""
+        mask_file = record.extra.get("mask_file")
+        if mask_file is None:
+            return None
+        mask = read_image_or_fail(self, Path(mask_file))
+        if mask.shape != tuple(shape):
+            load_failure(
+                self,
+                mask_file,
+                f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                f"{record.source} ({shape[1]}x{shape[0]})",
+            )
+        if not mask.any():
+            load_failure(self, mask_file, f"mask of {record.source} is empty although every "
+                         "slice holds a tumor")
+        return (mask > 127).astype(np.uint8)
 
     # --- MATLAB v7.3 layout ---------------------------------------------------------------------
 

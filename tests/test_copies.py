@@ -1,0 +1,179 @@
+"""Near-copies across the datasets of one run land in one split (mtl.data.copies)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from mtl.config import Config, DataConfig, SourceConfig
+from mtl.data.copies import check_groups_together, link_copies, split_jointly
+from mtl.data.pipeline import open_sources
+from mtl.data.splits import split_records
+from mtl.train import assign_splits, data_summary
+
+
+def brain_like(seed: int, size: int = 160) -> np.ndarray:
+    """A dark background with a bright textured ellipse whose size, place and texture vary."""
+    rng = np.random.default_rng(seed)
+    texture = Image.fromarray((rng.random((6, 6)) * 255).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BICUBIC)
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    cy, cx = rng.uniform(0.4, 0.6, size=2)
+    ry, rx = rng.uniform(0.25, 0.45, size=2)
+    head = ((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 < 1
+    return np.where(head, np.asarray(texture, np.float64) * 0.7 + 60, 5).astype(np.uint8)
+
+
+#: the planted copies: image of dataset A -> how dataset B holds it
+PLANTED = {3: "reencoded", 7: "resized", 11: "mirrored", 15: "reencoded", 19: "resized",
+           23: "mirrored"}
+N_A, N_B_OWN = 40, 30
+
+
+def _write_copy(pixels: np.ndarray, how: str, path: Path) -> None:
+    image = Image.fromarray(pixels)
+    if how == "resized":
+        image = image.resize((233, 233), Image.Resampling.BILINEAR)
+    elif how == "mirrored":
+        image = ImageOps.mirror(image)
+    image.save(path, quality=70 if how == "reencoded" else 90)
+
+
+@pytest.fixture
+def two_datasets(tmp_path: Path) -> tuple[Path, Path]:
+    """Dataset A (yes/no folders) and dataset B (class folders), B holding copies of A."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i in range(N_A):
+        folder = a / ("yes" if i % 2 else "no")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(brain_like(i)).save(folder / f"a{i:02d}.jpg", quality=92)
+    for k, (i, how) in enumerate(PLANTED.items()):
+        folder = b / ("glioma" if i % 2 else "notumor")
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_copy(brain_like(i), how, folder / f"copy{k}.jpg")
+    for j in range(N_B_OWN):
+        folder = b / ("meningioma" if j % 2 else "notumor")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(brain_like(1000 + j)).save(folder / f"b{j:02d}.jpg", quality=92)
+    return a, b
+
+
+def _config(a: Path, b: Path, seed: int = 0, link: bool = True) -> Config:
+    return Config(seed=seed, data=DataConfig(
+        sources=[SourceConfig(format="class_folders", root=str(a)),
+                 SourceConfig(format="class_folders", root=str(b))],
+        link_copies=link))
+
+
+def _planted_pairs(sources) -> list[tuple[int, int]]:
+    """(index in A, index in B) of every planted copy."""
+    index_a = {Path(r.source).stem: i for i, r in enumerate(sources[0].records)}
+    index_b = {Path(r.source).stem: i for i, r in enumerate(sources[1].records)}
+    return [(index_a[f"a{i:02d}"], index_b[f"copy{k}"]) for k, i in enumerate(PLANTED)]
+
+
+def _split_of(splits: dict[str, list[int]], index: int) -> str:
+    return next(name for name, indices in splits.items() if index in indices)
+
+
+def test_planted_copies_are_found_and_nothing_else(two_datasets) -> None:
+    sources = open_sources(_config(*two_datasets))
+    links = link_copies(sources)
+    found = {(a[1], b[1]) for a, b in links.pairs if a[0] == 0 and b[0] == 1}
+    assert found == set(_planted_pairs(sources))
+    assert not [p for p in links.pairs if p[0][0] == p[1][0]]  # no copies within a dataset
+    summary = links.summary()
+    assert summary["cross_dataset_groups"] == len(PLANTED)
+    assert summary["items_in_cross_dataset_groups"] == 2 * len(PLANTED)
+    assert summary["cross_dataset_groups_by_datasets"] == {
+        "class_folders+class_folders#1": len(PLANTED)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_copies_land_in_the_same_split(two_datasets, seed: int) -> None:
+    sources = open_sources(_config(*two_datasets, seed=seed))
+    links = link_copies(sources)
+    parts = split_jointly(sources, links, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=seed)
+    check_groups_together(links, parts)
+    for a, b in _planted_pairs(sources):
+        assert _split_of(parts[0], a) == _split_of(parts[1], b)
+    for k, source in enumerate(sources):  # every item is in exactly one split
+        assert sorted(i for idx in parts[k].values() for i in idx) == list(
+            range(len(source.records)))
+        assert all(parts[k][name] for name in ("train", "val", "test"))
+
+
+def test_splitting_each_dataset_alone_would_leak(two_datasets) -> None:
+    """What the joint split prevents: split apart, some copies straddle train and test."""
+    sources = open_sources(_config(*two_datasets))
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    straddles = 0
+    for seed in range(4):
+        alone = [split_records(s.records, fractions, seed=seed) for s in sources]
+        straddles += sum(_split_of(alone[0], a) != _split_of(alone[1], b)
+                         for a, b in _planted_pairs(sources))
+    assert straddles > 0
+    with pytest.raises(ValueError, match="near-copies span"):
+        check_groups_together(link_copies(sources), alone)
+
+
+def test_run_folder_records_the_cross_dataset_groups(two_datasets, tmp_path: Path) -> None:
+    config = _config(*two_datasets)
+    sources = open_sources(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    copies = assign_splits(sources, config, run, reuse=False)
+    summary = data_summary(sources, copies)
+    assert summary["_near_copies"]["cross_dataset_groups"] == len(PLANTED)
+    saved = json.loads((run / "splits.json").read_text())
+    assert set(saved) == {"class_folders", "class_folders#1"}
+    for a, b in _planted_pairs(sources):
+        case_a, case_b = sources[0].records[a].case_id, sources[1].records[b].case_id
+        side_a = next(n for n, ids in saved["class_folders"]["case_ids"].items() if case_a in ids)
+        side_b = next(n for n, ids in saved["class_folders#1"]["case_ids"].items() if case_b in ids)
+        assert side_a == side_b
+    # resuming reads the same splits back, and the counts from data_summary.json
+    (run / "data_summary.json").write_text(json.dumps(summary))
+    again = open_sources(config)
+    assert assign_splits(again, config, run, reuse=True) == copies
+    assert [s.splits for s in again] == [s.splits for s in sources]
+
+
+def test_items_without_an_image_file_are_compared_through_the_adapter() -> None:
+    """Phantoms have no file: their pixels come from the adapter (and identical seeds match)."""
+    config = Config(data=DataConfig(sources=[
+        SourceConfig(format="phantoms", options={"n": 12, "size": 64, "seed": 5}),
+        SourceConfig(format="phantoms", options={"n": 12, "size": 64, "seed": 5}),
+    ]))
+    sources = open_sources(config)
+    links = link_copies(sources, progress=False)
+    assert links.summary()["cross_dataset_groups"] >= 10  # the same 12 phantoms twice
+
+
+def test_real_data_copies_across_figshare_br35h_and_brisc(shared_data: Path) -> None:
+    roots = {f: shared_data / d for f, d in
+             (("figshare", "figshare-cheng"), ("br35h", "br35h"), ("brisc", "brisc2025"))}
+    missing = [str(r) for r in roots.values() if not r.is_dir()]
+    if missing:
+        pytest.skip(f"real data not available: {missing}")
+    config = Config(data=DataConfig(sources=[SourceConfig(format=f, root=str(r))
+                                             for f, r in roots.items()]))
+    sources = open_sources(config)
+    links = link_copies(sources, progress=False)
+    summary = links.summary()
+    print(summary)
+    # measured: BRISC holds copies of 92 figshare patient groups and 16 Br35H groups
+    by = {"+".join(sorted(n.split("#")[0] for n in key.split("+"))): v
+          for key, v in summary["cross_dataset_groups_by_datasets"].items()}
+    assert by.get("brisc+figshare", 0) >= 50
+    assert by.get("br35h+brisc", 0) >= 5
+    assert summary["largest_split_group"] < 300  # copies do not chain into one giant group
+    parts = split_jointly(sources, links, config.data.split, seed=0)
+    check_groups_together(links, parts)
+    for k, source in enumerate(sources):
+        total = len(source.records)
+        assert 0.1 * total < len(parts[k]["test"]) < 0.25 * total, source.name

@@ -1,0 +1,121 @@
+"""Masks are scored as `mtl infer` exports them: at each source image's own size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtl.config import Config, DataConfig, SourceConfig
+from mtl.data.pipeline import TARGET_KEYS, open_sources, plan_split
+from mtl.data.preprocess import letterbox, letterbox_info
+from mtl.evaluate.predict import SplitPredictions, source_geometry_scores
+from mtl.evaluate.report import score
+
+CLASSES = ["no_tumor", "glioma", "meningioma", "pituitary"]
+H, W, S = 48, 64, 32  # source images 64 x 48, network input 32
+
+
+def _tumor_mask(i: int) -> np.ndarray:
+    mask = np.zeros((H, W), np.uint8)
+    mask[10 + i : 22 + i, 12 + 2 * i : 30 + 2 * i] = 1
+    return mask
+
+
+@pytest.fixture
+def sources(tmp_path: Path):
+    """A figshare JPEG folder with expert masks (3 slices) and a yes/no folder (2 tumor-free)."""
+    fig = tmp_path / "figshare"
+    (fig / "masks").mkdir(parents=True)
+    for i, folder in enumerate(("glioma", "meningioma", "pituitary")):
+        (fig / folder).mkdir()
+        pixels = np.random.default_rng(i).integers(0, 255, (H, W), dtype=np.uint8)
+        Image.fromarray(pixels).save(fig / folder / f"{i + 1}.jpg", quality=95)
+        (fig / folder / f"{i + 1}.txt").write_text(
+            f"{ {'pituitary': 0, 'meningioma': 1, 'glioma': 2}[folder]} 0.5 0.5 0.5 0.5\n")
+        Image.fromarray(_tumor_mask(i) * 255).save(fig / "masks" / f"{i + 1}.png")
+    free = tmp_path / "free" / "no"
+    free.mkdir(parents=True)
+    for j in range(2):
+        pixels = np.random.default_rng(10 + j).integers(0, 255, (H, W), dtype=np.uint8)
+        Image.fromarray(pixels).save(free / f"n{j}.jpg", quality=95)
+    config = Config(data=DataConfig(image_size=S, sources=[
+        SourceConfig(format="figshare", root=str(fig), options={"image_similarity": False}),
+        SourceConfig(format="class_folders", root=str(tmp_path / "free"))]))
+    opened = open_sources(config)
+    for s in opened:
+        s.splits = {"test": list(range(len(s.records)))}
+    return opened
+
+
+def _network_truth(sources, plan) -> np.ndarray:
+    """Each item's true mask letterboxed to the network size (what training sees)."""
+    out = np.zeros((len(plan), S, S, 1), np.float32)
+    for j in range(len(plan)):
+        sample = sources[plan.source[j]].adapter.load(sources[plan.source[j]].records[plan.item[j]])
+        info = letterbox_info(H, W, S)
+        out[j, ..., 0] = letterbox(sample["mask"], info, nearest=True)
+    return out
+
+
+def test_scores_are_taken_at_the_source_size(sources) -> None:
+    plan = plan_split(sources, "test")
+    weights = np.ones(len(plan), np.float32)
+    tumor = plan.source == 0
+    # everything predicted: the exported mask covers the whole image, padding cropped away
+    everything = source_geometry_scores(sources, plan, np.ones((len(plan), S, S, 1)), weights,
+                                        progress=False)
+    assert (everything.pred_pixels == H * W).all()
+    for j in np.flatnonzero(tumor):
+        area = _tumor_mask(int(sources[0].records[plan.item[j]].case_id) - 1).sum()
+        assert everything.dice[j] == pytest.approx(2 * area / (area + H * W))
+    assert np.isnan(everything.dice[~tumor]).all() and not everything.tumor[~tumor].any()
+    # nothing predicted: Dice 0, HD95 undefined, no pixel on tumor-free images
+    nothing = source_geometry_scores(sources, plan, np.zeros((len(plan), S, S, 1)), weights,
+                                     progress=False)
+    assert (nothing.dice[tumor] == 0).all() and np.isnan(nothing.hd95[tumor]).all()
+    assert (nothing.pred_pixels == 0).all()
+    # the network-size truth brought back: close to, but not exactly, the expert mask
+    back = source_geometry_scores(sources, plan, _network_truth(sources, plan), weights,
+                                  progress=False)
+    assert (back.dice[tumor] > 0.8).all() and (back.dice[tumor] <= 1.0).all()
+    assert back.hd95_unit == "px" and (back.hd95[tumor] <= 2.0).all()
+    # items without a mask label are not scored
+    skipped = source_geometry_scores(sources, plan, np.ones((len(plan), S, S, 1)),
+                                     np.zeros(len(plan), np.float32), progress=False)
+    assert np.isnan(skipped.dice).all() and (skipped.pred_pixels == 0).all()
+
+
+def test_score_reports_per_type_and_tumor_free_pixels(sources) -> None:
+    plan = plan_split(sources, "test")
+    n = len(plan)
+    probs = _network_truth(sources, plan)
+    free = np.flatnonzero(plan.source == 1)
+    probs[free[0], 5, 5, 0] = 1.0  # one stray pixel on one tumor-free image
+    native = source_geometry_scores(sources, plan, probs, np.ones(n, np.float32), progress=False)
+    labels = [sources[s].records[i].label for s, i in zip(plan.source, plan.item)]
+    targets = {
+        "presence": np.array([[0.0 if lab == "no_tumor" else 1.0] for lab in labels]),
+        "type": np.array([CLASSES.index(lab) for lab in labels]),
+        "mask": _network_truth(sources, plan),
+        "box": np.zeros((n, S, S, 1), np.float32),
+        "spacing": np.full((n, 2), np.nan, np.float32),
+    }
+    weights = {k: np.ones(n, np.float32) for k in TARGET_KEYS}
+    weights["box"][:] = 0
+    outputs = {"presence": targets["presence"].copy(), "mask": probs,
+               "type": np.eye(len(CLASSES))[targets["type"]]}
+    pred = SplitPredictions([r.case_id for s in sources for r in s.records],
+                            [s.name for s in sources for _ in s.records],
+                            np.zeros((n, S, S, 1)), targets, weights, outputs, [], [], native)
+    result = score(pred, CLASSES)
+    assert result["mask"]["geometry"] == "source image"
+    assert set(result["mask_by_type"]) == {"glioma", "meningioma", "pituitary"}
+    for name, entry in result["mask_by_type"].items():
+        assert entry["n_tumor"] == 1
+        assert entry["dice_mean"] == pytest.approx(native.dice[labels.index(name)])
+    assert result["tumor_free_with_tumor_pixels"] == {"n": 2, "count": 1, "rate": 0.5}
+    assert result["mask_network_input"]["dice_mean"] == pytest.approx(1.0)  # exact at 32 px
+    assert result["mask"]["dice_mean"] < 1.0  # the exported masks are not

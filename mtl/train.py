@@ -105,7 +105,14 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
     source_path = (saved_in or run_dir) / "splits.json"
     saved = json.loads(source_path.read_text()) if reuse and source_path.is_file() else None
     copies: dict[str, Any] | None = None
-    if saved is not None and all(source.name in saved for source in sources):
+    if saved is not None:
+        unknown = [s.name for s in sources if not (
+            isinstance(saved.get(s.name), dict) and saved[s.name].get("format") == s.config.format
+            and saved[s.name].get("root") == s.config.root)]
+        if unknown:  # a fresh split would move items already trained on into val/test
+            raise ConfigError(
+                f"{source_path} has no saved split for {', '.join(unknown)}: the datasets of a "
+                "run cannot change on resume; start a new run for new data")
         for source in sources:
             source.splits, missing = match_case_ids(source.records, saved[source.name]["case_ids"])
             if missing:  # e.g. items skipped as unreadable since the run started

@@ -171,6 +171,16 @@ def test_jpeg_mask_of_another_size_names_both_files(jpeg_root: Path) -> None:
     assert len(skipping.skipped) == 1 and "masks/3.png" in skipping.skipped[0][0]
 
 
+def test_jpeg_mask_stored_as_zero_and_one(jpeg_root: Path) -> None:
+    mask = np.zeros((48, 64), np.uint8)
+    mask[8:16, 20:44] = 1
+    (jpeg_root / "masks").mkdir()
+    Image.fromarray(mask).save(jpeg_root / "masks" / "1.png")  # 0/1, not 0/255
+    adapter = FigshareAdapter(jpeg_root)
+    sample = adapter.load(next(r for r in adapter.records() if r.case_id == "1"))
+    np.testing.assert_array_equal(sample["mask"], mask)
+
+
 def test_jpeg_empty_mask_is_an_error(jpeg_root: Path) -> None:
     write_mask(jpeg_root, 1, np.zeros((48, 64), np.uint8))
     adapter = FigshareAdapter(jpeg_root)

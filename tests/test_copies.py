@@ -177,3 +177,43 @@ def test_real_data_copies_across_figshare_br35h_and_brisc(shared_data: Path) -> 
     for k, source in enumerate(sources):
         total = len(source.records)
         assert 0.1 * total < len(parts[k]["test"]) < 0.25 * total, source.name
+
+
+def test_resume_refuses_a_changed_set_of_datasets(two_datasets, tmp_path: Path) -> None:
+    from mtl.config import ConfigError
+
+    a, b = two_datasets
+    config = _config(a, b)
+    run = tmp_path / "run"
+    run.mkdir()
+    assign_splits(open_sources(config), config, run, reuse=False)
+    only_b = Config(data=DataConfig(sources=[SourceConfig(format="class_folders", root=str(b))]))
+    with pytest.raises(ConfigError, match="cannot change on resume"):
+        assign_splits(open_sources(only_b), only_b, run, reuse=True)
+
+
+def test_evaluation_finds_the_joint_split_however_the_dataset_is_listed(
+        two_datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtl.evaluate.runner import assign_eval_split
+
+    a, b = two_datasets
+    config = _config(a, b)
+    run = tmp_path / "run"
+    run.mkdir()
+    trained = open_sources(config)
+    assign_splits(trained, config, run, reuse=False)
+    saved = json.loads((run / "splits.json").read_text())
+    # B alone, first in the list (so named "class_folders", as A was) and by a relative path
+    monkeypatch.chdir(b.parent)
+    alone = Config(data=DataConfig(sources=[SourceConfig(format="class_folders", root="b")]))
+    (source,) = open_sources(alone)
+    how = assign_eval_split(source, "test", saved, alone)
+    assert how == "the run's saved split"
+    assert sorted(source.records[i].case_id for i in source.splits["test"]) == sorted(
+        trained[1].records[i].case_id for i in trained[1].splits["test"])
+    # data the run never saw: a fresh split, and the report says what it cannot exclude
+    other = Config(data=DataConfig(sources=[SourceConfig(format="class_folders", root="a")]))
+    (fresh,) = open_sources(other)
+    saved.pop("class_folders")
+    assert "copies of its training items are not excluded" in assign_eval_split(
+        fresh, "test", saved, other)

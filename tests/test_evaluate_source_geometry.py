@@ -81,7 +81,7 @@ def test_scores_are_taken_at_the_source_size(sources) -> None:
     back = source_geometry_scores(sources, plan, _network_truth(sources, plan), weights,
                                   progress=False)
     assert (back.dice[tumor] > 0.8).all() and (back.dice[tumor] <= 1.0).all()
-    assert back.hd95_unit == "px" and (back.hd95[tumor] <= 2.0).all()
+    assert back.hd95_unit == "source px" and (back.hd95[tumor] <= 2.0).all()
     # items without a mask label are not scored
     skipped = source_geometry_scores(sources, plan, np.ones((len(plan), S, S, 1)),
                                      np.zeros(len(plan), np.float32), progress=False)
@@ -119,3 +119,17 @@ def test_score_reports_per_type_and_tumor_free_pixels(sources) -> None:
     assert result["tumor_free_with_tumor_pixels"] == {"n": 2, "count": 1, "rate": 0.5}
     assert result["mask_network_input"]["dice_mean"] == pytest.approx(1.0)  # exact at 32 px
     assert result["mask"]["dice_mean"] < 1.0  # the exported masks are not
+
+
+def test_an_item_that_cannot_be_read_again_is_left_out_not_counted_tumor_free(
+        sources, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = plan_split(sources, "test")
+    free_adapter = sources[1].adapter
+    monkeypatch.setattr(free_adapter, "load", lambda record: (_ for _ in ()).throw(OSError("gone")))
+    native = source_geometry_scores(sources, plan, np.ones((len(plan), S, S, 1)),
+                                    np.ones(len(plan), np.float32), progress=False)
+    assert native.scored.tolist() == (plan.source == 0).tolist()
+    from mtl.evaluate.metrics import summarise_masks
+
+    summary = summarise_masks(native)
+    assert summary["n_tumor"] == 3 and summary["n_empty"] == 0

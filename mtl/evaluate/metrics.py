@@ -129,6 +129,12 @@ class MaskScores:
     pred_pixels: np.ndarray
     pixel_area: np.ndarray
     hd95_unit: str = "px"
+    #: False where the image could not be scored (then left out of every summary)
+    scored: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.scored is None:
+            self.scored = np.ones(len(self.tumor), bool)
 
     def __len__(self) -> int:
         return len(self.tumor)
@@ -136,13 +142,15 @@ class MaskScores:
     def select(self, keep: np.ndarray) -> "MaskScores":
         keep = np.asarray(keep)
         return MaskScores(self.tumor[keep], self.dice[keep], self.iou[keep], self.hd95[keep],
-                          self.pred_pixels[keep], self.pixel_area[keep], self.hd95_unit)
+                          self.pred_pixels[keep], self.pixel_area[keep], self.hd95_unit,
+                          self.scored[keep])
 
     @classmethod
     def empty(cls, n: int, hd95_unit: str = "px") -> "MaskScores":
+        """``n`` unscored images (``scored`` False)."""
         nan = np.full(n, np.nan)
         return cls(np.zeros(n, bool), nan.copy(), nan.copy(), nan.copy(), np.zeros(n, np.int64),
-                   nan.copy(), hd95_unit)
+                   nan.copy(), hd95_unit, np.zeros(n, bool))
 
 
 def score_mask(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | None
@@ -172,6 +180,7 @@ def mask_scores(truth: np.ndarray, prob: np.ndarray, spacing: np.ndarray,
     tumor = truth.reshape(len(truth), -1).any(1)
     in_mm = bool(tumor.any()) and bool(np.isfinite(spacing[tumor]).all())
     out = MaskScores.empty(len(truth), "mm" if in_mm else "px")
+    out.scored[:] = True
     for i, (t, p, sp) in enumerate(zip(truth, pred, spacing)):
         out.tumor[i], out.dice[i], out.iou[i], out.hd95[i], out.pred_pixels[i] = score_mask(
             t, p, sp if in_mm else None)
@@ -180,7 +189,8 @@ def mask_scores(truth: np.ndarray, prob: np.ndarray, spacing: np.ndarray,
 
 
 def summarise_masks(scores: MaskScores, threshold: float = 0.5) -> dict:
-    """Dice/IoU/HD95 over images with a tumor; false positives on images without."""
+    """Dice/IoU/HD95 over scored images with a tumor; false positives on those without."""
+    scores = scores.select(scores.scored)
     tumor = scores.tumor.astype(bool)
     arr = np.stack([scores.dice[tumor], scores.iou[tumor], scores.hd95[tumor]], 1).reshape(-1, 3)
     fp_pixels = scores.pred_pixels[~tumor].astype(float)

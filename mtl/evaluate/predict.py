@@ -61,7 +61,8 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
     Each item with a mask label is loaded again through its adapter; the network-size
     probability map goes back to the image's size (unletterbox, as ``mtl infer`` does) and is
     thresholded there. HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
-    source pixels. Items without a mask label (or unreadable now) keep NaN scores.
+    source pixels ("source px": each image's own pixels). Items without a mask label, or
+    unreadable now, are not scored (``scored`` False).
     """
     from tqdm import tqdm
 
@@ -79,18 +80,22 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
         truth = sample["mask"]
         if truth is None:
             continue
-        h, w = truth.shape[:2]
+        h, w = sample["image"].shape[:2]  # placed into the network input as prepare() did
         prob = np.clip(unletterbox(mask_probs[j].reshape(size, size),
                                    letterbox_info(h, w, size)), 0.0, 1.0)
         spacing = sample["meta"].get("spacing")
-        pred = prob > threshold
+        if spacing is not None and not (np.isfinite(spacing[:2]).all()
+                                        and np.all(np.asarray(spacing[:2]) > 0)):
+            spacing = None
+        pred = prob > threshold  # as mtl infer decides a mask pixel
         in_px = score_mask(truth, pred, None)
         in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
         rows.append((j, in_px, in_mm, spacing))
     # HD95 in mm only when every tumor item has a spacing, else in source pixels
     use_mm = bool(rows) and all(mm is not None for _, px, mm, _ in rows if px[0])
-    out = MaskScores.empty(len(plan), "mm" if use_mm else "px")
+    out = MaskScores.empty(len(plan), "mm" if use_mm else "source px")
     for j, in_px, in_mm, spacing in rows:
+        out.scored[j] = True
         scored = in_mm if use_mm and in_mm is not None else in_px
         out.tumor[j], out.dice[j], out.iou[j], out.hd95[j], out.pred_pixels[j] = scored
         out.pixel_area[j] = float(np.prod(spacing[:2])) if spacing is not None else np.nan

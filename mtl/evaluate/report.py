@@ -53,9 +53,10 @@ def source_geometry_masks(pred: SplitPredictions, classes: list[str], threshold:
     """Mask metrics on the masks as exported (each image's own size): overall, per tumor type,
     and the tumor-free images with any predicted tumor pixel."""
     w, t = pred.weights, pred.targets
-    sel = w["mask"] > 0
+    sel = (w["mask"] > 0) & pred.native.scored
     out: dict[str, Any] = {"mask": {**summarise_masks(pred.native.select(sel), threshold),
-                                    "geometry": "source image"}}
+                                    "geometry": "source image",
+                                    "not_scored": int(((w["mask"] > 0) & ~pred.native.scored).sum())}}
     by_type = {}
     for index, name in enumerate(classes):
         keep = sel & (w["type"] > 0) & (t["type"] == index) & pred.native.tumor
@@ -110,7 +111,7 @@ def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: fl
     sel = w["mask"] > 0
     if sel.any():
         if pred.native is not None:  # the masks as exported
-            with_tumor = sel & pred.native.tumor
+            with_tumor = sel & pred.native.tumor & pred.native.scored
             dice = pred.native.dice[with_tumor]
         else:
             m = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)

@@ -65,20 +65,36 @@ def _saved_splits(run_dir: Path | None) -> dict[str, Any]:
     return json.loads((run_dir / "splits.json").read_text())
 
 
+def _same_root(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a == b
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def saved_entry_for(source: Source, saved: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's saved split entry for this dataset: same format and folder (however the path
+    is written, and whatever its position in the config), or None when the run never saw it."""
+    for entry in saved.values():
+        if isinstance(entry, dict) and entry.get("format") == source.config.format and _same_root(
+                entry.get("root"), source.config.root):
+            return entry
+    return None
+
+
 def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config: Config) -> str:
     """Give ``source.splits[split]``; returns how the split was obtained (for the report).
 
-    A source the run trained on (same name, format and root) uses the run's saved split, so
-    evaluation sees exactly the held-out patients; other data use every item (``all``) or a
-    patient-safe split recomputed with the config's seed.
+    A source the run trained on (same format and folder, :func:`saved_entry_for`) uses the
+    run's saved split, so evaluation sees exactly the held-out patients and their near-copies
+    in the run's other datasets stay out; other data use every item (``all``) or a
+    patient-safe split recomputed with the config's seed, which knows nothing of copies of
+    the run's training items in them (said in the report).
     """
     if split == "all":
         source.splits = {"all": list(range(len(source.records)))}
         return "every item"
-    entry = saved.get(source.name)
-    trained_on = (entry is not None and entry.get("format") == source.config.format
-                  and entry.get("root") == source.config.root)
-    if trained_on:
+    entry = saved_entry_for(source, saved)
+    if entry is not None:
         cases = entry["case_ids"].get(split)
         if cases is None:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(entry['case_ids'])}")
@@ -90,7 +106,8 @@ def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config:
     source.splits = split_records(source.records, config.data.split, seed=config.seed)
     if split not in source.splits:
         raise ConfigError(f"unknown split {split!r}; use train, val, test or all")
-    return f"patient-safe split recomputed with seed {config.seed}"
+    return (f"patient-safe split recomputed with seed {config.seed} (data the run did not "
+            "train on: copies of its training items are not excluded)")
 
 
 def evaluate(
@@ -128,7 +145,7 @@ def evaluate(
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
                          tta=tta)
     predictor = Predictor(model, threshold=threshold, tta=tta,
-                          batch_size=batch_size or config.train.batch_size)
+                          batch_size=batch_size or config.train.batch_size) if healthy_paths else None
     healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=threshold,
                                     orientation=orientation)
                for spec, path in zip(healthy_volumes or [], healthy_paths)

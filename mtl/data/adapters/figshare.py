@@ -321,10 +321,12 @@ class FigshareAdapter(Adapter):
                 f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                 f"{record.source} ({shape[1]}x{shape[0]})",
             )
-        if not mask.any():
+        # 0/255 as released; a 0/1 mask is accepted too
+        binary = (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
+        if not binary.any():
             load_failure(self, mask_file, f"mask of {record.source} is empty although every "
                          "slice holds a tumor")
-        return (mask > 127).astype(np.uint8)
+        return binary
 
     # --- MATLAB v7.3 layout ---------------------------------------------------------------------
 

@@ -43,37 +43,44 @@ def _write_copy(pixels: np.ndarray, how: str, path: Path) -> None:
     image.save(path, quality=70 if how == "reencoded" else 90)
 
 
+#: BRISC file names: brisc2025_train_<index>_<tumor>_<plane>_t1
+COPY_INDEX, OWN_INDEX = 100, 500
+
+
+def _brisc_file(b: Path, index: int, tumor: bool) -> Path:
+    folder = b / "classification_task" / "train" / ("glioma" if tumor else "no_tumor")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"brisc2025_train_{index:05d}_{'gl' if tumor else 'no'}_ax_t1.jpg"
+
+
 @pytest.fixture
 def two_datasets(tmp_path: Path) -> tuple[Path, Path]:
-    """Dataset A (yes/no folders) and dataset B (class folders), B holding copies of A."""
+    """Dataset A (yes/no class folders) and dataset B (BRISC layout), B holding copies of A."""
     a, b = tmp_path / "a", tmp_path / "b"
     for i in range(N_A):
         folder = a / ("yes" if i % 2 else "no")
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(brain_like(i)).save(folder / f"a{i:02d}.jpg", quality=92)
     for k, (i, how) in enumerate(PLANTED.items()):
-        folder = b / ("glioma" if i % 2 else "notumor")
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_copy(brain_like(i), how, folder / f"copy{k}.jpg")
+        _write_copy(brain_like(i), how, _brisc_file(b, COPY_INDEX + k, tumor=bool(i % 2)))
     for j in range(N_B_OWN):
-        folder = b / ("meningioma" if j % 2 else "notumor")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(brain_like(1000 + j)).save(folder / f"b{j:02d}.jpg", quality=92)
+        Image.fromarray(brain_like(1000 + j)).save(
+            _brisc_file(b, OWN_INDEX + j, tumor=bool(j % 2)), quality=92)
     return a, b
 
 
 def _config(a: Path, b: Path, seed: int = 0, link: bool = True) -> Config:
     return Config(seed=seed, data=DataConfig(
         sources=[SourceConfig(format="class_folders", root=str(a)),
-                 SourceConfig(format="class_folders", root=str(b))],
+                 SourceConfig(format="brisc", root=str(b))],
         link_copies=link))
 
 
 def _planted_pairs(sources) -> list[tuple[int, int]]:
     """(index in A, index in B) of every planted copy."""
     index_a = {Path(r.source).stem: i for i, r in enumerate(sources[0].records)}
-    index_b = {Path(r.source).stem: i for i, r in enumerate(sources[1].records)}
-    return [(index_a[f"a{i:02d}"], index_b[f"copy{k}"]) for k, i in enumerate(PLANTED)]
+    index_b = {int(Path(r.source).stem.split("_")[2]): i for i, r in enumerate(sources[1].records)}
+    return [(index_a[f"a{i:02d}"], index_b[COPY_INDEX + k]) for k, i in enumerate(PLANTED)]
 
 
 def _split_of(splits: dict[str, list[int]], index: int) -> str:
@@ -90,7 +97,7 @@ def test_planted_copies_are_found_and_nothing_else(two_datasets) -> None:
     assert summary["cross_dataset_groups"] == len(PLANTED)
     assert summary["items_in_cross_dataset_groups"] == 2 * len(PLANTED)
     assert summary["cross_dataset_groups_by_datasets"] == {
-        "class_folders+class_folders#1": len(PLANTED)}
+        "brisc#1+class_folders": len(PLANTED)}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -130,11 +137,11 @@ def test_run_folder_records_the_cross_dataset_groups(two_datasets, tmp_path: Pat
     summary = data_summary(sources, copies)
     assert summary["_near_copies"]["cross_dataset_groups"] == len(PLANTED)
     saved = json.loads((run / "splits.json").read_text())
-    assert set(saved) == {"class_folders", "class_folders#1"}
+    assert set(saved) == {"class_folders", "brisc#1"}
     for a, b in _planted_pairs(sources):
         case_a, case_b = sources[0].records[a].case_id, sources[1].records[b].case_id
         side_a = next(n for n, ids in saved["class_folders"]["case_ids"].items() if case_a in ids)
-        side_b = next(n for n, ids in saved["class_folders#1"]["case_ids"].items() if case_b in ids)
+        side_b = next(n for n, ids in saved["brisc#1"]["case_ids"].items() if case_b in ids)
         assert side_a == side_b
     # resuming reads the same splits back, and the counts from data_summary.json
     (run / "data_summary.json").write_text(json.dumps(summary))
@@ -187,7 +194,7 @@ def test_resume_refuses_a_changed_set_of_datasets(two_datasets, tmp_path: Path) 
     run = tmp_path / "run"
     run.mkdir()
     assign_splits(open_sources(config), config, run, reuse=False)
-    only_b = Config(data=DataConfig(sources=[SourceConfig(format="class_folders", root=str(b))]))
+    only_b = Config(data=DataConfig(sources=[SourceConfig(format="brisc", root=str(b))]))
     with pytest.raises(ConfigError, match="cannot change on resume"):
         assign_splits(open_sources(only_b), only_b, run, reuse=True)
 
@@ -203,9 +210,9 @@ def test_evaluation_finds_the_joint_split_however_the_dataset_is_listed(
     trained = open_sources(config)
     assign_splits(trained, config, run, reuse=False)
     saved = json.loads((run / "splits.json").read_text())
-    # B alone, first in the list (so named "class_folders", as A was) and by a relative path
+    # B alone, first in the list (so named "brisc", not "brisc#1") and by a relative path
     monkeypatch.chdir(b.parent)
-    alone = Config(data=DataConfig(sources=[SourceConfig(format="class_folders", root="b")]))
+    alone = Config(data=DataConfig(sources=[SourceConfig(format="brisc", root="b")]))
     (source,) = open_sources(alone)
     how = assign_eval_split(source, "test", saved, alone)
     assert how == "the run's saved split"

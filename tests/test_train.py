@@ -42,6 +42,9 @@ def test_run_folder_holds_everything(trained):
         assert (result.run_dir / name).is_file(), name
     assert json.loads((result.run_dir / "state.json").read_text())["epoch"] == 7
     assert len(result.history) == 7
+    copies = json.loads((result.run_dir / "data_summary.json").read_text())["_near_copies"]
+    assert copies["cross_dataset_groups"] == 0  # one dataset
+    assert copies["split_groups"] >= 100
 
 
 def test_training_lowers_the_loss(trained):

@@ -397,3 +397,20 @@ def test_result_store_is_bounded_and_expires():
     small = ResultStore(max_bytes=100)
     a, b = small.put(result()), small.put(result())  # 128 bytes each: only the newest stays
     assert small.get(a) is None and small.get(b)
+
+
+PYDICOM_MR = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
+              "MR_small_implicit.dcm", "MR_small_padded.dcm"]
+
+
+@pytest.mark.parametrize("name", PYDICOM_MR)
+def test_pydicoms_own_mr_files_are_read_as_dicom(client, name):
+    """pydicom's bundled MR files: several carry TIFF magic in their 128-byte preamble."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom's test file {name} is not installed")
+    res = _post(client, open(path, "rb").read(), name)
+    assert res.status_code == 200, res.text
+    assert res.json()["detected_type"] == "dicom"

@@ -102,6 +102,9 @@ def detect(data: bytes) -> str:
     """The type of an upload from its first bytes (see the module table); raises 400/415."""
     if not data:
         raise UploadRejected(400, "the file is empty")
+    # DICOM Part 10 first: its free 128-byte preamble may itself start with TIFF (or other) magic
+    if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return "dicom"
     if data.startswith(PNG_MAGIC):
         return "png"
     if data.startswith(JPEG_MAGIC):
@@ -115,8 +118,6 @@ def detect(data: bytes) -> str:
     if len(data) >= NIFTI1_HEADER and data[344:348] == NIFTI1_PAIR_MAGIC:
         raise UploadRejected(415, "a NIfTI header of a .hdr/.img pair: upload one .nii or "
                                   ".nii.gz file that holds header and data")
-    if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM":
-        return "dicom"
     raise unsupported()
 
 

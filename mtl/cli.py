@@ -103,8 +103,12 @@ def train(config_path, name, epochs, batch_size, backbone, image_size, seed, run
               help="Healthy-volume slices as a radiologist views them (upright), in the file's "
                    "array order (native, as mtl infer feeds volumes today), or both.")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation, as mtl infer --tta.")
+@click.option("--mask-rule", type=click.Choice(["presence", "independent"]), default="presence",
+              show_default=True,
+              help="As mtl infer: masks count only where presence says tumor (presence), or "
+                   "regardless (independent).")
 def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weights, batch_size,
-             skip_bad, healthy_volumes, healthy_orientation, tta) -> None:
+             skip_bad, healthy_volumes, healthy_orientation, tta, mask_rule) -> None:
     """Score a model per task: metrics.json, report.md and plots in an evaluation folder."""
     from mtl.config import ConfigError
     from mtl.data.adapters import DataError
@@ -119,7 +123,7 @@ def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weigh
             healthy_volumes=list(healthy_volumes) or None,
             healthy_orientations=(("upright", "native") if healthy_orientation == "both"
                                   else (healthy_orientation,)),
-            tta=tta)
+            tta=tta, mask_rule=mask_rule)
     except (ConfigError, DataError, ValueError) as exc:
         _fail(str(exc))
     rows = headline_rows(result)

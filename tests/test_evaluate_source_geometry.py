@@ -133,3 +133,19 @@ def test_an_item_that_cannot_be_read_again_is_left_out_not_counted_tumor_free(
 
     summary = summarise_masks(native)
     assert summary["n_tumor"] == 3 and summary["n_empty"] == 0
+
+
+def test_the_mask_rule_of_mtl_infer_applies(sources) -> None:
+    plan = plan_split(sources, "test")
+    n = len(plan)
+    probs = np.ones((n, S, S, 1), np.float32)
+    presence = np.where(plan.source == 0, 0.9, 0.2).astype(np.float32)
+    presence[0] = 0.3  # a tumor slice the presence head misses
+    kwargs = dict(progress=False, presence=presence)
+    gated = source_geometry_scores(sources, plan, probs, np.ones(n, np.float32),
+                                   mask_rule="presence", **kwargs)
+    raw = source_geometry_scores(sources, plan, probs, np.ones(n, np.float32),
+                                 mask_rule="independent", **kwargs)
+    assert (raw.pred_pixels == H * W).all()
+    assert gated.pred_pixels.tolist() == [0 if p <= 0.5 else H * W for p in presence]
+    assert gated.dice[0] == 0 and gated.dice[1] == pytest.approx(raw.dice[1])

@@ -72,9 +72,9 @@ class Recording(Predictor):
         return super().predict(slices)
 
 
-def fake_predictor(presence: float, mask: float, cls=Predictor) -> Predictor:
+def fake_predictor(presence: float, mask: float, cls=Predictor, **options) -> Predictor:
     return cls(forward=constant_forward(presence, mask), preprocessing=PREPROCESSING,
-               classes=CLASSES, batch_size=7)
+               classes=CLASSES, batch_size=7, **options)
 
 
 def test_slices_with_content_are_counted_per_plane(volume):
@@ -103,8 +103,12 @@ def test_forced_healthy_answer_gives_share_zero(volume):
     for entry in [*result["planes"].values(), result["overall"]]:
         assert entry["share_called_tumor"] == 0.0 and entry["called_tumor"] == 0
         assert sum(entry["type_counts_called_tumor"].values()) == 0
-        assert entry["share_mask_nonempty"] == 1.0  # the mask head fires everywhere
+        # the mask head fires everywhere, but under the default mask rule nothing is shown
+        assert entry["share_mask_nonempty"] == 0.0
         assert entry["share_called_tumor_with_mask"] == 0.0
+    raw = healthy_volume_check(fake_predictor(0.0, 1.0, mask_rule="independent"), volume,
+                               progress=False)
+    assert raw["overall"]["share_mask_nonempty"] == 1.0
     assert "healthy.nii.gz (upright): 0.0% of 66 slices called tumor" in healthy.format_summary(result)
 
 

@@ -160,7 +160,7 @@ def test_outputs_are_never_overwritten_without_force(tiny_model_path, tmp_path, 
     assert forced.exit_code == 0, forced.output
     settings = json.loads((out / "a" / "findings.json").read_text())["settings"]
     assert settings == {"threshold": 0.4, "presence_threshold": 0.4, "flip_tta": True,
-                        "largest_component": True}
+                        "largest_component": True, "mask_rule": "presence"}
 
 
 def test_a_crash_while_writing_leaves_no_half_written_case(tiny_model_path, tmp_path,
@@ -220,3 +220,34 @@ def test_help_lists_the_options():
     for option in ("--out", "--overlay", "--explain", "--format", "--threshold", "--tta",
                    "--largest-component", "--batch-size", "--axis", "--force"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("rule", ["presence", "independent"])
+def test_one_rule_where_presence_and_mask_disagree(tiny_model_path, tmp_path, monkeypatch, rule):
+    """Presence says no (0.2) while the mask head marks the tumor: by default no output shows
+    the pixels; --mask-rule independent shows them and the findings say so."""
+    def unsure(self, x):
+        out = fake_forward(x)
+        out["presence"] = np.full((len(x), 1), 0.2, np.float32)
+        return out
+
+    monkeypatch.setattr(Predictor, "_model_forward", unsure)
+    image = save_png(tmp_path / "a.png", tumor_image(48, 64, (10, 20, 30, 45)))
+    out = tmp_path / "out"
+    result = _invoke(tiny_model_path, image, "--out", out, "--format", "png", "--overlay",
+                     "--mask-rule", rule)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "a" / "findings.json").read_text())
+    from PIL import Image
+
+    mask = np.asarray(Image.open(out / "a" / "mask.png"))
+    note = record["findings"]["mask_rule"]
+    assert record["settings"]["mask_rule"] == rule and note["rule"] == rule
+    if rule == "presence":
+        assert mask.sum() == 0 and record["findings"]["tumor"]["pixels"] == 0
+        assert note["withheld_pixels"] == 150 and note["withheld_slices"] == [0]
+        assert not any("presence head says no tumor" in w for w in record["findings"]["warnings"])
+    else:
+        assert (mask > 0).sum() == 150 and record["findings"]["tumor"]["pixels"] == 150
+        assert note["withheld_pixels"] == 0
+        assert any("presence head says no tumor" in w for w in record["findings"]["warnings"])

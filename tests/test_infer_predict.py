@@ -157,3 +157,38 @@ def test_gradcam_maps_are_at_slice_size_and_in_unit_range(tiny_model_path):
     maps = cam.slice_maps(slices, class_index=1)
     assert [m.shape for m in maps] == [(100, 80), (48, 64)]
     assert all(np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1 for m in maps)
+
+
+def _presence_forward(p: float):
+    def forward(x):
+        out = fake_forward(x)
+        out["presence"] = np.full((len(x), 1), p, np.float32)
+        return out
+    return forward
+
+
+def test_mask_rule_presence_withholds_the_mask_of_slices_called_tumor_free():
+    image = tumor_image(48, 64, (10, 20, 30, 45))
+    unsure = _predictor(_presence_forward(0.3)).predict(image[None])
+    assert unsure.mask.sum() == 0 and unsure.withheld.tolist() == [150]
+    assert unsure.presence.tolist() == pytest.approx([0.3])  # probabilities are untouched
+    shown = _predictor(_presence_forward(0.3), mask_rule="independent").predict(image[None])
+    assert shown.mask.sum() == 150 and shown.withheld.tolist() == [0]
+    sure = _predictor(_presence_forward(0.7)).predict(image[None])
+    assert sure.mask.sum() == 150 and sure.withheld.tolist() == [0]
+    # the presence threshold decides, not the mask threshold
+    strict = _predictor(_presence_forward(0.7), presence_threshold=0.8).predict(image[None])
+    assert strict.mask.sum() == 0
+    assert _predictor(_presence_forward(0.7)).predict(image[None], presence_threshold=0.8
+                                                     ).mask.sum() == 0
+    with pytest.raises(ValueError, match="mask_rule"):
+        _predictor(mask_rule="sometimes")
+
+
+def test_mask_rule_applies_slice_by_slice_in_a_volume():
+    from mtl.infer.predict import apply_mask_rule
+
+    mask = np.ones((3, 4, 4), np.uint8)
+    out, withheld = apply_mask_rule(mask, np.array([0.9, 0.2, np.nan]), "presence", 0.5)
+    assert out.reshape(3, -1).sum(1).tolist() == [16, 0, 0]
+    assert withheld.tolist() == [0, 16, 16]

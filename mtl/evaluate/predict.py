@@ -18,6 +18,7 @@ from mtl.config import Config
 from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
 from mtl.data.preprocess import letterbox_info, unletterbox
 from mtl.evaluate.metrics import MaskScores, score_mask
+from mtl.infer.predict import apply_mask_rule
 from mtl.model.inference import compiled_forward, with_flip_tta
 
 
@@ -55,12 +56,14 @@ class SplitPredictions:
 
 def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                            mask_weights: np.ndarray, threshold: float = 0.5,
-                           progress: bool = True) -> MaskScores:
+                           progress: bool = True, presence: np.ndarray | None = None,
+                           mask_rule: str = "independent") -> MaskScores:
     """Mask scores of every planned item in its source image's geometry.
 
     Each item with a mask label is loaded again through its adapter; the network-size
     probability map goes back to the image's size (unletterbox, as ``mtl infer`` does) and is
-    thresholded there. HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
+    thresholded there, and ``mask_rule`` is applied with each item's ``presence`` probability
+    (:func:`mtl.infer.predict.apply_mask_rule`, the same threshold). HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
     source pixels ("source px": each image's own pixels). Items without a mask label, or
     unreadable now, are not scored (``scored`` False).
     """
@@ -88,6 +91,8 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                                         and np.all(np.asarray(spacing[:2]) > 0)):
             spacing = None
         pred = prob > threshold  # as mtl infer decides a mask pixel
+        if presence is not None:
+            pred = apply_mask_rule(pred[None], presence[j:j + 1], mask_rule, threshold)[0][0]
         in_px = score_mask(truth, pred, None)
         in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
         rows.append((j, in_px, in_mm, spacing))
@@ -105,10 +110,11 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
 def predict_split(
     model: keras.Model, sources: list[Source], config: Config, split: str = "test",
     batch_size: int | None = None, threshold: float = 0.5, progress: bool = True,
-    tta: bool = False,
+    tta: bool = False, mask_rule: str = "presence",
 ) -> SplitPredictions:
     """Run ``model`` over ``split`` of ``sources``; ``tta`` averages with mirrored inputs as
-    ``mtl infer --tta`` does; masks are also scored at source size (see module docstring)."""
+    ``mtl infer --tta`` does; masks are also scored at source size under ``mask_rule``, as
+    ``mtl infer`` exports them (see module docstring)."""
     plan = plan_split(sources, split)
     if not len(plan):
         raise ValueError(f"the {split!r} split is empty")
@@ -142,7 +148,9 @@ def predict_split(
     weights_all = {k: np.concatenate(v) for k, v in weights.items()}
     outputs_all = {k: np.concatenate(v) for k, v in outputs.items()}
     native = source_geometry_scores(sources, plan, outputs_all["mask"], weights_all["mask"],
-                                    threshold, progress=progress)
+                                    threshold, progress=progress,
+                                    presence=outputs_all["presence"].reshape(-1),
+                                    mask_rule=mask_rule)
     return SplitPredictions(
         case_ids,
         names,

@@ -214,7 +214,7 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Evaluation of {result.get('model', 'model')}", ""]
-    for key in ("split", "data", "threshold", "evaluated_at"):
+    for key in ("split", "data", "threshold", "mask_rule", "tta", "evaluated_at"):
         if key in result:
             lines.append(f"- {key}: {result[key]}")
     unit = result["overall"].get("ci95_resampling", "images")
@@ -242,8 +242,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         geometry = m.get("geometry", "network input")
         lines += ["", "## Mask", "", f"{m['n_tumor']} images with a tumor, {m['n_empty']} without; "
                   f"scored in the {geometry} geometry"
-                  + (" (each mask resized back to its image, as `mtl infer` exports it)."
-                     if geometry == "source image" else "."),
+                  + (" (each mask resized back to its image and, under the `presence` mask "
+                     "rule, kept only where the presence decision is yes: as `mtl infer` "
+                     "exports it)." if geometry == "source image" else "."),
                   f"HD95 in {m['hd95_unit']}; undefined (empty prediction) on {m['hd95_undefined']} tumor images."]
         if o.get("mask_by_type"):
             lines += ["", "| tumor type | images | Dice mean | Dice median | IoU mean | "
@@ -255,7 +256,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                              f"{_fmt(v['hd95_median'])} | {v['hd95_undefined']} |")
         if "mask_network_input" in o:
             n = o["mask_network_input"]
-            lines += ["", f"At the network's input size instead: Dice mean {_fmt(n['dice_mean'])}, "
+            lines += ["", "The mask head's raw output at the network's input size, no mask rule: "
+                      f"Dice mean {_fmt(n['dice_mean'])}, "
                       f"tumor-free images with false-positive pixels {_fmt(n['empty_fp_rate'], True)}."]
     if "by_dataset" in result:
         lines += ["", "## By dataset", "", "| dataset | items | presence acc | type acc | macro-F1 | Dice mean | "

@@ -73,12 +73,16 @@ def _same_root(a: str | None, b: str | None) -> bool:
 
 def saved_entry_for(source: Source, saved: dict[str, Any]) -> dict[str, Any] | None:
     """The run's saved split entry for this dataset: same format and folder (however the path
-    is written, and whatever its position in the config), or None when the run never saw it."""
-    for entry in saved.values():
-        if isinstance(entry, dict) and entry.get("format") == source.config.format and _same_root(
-                entry.get("root"), source.config.root):
-            return entry
-    return None
+    is written), under the same name or, failing that, the one entry that matches whatever its
+    position in the config; None when the run never saw it."""
+    def same(entry: Any) -> bool:
+        return (isinstance(entry, dict) and entry.get("format") == source.config.format
+                and _same_root(entry.get("root"), source.config.root))
+
+    if same(saved.get(source.name)):
+        return saved[source.name]
+    matches = [entry for entry in saved.values() if same(entry)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config: Config) -> str:
@@ -124,10 +128,12 @@ def evaluate(
     healthy_volumes: list[str] | None = None,
     healthy_orientations: tuple[str, ...] = ("upright",),
     tta: bool = False,
+    mask_rule: str = "presence",
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run or model on a split; ``healthy_volumes`` (``mni152`` or NIfTI paths) are
     also checked for slices called tumor (:mod:`mtl.evaluate.healthy`), once per orientation
-    in ``healthy_orientations``; ``tta`` averages every prediction with the mirrored input's."""
+    in ``healthy_orientations``; ``tta`` averages every prediction with the mirrored input's;
+    ``mask_rule`` decides, as in ``mtl infer``, whether a mask counts where presence says no."""
     model_path, run_dir = resolve_model(target, weights)
     healthy_paths = [resolve_healthy_volume(v) for v in healthy_volumes or []]  # fail early
     model = keras.models.load_model(model_path)
@@ -143,8 +149,8 @@ def evaluate(
         how[source.name] = assign_eval_split(source, split, saved, config)
         sources.append(source)
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
-                         tta=tta)
-    predictor = Predictor(model, threshold=threshold, tta=tta,
+                         tta=tta, mask_rule=mask_rule)
+    predictor = Predictor(model, threshold=threshold, tta=tta, mask_rule=mask_rule,
                           batch_size=batch_size or config.train.batch_size) if healthy_paths else None
     healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=threshold,
                                     orientation=orientation)
@@ -162,6 +168,7 @@ def evaluate(
                  for s in sources},
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tta": tta,
+        "mask_rule": mask_rule,
     }
     result = evaluate_predictions(pred, config.data.classes, out_dir, threshold=threshold,
                                   n_resamples=n_resamples, context=context,

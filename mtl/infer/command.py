@@ -68,6 +68,10 @@ def _axis(ctx: click.Context, param: click.Parameter, value: str):
               help="Threshold of the presence decision (default: --threshold).")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation (average with the "
                                           "mirrored input's prediction).")
+@click.option("--mask-rule", type=click.Choice(["presence", "independent"]), default="presence",
+              show_default=True,
+              help="presence: a slice's mask is exported only where its presence decision is "
+                   "yes (every output follows); independent: the mask head's pixels regardless.")
 @click.option("--largest-component", is_flag=True,
               help="Keep only the largest connected tumor region per case (3-D for volumes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
@@ -80,8 +84,8 @@ def _axis(ctx: click.Context, param: click.Parameter, value: str):
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when the terminal shows it).")
 def infer(model, inputs, out, formats, overlay, overlay_slices, explain, threshold,
-          presence_threshold, tta, largest_component, batch_size, axis, pixel_spacing, force,
-          progress) -> None:
+          presence_threshold, tta, mask_rule, largest_component, batch_size, axis, pixel_spacing,
+          force, progress) -> None:
     """Run MODEL on images, folders, NIfTI volumes or DICOM series; write findings and masks.
 
     Per case: findings.json (presence, type, tumor size and place), the mask in the input's own
@@ -102,7 +106,8 @@ def infer(model, inputs, out, formats, overlay, overlay_slices, explain, thresho
     try:
         predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
                                         largest_component=largest_component,
-                                        batch_size=batch_size)
+                                        batch_size=batch_size, mask_rule=mask_rule,
+                                        presence_threshold=presence_threshold)
         result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model)
     except (ModelError, OutputExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -119,6 +119,19 @@ def compact_ranges(indices: Sequence[int]) -> str:
     return ",".join(out)
 
 
+def mask_rule_note(pred: Any, rule: str) -> dict[str, Any]:
+    """What the mask rule did to a case (:func:`mtl.infer.predict.apply_mask_rule`)."""
+    withheld = np.zeros(0, np.int64) if pred.withheld is None else np.asarray(pred.withheld)
+    slices = [int(i) for i in np.flatnonzero(withheld)]
+    return {
+        "rule": rule,
+        "meaning": ("a slice's mask is kept only where its presence decision is yes"
+                    if rule == "presence" else "the mask head's pixels, whatever presence says"),
+        "withheld_pixels": int(withheld.sum()),
+        "withheld_slices": slices,
+    }
+
+
 def case_findings(
     *,
     mask: np.ndarray,

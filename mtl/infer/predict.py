@@ -34,7 +34,7 @@ class CasePrediction:
     ``presence`` (N,) and ``type_probs`` (N, K) are NaN on slices that were not run (constant
     slices, e.g. empty slices at the edge of a volume); ``prob`` (N, H, W) is the tumor
     probability per pixel and ``mask`` (N, H, W) uint8 the final 0/1 mask (threshold, then
-    optional keep-largest-component over the whole case).
+    optional keep-largest-component over the whole case, after the mask rule).
     """
 
     presence: np.ndarray
@@ -43,6 +43,8 @@ class CasePrediction:
     mask: np.ndarray
     evaluated: np.ndarray
     letterboxes: list[Letterbox | None]
+    #: (N,) mask pixels the mask rule removed from each slice (0 where none)
+    withheld: np.ndarray | None = None
 
 
 def load_model(path: str | Path) -> Any:
@@ -76,6 +78,27 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     return (labels == int(np.argmax(sizes))).astype(np.uint8)
 
 
+#: what is reported where presence and mask disagree (see :class:`Predictor`)
+MASK_RULES = ("presence", "independent")
+
+
+def apply_mask_rule(mask: np.ndarray, presence: np.ndarray, rule: str,
+                    presence_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(masks after ``rule``, pixels withheld per slice) for (N, ...) 0/1 masks and (N,) presence
+    probabilities (NaN: slice not run). ``"presence"`` empties the mask of every slice whose
+    presence probability is not above ``presence_threshold``; ``"independent"`` changes nothing."""
+    mask = np.asarray(mask)
+    pixels = mask.reshape(len(mask), -1).sum(axis=1).astype(np.int64)
+    if rule == "independent":
+        return mask, np.zeros(len(mask), np.int64)
+    if rule != "presence":
+        raise ValueError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {rule!r}")
+    confirmed = np.nan_to_num(np.asarray(presence, np.float64), nan=0.0) > presence_threshold
+    out = mask.copy()
+    out[~confirmed] = 0
+    return out, np.where(confirmed, 0, pixels)
+
+
 def is_constant(image: np.ndarray) -> bool:
     finite = np.asarray(image)[np.isfinite(image)]
     return finite.size == 0 or float(finite.min()) == float(finite.max())
@@ -88,6 +111,12 @@ class Predictor:
     with the output for the horizontally flipped input (its mask flipped back); ``largest_component``
     keeps only the largest connected tumor region of each case (3-D for volumes);
     ``batch_size`` slices per network call.
+
+    ``mask_rule`` decides what is reported where the presence and mask heads disagree, for every
+    output built from :meth:`predict` (mask files, DICOM SEG, overlays, findings, the web page,
+    ``mtl evaluate``): ``"presence"`` (default) keeps a slice's mask only where that slice's
+    presence decision is yes (probability > ``presence_threshold``, default ``threshold``);
+    ``"independent"`` keeps the mask head's pixels whatever the presence head says.
     """
 
     def __init__(
@@ -101,6 +130,8 @@ class Predictor:
         tta: bool = False,
         largest_component: bool = False,
         batch_size: int = 16,
+        presence_threshold: float | None = None,
+        mask_rule: str = "presence",
     ) -> None:
         if model is None and (forward is None or preprocessing is None or classes is None):
             raise ValueError("give a model, or forward + preprocessing + classes")
@@ -114,6 +145,13 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.threshold = float(threshold)
+        self.presence_threshold = self.threshold if presence_threshold is None else float(
+            presence_threshold)
+        if not 0.0 < self.presence_threshold < 1.0:
+            raise ValueError(f"presence_threshold must be in (0, 1), got {presence_threshold}")
+        if mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {mask_rule!r}")
+        self.mask_rule = mask_rule
         self.tta = bool(tta)
         self.largest_component = bool(largest_component)
         self.batch_size = int(batch_size)
@@ -157,9 +195,11 @@ class Predictor:
                              f"{len(self.classes)} classes")
         return {"presence": presence, "type": type_probs, "mask": mask}
 
-    def predict(self, slices: np.ndarray | Sequence[np.ndarray]) -> CasePrediction:
+    def predict(self, slices: np.ndarray | Sequence[np.ndarray],
+                presence_threshold: float | None = None) -> CasePrediction:
         """Predict every slice of one case. Constant slices are not run (NaN probabilities,
-        empty mask); a case whose slices are all constant raises ValueError."""
+        empty mask); a case whose slices are all constant raises ValueError.
+        ``presence_threshold`` overrides the predictor's for the mask rule."""
         n = len(slices)
         shape = np.asarray(slices[0]).shape[:2]
         evaluated = np.array([not is_constant(s) for s in slices], dtype=bool)
@@ -182,11 +222,14 @@ class Predictor:
                 type_probs[i] = out["type"][j]
                 prob[i] = np.clip(unletterbox(out["mask"][j], info), 0.0, 1.0)
         mask = (prob > self.threshold).astype(np.uint8)
+        mask, withheld = apply_mask_rule(
+            mask, presence, self.mask_rule,
+            self.presence_threshold if presence_threshold is None else presence_threshold)
         if self.largest_component:
             mask = keep_largest_component(mask if n > 1 else mask[0])
             mask = mask.reshape(n, *shape)
-        return CasePrediction(presence, type_probs, prob, mask, evaluated, letterboxes)
+        return CasePrediction(presence, type_probs, prob, mask, evaluated, letterboxes, withheld)
 
 
-__all__ = ["CasePrediction", "Forward", "ModelError", "Predictor", "is_constant",
-           "keep_largest_component", "load_model"]
+__all__ = ["MASK_RULES", "CasePrediction", "Forward", "ModelError", "Predictor",
+           "apply_mask_rule", "is_constant", "keep_largest_component", "load_model"]

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtl.infer.findings import case_findings, csv_row
+from mtl.infer.findings import case_findings, csv_row, mask_rule_note
 from mtl.infer.predict import CasePrediction, Predictor
 from mtl.infer.readers import Case, InputError, InputItem, discover, load_case
 from mtl.infer.writers import (
@@ -165,12 +165,12 @@ def infer_case(
     folder = out / item.name
     check_case_folder(folder, options.force)
     case = load_case(item, axis=options.axis, pixel_spacing=options.pixel_spacing)
+    presence_threshold = (predictor.presence_threshold if options.presence_threshold is None
+                          else options.presence_threshold)
     try:
-        pred = predictor.predict(case.slices)
+        pred = predictor.predict(case.slices, presence_threshold=presence_threshold)
     except ValueError as exc:
         raise InputError(f"{item.source}: {exc}") from exc
-    presence_threshold = (predictor.threshold if options.presence_threshold is None
-                          else options.presence_threshold)
     mask_native = case.to_native(pred.mask)
     findings = case_findings(
         mask=mask_native, presence=pred.presence, type_probs=pred.type_probs,
@@ -178,6 +178,7 @@ def infer_case(
         slice_axis=case.slice_axis, affine=case.affine, orientation_known=case.orientation_known,
         spacing=case.spacing, image=case.native_image() if case.orientation_known else None,
     )
+    findings["mask_rule"] = mask_rule_note(pred, predictor.mask_rule)
     record = findings_record(item, case, findings, predictor, options, presence_threshold, model_info)
     writer = CaseWriter(folder, options.force)
     folder.mkdir(parents=True, exist_ok=True)
@@ -224,6 +225,7 @@ def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predi
             "presence_threshold": presence_threshold,
             "flip_tta": predictor.tta,
             "largest_component": predictor.largest_component,
+            "mask_rule": predictor.mask_rule,
         },
         "model": model_info or {"classes": predictor.classes,
                                 "preprocessing": predictor.preprocessing},

@@ -80,6 +80,10 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> Non
               default=0.5, show_default=True, help="Tumor probability threshold (mask and "
                                                    "presence decision).")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation.")
+@click.option("--mask-rule", type=click.Choice(["presence", "independent"]), default="presence",
+              show_default=True,
+              help="presence: a slice's mask is shown only where its presence decision is yes; "
+                   "independent: the mask head's pixels regardless.")
 @click.option("--largest-component", is_flag=True,
               help="Keep only the largest connected tumor region per case.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
@@ -87,7 +91,7 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> Non
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True, help="Server log level (info: access log).")
 def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result_minutes,
-          threshold, tta, largest_component, batch_size, log_level) -> None:
+          threshold, tta, mask_rule, largest_component, batch_size, log_level) -> None:
     """Serve MODEL: a web page and a JSON API (POST /predict) for uploaded scans.
 
     Upload a slice image (PNG, JPEG, TIFF), a NIfTI volume (.nii, .nii.gz) or a DICOM file;
@@ -103,7 +107,7 @@ def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result
         try:
             predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
                                             largest_component=largest_component,
-                                            batch_size=batch_size)
+                                            batch_size=batch_size, mask_rule=mask_rule)
         except ModelError as exc:
             raise click.ClickException(str(exc)) from None
         loopback = is_loopback(host, sock)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mtl.infer.findings import case_findings
+from mtl.infer.findings import case_findings, mask_rule_note
 from mtl.infer.predict import Predictor
 from mtl.infer.readers import InputError, format_axis, load_case, safe_name
 from mtl.infer.runner import InferOptions, findings_record
@@ -105,7 +105,7 @@ class Service:
         self.predictor = predictor
         self.limits = limits
         self.store = store if store is not None else ResultStore()
-        self.presence_threshold = (predictor.threshold if presence_threshold is None
+        self.presence_threshold = (predictor.presence_threshold if presence_threshold is None
                                    else float(presence_threshold))
         self.model_info = {"path": model_name, "classes": list(predictor.classes),
                            "preprocessing": dict(predictor.preprocessing)}
@@ -151,7 +151,8 @@ class Service:
             slices = np.array(case.slices)  # detached from any memory map of the temp file
             try:
                 with self._predict_lock:
-                    pred = self.predictor.predict(slices)
+                    pred = self.predictor.predict(slices,
+                                                  presence_threshold=self.presence_threshold)
             except ValueError as exc:
                 raise BadRequest(400, f"{shown}: {exc}") from None
             mask_native = case.to_native(pred.mask)
@@ -162,6 +163,7 @@ class Service:
                 orientation_known=case.orientation_known, spacing=case.spacing,
                 image=case.native_image() if case.orientation_known else None,
             )
+            findings["mask_rule"] = mask_rule_note(pred, self.predictor.mask_rule)
             options = InferOptions(axis=axis_value, pixel_spacing=spacing)
             record = findings_record(item, case, findings, self.predictor, options,
                              self.presence_threshold, self.model_info)

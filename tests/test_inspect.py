@@ -106,5 +106,5 @@ def test_real_data_summaries_and_mosaic(shared_data: Path, tmp_path: Path) -> No
         pytest.skip(f"real figshare data not available at {figshare_root}")
     summary = summarize(FigshareAdapter(figshare_root))
     assert summary["labels"] == {"glioma": 1212, "meningioma": 601, "pituitary": 790}
-    assert summary["tasks"]["box"] == 2603 and summary["tasks"]["mask"] == 0
+    assert summary["tasks"]["box"] == 2603 and summary["tasks"]["mask"] == 2603  # masks/N.png
     write_mosaic(FigshareAdapter(figshare_root), tmp_path / "figshare.png", n=4)

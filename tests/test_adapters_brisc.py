@@ -164,3 +164,22 @@ def test_empty_or_wrong_folder(tmp_path: Path) -> None:
     (tmp_path / "segmentation_task" / "train" / "images").mkdir(parents=True)
     with pytest.raises(DataError, match="no usable items"):
         BriscAdapter(tmp_path).records()
+
+
+def test_real_brisc_train_split(shared_data) -> None:
+    """BRISC 2025's train split as prepared in ../shared/data: 3,900 slices, 2,853 masks."""
+    root = shared_data / "brisc2025"
+    if not root.is_dir():
+        pytest.skip(f"real BRISC data not available at {root}")
+    adapter = get_adapter("brisc", root, subset="train")
+    records = adapter.records()
+    labels = {lab: sum(r.label == lab for r in records)
+              for lab in ("glioma", "meningioma", "pituitary", "no_tumor")}
+    assert labels == {"glioma": 952, "meningioma": 943, "pituitary": 958, "no_tumor": 1047}
+    assert sum(r.has_mask and r.presence == 1 for r in records) == 2853
+    assert adapter.skipped == []
+    tumor = next(r for r in records if r.presence == 1)
+    sample = adapter.load(tumor)
+    assert sample["mask"].shape == sample["image"].shape[:2] and sample["mask"].any()
+    planes = {r.extra.get("plane") for r in records if r.presence == 0}
+    assert planes == {"axial", "coronal", "sagittal"}  # tumor-free slices in all three planes

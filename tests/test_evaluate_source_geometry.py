@@ -110,13 +110,19 @@ def test_score_reports_per_type_and_tumor_free_pixels(sources) -> None:
     pred = SplitPredictions([r.case_id for s in sources for r in s.records],
                             [s.name for s in sources for _ in s.records],
                             np.zeros((n, S, S, 1)), targets, weights, outputs, [], [], native)
-    result = score(pred, CLASSES)
+    result = score(pred, CLASSES, mask_rule="independent")
     assert result["mask"]["geometry"] == "source image"
     assert set(result["mask_by_type"]) == {"glioma", "meningioma", "pituitary"}
     for name, entry in result["mask_by_type"].items():
         assert entry["n_tumor"] == 1
         assert entry["dice_mean"] == pytest.approx(native.dice[labels.index(name)])
     assert result["tumor_free_with_tumor_pixels"] == {"n": 2, "count": 1, "rate": 0.5}
+    # the default rule withholds the stray pixel: presence says no tumor there
+    gated = score(pred, CLASSES)
+    assert gated["mask"]["mask_rule"] == "presence"
+    assert gated["tumor_free_with_tumor_pixels"] == {"n": 2, "count": 0, "rate": 0.0}
+    assert gated["mask_other_rule"]["tumor_free_with_tumor_pixels"]["count"] == 1
+    assert gated["mask"]["dice_mean"] == pytest.approx(result["mask"]["dice_mean"])
     assert result["mask_network_input"]["dice_mean"] == pytest.approx(1.0)  # exact at 32 px
     assert result["mask"]["dice_mean"] < 1.0  # the exported masks are not
 
@@ -149,3 +155,8 @@ def test_the_mask_rule_of_mtl_infer_applies(sources) -> None:
     assert (raw.pred_pixels == H * W).all()
     assert gated.pred_pixels.tolist() == [0 if p <= 0.5 else H * W for p in presence]
     assert gated.dice[0] == 0 and gated.dice[1] == pytest.approx(raw.dice[1])
+    # applying the rule afterwards (as the report does) gives the same scores
+    derived = raw.withhold(presence > 0.5)
+    np.testing.assert_array_equal(derived.pred_pixels, gated.pred_pixels)
+    np.testing.assert_allclose(derived.dice, gated.dice)
+    np.testing.assert_allclose(derived.hd95, gated.hd95)

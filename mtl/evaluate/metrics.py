@@ -145,6 +145,19 @@ class MaskScores:
                           self.pred_pixels[keep], self.pixel_area[keep], self.hd95_unit,
                           self.scored[keep])
 
+    def withhold(self, keep: np.ndarray) -> "MaskScores":
+        """The scores had the prediction been emptied where ``keep`` is False (a mask rule):
+        Dice and IoU 0 on tumor images, HD95 undefined, no predicted pixel."""
+        drop = ~np.asarray(keep, bool)
+        out = MaskScores(self.tumor.copy(), self.dice.copy(), self.iou.copy(), self.hd95.copy(),
+                         self.pred_pixels.copy(), self.pixel_area.copy(), self.hd95_unit,
+                         self.scored.copy())
+        out.dice[drop & self.tumor] = 0.0
+        out.iou[drop & self.tumor] = 0.0
+        out.hd95[drop] = np.nan
+        out.pred_pixels[drop] = 0
+        return out
+
     @classmethod
     def empty(cls, n: int, hd95_unit: str = "px") -> "MaskScores":
         """``n`` unscored images (``scored`` False)."""

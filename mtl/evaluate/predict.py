@@ -35,8 +35,18 @@ class SplitPredictions:
     skipped: list[tuple[str, str]]
     #: "<dataset>/<patient>" per item: the unit the bootstrap resamples (empty: unknown)
     patient_ids: list[str] = field(default_factory=list)
-    #: mask scores in each source image's own geometry (None: not computed)
+    #: mask scores in each source image's own geometry, mask head alone (None: not computed)
     native: MaskScores | None = None
+
+    def native_under(self, rule: str, threshold: float) -> MaskScores | None:
+        """:attr:`native` under a mask rule (:func:`mtl.infer.predict.apply_mask_rule`) with
+        each item's presence probability: the masks ``mtl infer`` would export."""
+        if self.native is None or rule == "independent":
+            return self.native
+        if rule != "presence":
+            raise ValueError(f"unknown mask rule {rule!r}")
+        presence = np.nan_to_num(self.outputs["presence"].reshape(-1), nan=0.0)
+        return self.native.withhold(presence > threshold)
 
     def select(self, keep: np.ndarray) -> "SplitPredictions":
         """The items where ``keep`` is True."""
@@ -110,11 +120,11 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
 def predict_split(
     model: keras.Model, sources: list[Source], config: Config, split: str = "test",
     batch_size: int | None = None, threshold: float = 0.5, progress: bool = True,
-    tta: bool = False, mask_rule: str = "presence",
+    tta: bool = False,
 ) -> SplitPredictions:
     """Run ``model`` over ``split`` of ``sources``; ``tta`` averages with mirrored inputs as
-    ``mtl infer --tta`` does; masks are also scored at source size under ``mask_rule``, as
-    ``mtl infer`` exports them (see module docstring)."""
+    ``mtl infer --tta`` does; masks are also scored at source size (see module docstring;
+    :meth:`SplitPredictions.native_under` applies a mask rule)."""
     plan = plan_split(sources, split)
     if not len(plan):
         raise ValueError(f"the {split!r} split is empty")
@@ -148,9 +158,7 @@ def predict_split(
     weights_all = {k: np.concatenate(v) for k, v in weights.items()}
     outputs_all = {k: np.concatenate(v) for k, v in outputs.items()}
     native = source_geometry_scores(sources, plan, outputs_all["mask"], weights_all["mask"],
-                                    threshold, progress=progress,
-                                    presence=outputs_all["presence"].reshape(-1),
-                                    mask_rule=mask_rule)
+                                    threshold, progress=progress)
     return SplitPredictions(
         case_ids,
         names,

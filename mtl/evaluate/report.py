@@ -19,8 +19,10 @@ from mtl.evaluate.predict import SplitPredictions
 from mtl.train import write_atomic
 
 
-def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5) -> dict[str, Any]:
-    """All metrics for the items of ``pred`` that label each task."""
+def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5,
+          mask_rule: str = "presence") -> dict[str, Any]:
+    """All metrics for the items of ``pred`` that label each task; masks as ``mtl infer``
+    exports them under ``mask_rule``."""
     out: dict[str, Any] = {"n_items": len(pred.case_ids)}
     w, t, o = pred.weights, pred.targets, pred.outputs
     sel = w["presence"] > 0
@@ -39,7 +41,7 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5) ->
         if pred.native is None:
             out["mask"] = {**network, "geometry": "network input"}
         else:
-            out.update(source_geometry_masks(pred, classes, threshold))
+            out.update(source_geometry_masks(pred, classes, threshold, mask_rule))
             out["mask_network_input"] = {k: v for k, v in network.items()
                                          if not k.startswith("per_image")}
     sel = w["box"] > 0
@@ -48,33 +50,45 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5) ->
     return out
 
 
-def source_geometry_masks(pred: SplitPredictions, classes: list[str], threshold: float
-                          ) -> dict[str, Any]:
-    """Mask metrics on the masks as exported (each image's own size): overall, per tumor type,
-    and the tumor-free images with any predicted tumor pixel."""
+def source_geometry_masks(pred: SplitPredictions, classes: list[str], threshold: float,
+                          mask_rule: str = "presence") -> dict[str, Any]:
+    """Mask metrics on the masks as exported (each image's own size, ``mask_rule`` applied):
+    overall, per tumor type, and the tumor-free images with any predicted tumor pixel; the
+    same two headline figures under the other rule, for comparison."""
     w, t = pred.weights, pred.targets
-    sel = (w["mask"] > 0) & pred.native.scored
-    out: dict[str, Any] = {"mask": {**summarise_masks(pred.native.select(sel), threshold),
-                                    "geometry": "source image",
-                                    "not_scored": int(((w["mask"] > 0) & ~pred.native.scored).sum())}}
+    native = pred.native_under(mask_rule, threshold)
+    sel = (w["mask"] > 0) & native.scored
+    out: dict[str, Any] = {"mask": {**summarise_masks(native.select(sel), threshold),
+                                    "geometry": "source image", "mask_rule": mask_rule,
+                                    "not_scored": int(((w["mask"] > 0) & ~native.scored).sum())}}
     by_type = {}
     for index, name in enumerate(classes):
-        keep = sel & (w["type"] > 0) & (t["type"] == index) & pred.native.tumor
+        keep = sel & (w["type"] > 0) & (t["type"] == index) & native.tumor
         if name != NO_TUMOR and keep.any():
-            summary = summarise_masks(pred.native.select(keep), threshold)
+            summary = summarise_masks(native.select(keep), threshold)
             by_type[name] = {k: v for k, v in summary.items() if not k.startswith(("per_image", "empty"))}
     out["mask_by_type"] = by_type
     free = sel & (w["presence"] > 0) & (t["presence"].ravel() < 0.5)
-    flagged = int((pred.native.pred_pixels[free] > 0).sum())
-    out["tumor_free_with_tumor_pixels"] = {
-        "n": int(free.sum()), "count": flagged,
-        "rate": flagged / int(free.sum()) if free.any() else None,
+
+    def flagged(scores) -> dict[str, Any]:
+        count = int((scores.pred_pixels[free] > 0).sum())
+        return {"n": int(free.sum()), "count": count,
+                "rate": count / int(free.sum()) if free.any() else None}
+
+    out["tumor_free_with_tumor_pixels"] = flagged(native)
+    other_rule = "independent" if mask_rule == "presence" else "presence"
+    other = pred.native_under(other_rule, threshold)
+    out["mask_other_rule"] = {
+        "mask_rule": other_rule,
+        "dice_mean": summarise_masks(other.select(sel), threshold)["dice_mean"],
+        "tumor_free_with_tumor_pixels": flagged(other),
     }
     return out
 
 
 def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: float,
-                       n_resamples: int, seed: int = 0) -> dict[str, Any]:
+                       n_resamples: int, seed: int = 0, mask_rule: str = "presence"
+                       ) -> dict[str, Any]:
     """95% bootstrap CIs of the headline numbers, resampling patients (images when the
     predictions carry no patient ids)."""
     from sklearn import metrics as skm
@@ -111,8 +125,9 @@ def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: fl
     sel = w["mask"] > 0
     if sel.any():
         if pred.native is not None:  # the masks as exported
-            with_tumor = sel & pred.native.tumor & pred.native.scored
-            dice = pred.native.dice[with_tumor]
+            native = pred.native_under(mask_rule, threshold)
+            with_tumor = sel & native.tumor & native.scored
+            dice = native.dice[with_tumor]
         else:
             m = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
             with_tumor = sel & (t["mask"].reshape(len(sel), -1).max(1) > 0.5)  # Dice's images
@@ -126,20 +141,23 @@ def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: fl
 def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Path, *,
                          threshold: float = 0.5, n_resamples: int = 1000,
                          context: dict[str, Any] | None = None,
-                         healthy: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                         healthy: list[dict[str, Any]] | None = None,
+                         mask_rule: str = "presence") -> dict[str, Any]:
     """Score ``pred``; write metrics.json, report.md and plots into ``out_dir``.
 
     ``healthy``: results of :func:`mtl.evaluate.healthy` checks on tumor-free volumes, kept
     under ``"healthy_volumes"``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {**(context or {}), "threshold": threshold}
-    result["overall"] = score(pred, classes, threshold)
-    result["overall"]["ci95"] = headline_intervals(pred, classes, threshold, n_resamples)
+    result["overall"] = score(pred, classes, threshold, mask_rule)
+    result["overall"]["ci95"] = headline_intervals(pred, classes, threshold, n_resamples,
+                                                   mask_rule=mask_rule)
     result["overall"]["ci95_resampling"] = "patients" if pred.patient_ids else "images"
     names = sorted(set(pred.source_names))
     if len(names) > 1:
         result["by_dataset"] = {
-            name: score(pred.select(np.array([s == name for s in pred.source_names])), classes, threshold)
+            name: score(pred.select(np.array([s == name for s in pred.source_names])), classes,
+                        threshold, mask_rule)
             for name in names
         }
     result["skipped"] = [list(x) for x in pred.skipped]
@@ -254,6 +272,11 @@ def render_markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {v['n_tumor']} | {_fmt(v['dice_mean'])} | "
                              f"{_fmt(v['dice_median'])} | {_fmt(v['iou_mean'])} | "
                              f"{_fmt(v['hd95_median'])} | {v['hd95_undefined']} |")
+        if "mask_other_rule" in o:
+            other = o["mask_other_rule"]
+            lines += ["", f"Under the other mask rule (`{other['mask_rule']}`): Dice mean "
+                      f"{_fmt(other['dice_mean'])}, tumor-free images with any predicted tumor "
+                      f"pixel {_fmt(other['tumor_free_with_tumor_pixels']['rate'], True)}."]
         if "mask_network_input" in o:
             n = o["mask_network_input"]
             lines += ["", "The mask head's raw output at the network's input size, no mask rule: "

@@ -149,7 +149,7 @@ def evaluate(
         how[source.name] = assign_eval_split(source, split, saved, config)
         sources.append(source)
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
-                         tta=tta, mask_rule=mask_rule)
+                         tta=tta)
     predictor = Predictor(model, threshold=threshold, tta=tta, mask_rule=mask_rule,
                           batch_size=batch_size or config.train.batch_size) if healthy_paths else None
     healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=threshold,
@@ -171,6 +171,6 @@ def evaluate(
         "mask_rule": mask_rule,
     }
     result = evaluate_predictions(pred, config.data.classes, out_dir, threshold=threshold,
-                                  n_resamples=n_resamples, context=context,
+                                  n_resamples=n_resamples, context=context, mask_rule=mask_rule,
                                   healthy=healthy or None)
     return result, out_dir

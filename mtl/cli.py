@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from mtl.infer.command import mask_rule_option
+
 # quieter TensorFlow start-up unless the user asked otherwise; set before TF is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
@@ -103,10 +105,7 @@ def train(config_path, name, epochs, batch_size, backbone, image_size, seed, run
               help="Healthy-volume slices as a radiologist views them (upright), in the file's "
                    "array order (native, as mtl infer feeds volumes today), or both.")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation, as mtl infer --tta.")
-@click.option("--mask-rule", type=click.Choice(["presence", "independent"]), default="presence",
-              show_default=True,
-              help="As mtl infer: masks count only where presence says tumor (presence), or "
-                   "regardless (independent).")
+@mask_rule_option
 def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weights, batch_size,
              skip_bad, healthy_volumes, healthy_orientation, tta, mask_rule) -> None:
     """Score a model per task: metrics.json, report.md and plots in an evaluation folder."""

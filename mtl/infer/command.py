@@ -47,6 +47,15 @@ def _axis(ctx: click.Context, param: click.Parameter, value: str):
         raise click.BadParameter(str(exc)) from None
 
 
+#: ``--mask-rule`` of ``mtl infer``, ``mtl serve`` and ``mtl evaluate``
+#: (:data:`mtl.infer.predict.MASK_RULES`)
+mask_rule_option = click.option(
+    "--mask-rule", type=click.Choice(["presence", "independent"]), default="presence",
+    show_default=True,
+    help="presence: a slice's mask counts only where its presence decision is yes (every "
+         "output follows); independent: the mask head's pixels regardless.")
+
+
 @click.command("infer", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
@@ -68,10 +77,7 @@ def _axis(ctx: click.Context, param: click.Parameter, value: str):
               help="Threshold of the presence decision (default: --threshold).")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation (average with the "
                                           "mirrored input's prediction).")
-@click.option("--mask-rule", type=click.Choice(["presence", "independent"]), default="presence",
-              show_default=True,
-              help="presence: a slice's mask is exported only where its presence decision is "
-                   "yes (every output follows); independent: the mask head's pixels regardless.")
+@mask_rule_option
 @click.option("--largest-component", is_flag=True,
               help="Keep only the largest connected tumor region per case (3-D for volumes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,

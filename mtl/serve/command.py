@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from mtl.infer.command import mask_rule_option
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 
@@ -80,10 +82,7 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> Non
               default=0.5, show_default=True, help="Tumor probability threshold (mask and "
                                                    "presence decision).")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation.")
-@click.option("--mask-rule", type=click.Choice(["presence", "independent"]), default="presence",
-              show_default=True,
-              help="presence: a slice's mask is shown only where its presence decision is yes; "
-                   "independent: the mask head's pixels regardless.")
+@mask_rule_option
 @click.option("--largest-component", is_flag=True,
               help="Keep only the largest connected tumor region per case.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,

@@ -98,8 +98,8 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
 
     With ``data.link_copies`` (default) the sources are split together: near-copies in any
     source of the run share a split with each other and with their patient groups
-    (:mod:`mtl.data.copies`). Returns the copy counts for ``data_summary.json`` (None when
-    the splits were read back or linking is off).
+    (:mod:`mtl.data.copies`). Returns the copy counts for ``data_summary.json``: found now, or
+    on resume those the run's ``data_summary.json`` recorded (None when linking is off).
     """
     path = run_dir / "splits.json"
     source_path = (saved_in or run_dir) / "splits.json"

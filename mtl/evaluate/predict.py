@@ -18,7 +18,6 @@ from mtl.config import Config
 from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
 from mtl.data.preprocess import letterbox_info, unletterbox
 from mtl.evaluate.metrics import MaskScores, score_mask
-from mtl.infer.predict import apply_mask_rule
 from mtl.model.inference import compiled_forward, with_flip_tta
 
 
@@ -66,14 +65,13 @@ class SplitPredictions:
 
 def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                            mask_weights: np.ndarray, threshold: float = 0.5,
-                           progress: bool = True, presence: np.ndarray | None = None,
-                           mask_rule: str = "independent") -> MaskScores:
+                           progress: bool = True) -> MaskScores:
     """Mask scores of every planned item in its source image's geometry.
 
     Each item with a mask label is loaded again through its adapter; the network-size
     probability map goes back to the image's size (unletterbox, as ``mtl infer`` does) and is
-    thresholded there, and ``mask_rule`` is applied with each item's ``presence`` probability
-    (:func:`mtl.infer.predict.apply_mask_rule`, the same threshold). HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
+    thresholded there: the mask head alone (:meth:`SplitPredictions.native_under` applies a
+    mask rule). HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
     source pixels ("source px": each image's own pixels). Items without a mask label, or
     unreadable now, are not scored (``scored`` False).
     """
@@ -101,8 +99,6 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                                         and np.all(np.asarray(spacing[:2]) > 0)):
             spacing = None
         pred = prob > threshold  # as mtl infer decides a mask pixel
-        if presence is not None:
-            pred = apply_mask_rule(pred[None], presence[j:j + 1], mask_rule, threshold)[0][0]
         in_px = score_mask(truth, pred, None)
         in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
         rows.append((j, in_px, in_mm, spacing))

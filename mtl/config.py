@@ -139,6 +139,12 @@ class TrainConfig:
     monitor_mode: str = "min"
     early_stopping_patience: int | None = None
     reduce_lr_patience: int | None = 3
+    #: plateau: halve the learning rate after reduce_lr_patience epochs without improvement of
+    #: the monitor; cosine: decay it from learning_rate to lr_min_fraction of it along half a
+    #: cosine over the planned epochs (set per epoch, so a resumed run continues the same curve;
+    #: reduce_lr_patience is then unused)
+    lr_schedule: str = "plateau"
+    lr_min_fraction: float = 0.02
     runs_dir: str = "runs"
 
 
@@ -192,6 +198,12 @@ class Config:
             raise ConfigError("train.lr_scaling must be 'linear' or 'none'")
         if self.loss.dice not in ("image", "batch"):
             raise ConfigError("loss.dice must be 'image' or 'batch'")
+        if self.train.lr_schedule not in ("plateau", "cosine"):
+            raise ConfigError(f"train.lr_schedule must be 'plateau' or 'cosine', "
+                              f"not {self.train.lr_schedule!r}")
+        if not 0.0 <= self.train.lr_min_fraction <= 1.0:
+            raise ConfigError(f"train.lr_min_fraction must be in [0, 1], "
+                              f"got {self.train.lr_min_fraction}")
         if self.train.monitor_mode not in ("min", "max"):
             raise ConfigError("train.monitor_mode must be 'min' or 'max'")
         if self.train.epochs < 1 or self.train.batch_size < 1:

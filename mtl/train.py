@@ -26,6 +26,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -289,6 +290,14 @@ def precision_policy(name: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
+def cosine_learning_rate(epoch: int, _current: float = 0.0, *, base: float, epochs: int,
+                         min_fraction: float) -> float:
+    """The learning rate of a 0-based epoch: half a cosine from base down to base * min_fraction,
+    reached by the last planned epoch. A function of the epoch alone, so resume needs no state."""
+    progress = epoch / max(epochs - 1, 1)
+    return float(base * (min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))))
+
+
 def build_model(config: Config, learning_rate: float | None = None) -> MultiTaskModel:
     d = config.data
     with precision_policy(config.train.precision):
@@ -414,7 +423,11 @@ def train(
         RunRecorder(write_dir, monitor, t.monitor_mode, state.get("best") if resume else None,
                     t.epochs)
     ]
-    if t.reduce_lr_patience:
+    if t.lr_schedule == "cosine":
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            partial(cosine_learning_rate, base=scale.learning_rate, epochs=t.epochs,
+                    min_fraction=t.lr_min_fraction)))
+    elif t.reduce_lr_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode=t.monitor_mode, factor=0.5, patience=t.reduce_lr_patience,
             min_lr=1e-6, verbose=0))

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import pytest
 
-from mtl.config import load_config
+from mtl.config import ConfigError, load_config
 from mtl.data.pipeline import open_sources
 from mtl.evaluate.predict import dice_per_image, predict_split
-from mtl.train import read_history, train
+from mtl.train import cosine_learning_rate, read_history, train
 
 TINY = [
     "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]", "model.head_units=32",
@@ -251,3 +251,21 @@ def test_training_with_worker_processes(tmp_path):
     result = train(config, verbose=0)
     history = read_history(result.run_dir / "history.csv")
     assert len(history) == 2 and all(np.isfinite(float(r["val_loss"])) for r in history)
+
+
+def test_cosine_schedule_sets_each_epochs_learning_rate(tmp_path):
+    config = tiny_config(tmp_path, "train.lr_schedule=cosine", "train.lr_min_fraction=0.1",
+                         "train.epochs=3", "train.steps_per_epoch=2", "train.val_steps=1",
+                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+    result = train(config, verbose=0)
+    rates = [float(row["learning_rate"]) for row in read_history(result.run_dir / "history.csv")]
+    # 0.002 at the first epoch, half-way down the cosine at the second, 10% at the last
+    np.testing.assert_allclose(rates, [0.002, 0.002 * 0.55, 0.0002], rtol=1e-5)
+    assert cosine_learning_rate(1, base=1.0, epochs=3, min_fraction=0.0) == pytest.approx(0.5)
+
+
+def test_unknown_learning_rate_schedule_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        tiny_config(tmp_path, "train.lr_schedule=step")
+    with pytest.raises(ConfigError, match="lr_min_fraction"):
+        tiny_config(tmp_path, "train.lr_min_fraction=1.5")

@@ -8,11 +8,22 @@ from pathlib import Path
 
 import click
 
-from mtl.infer.command import mask_rule_option
+from mtl.quiet import quiet_tensorflow
 
-# quieter TensorFlow start-up unless the user asked otherwise; set before TF is imported
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# quieter TensorFlow start-up unless the user asked otherwise (TF_CPP_MIN_LOG_LEVEL, no cuInit
+# error on machines without an NVIDIA GPU); before anything imports TF
+quiet_tensorflow()
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+
+from mtl.infer.command import mask_rule_option  # noqa: E402
+
+
+#: where ``mtl data inspect`` writes its mosaic unless --out says otherwise
+INSPECT_DIR = Path("runs") / "inspect"
+
+
+def safe_file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "dataset"
 
 
 def _fail(message: str) -> None:
@@ -74,11 +85,21 @@ def train(config_path, name, epochs, batch_size, backbone, image_size, seed, run
         click.echo("\ninterrupted: the last finished epoch is saved; continue with "
                    "`mtl train --resume <run folder>`", err=True)
         sys.exit(130)
-    best = "n/a" if result.best is None else f"{result.best:.4f}"
-    click.echo(f"\n{result.epochs_done} epochs done; best {best} at epoch {result.best_epoch}")
+    click.echo(f"\n{best_line(result)}")
     click.echo(f"results: {result.run_dir}")
     for item in ("best.keras", "last.keras", "history.csv", "plots/curves.png", "metrics.json"):
         click.echo(f"  {result.run_dir / item}")
+
+
+def best_line(result) -> str:
+    """"8 epochs done; best val_loss 0.5607 at epoch 7": the metric is named (train.monitor)."""
+    from mtl.train import read_state
+
+    monitor = read_state(result.run_dir).get("monitor") or "monitored value"
+    if result.best is None:
+        return f"{result.epochs_done} epochs done; no best {monitor} (not finite)"
+    return (f"{result.epochs_done} epochs done; best {monitor} {result.best:.4f} at epoch "
+            f"{result.best_epoch}")
 
 
 @main.command()
@@ -136,6 +157,9 @@ def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weigh
         click.echo("\nhealthy volumes (share of brain slices called tumor):")
         for entry in result["healthy_volumes"]:
             click.echo(f"  {format_summary(entry)}")
+    click.echo(f"\n{result['model_card']}")
+    if result.get("model_card_updated"):
+        click.echo(result["model_card_updated"])
     click.echo(f"\nresults: {out_dir}")
     for name in ["metrics.json", "report.md", *result["plots"]]:
         click.echo(f"  {out_dir / name}")
@@ -157,7 +181,8 @@ def data_list() -> None:
 @data.command("inspect")
 @click.argument("name")
 @click.argument("path", required=False)
-@click.option("--out", type=click.Path(dir_okay=False), help="Mosaic PNG (default: <name>_mosaic.png).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Mosaic PNG (default: runs/inspect/<name>_mosaic.png, beside the run folders).")
 @click.option("-n", "n_samples", type=int, default=16, show_default=True, help="Samples in the mosaic.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Adapter option, e.g. --option modalities=[flair,t1ce] (repeatable).")
@@ -174,7 +199,7 @@ def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
         opts = dict(parse_override(o) for o in options)
         adapter = get_adapter(name, path, on_error="skip" if skip_bad else "raise", **opts)
         summary = summarize(adapter)
-        out_path = Path(out or f"{name}_mosaic.png")
+        out_path = Path(out) if out else INSPECT_DIR / f"{safe_file_name(name)}_mosaic.png"
         write_mosaic(adapter, out_path, n=n_samples)
     except (ConfigError, DataError, ValueError) as exc:
         _fail(str(exc))

@@ -8,6 +8,7 @@ Overrides use dotted keys with YAML values, e.g. ``train.epochs=3`` or
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -210,11 +211,51 @@ class Config:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if len(self.data.intensity_percentiles) != 2:
             raise ConfigError("data.intensity_percentiles must be [low, high]")
+        low, high = self.data.intensity_percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise ConfigError(f"data.intensity_percentiles must be [low, high] with "
+                              f"0 <= low < high <= 100, got {self.data.intensity_percentiles}")
+        if not (math.isfinite(self.train.learning_rate) and self.train.learning_rate > 0):
+            raise ConfigError(f"train.learning_rate must be > 0, got {self.train.learning_rate}")
+        for key, fraction in self.data.split.items():
+            if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
+                raise ConfigError(f"data.split.{key} must be in [0, 1], got {fraction}")
+        if self.data.image_size < 32 or self.data.image_size % 32:
+            raise ConfigError(f"data.image_size must be a positive multiple of 32, "
+                              f"got {self.data.image_size}")
+        if self.data.channels < 1:
+            raise ConfigError(f"data.channels must be >= 1, got {self.data.channels}")
+        unknown_tasks = sorted(set(self.loss.weights) - {"presence", "type", "mask", "box"})
+        if unknown_tasks:
+            raise ConfigError(f"loss.weights: unknown task(s) {', '.join(unknown_tasks)}; "
+                              "known: presence, type, mask, box")
+        for task, weight in self.loss.weights.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"loss.weights.{task} must be >= 0, got {weight}")
+        self._validate_sources()
         try:
             self.network_spec()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return self
+
+    def _validate_sources(self) -> None:
+        """Each source's format is a known adapter and its options are ones that adapter reads."""
+        from mtl.data.adapters import adapter_class
+
+        for i, source in enumerate(self.data.sources):
+            where = f"data.sources[{i}]"
+            try:
+                cls = adapter_class(source.format)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.format: {exc}") from None
+            unknown = sorted(set(source.options) - cls.known_options())
+            if unknown:
+                known = ", ".join(sorted(cls.known_options())) or "none"
+                raise ConfigError(f"{where}.options: unknown option(s) {', '.join(unknown)} for "
+                                  f"format {source.format!r}; known: {known}")
+            if not (math.isfinite(source.weight) and source.weight >= 0):
+                raise ConfigError(f"{where}.weight must be >= 0, got {source.weight}")
 
 
 # --------------------------------------------------------------------------- parsing

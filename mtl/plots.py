@@ -28,7 +28,8 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
     df = pd.read_csv(history_csv)
     if df.empty:
         return None
-    epochs = df["epoch"] + 1
+    # history.csv counts epochs from 1; files from before counted from 0
+    epochs = df["epoch"] + 1 if df["epoch"].iloc[0] == 0 else df["epoch"]
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.2 * len(CURVE_PANELS), 3.4))
     for ax, (title, names) in zip(axes, CURVE_PANELS):
         for i, name in enumerate(n for n in names if n in df):

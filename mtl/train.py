@@ -12,6 +12,10 @@ A run folder ``runs/<name>/`` holds::
     plots/curves.png    training curves, redrawn every epoch
     metrics.json        summary written when training ends
 
+Both ``.keras`` files carry the model card (:mod:`mtl.model.card`); when training ends, the
+presence and type temperatures are fitted on the validation split and stored in them
+(:mod:`mtl.model.calibration`).
+
 Every file is written atomically (temporary file, then rename) at the end of each epoch, so a
 run killed at any moment resumes from its last finished epoch with ``--resume``.
 """
@@ -50,6 +54,7 @@ from mtl.distribute import (
 )
 from mtl.data.copies import check_groups_together, link_copies, split_jointly
 from mtl.data.splits import check_no_leak, match_case_ids, split_records
+from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
 from mtl.plots import plot_history
 
@@ -85,9 +90,41 @@ def save_model_atomic(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class ResumeError(ConfigError):
+    """A run folder that cannot be continued; the message names the file and what to do."""
+
+
 def read_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else {"epoch": 0, "best": None}
+    if not path.is_file():
+        return {"epoch": 0, "best": None}
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or state["epoch"] < 0:
+            raise ValueError("no epoch count in it")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResumeError(f"{path}: cannot resume, the file is damaged ({describe(exc)}); "
+                          "history.csv and last.keras say how far the run got") from None
+    return state
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: its text, else its type."""
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+def check_history(path: Path) -> list[dict[str, Any]]:
+    """history.csv of a run to resume: rows numbered 1, 2, 3... with numeric losses."""
+    try:
+        rows = read_history(path)
+    except (csv.Error, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ResumeError(f"{path}: cannot resume, the file is damaged ({describe(exc)})") from None
+    for i, row in enumerate(rows, start=1):
+        if row.get("epoch") != i or not isinstance(row.get("loss"), (int, float)):
+            raise ResumeError(f"{path}: cannot resume, row {i} is damaged (expected epoch {i} "
+                              f"with a numeric loss, got {str(row)[:120]})")
+    return rows
 
 
 # --------------------------------------------------------------------------- splits
@@ -208,7 +245,8 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
-        row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items())}}
+        # epochs are counted from 1 in history.csv, as on the console and in the plots
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())}}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._t0, 3)
         append_history(self.run_dir / "history.csv", row)
@@ -251,10 +289,36 @@ def append_history(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
+    """history.csv as rows of numbers; ``epoch`` counts from 1 (files written when it counted
+    from 0 are shifted on reading, so a resumed old run continues with the right numbers)."""
     if not path.is_file():
         return []
     with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+        rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    if rows and rows[0].get("epoch") == 0:
+        for row in rows:
+            row["epoch"] += 1
+    return rows
+
+
+def _number(text: str | None) -> int | float | str | None:
+    """A history.csv cell: int, float, None for an empty cell, else the text."""
+    if text is None or text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _finite(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A history row for JSON: NaN and infinities become null."""
+    if row is None:
+        return None
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in row.items()}
 
 
 # --------------------------------------------------------------------------- training
@@ -333,6 +397,8 @@ def train(
         if run_dir is None or not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume needs an existing run folder with config.yaml: {run_dir}")
     state = read_state(run_dir) if resume else {"epoch": 0, "best": None}
+    if resume:
+        check_history(run_dir / "history.csv")
     if role.is_chief:
         if not resume:
             run_dir = new_run_dir(t.runs_dir, config.name)
@@ -361,15 +427,24 @@ def train(
         if config.data.preflight else []
     )
     copies = assign_splits(sources, config, write_dir, reuse=resume, saved_in=run_dir)
-    write_atomic(write_dir / "data_summary.json",
-                 json.dumps(data_summary(sources, copies), indent=1))
+    summary_data = data_summary(sources, copies)
+    write_atomic(write_dir / "data_summary.json", json.dumps(summary_data, indent=1))
+    card = training_card(config.name, summary_data, {s.name: s.config.format for s in sources},
+                         list(config.data.classes))
 
     steps = t.steps_per_epoch or steps_per_epoch(sources, "train", scale.global_batch)
     with strategy.scope(), precision_policy(t.precision):
         if resume and (run_dir / "last.keras").is_file():
-            model = keras.models.load_model(run_dir / "last.keras")
+            try:
+                model = keras.models.load_model(run_dir / "last.keras")
+            except Exception as exc:  # noqa: BLE001 - zip, HDF5 and Keras errors alike
+                raise ResumeError(f"{run_dir / 'last.keras'}: cannot resume, the checkpoint "
+                                  f"cannot be loaded ({describe(exc)}); best.keras may still "
+                                  "be usable, or start a new run") from None
         else:
             model = build_model(config, learning_rate=scale.learning_rate)
+    # every file saved from here carries the card; temperatures are fitted when training ends
+    model.card, model.calibration = card, None
     if resume and (run_dir / "last.keras").is_file():
         # a run killed between saving last.keras and state.json: the optimizer's step count
         # says which epochs the saved weights have seen
@@ -452,12 +527,14 @@ def train(
     at_scan = [item for s in sources for item in s.adapter.skipped]
     state = read_state(write_dir)
     history = read_history(write_dir / "history.csv")
+    calibration = finish_run_models(write_dir, model, sources, config, card, history, state,
+                                    validated=val_ds is not None)
     summary = {
         "epochs_done": state["epoch"],
         "monitor": monitor,
         "best": state.get("best"),
         "best_epoch": state.get("best_epoch"),
-        "last": history[-1] if history else None,
+        "last": _finite(history[-1]) if history else None,
         "distribution": scale.to_dict(),
         "train_seconds_this_session": round(elapsed, 1),
         "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
@@ -465,6 +542,7 @@ def train(
         "skipped_at_preflight": len(skipped_at_preflight),
         "skipped_at_load": len(errors.items),
         "skipped_examples": (at_scan + skipped_at_preflight + errors.items)[:20],
+        "calibration": calibration,
     }
     write_atomic(write_dir / "metrics.json", json.dumps(summary, indent=1))
     return TrainResult(write_dir, state["epoch"], state.get("best"), state.get("best_epoch"), history)
@@ -484,4 +562,4 @@ def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     return config
 
 
-__all__ = ["TrainResult", "build_model", "new_run_dir", "resume_config", "train"]
+__all__ = ["ResumeError", "TrainResult", "build_model", "new_run_dir", "resume_config", "train"]

@@ -26,3 +26,21 @@ def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MTL_CACHE_DIR", str(folder))
         yield folder
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom_run(tmp_path_factory: pytest.TempPathFactory):
+    """One finished tiny training run on phantoms (2 epochs of 2 steps, with validation), shared
+    by the tests that only read a run folder (each training run costs a model build and a trace,
+    the largest part of the suite's time). Tests must not change the folder: copy it first."""
+    from mtl.config import load_config
+    from mtl.train import train
+
+    runs = tmp_path_factory.mktemp("shared-runs")
+    config = load_config(overrides=[
+        "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]", "model.head_units=32",
+        "train.batch_size=8", "train.epochs=2", "train.steps_per_epoch=2", "train.val_steps=1",
+        "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]",
+        f"train.runs_dir={runs}", "name=tiny",
+    ])
+    return train(config, verbose=0)

@@ -104,7 +104,7 @@ def test_meta_spacing_affine_shape(tmp_path: Path) -> None:
     assert meta["shape"] == list(SHAPE)
     assert meta["axis"] == 2 and meta["subject"] == "BraTS2021_00001"
     assert meta["dataset"] == "brats" and meta["source"].endswith("_flair.nii.gz")
-    sagittal = BratsAdapter(tmp_path, axis=0, min_brain_fraction=0)
+    sagittal = BratsAdapter(tmp_path, axis=0, min_brain_fraction=0, upright=False)
     records = sagittal.records()
     assert len(records) == SHAPE[0]
     sample = sagittal.load(records[11])  # x = 11 crosses the tumor
@@ -114,6 +114,25 @@ def test_meta_spacing_affine_shape(tmp_path: Path) -> None:
     expected = [[y, k] for y in range(12, 18) for k in TUMOR_SLICES]
     assert np.argwhere(sample["mask"]).tolist() == expected
     assert sample["label"] is None and not sagittal.load(records[16])["presence"]
+
+
+def test_slices_are_turned_upright_as_infer_turns_them(tmp_path: Path) -> None:
+    """A sagittal slice of an L-P-S array: superior up (rows = z reversed), anterior on the
+    left (columns = y, which grows towards posterior) -- the orientation of the training pictures."""
+    _subject(tmp_path / "BraTS2021_00001", NAMES_2020)
+    sagittal = BratsAdapter(tmp_path, axis=0, min_brain_fraction=0)
+    sample = sagittal.load(sagittal.records()[11])
+    assert sample["image"].shape == (8, 32, 1)
+    assert sample["meta"]["spacing"] == (2.0, 1.0)
+    assert sample["meta"]["upright"] == {"transpose": True, "flip_rows": True, "flip_cols": False}
+    expected = sorted([SHAPE[2] - 1 - k, y] for y in range(12, 18) for k in TUMOR_SLICES)
+    assert np.argwhere(sample["mask"]).tolist() == expected
+    # the same turn as `mtl infer` gives the network for this file
+    from mtl.infer.readers import InputItem, load_case
+
+    path = Path(sample["meta"]["source"])
+    case = load_case(InputItem("x", "nifti", path, (path,)), axis=0)
+    assert np.array_equal(case.slices[11], sample["image"][..., 0])
 
 
 def test_hgg_lgg_folders(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_mirrored_runs_on_one_device(tmp_path):
     dist = json.loads((result.run_dir / "distribution.json").read_text())
     assert dist["strategy"] == "MirroredStrategy" and dist["replicas"] == 1
     assert dist["global_batch"] == 4 and dist["learning_rate"] == dist["base_learning_rate"]
-    assert [int(r["epoch"]) for r in read_history(result.run_dir / "history.csv")] == [0, 1]
+    assert [r["epoch"] for r in read_history(result.run_dir / "history.csv")] == [1, 2]
     assert (result.run_dir / "last.keras").is_file()
 
 
@@ -137,7 +137,7 @@ def test_two_workers_train_the_same_weights_and_resume(tmp_path):
     dist = json.loads((chief_dir / "distribution.json").read_text())
     assert dist["replicas"] == 2 and dist["workers"] == 2 and dist["global_batch"] == 8
     assert dist["learning_rate"] == pytest.approx(2 * dist["base_learning_rate"])
-    assert [int(r["epoch"]) for r in read_history(chief_dir / "history.csv")] == [0, 1]
+    assert [r["epoch"] for r in read_history(chief_dir / "history.csv")] == [1, 2]
     chief = keras.models.load_model(chief_dir / "last.keras")
     other = keras.models.load_model(worker_dir / "last.keras")
     assert int(chief.optimizer.iterations) == 2 * 3  # optimizer state carried over the restart

@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from mtl.cli import main
 from mtl.config import load_config
+from mtl.model.card import read_card, read_model_config
 from mtl.train import train
 
 TWO_SOURCES = ("data.sources=[{format: phantoms, options: {n: 60, size: 64, seed: 1}}, "
@@ -61,6 +62,24 @@ def test_evaluate_run_writes_metrics_report_and_plots(run_dir):
         assert (out / "plots" / plot).stat().st_size > 5000, plot
     report = (out / "report.md").read_text()
     assert "## Presence" in report and "## Type / grade" in report and "worst_cases.png" in report
+    # calibration: ECE (15 bins) before and after the temperatures mtl train fitted on val
+    fitted = read_model_config(run_dir / "best.keras")["calibration"]
+    for task in ("presence", "type"):
+        ece = overall[task]["ece"]
+        assert ece["n_bins"] == 15 and overall[task]["calibration"]["n_bins"] == 15
+        assert 0 <= ece["before_calibration"] <= 1 and 0 <= ece["after_calibration"] <= 1
+        assert ece["temperature"] == pytest.approx(fitted[f"{task}_temperature"])
+        assert ece["after_calibration"] == overall[task]["calibration"]["ece"]
+    assert "presence ECE (15 bins), before / after calibration" in report
+    assert "type ECE (15 bins), before / after calibration" in result.output
+    # the run's own test split: its headline metrics go into best.keras's model card
+    card = read_card(run_dir / "best.keras")
+    assert card["metrics"]["split"] == "test" and card["metrics"]["source"] == "mtl evaluate"
+    assert card["metrics"]["values"]["presence_accuracy"] == pytest.approx(
+        overall["presence"]["accuracy"], abs=1e-4)
+    assert card["metrics"]["items"] == n_test
+    assert "model card updated with the test metrics" in result.output
+    assert metrics["model_card"].startswith("model: demo model, synthetic data")
 
 
 def test_evaluate_model_file_on_other_data(run_dir, tmp_path):

@@ -183,7 +183,7 @@ def test_volume_formats_and_options(tiny_model_path, scans, tmp_path, perfect_ne
     folder, truth = scans
     out = tmp_path / "out"
     result = _invoke(tiny_model_path, folder / "brain.nii.gz", folder / "series", "--out", out,
-                     "--format", "png,nifti,dicom-seg", "--axis", "2")
+                     "--format", "png,nifti", "--axis", "2")
     assert result.exit_code == 0, result.output
     slices = sorted((out / "brain" / "mask_slices").glob("slice_*.png"))
     assert len(slices) == 8
@@ -191,8 +191,12 @@ def test_volume_formats_and_options(tiny_model_path, scans, tmp_path, perfect_ne
 
     assert np.array_equal(np.asarray(Image.open(slices[3])) > 0, truth[:, :, 3] > 0)
     record = json.loads((out / "brain" / "findings.json").read_text())
-    assert any("dicom-seg not written" in w for w in record["warnings"])
-    assert (out / "series" / "seg.dcm").is_file() and (out / "series" / "mask.nii.gz").is_file()
+    assert not record["warnings"]
+    assert (out / "series" / "mask.nii.gz").is_file()
+    seg = _invoke(tiny_model_path, folder / "series", "--out", tmp_path / "seg", "--format",
+                  "dicom-seg,nifti")
+    assert seg.exit_code == 0, seg.output
+    assert {"seg.dcm", "mask.nii.gz"} <= {p.name for p in (tmp_path / "seg" / "series").iterdir()}
     bad = CliRunner().invoke(infer, [str(tiny_model_path), str(folder), "--out", str(out),
                                      "--format", "jpeg"])
     assert bad.exit_code == 2 and "unknown format" in bad.output
@@ -251,3 +255,84 @@ def test_one_rule_where_presence_and_mask_disagree(tiny_model_path, tmp_path, mo
         assert (mask > 0).sum() == 150 and record["findings"]["tumor"]["pixels"] == 150
         assert note["withheld_pixels"] == 0
         assert any("presence head says no tumor" in w for w in record["findings"]["warnings"])
+
+
+def test_a_format_an_input_can_never_give_is_refused_before_any_work(tiny_model_path, scans,
+                                                                    tmp_path, monkeypatch):
+    """--format dicom-seg on a NIfTI volume and a JPEG: refused, naming them, before the model
+    is even loaded; nothing is written (it used to write no mask and exit 0)."""
+    folder, _ = scans
+    jpeg = tmp_path / "photo.jpg"
+    from PIL import Image
+
+    Image.fromarray(tumor_image(48, 64, (10, 20, 30, 45)).astype(np.uint8)).save(jpeg)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the formats were checked")
+
+    monkeypatch.setattr(Predictor, "from_file", no_model)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(infer, [str(tiny_model_path), str(folder / "brain.nii.gz"),
+                                        str(jpeg), "--out", str(out), "--format", "dicom-seg"])
+    assert result.exit_code == 2, result.output
+    assert "--format dicom-seg needs a DICOM series" in result.output
+    assert str(folder / "brain.nii.gz") in result.output and str(jpeg) in result.output
+    assert "Nothing was run" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+    # nifti from a 2-D image: the same
+    again = CliRunner().invoke(infer, [str(tiny_model_path), str(jpeg), "--out", str(out),
+                                       "--format", "png,nifti"])
+    assert again.exit_code == 2 and "--format nifti needs a volume" in again.output
+    assert not out.exists()
+
+
+def test_a_requested_format_a_case_cannot_give_is_said_and_fails_the_exit_status(
+        tiny_model_path, tmp_path, perfect_network):
+    """A DICOM file without position/orientation cannot give a DICOM SEG: only the file tells,
+    so the others run, the terminal says what was not written, and the exit status is 1."""
+    import pydicom
+
+    paths = make_dicom_series(tmp_path / "series", n=1, tumor_slices=(0,))
+    ds = pydicom.dcmread(paths[0])
+    del ds.ImageOrientationPatient, ds.ImagePositionPatient
+    ds.save_as(paths[0])
+    out = tmp_path / "out"
+    result = _invoke(tiny_model_path, paths[0], "--out", out, "--format", "dicom-seg,png")
+    assert result.exit_code == 1, result.output
+    assert "1 requested output(s) not written" in result.output
+    assert "dicom-seg not written" in result.output
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    record = json.loads((case / "findings.json").read_text())
+    assert record["not_written"] and "dicom-seg" in record["not_written"][0]
+    assert not (case / "seg.dcm").exists()
+    assert list((case / "mask_slices").glob("slice_*.png"))  # the other format was written
+
+
+def test_overlay_and_contact_sheet_captions_count_slices_from_1(tiny_model_path, scans, tmp_path,
+                                                                 perfect_network, monkeypatch):
+    """"slice 80/188" (0-based) became "slice 81/188"; file names keep the array index."""
+    import mtl.infer.overlay as overlay
+
+    seen = {"lines": [], "captions": []}
+    real_overlay, real_sheet = overlay.render_overlay, overlay.render_contact_sheet
+
+    def spy_overlay(path, *args, lines, **kwargs):
+        seen["lines"].append((path.name, list(lines)))
+        return real_overlay(path, *args, lines=lines, **kwargs)
+
+    def spy_sheet(path, images, masks, captions, **kwargs):
+        seen["captions"] += list(captions)
+        return real_sheet(path, images, masks, captions, **kwargs)
+
+    monkeypatch.setattr(overlay, "render_overlay", spy_overlay)
+    monkeypatch.setattr(overlay, "render_contact_sheet", spy_sheet)
+    folder, _ = scans
+    result = _invoke(tiny_model_path, folder / "brain.nii.gz", "--out", tmp_path / "out",
+                     "--overlay", "--overlay-slices", "all", "--axis", "2")
+    assert result.exit_code == 0, result.output
+    by_file = dict(seen["lines"])
+    assert len(by_file) == 8
+    assert by_file["overlay_slice_000.png"][1].startswith("slice 1/8: ")
+    assert by_file["overlay_slice_007.png"][1].startswith("slice 8/8: ")
+    assert seen["captions"] and all(c.startswith("slice ") for c in seen["captions"])
+    assert not any(c.startswith("slice 0:") for c in seen["captions"])

@@ -79,8 +79,11 @@ def test_nifti_slices_along_the_axial_axis_and_back_to_native_order(tmp_path):
     affine = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]])
     path = save_nifti(tmp_path / "v.nii.gz", vol, affine)
     case = load_case(_item(path, "nifti"))
-    assert case.slice_axis == 0 and case.slices.shape == (20, 24, 10)
+    # turned upright: rows run along y (anterior up), columns along x
+    assert case.slice_axis == 0 and case.slices.shape == (20, 10, 24)
     assert np.allclose(case.to_native(case.slices), vol)
+    kept = load_case(_item(path, "nifti"), upright=False)
+    assert kept.slices.shape == (20, 24, 10) and np.allclose(kept.to_native(kept.slices), vol)
     assert case.spacing == (1.0, 1.0) and case.orientation_known
     assert load_case(_item(path, "nifti"), axis=2).slice_axis == 2
     assert load_case(_item(path, "nifti"), axis="sagittal").slice_axis == 1

@@ -198,6 +198,51 @@ def test_a_dicom_file_gives_png_and_nifti_masks(client, tmp_path):
     assert client.get(r["links"]["masks"]["nifti"]).status_code == 200
 
 
+def test_a_dicom_upload_offers_a_dicom_seg_download(client, tmp_path):
+    """The page and the JSON offer the DICOM SEG that `mtl infer` writes for DICOM input."""
+    import pydicom
+    from pydicom.uid import SegmentationStorage
+
+    paths = make_dicom_series(tmp_path / "s", n=2, tumor_slices=(1,), tumor_box=(10, 20, 40, 52))
+    source = pydicom.dcmread(paths[1])
+    r = _post(client, paths[1].read_bytes(), "IM0001.dcm").json()
+    link = r["links"]["masks"]["dicom_seg"]
+    assert link == f"/results/{r['id']}/seg.dcm" and "seg.dcm" in r["outputs"]
+    res = client.get(link)
+    assert res.status_code == 200 and res.headers["content-type"] == "application/dicom"
+    assert 'filename="IM0001_seg.dcm"' in res.headers["content-disposition"]
+    seg = pydicom.dcmread(io.BytesIO(res.content))
+    assert seg.SOPClassUID == SegmentationStorage
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert int((seg.pixel_array > 0).sum()) == 120
+    # the page has the button, shown for this link only; images get no SEG
+    page = client.get("/").text
+    assert 'id="dl-mask-seg"' in page and "links.masks.dicom_seg" in page
+    png = _post(client, tumor_png(BOX)).json()
+    assert png["links"]["masks"]["dicom_seg"] is None
+    assert client.get(f"/results/{png['id']}/seg.dcm").status_code == 404
+
+
+def test_volume_overlay_text_counts_slices_from_1(serve_app, tmp_path):
+    client, app = serve_app()
+    data, _ = tumor_nifti(tmp_path, "brain.nii.gz")
+    r = _post(client, data, "brain.nii.gz").json()
+    service = app.state.service
+    result = service.store.get(r["id"])
+    assert service.overlay_lines(result, 0)[1].startswith(f"slice 1/{r['n_slices']}: ")
+    last = r["n_slices"] - 1
+    assert service.overlay_lines(result, last)[1].startswith(f"slice {last + 1}/{r['n_slices']}: ")
+
+
+def test_no_interactive_docs_that_need_a_cdn(client):
+    """Swagger UI loads from a CDN: a blank page offline. The page links the schema only."""
+    page = client.get("/").text
+    assert 'href="docs"' not in page and "interactive API docs" not in page
+    assert 'href="openapi.json"' in page
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
 # --------------------------------------------------------------------------- bad uploads
 
 
@@ -414,3 +459,5 @@ def test_pydicoms_own_mr_files_are_read_as_dicom(client, name):
     res = _post(client, open(path, "rb").read(), name)
     assert res.status_code == 200, res.text
     assert res.json()["detected_type"] == "dicom"
+    seg = res.json()["links"]["masks"]["dicom_seg"]  # they have position and orientation
+    assert seg and client.get(seg).status_code == 200

@@ -136,14 +136,14 @@ def test_upload_a_volume_and_move_the_slice_slider(page, tmp_path):
     page.set_input_files("#file", str(tmp_path / "brain.nii.gz"))
     _wait_for_overlay(page, "/slices/2/overlay.png")  # the largest tumor slice first
     assert page.is_visible("#slider-row")
-    assert page.inner_text("#slice-label") == "slice 2 / 7"
+    assert page.inner_text("#slice-label") == "slice 3 / 8"  # counted from 1
     assert "0.59 mL" in page.inner_text("#volume")
-    assert page.inner_text("#tumor-slices") == "2–4"
+    assert page.inner_text("#tumor-slices") == "3–5"
     assert page.inner_text("#hemisphere").startswith("left")
     assert page.inner_text("#dl-mask") == "Mask (NIfTI)"
     page.fill("#slice", "6")
     _wait_for_overlay(page, "/slices/6/overlay.png")
-    assert page.inner_text("#slice-label") == "slice 6 / 7"
+    assert page.inner_text("#slice-label") == "slice 7 / 8"
     assert "tumor area 0 px" in page.inner_text("#slice-info")
     page.fill("#slice", "3")
     _wait_for_overlay(page, "/slices/3/overlay.png")
@@ -160,3 +160,30 @@ def test_a_bad_file_shows_a_clear_error(page, tmp_path):
     assert message.startswith("notes.png: unsupported file type")
     assert not page.is_visible("#result")  # the earlier result is not shown next to it
     page.screenshot(path=str(_shots() / "mtl-serve-error.png"), full_page=True)
+
+
+def test_a_dicom_upload_offers_the_dicom_seg_and_readable_overlay_text(page, server, tmp_path):
+    from mtl.infer.overlay import MIN_TEXT_PX, header_text_px
+    from test_infer_support import make_dicom_series
+
+    paths = make_dicom_series(tmp_path / "s", n=2, tumor_slices=(1,), tumor_box=(10, 20, 40, 52))
+    page.set_input_files("#file", str(paths[1]))
+    page.wait_for_selector(f'#case-name:text-is("{paths[1].name}")')
+    _wait_for_overlay(page, "/overlay.png")
+    assert page.is_visible("#dl-mask-seg") and page.inner_text("#dl-mask-seg") == "Mask (DICOM SEG)"
+    href = page.get_attribute("#dl-mask-seg", "href")
+    assert href.endswith("/seg.dcm")
+    with urllib.request.urlopen(server.rstrip("/") + href) as res:
+        assert res.headers["content-type"] == "application/dicom"
+        assert res.read()[128:132] == b"DICM"
+    # the overlay's header text as shown: its font scaled by the displayed / natural width
+    natural = page.eval_on_selector("#overlay", "img => img.naturalWidth")
+    shown = page.eval_on_selector("#overlay", "img => img.getBoundingClientRect().width")
+    assert header_text_px(natural) * shown / natural >= MIN_TEXT_PX
+    # an image upload has no SEG button
+    png = tmp_path / "slice.png"
+    png.write_bytes(tumor_png((10, 20, 30, 45)))
+    page.set_input_files("#file", str(png))
+    page.wait_for_selector('#case-name:text-is("slice.png")')
+    _wait_for_overlay(page, "/overlay.png")
+    assert not page.is_visible("#dl-mask-seg")

@@ -119,7 +119,7 @@ def test_resume_after_a_killed_run_continues_from_the_saved_epoch(tmp_path):
     config = load_config(run_dir / "config.yaml")
     result = train(config, run_dir=run_dir, resume=True, verbose=0)
     history = read_history(run_dir / "history.csv")
-    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # counted from 1, as on the console
     assert history[:saved] == before  # finished epochs are kept as they were
     model = keras.models.load_model(run_dir / "last.keras")
     assert int(model.optimizer.iterations) == 3 * 4  # optimizer state carried over
@@ -129,13 +129,20 @@ def test_resume_after_a_killed_run_continues_from_the_saved_epoch(tmp_path):
     assert again.epochs_done == 4 and len(read_history(run_dir / "history.csv")) == 4
 
 
-def test_uncertainty_weighting_trains(tmp_path):
-    config = tiny_config(tmp_path, "loss.uncertainty=true", "train.epochs=2",
-                         "train.steps_per_epoch=3", "train.val_steps=1",
+def test_uncertainty_weighting_trains_under_a_cosine_schedule(tmp_path):
+    """Two options in one short run (each run costs a model build): Kendall weighting learns its
+    log-variances, and the cosine schedule sets each epoch's learning rate."""
+    config = tiny_config(tmp_path, "loss.uncertainty=true", "train.epochs=3",
+                         "train.steps_per_epoch=2", "train.val_steps=1",
+                         "train.lr_schedule=cosine", "train.lr_min_fraction=0.1",
                          "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
     result = train(config, verbose=0)
     model = keras.models.load_model(result.run_dir / "last.keras")
     assert np.abs(model.multitask_loss.log_vars.numpy()[:3]).max() > 0  # learned
+    rates = [float(row["learning_rate"]) for row in read_history(result.run_dir / "history.csv")]
+    # 0.002 at the first epoch, half-way down the cosine at the second, 10% at the last
+    np.testing.assert_allclose(rates, [0.002, 0.002 * 0.55, 0.0002], rtol=1e-5)
+    assert cosine_learning_rate(1, base=1.0, epochs=3, min_fraction=0.0) == pytest.approx(0.5)
 
 
 def br35h_with_a_bad_file(root):
@@ -179,7 +186,7 @@ def test_resume_trusts_the_checkpoint_and_respects_early_stopping(tmp_path):
     (run_dir / "state.json").write_text(json.dumps(state))
     result = train(tiny_config(tmp_path, "name=r", "train.epochs=3", *args), run_dir=run_dir,
                    resume=True, verbose=0)
-    assert [int(r["epoch"]) for r in read_history(run_dir / "history.csv")] == [0, 1, 2]
+    assert [r["epoch"] for r in read_history(run_dir / "history.csv")] == [1, 2, 3]
     assert int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations) == 3 * 2
     assert result.epochs_done == 3
 
@@ -198,9 +205,10 @@ def test_resume_refuses_overrides_outside_train(tmp_path):
     from mtl.config import ConfigError
     from mtl.train import resume_config
 
-    config = tiny_config(tmp_path, "name=o", "train.epochs=1", "train.steps_per_epoch=1",
-                         "train.val_steps=1", "data.sources=[{format: phantoms, options: {n: 30, size: 64}}]")
-    run_dir = train(config, verbose=0).run_dir
+    config = tiny_config(tmp_path, "name=o", "train.epochs=1")
+    run_dir = tmp_path / "o"  # resume_config reads only the run's config.yaml
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(config.to_yaml())
     with pytest.raises(ConfigError, match="only train"):
         resume_config(run_dir, ["data.classes=[no_tumor, glioma]"])
     assert resume_config(run_dir, ["train.epochs=4"]).train.epochs == 4
@@ -251,17 +259,6 @@ def test_training_with_worker_processes(tmp_path):
     result = train(config, verbose=0)
     history = read_history(result.run_dir / "history.csv")
     assert len(history) == 2 and all(np.isfinite(float(r["val_loss"])) for r in history)
-
-
-def test_cosine_schedule_sets_each_epochs_learning_rate(tmp_path):
-    config = tiny_config(tmp_path, "train.lr_schedule=cosine", "train.lr_min_fraction=0.1",
-                         "train.epochs=3", "train.steps_per_epoch=2", "train.val_steps=1",
-                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
-    result = train(config, verbose=0)
-    rates = [float(row["learning_rate"]) for row in read_history(result.run_dir / "history.csv")]
-    # 0.002 at the first epoch, half-way down the cosine at the second, 10% at the last
-    np.testing.assert_allclose(rates, [0.002, 0.002 * 0.55, 0.0002], rtol=1e-5)
-    assert cosine_learning_rate(1, base=1.0, epochs=3, min_fraction=0.0) == pytest.approx(0.5)
 
 
 def test_unknown_learning_rate_schedule_is_refused(tmp_path):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -465,6 +466,25 @@ class PhantomAdapter(Adapter):
         )
 
 
+#: seed of :func:`write_example_slice`: not a seed any experiment file trains on
+EXAMPLE_SEED = 2024
+
+
+def write_example_slice(path: str | Path, kind: str = "meningioma", index: int = 0,
+                        size: int = 256) -> Path:
+    """One SYNTHETIC phantom slice as an 8-bit grey PNG, to try ``mtl infer`` on (``make demo``
+    writes ``runs/demo/example_slice.png``). Its seed is none the demo trains on."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = render_phantom(EXAMPLE_SEED, index, size, kind).image
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
 def phantom_samples(n: int, size: int = 128, seed: int = 0, **kw: Any) -> list[Sample]:
     """Generate ``n`` phantom samples. ``kw`` goes to :class:`PhantomAdapter`."""
     adapter = PhantomAdapter(n=n, size=size, seed=seed, **kw)
@@ -473,5 +493,5 @@ def phantom_samples(n: int, size: int = 128, seed: int = 0, **kw: Any) -> list[S
 
 __all__ = [
     "FOV_MM", "KINDS", "Phantom", "PhantomAdapter", "phantom_label", "phantom_samples",
-    "render_phantom",
+    "render_phantom", "write_example_slice",
 ]

@@ -5,13 +5,12 @@ three planes, and the share of slices called tumor is reported per plane and ove
 volume is read by :func:`mtl.infer.readers.load_nifti_case` (as ``mtl infer`` reads it) and run
 through :class:`mtl.infer.predict.Predictor` (the model's stored preprocessing).
 
-Orientation: ``mtl infer`` gives the network slices in the file's array order and turns them
-upright only for display (:func:`mtl.infer.overlay.view_for`). The training images are upright
-2-D slices (JPEG/MAT datasets), so by default the check shows the network each slice upright,
-as a radiologist views it (axial: anterior up, patient's right on the left; coronal: superior up;
-sagittal: superior up, anterior on the left). ``orientation="native"`` runs the array-order
-slices instead, as ``mtl infer`` does. Volumes without qform/sform orientation are cut along the
-three array axes, in array order.
+Orientation: the training images are upright 2-D slices (JPEG/MAT datasets), so by default the
+check shows the network each slice upright, as ``mtl infer`` does (:func:`mtl.infer.readers.
+turn_upright`; axial: anterior up, patient's right on the left; coronal: superior up; sagittal:
+superior up, anterior on the left). ``orientation="native"`` runs the file's array-order slices
+instead (what ``mtl infer`` did before it turned slices upright). Volumes without qform/sform
+orientation are cut along the three array axes, in array order.
 
 Slices checked: a slice has brain content when at least ``min_fraction`` (default 5 %, as the
 BraTS adapter's ``min_brain_fraction``) of its pixels are above ``level`` (default 0.1) times
@@ -31,9 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtl.infer.overlay import View, view_for
+from mtl.data.orientation import View
 from mtl.infer.predict import Predictor, is_constant, load_model
-from mtl.infer.readers import Case, InputItem, kind_of, load_nifti_case
+from mtl.infer.readers import Case, InputItem, kind_of, load_nifti_case, turn_upright
 
 PLANES = ("axial", "coronal", "sagittal")
 MNI152 = "mni152"
@@ -118,14 +117,9 @@ def _planes(path: Path, orientation: str) -> list[tuple[str, Case, View]]:
         named = [(p, first if p == PLANES[0] else load_nifti_case(item, p)) for p in PLANES]
     else:  # no orientation: the three array axes
         named = [(f"axis{a}", load_nifti_case(item, a)) for a in range(3)]
-    out = []
-    for name, case in named:
-        view = View()
-        if orientation == "upright" and case.orientation_known:
-            view = view_for(case.kind, case.affine, case.slice_axis, True)
-            view = View(view.transpose, view.flip_rows, view.flip_cols)  # pixels only
-        out.append((name, case, view))
-    return out
+    # the slices are turned here, so no further view is applied to them
+    return [(name, turn_upright(case) if orientation == "upright" else case, View())
+            for name, case in named]
 
 
 def _predict_slices(predictor: Predictor, slices: list[np.ndarray], bar: Any) -> dict[str, Any]:

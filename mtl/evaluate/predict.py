@@ -18,6 +18,7 @@ from mtl.config import Config
 from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
 from mtl.data.preprocess import letterbox_info, unletterbox
 from mtl.evaluate.metrics import MaskScores, score_mask
+from mtl.model.calibration import temperatures
 from mtl.model.inference import compiled_forward, with_flip_tta
 
 
@@ -36,6 +37,8 @@ class SplitPredictions:
     patient_ids: list[str] = field(default_factory=list)
     #: mask scores in each source image's own geometry, mask head alone (None: not computed)
     native: MaskScores | None = None
+    #: the model's calibration temperatures, {"presence": T, "type": T} (outputs have them applied)
+    temperatures: dict[str, float] = field(default_factory=dict)
 
     def native_under(self, rule: str, threshold: float) -> MaskScores | None:
         """:attr:`native` under a mask rule (:func:`mtl.infer.predict.apply_mask_rule`) with
@@ -60,6 +63,7 @@ class SplitPredictions:
             self.skipped,
             [p for p, k in zip(self.patient_ids, keep) if k],
             self.native.select(keep) if self.native is not None else None,
+            self.temperatures,
         )
 
 
@@ -120,7 +124,9 @@ def predict_split(
 ) -> SplitPredictions:
     """Run ``model`` over ``split`` of ``sources``; ``tta`` averages with mirrored inputs as
     ``mtl infer --tta`` does; masks are also scored at source size (see module docstring;
-    :meth:`SplitPredictions.native_under` applies a mask rule)."""
+    :meth:`SplitPredictions.native_under` applies a mask rule). Presence and type
+    probabilities are calibrated with the model's temperatures; the outputs also hold the
+    uncalibrated ones and the logits (:func:`mtl.model.inference.compiled_forward`)."""
     plan = plan_split(sources, split)
     if not len(plan):
         raise ValueError(f"the {split!r} split is empty")
@@ -165,6 +171,7 @@ def predict_split(
         errors.items,
         patients,
         native,
+        dict(zip(("presence", "type"), temperatures(model))),
     )
 
 

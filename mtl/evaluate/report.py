@@ -18,6 +18,9 @@ from mtl.data.sample import NO_TUMOR
 from mtl.evaluate.predict import SplitPredictions
 from mtl.train import write_atomic
 
+#: equal-width confidence bins of the expected calibration error
+ECE_BINS = 15
+
 
 def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5,
           mask_rule: str = "presence") -> dict[str, Any]:
@@ -29,12 +32,24 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5,
     if sel.any():
         truth, prob = t["presence"][sel].ravel(), o["presence"][sel].ravel()
         out["presence"] = presence_metrics(truth, prob, threshold)
-        out["presence"]["calibration"] = calibration(prob, truth)
+        out["presence"]["calibration"] = calibration(prob, truth, n_bins=ECE_BINS)
+        raw = o.get("presence_uncalibrated", o["presence"])[sel].ravel()
+        out["presence"]["ece"] = {
+            "before_calibration": calibration(raw, truth, n_bins=ECE_BINS)["ece"],
+            "after_calibration": out["presence"]["calibration"]["ece"],
+            "n_bins": ECE_BINS, "temperature": pred.temperatures.get("presence", 1.0)}
     sel = w["type"] > 0
     if sel.any():
         truth, probs = t["type"][sel], o["type"][sel]
         out["type"] = type_metrics(truth, probs, classes)
-        out["type"]["calibration"] = calibration(probs.max(1), probs.argmax(1) == truth)
+        out["type"]["calibration"] = calibration(probs.max(1), probs.argmax(1) == truth,
+                                                 n_bins=ECE_BINS)
+        raw = o.get("type_uncalibrated", o["type"])[sel]
+        out["type"]["ece"] = {
+            "before_calibration": calibration(raw.max(1), raw.argmax(1) == truth,
+                                              n_bins=ECE_BINS)["ece"],
+            "after_calibration": out["type"]["calibration"]["ece"],
+            "n_bins": ECE_BINS, "temperature": pred.temperatures.get("type", 1.0)}
     sel = w["mask"] > 0
     if sel.any():
         network = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
@@ -189,6 +204,14 @@ def _ci(ci: dict, key: str, pct: bool = False) -> str:
     return "" if not v else f" ({_fmt(v[0], pct)} – {_fmt(v[1], pct)})"
 
 
+def _ece(task: dict[str, Any]) -> str:
+    e = task.get("ece")
+    if not e:  # metrics written before calibration
+        return _fmt(task["calibration"]["ece"])
+    return (f"{_fmt(e['before_calibration'])} / {_fmt(e['after_calibration'])} "
+            f"(T = {e['temperature']:.3g})")
+
+
 def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(metric, value with 95% CI) rows for the terminal and the report."""
     o, ci = result["overall"], result["overall"].get("ci95", {})
@@ -200,7 +223,7 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             ("presence sensitivity / specificity", f"{_fmt(p['recall'], True)} / {_fmt(p['specificity'], True)}"),
             ("presence F1", _fmt(p["f1"]) + _ci(ci, "presence_f1")),
             ("presence ROC-AUC", _fmt(p["roc_auc"])),
-            ("presence ECE", _fmt(p["calibration"]["ece"])),
+            ("presence ECE (15 bins), before / after calibration", _ece(p)),
         ]
     if "type" in o:
         t = o["type"]
@@ -208,7 +231,7 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             ("type accuracy", _fmt(t["accuracy"], True) + _ci(ci, "type_accuracy", True)),
             ("type macro-F1", _fmt(t["macro_f1"]) + _ci(ci, "type_macro_f1")),
             ("type balanced accuracy", _fmt(t["balanced_accuracy"], True)),
-            ("type ECE", _fmt(t["calibration"]["ece"])),
+            ("type ECE (15 bins), before / after calibration", _ece(t)),
         ]
     if "mask" in o and o["mask"]["n_tumor"]:
         m = o["mask"]
@@ -232,7 +255,7 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Evaluation of {result.get('model', 'model')}", ""]
-    for key in ("split", "data", "threshold", "mask_rule", "tta", "evaluated_at"):
+    for key in ("model_card", "split", "data", "threshold", "mask_rule", "tta", "evaluated_at"):
         if key in result:
             lines.append(f"- {key}: {result[key]}")
     unit = result["overall"].get("ci95_resampling", "images")

@@ -16,6 +16,7 @@ from mtl.data.splits import match_case_ids, split_records
 from mtl.evaluate.healthy import healthy_volume_check, resolve_healthy_volume
 from mtl.evaluate.predict import predict_split
 from mtl.infer.predict import Predictor
+from mtl.model.card import card_line, card_metrics, model_card, update_model_config
 from mtl.evaluate.report import evaluate_predictions
 from mtl.train import new_run_dir
 
@@ -170,7 +171,34 @@ def evaluate(
         "tta": tta,
         "mask_rule": mask_rule,
     }
+    context["model_card"] = card_line(model_card(model))
+    context["calibration"] = {"presence_temperature": pred.temperatures.get("presence", 1.0),
+                              "type_temperature": pred.temperatures.get("type", 1.0)}
     result = evaluate_predictions(pred, config.data.classes, out_dir, threshold=threshold,
                                   n_resamples=n_resamples, context=context, mask_rule=mask_rule,
                                   healthy=healthy or None)
+    if run_dir is not None and not data and split == "test":
+        result["model_card_updated"] = record_test_metrics(model_path, model, result)
     return result, out_dir
+
+
+def record_test_metrics(model_path: Path, model: keras.Model, result: dict[str, Any]
+                        ) -> str | None:
+    """Put the headline test metrics of a run's own test split into the card of the model
+    file evaluated (a model without a card is left alone); returns what was done."""
+    card = model_card(model)
+    if card is None:
+        return None
+    o = result["overall"]
+    values = {"presence_accuracy": o.get("presence", {}).get("accuracy"),
+              "type_accuracy": o.get("type", {}).get("accuracy"),
+              "dice": o.get("mask", {}).get("dice_mean")}
+    card = {**card, "metrics": card_metrics(
+        values, "test", "mtl evaluate", items=o["n_items"], evaluated_at=result["evaluated_at"],
+        mask_rule=result.get("mask_rule"), tta=result.get("tta"))}
+    try:
+        update_model_config(model_path, card=card)
+    except OSError as exc:
+        return f"{model_path}: model card not updated ({exc.strerror or exc})"
+    model.card = card
+    return f"{model_path}: model card updated with the test metrics"

@@ -62,8 +62,9 @@ mask_rule_option = click.option(
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Output folder: findings.csv and one sub-folder per case.")
 @click.option("--format", "formats", callback=_formats, metavar="LIST",
-              help="Mask formats, comma-separated: png, nifti, dicom-seg "
-                   "(default: PNG for images, NIfTI for NIfTI, DICOM SEG for DICOM).")
+              help="Mask formats, comma-separated: png, nifti, nrrd, dicom-seg "
+                   "(default: PNG for images, NIfTI for NIfTI, NRRD for NRRD, DICOM SEG for "
+                   "DICOM).")
 @click.option("--overlay", is_flag=True,
               help="PNG overlays (outline, fill, label, probabilities); contact sheet for volumes.")
 @click.option("--overlay-slices", type=click.Choice(["tumor", "all"]), default="tumor",
@@ -83,7 +84,8 @@ mask_rule_option = click.option(
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
 @click.option("--axis", default="axial", show_default=True, callback=_axis,
-              help="NIfTI slicing axis: axial, coronal, sagittal (from the affine) or 0, 1, 2.")
+              help="NIfTI/NRRD slicing axis: axial, coronal, sagittal (from the affine) or "
+                   "0, 1, 2.")
 @click.option("--pixel-spacing", callback=_spacing, metavar="ROW_MM,COL_MM",
               help="Pixel spacing of 2-D image inputs, for areas in mm².")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -92,15 +94,20 @@ mask_rule_option = click.option(
 def infer(model, inputs, out, formats, overlay, overlay_slices, explain, threshold,
           presence_threshold, tta, mask_rule, largest_component, batch_size, axis, pixel_spacing,
           force, progress) -> None:
-    """Run MODEL on images, folders, NIfTI volumes or DICOM series; write findings and masks.
+    """Run MODEL on images, folders, NIfTI/NRRD volumes or DICOM series; write findings and masks.
 
     Per case: findings.json (presence, type, tumor size and place), the mask in the input's own
     geometry, and with --overlay / --explain pictures to look at. One findings.csv for the run.
-    Exit status 1 if any input failed; the others still run. Research use, not a diagnosis.
+    Exit status 1 if any input failed or a requested mask format could not be written for a
+    case; the others still run. A --format that an input's kind can never give (dicom-seg for
+    an image or NIfTI, nifti for an image) is refused before anything runs. Research use, not
+    a diagnosis.
     """
     from mtl.infer.predict import ModelError, Predictor
-    from mtl.infer.runner import InferOptions, run
+    from mtl.infer.readers import discover
+    from mtl.infer.runner import InferOptions, format_refusals, run
     from mtl.infer.writers import OutputExistsError
+    from mtl.model.card import card_line, model_card
 
     options = InferOptions(formats=formats, overlay=overlay, overlay_slices=overlay_slices,
                            explain=explain, presence_threshold=presence_threshold, axis=axis,
@@ -109,6 +116,10 @@ def infer(model, inputs, out, formats, overlay, overlay_slices, explain, thresho
     if (out_dir / "findings.csv").exists() and not force:
         raise click.ClickException(f"{out_dir / 'findings.csv'} exists (an earlier run); use "
                                    "--force to overwrite or choose another --out")
+    if formats:  # refuse before the model is loaded; run() checks again
+        refused = format_refusals(discover(inputs)[0], formats)
+        if refused:
+            raise click.UsageError("; ".join(refused) + ". Nothing was run.")
     try:
         predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
                                         largest_component=largest_component,
@@ -117,6 +128,7 @@ def infer(model, inputs, out, formats, overlay, overlay_slices, explain, thresho
         result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model)
     except (ModelError, OutputExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    click.echo(card_line(model_card(predictor.model)))  # where the model came from
     click.echo(summary_table(result.cases))
     failed = result.failures
     click.echo(f"\nresults: {result.out}")
@@ -125,10 +137,21 @@ def infer(model, inputs, out, formats, overlay, overlay_slices, explain, thresho
     for case in result.cases:
         if case.status == "ok" and case.folder is not None:
             click.echo(f"  {case.folder}/  {output_names(case.folder, case.outputs)}")
+    # what findings.json records under "warnings" (header repairs, SEG attribute repairs, ...)
+    for case in result.cases:
+        if case.status == "ok" and case.record:
+            for note in case.record.get("warnings", []):
+                if note not in case.not_written:
+                    click.echo(f"warning: {case.name}: {note}", err=True)
+    if result.not_written:
+        click.echo(f"\n{len(result.not_written)} requested output(s) not written:", err=True)
+        for note in result.not_written:
+            click.echo(f"  {note}", err=True)
     if failed:
         click.echo(f"\n{len(failed)} of {len(result.cases)} input(s) failed:", err=True)
         for case in failed:
             click.echo(f"  {case.error}", err=True)
+    if failed or result.not_written:
         raise SystemExit(1)
 
 

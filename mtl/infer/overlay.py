@@ -7,75 +7,44 @@ fill with a yellow outline, and a header with the case's label and probabilities
 Slices of volumes are *shown* in the usual radiological orientation when the orientation is
 known (axial: anterior up, patient's right on the viewer's left; coronal: superior up, right on
 the left; sagittal: superior up, anterior on the left), with orientation letters at the edges.
-This is display only: the model, masks and findings use the input's own array order.
+The network sees volume slices in that same orientation (:mod:`mtl.data.orientation`), so
+the slices drawn here are upright already and the view only labels the edges.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from mtl.data.orientation import View, view_for
 from mtl.infer.writers import atomic_write
 
-_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
 FILL_RGBA = (1.0, 0.1, 0.1, 0.38)
 OUTLINE = "yellow"
 FOOTER = "mtl research output - not a diagnosis"
+#: ``mtl serve``'s page shows an overlay at most this wide (CSS px); the header text is sized
+#: so that it is at least ``MIN_TEXT_PX`` high there, and at least that in the file itself
+PAGE_WIDTH_PX = 600
+MIN_TEXT_PX = 14
 
 
-@dataclass(frozen=True)
-class View:
-    """How to show a native (rows, cols) slice: transpose, then flips; edge letters if known."""
-
-    transpose: bool = False
-    flip_rows: bool = False
-    flip_cols: bool = False
-    letters: tuple[str, str, str, str] | None = None  # top, bottom, left, right
-    pixel_aspect: float = 1.0  # height / width of a displayed pixel
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        out = np.swapaxes(array, 0, 1) if self.transpose else array
-        if self.flip_rows:
-            out = out[::-1]
-        if self.flip_cols:
-            out = out[:, ::-1]
-        return np.ascontiguousarray(out)
+def header_text_px(width_px: float) -> float:
+    """Font size (px) of an overlay's header for a picture ``width_px`` wide: it grows with the
+    picture, so the text is >= MIN_TEXT_PX (with glyph margin) once scaled to the page."""
+    return max(17.0, 1.2 * MIN_TEXT_PX * width_px / PAGE_WIDTH_PX)
 
 
-def view_for(kind: str, affine: np.ndarray | None, slice_axis: int | None,
-             orientation_known: bool) -> View:
-    """The display transform for slices of a case (identity for images and DICOM)."""
-    if affine is None or slice_axis is None:
-        return View()
-    from nibabel.orientations import aff2axcodes
+def wrap_header(line: str, width_px: float, font_px: float, bold: bool = False) -> list[str]:
+    """One header line wrapped to the picture's width (bold sans, else monospace), instead of
+    widening the picture, which would shrink the text on the page."""
+    import textwrap
 
-    rows, cols = (a for a in range(3) if a != slice_axis)
-    row_mm = float(np.linalg.norm(affine[:3, rows]))
-    col_mm = float(np.linalg.norm(affine[:3, cols]))
-    if not orientation_known:
-        return View(pixel_aspect=row_mm / col_mm)
-    codes = aff2axcodes(affine)
-    code_r, code_c = codes[rows], codes[cols]
-    if kind == "dicom":  # stored for display already; just label the edges
-        return View(letters=(_OPPOSITE[code_r], code_r, _OPPOSITE[code_c], code_c),
-                    pixel_aspect=row_mm / col_mm)
-    # vertical: the superior-inferior axis if in plane, else anterior-posterior
-    vertical_is_c = code_c in "SI" or (code_r not in "SI" and code_c in "AP")
-    v_code, h_code = (code_c, code_r) if vertical_is_c else (code_r, code_c)
-    v_mm, h_mm = (col_mm, row_mm) if vertical_is_c else (row_mm, col_mm)
-    down = "I" if v_code in "SI" else "P"
-    right = "L" if h_code in "LR" else "P"
-    return View(
-        transpose=vertical_is_c,
-        flip_rows=v_code != down,
-        flip_cols=h_code != right,
-        letters=(_OPPOSITE[down], down, _OPPOSITE[right], right),
-        pixel_aspect=v_mm / h_mm,
-    )
+    em = 0.72 if bold else 0.61  # advance per character, in em
+    width = max(20, int(0.97 * width_px / (em * font_px)))
+    return textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
 
 
 def window(image: np.ndarray) -> np.ndarray:
@@ -133,18 +102,24 @@ def render_overlay(
     heat: np.ndarray | None = None,
     heat_title: str = "Grad-CAM",
     force: bool = False,
+    model_line: str | None = None,
 ) -> Path:
     """One PNG: the slice with the mask outline and fill, a text header; with ``heat``, a second
-    panel showing the Grad-CAM heat map over the slice."""
+    panel showing the Grad-CAM heat map over the slice. ``model_line`` (the model card's one
+    line, :func:`mtl.model.card.card_line`) goes into the footer and the PNG's ``Model`` text."""
     from matplotlib.figure import Figure
 
     panels = 1 if heat is None else 2
     pw, ph = _panel_size(np.asarray(image).shape[:2], view)
-    header = 0.28 * len(lines) + 0.2
-    footer = 0.25
-    # wide enough for the text (monospace 9 pt advances 0.075 in per character; bold 10 pt more)
-    text_w = min(16.0, 0.4 + 0.085 * max((len(line) for line in lines), default=0))
-    fig_w = max(pw * panels, text_w)
+    fig_w = pw * panels  # the header and the footer's model line wrap to the picture's width
+    model_rows = _wrap_model_line(model_line, fig_w)
+    footer = 0.25 + MODEL_ROW_IN * len(model_rows)
+    font_px = header_text_px(fig_w * 100)
+    # (text, bold) per wrapped line: the first given line is the bold title
+    rows = [(text, k == 0) for k, line in enumerate(lines)
+            for text in wrap_header(line, fig_w * 100, font_px, bold=k == 0)]
+    line_h = 1.3 * font_px / 100  # inches
+    header = line_h * len(rows) + 0.15
     fig = Figure(figsize=(fig_w, ph + header + footer), facecolor="black", dpi=100)
     total_h = ph + header + footer
     bottom, height = footer / total_h, ph / total_h
@@ -155,13 +130,45 @@ def render_overlay(
         ax2 = fig.add_axes((left + pw / fig_w, bottom, pw / fig_w, height))
         _draw_slice(ax2, image, None, view, heat=heat)
         ax2.set_title(heat_title, color="white", fontsize=9, pad=3)
-    for k, line in enumerate(lines):
-        fig.text(0.01, 1 - (0.12 + 0.28 * k) / total_h, line, color="white", va="top",
-                 ha="left", fontsize=10 if k == 0 else 9, fontweight="bold" if k == 0 else None,
-                 family="monospace" if k else None)
-    fig.text(0.99, 0.08 / total_h, FOOTER, color="0.6", fontsize=7, ha="right", va="bottom")
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png",
-                                                      facecolor="black"), force=force)
+    for k, (text, bold) in enumerate(rows):
+        fig.text(0.01, 1 - (0.08 + line_h * k) / total_h, text, color="white", va="top",
+                 ha="left", fontsize=font_px * 0.72, fontweight="bold" if bold else None,
+                 family=None if bold else "monospace")
+    fig.text(0.99, 0.06 / total_h, FOOTER, color="0.6", fontsize=9, ha="right", va="bottom")
+    _model_footer(fig, model_rows, 0.25, total_h)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="black",
+                                                      metadata=_png_text(model_line)),
+                        force=force)
+
+
+#: footer rows of the model card's line: font (pt) and row height (inches)
+MODEL_FONT_PT, MODEL_ROW_IN = 9.0, 0.17
+
+
+def _wrap_model_line(model_line: str | None, width_in: float) -> list[str]:
+    """The model card's line wrapped to ``width_in`` (sans 9 pt, about 0.6 em a character)."""
+    import textwrap
+
+    if not model_line:
+        return []
+    width = max(30, int(0.95 * width_in * 72 / (0.6 * MODEL_FONT_PT)))
+    return textwrap.wrap(model_line, width, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def _model_footer(fig, rows: list[str], bottom_in: float, total_in: float) -> None:
+    """The model card's line above the disclaimer, top row first; orange for a demo model."""
+    demo = any("not for real scans" in row for row in rows) or (
+        bool(rows) and rows[0].startswith("model: demo model"))
+    for k, row in enumerate(reversed(rows)):
+        fig.text(0.01, (bottom_in + MODEL_ROW_IN * k) / total_in, row,
+                 color="orange" if demo else "0.75", fontsize=MODEL_FONT_PT, ha="left",
+                 va="bottom", fontweight="bold" if demo else None)
+
+
+def _png_text(model_line: str | None) -> dict[str, str] | None:
+    if not model_line:
+        return None
+    return {"Model": model_line.encode("latin-1", "replace").decode("latin-1")}
 
 
 def render_contact_sheet(
@@ -174,6 +181,7 @@ def render_contact_sheet(
     view: View = View(),
     max_cells: int = 36,
     force: bool = False,
+    model_line: str | None = None,
 ) -> Path:
     """A grid of slices with their masks, one caption each. More than ``max_cells`` slices are
     subsampled evenly (the title says so)."""
@@ -190,9 +198,11 @@ def render_contact_sheet(
     rows = math.ceil(len(chosen) / cols)
     pw, ph = _panel_size(np.asarray(images[0]).shape[:2], view, long_side_in=2.4)
     cap, gap = 0.24, 0.12  # caption height, space between cells (inches)
-    header, footer = 0.45, 0.22
     cw, rh = pw + gap, ph + cap + gap
-    fig_w, fig_h = max(cols * cw, 0.4 + 0.09 * len(title)), rows * rh + header + footer
+    fig_w = max(cols * cw, 0.4 + 0.09 * len(title))
+    model_rows = _wrap_model_line(model_line, fig_w)
+    header, footer = 0.45, 0.22 + MODEL_ROW_IN * len(model_rows)
+    fig_h = rows * rh + header + footer
     fig = Figure(figsize=(fig_w, fig_h), facecolor="black", dpi=100)
     for cell, i in enumerate(chosen):
         r, c = divmod(cell, cols)
@@ -205,8 +215,10 @@ def render_contact_sheet(
     fig.text(0.01, 1 - 0.1 / fig_h, title, color="white", va="top", ha="left", fontsize=10,
              fontweight="bold")
     fig.text(0.99, 0.05 / fig_h, FOOTER, color="0.6", fontsize=7, ha="right", va="bottom")
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png",
-                                                      facecolor="black"), force=force)
+    _model_footer(fig, model_rows, 0.22, fig_h)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="black",
+                                                      metadata=_png_text(model_line)),
+                        force=force)
 
 
 __all__ = ["View", "render_contact_sheet", "render_overlay", "view_for", "window"]

@@ -1,20 +1,25 @@
 """Inputs of ``mtl infer`` -> cases: 2-D slices plus the geometry needed to map results back.
 
-Three kinds of input are read:
+Four kinds of input are read:
 
 - ``image``: one PNG, JPEG, TIFF or BMP file. Read as the training adapters read images (EXIF
   orientation applied, colour -> ITU-R 601 luma, alpha composited onto black); 16-bit and float
   images keep their values. One slice; no spacing unless the caller provides it.
-- ``nifti``: a ``.nii`` / ``.nii.gz`` volume, cut into 2-D slices along one array axis, in array
-  order, exactly as the BraTS adapter cuts training slices (no in-plane reorientation). The
-  default axis is the axial one (the array axis closest to superior-inferior in the affine);
+- ``nifti``: a ``.nii`` / ``.nii.gz`` volume, cut into 2-D slices along one array axis. Where
+  the header gives the orientation, each slice is turned upright (transposed/mirrored, no
+  resampling) as the training pictures are (:mod:`mtl.data.orientation`); results are turned
+  back into the file's array order. The default axis is the axial one (the array axis closest to superior-inferior in the affine);
   ``axis`` may name an array axis (0, 1, 2) or ``axial``/``coronal``/``sagittal``.
+- ``nrrd``: a ``.nrrd`` volume or a ``.nhdr`` header with its detached data file (3D Slicer's
+  format), read with pynrrd; its ``space``, ``space directions`` and ``space origin`` give the
+  geometry. Sliced and turned upright exactly as NIfTI volumes are.
 - ``dicom``: the single-frame images of one DICOM series (one folder may hold several series),
   sorted along the slice normal. Modality LUT (rescale slope/intercept) applied.
 
 Every case carries ``affine``: a 4x4 matrix from voxel indices *in the case's native array
 order* to RAS+ millimetres (x to the patient's Right, y Anterior, z Superior), or None for 2-D
-images. Native order is the NIfTI file's own array order, and (slice, row, column) for DICOM.
+images. Native order is the NIfTI file's own array order (the NRRD file's axis order, fastest
+first), and (slice, row, column) for DICOM.
 
 Problems raise :class:`InputError` whose message starts with the offending file's path.
 """
@@ -32,10 +37,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mtl.data.imageio import ImageReadError, describe_error, read_gray
+from mtl.data.orientation import View, upright_transform
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})
+NRRD_SUFFIXES = frozenset({".nrrd", ".nhdr"})
 #: smallest accepted image side in pixels
 MIN_SIDE = 8
 AXIS_NAMES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
@@ -52,7 +59,7 @@ class InputItem:
     """One case to read (not read yet): its output name, kind and file(s)."""
 
     name: str
-    kind: str  # "image" | "nifti" | "dicom"
+    kind: str  # "image" | "nifti" | "nrrd" | "dicom"
     source: Path  # the file, or the folder of a DICOM series
     paths: tuple[Path, ...]  # the file, or the files of a DICOM series
 
@@ -76,8 +83,11 @@ class Case:
     orientation_known: bool = False
     spacing: tuple[float, float] | None = None  # in-plane (row, column) spacing in mm
     nifti: Any = None  # the nibabel image (header and affine for the output label volume)
+    nrrd: dict[str, Any] | None = None  # NRRD geometry fields for the output mask (pynrrd)
     datasets: list[Any] | None = None  # pydicom datasets, in slice order
     warnings: list[str] = field(default_factory=list)
+    #: the in-plane transform that turned the native slices into ``slices`` (upright)
+    upright: View = field(default_factory=View)
 
     @property
     def n_slices(self) -> int:
@@ -85,17 +95,23 @@ class Case:
 
     @property
     def is_volume(self) -> bool:
-        return self.kind in ("nifti", "dicom")
+        return self.kind in ("nifti", "nrrd", "dicom")
 
     def to_native(self, stack: np.ndarray) -> np.ndarray:
         """(N, H, W) per-slice array -> the input's own array shape and order."""
         if self.kind == "image":
             return stack[0]
+        stack = self.native_slices(stack)
         if self.kind == "dicom":
             return stack
         axis = 2 if self.slice_axis is None else self.slice_axis
         volume = np.moveaxis(stack, 0, axis)
         return volume.reshape(self.native_shape)
+
+    def native_slices(self, stack: np.ndarray) -> np.ndarray:
+        """(N, H, W) per-slice results -> each slice in the file's own (rows, cols) order, i.e.
+        undo the upright turn (slice order is unchanged)."""
+        return self.upright.invert_stack(stack) if self.upright.moves_pixels else stack
 
     def native_image(self) -> np.ndarray:
         """The intensities in native order (grey; colour images reduced to their mean)."""
@@ -127,9 +143,11 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def kind_of(path: Path) -> str | None:
-    """"image", "nifti", "dicom" or None for a file path."""
+    """"image", "nifti", "nrrd", "dicom" or None for a file path."""
     if _nifti_stem(path.name) is not None:
         return "nifti"
+    if path.suffix.lower() in NRRD_SUFFIXES:
+        return "nrrd"
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return "image"
     if is_dicom_file(path):
@@ -144,6 +162,11 @@ def safe_name(text: str) -> str:
 
 def _stem(path: Path) -> str:
     return _nifti_stem(path.name) or path.stem
+
+
+def _dicom_stem(path: Path) -> str:
+    """A DICOM file's name without a DICOM suffix (names like ``1.2.840.5`` are kept whole)."""
+    return path.stem if path.suffix.lower() in DICOM_SUFFIXES else path.name
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -168,12 +191,13 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[InputItem], list[tuple[
             kind = kind_of(path)
             if kind is None:
                 failures.append((str(path), "unsupported file type (expected PNG, JPEG, TIFF, "
-                                            "BMP, NIfTI .nii/.nii.gz or DICOM)"))
+                                            "BMP, NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr or "
+                                            "DICOM)"))
             elif kind == "dicom":
                 series, bad = _group_dicom([path])
                 failures += bad
-                items += [(_series_name(path.parent, s, len(series)), "dicom", path, files)
-                          for s, files in series]
+                # one file given: the case is named after the file, not its folder
+                items += [(_dicom_stem(path), "dicom", path, files) for _uid, files in series]
             else:
                 items.append((_stem(path), kind, path, (path,)))
             continue
@@ -198,8 +222,12 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[InputItem], list[tuple[
                 by_folder[files[0].parent] = by_folder.get(files[0].parent, 0) + 1
             for uid, files in series:
                 folder = files[0].parent
-                items.append((_series_name(folder, uid, by_folder[folder], files), "dicom",
-                              folder, files))
+                if len(files) == 1:  # a one-file "series": named like an image file
+                    rel = files[0].relative_to(path)
+                    name = "_".join((*rel.parent.parts, _dicom_stem(rel)))
+                else:
+                    name = _series_name(folder, uid, by_folder[folder], files)
+                items.append((name, "dicom", folder, files))
                 found += 1
         if not found and not dicoms:
             failures.append((str(path), "no images, NIfTI volumes or DICOM files found in folder"))
@@ -350,6 +378,20 @@ def _header_problems(path: Path, img: Any) -> list[str]:
     return [f"NIfTI header repaired on reading: {line}" for line in problems.splitlines() if line]
 
 
+def _cut_slices(path: Path, volume: np.ndarray, affine: np.ndarray, slice_axis: int
+                ) -> tuple[tuple[float, float], np.ndarray]:
+    """A 3-D array -> (in-plane spacing in mm, (N, rows, cols) slices along ``slice_axis``)."""
+    rows, cols = (a for a in range(3) if a != slice_axis)
+    if min(volume.shape[rows], volume.shape[cols]) < MIN_SIDE:
+        raise InputError(f"{path}: slices of {volume.shape[rows]}x{volume.shape[cols]} voxels "
+                         f"along axis {slice_axis} are too small")
+    spacing = (float(np.linalg.norm(affine[:3, rows])), float(np.linalg.norm(affine[:3, cols])))
+    slices = np.moveaxis(volume, slice_axis, 0)
+    if slices.dtype.kind == "f":
+        slices = slices.astype(np.float32, copy=False)
+    return spacing, slices
+
+
 def load_nifti_case(item: InputItem, axis: int | str = "axial") -> Case:
     """A NIfTI volume -> slices along ``axis``; broken headers and data raise InputError."""
     import nibabel as nib
@@ -404,17 +446,166 @@ def load_nifti_case(item: InputItem, axis: int | str = "axial") -> Case:
     if not codes_known:
         warnings.append("NIfTI has no qform/sform orientation: hemisphere not reported"
                         + ("" if axis in (0, 1, 2) else f"; sliced along array axis {slice_axis}"))
-    rows, cols = (a for a in range(3) if a != slice_axis)
-    if min(volume_shape[rows], volume_shape[cols]) < MIN_SIDE:
-        raise InputError(f"{path}: slices of {volume_shape[rows]}x{volume_shape[cols]} voxels "
-                         f"along axis {slice_axis} are too small")
-    spacing = (float(np.linalg.norm(affine_mm[:3, rows])), float(np.linalg.norm(affine_mm[:3, cols])))
-    slices = np.moveaxis(data, slice_axis, 0)
-    if slices.dtype.kind == "f":
-        slices = slices.astype(np.float32, copy=False)
+    spacing, slices = _cut_slices(path, data, affine_mm, slice_axis)
     return Case(item.name, "nifti", item.source, np.ascontiguousarray(slices), shape,
                 slice_axis=slice_axis, affine=affine_mm, orientation_known=codes_known,
                 spacing=spacing, nifti=img, warnings=warnings)
+
+
+# --------------------------------------------------------------------------- NRRD
+
+#: NRRD ``space`` -> signs that turn its coordinates into RAS+ (None: not anatomical)
+_NRRD_SPACE_TO_RAS: dict[str, tuple[float, float, float] | None] = {
+    "right-anterior-superior": (1.0, 1.0, 1.0), "ras": (1.0, 1.0, 1.0),
+    "left-anterior-superior": (-1.0, 1.0, 1.0), "las": (-1.0, 1.0, 1.0),
+    "left-posterior-superior": (-1.0, -1.0, 1.0), "lps": (-1.0, -1.0, 1.0),
+    "scanner-xyz": None, "3d-right-handed": None, "3d-left-handed": None,
+}
+#: NRRD ``space units`` -> millimetres
+_NRRD_UNIT_TO_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "cm": 10.0, "m": 1000.0,
+                    "um": 0.001, "micron": 0.001, "microns": 0.001, "": 1.0}
+#: header fields of a NRRD that describe where its voxels are (copied to the mask)
+NRRD_GEOMETRY_FIELDS = ("space", "space dimension", "space directions", "space origin",
+                        "space units", "kinds", "spacings", "thicknesses", "axis mins",
+                        "axis maxs", "centers", "centerings", "measurement frame")
+
+
+def _nrrd_space(header: dict[str, Any]) -> tuple[str | None, tuple[float, ...] | None]:
+    space = str(header.get("space", "") or "").strip().lower()
+    time = space.endswith("-time") or space in ("rast", "last", "lpst")
+    base = space[:-5] if space.endswith("-time") else (space[:3] if time else space)
+    return (space or None), _NRRD_SPACE_TO_RAS.get(base)
+
+
+def load_nrrd_case(item: InputItem, axis: int | str = "axial") -> Case:
+    """A NRRD volume (``.nrrd``, or ``.nhdr`` + data file) -> slices along ``axis``, as NIfTI.
+
+    Native order is the file's axis order (fastest axis first, as pynrrd's Fortran order and
+    nibabel's NIfTI order); ``affine`` maps it to RAS+ mm from ``space directions`` and
+    ``space origin``. Non-spatial axes of size 1 (``kinds: list``, a "none" direction) are
+    dropped; the mask is written with the same geometry fields (:data:`NRRD_GEOMETRY_FIELDS`).
+    """
+    import nrrd
+
+    path = item.paths[0]
+    try:
+        opened = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open NRRD ({exc.strerror or describe_error(exc)})") \
+            from exc
+    with opened as fh:
+        try:
+            header = nrrd.read_header(fh)
+        except StopIteration as exc:  # no line at all
+            raise InputError(f"{path}: cannot read NRRD header (the file is empty)") from exc
+        except Exception as exc:  # noqa: BLE001 - pynrrd raises NRRDError, ValueError, ...
+            raise InputError(f"{path}: cannot read NRRD header ({describe_error(exc)})") from exc
+        try:
+            data = nrrd.read_data(header, fh, str(path), index_order="F")
+        except FileNotFoundError as exc:  # a .nhdr whose data file is missing
+            raise InputError(f"{path}: cannot read NRRD data: {exc.strerror or 'no such file'}: "
+                             f"{exc.filename}") from exc
+        except nrrd.NRRDError as exc:
+            problem = "the file may be truncated" if str(exc).startswith("Size of the data") \
+                else "broken NRRD header"
+            raise InputError(f"{path}: cannot read NRRD data, {problem} "
+                             f"({describe_error(exc)})") from exc
+        except Exception as exc:  # noqa: BLE001 - ValueError, zlib.error, EOFError...
+            raise InputError(f"{path}: cannot read NRRD data, the file may be truncated or "
+                             f"corrupt ({describe_error(exc)})") from exc
+    data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"{path}: NRRD pixel type {data.dtype} is not supported (grey only)")
+    warnings: list[str] = []
+    space, signs = _nrrd_space(header)
+    ndim = data.ndim
+    directions = header.get("space directions")
+    if directions is not None:
+        directions = np.asarray(directions, dtype=np.float64)
+        if directions.ndim != 2 or directions.shape[0] != ndim:
+            raise InputError(f"{path}: broken NRRD header: 'space directions' has "
+                             f"{directions.shape[0] if directions.ndim else 0} entries for "
+                             f"{ndim} axes")
+        spatial = [i for i in range(ndim) if np.all(np.isfinite(directions[i]))]
+    else:
+        kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * ndim)]
+        spatial = [i for i in range(ndim) if kinds[i] in ("domain", "space", "???", "none")]
+    other = [i for i in range(ndim) if i not in spatial]
+    if any(data.shape[i] != 1 for i in other) or not 2 <= len(spatial) <= 3:
+        raise InputError(f"{path}: NRRD of sizes {list(data.shape)} with {len(spatial)} spatial "
+                         "axes is not a grey 2-D or 3-D volume (vector, colour and time data "
+                         "are not supported)")
+    if other:
+        warnings.append(f"NRRD axes {other} (size 1, not spatial) dropped")
+        data = data.reshape([data.shape[i] for i in spatial])
+    shape = tuple(int(s) for s in data.shape)
+    if min(shape) <= 0:
+        raise InputError(f"{path}: broken NRRD header: sizes {list(shape)} must be positive")
+    check_pixels(path, data, "volume")
+    # geometry: index (spatial axes) -> space coordinates, then -> RAS+ mm
+    linear = np.eye(3)
+    origin = np.zeros(3)
+    orientation_known = False
+    if directions is not None:
+        dirs = directions[spatial][:, :3]
+        if dirs.shape[1] < 3:  # a 2-D space: embed in 3-D
+            dirs = np.pad(dirs, ((0, 0), (0, 3 - dirs.shape[1])))
+        linear[:, : len(spatial)] = dirs.T
+        raw_origin = header.get("space origin")
+        if raw_origin is not None:
+            raw_origin = np.asarray(raw_origin, dtype=np.float64)[:3]
+            if not np.all(np.isfinite(raw_origin)):
+                raise InputError(f"{path}: broken NRRD header: 'space origin' "
+                                 f"{raw_origin.tolist()} is not finite")
+            origin[: len(raw_origin)] = raw_origin
+        orientation_known = signs is not None
+        units = [str(u).strip().lower() for u in header.get("space units", []) or []]
+        scales = [_NRRD_UNIT_TO_MM.get(u) for u in units]
+        if any(s is None for s in scales):
+            warnings.append(f"NRRD space units {units} not understood: millimetres assumed")
+        elif scales and len(set(scales)) == 1:
+            linear *= scales[0]
+            origin *= scales[0]
+    else:
+        spacings = header.get("spacings")
+        if spacings is not None:
+            values = np.asarray(spacings, dtype=np.float64)[spatial]
+            linear[np.arange(len(spatial)), np.arange(len(spatial))] = np.where(
+                np.isfinite(values) & (values > 0), values, 1.0)
+    if len(spatial) == 2:  # one slice: the third column is the unit normal
+        normal = np.cross(linear[:, 0], linear[:, 1])
+        norm = float(np.linalg.norm(normal))
+        linear[:, 2] = normal / norm if norm > 0 else (0.0, 0.0, 1.0)
+    if not np.all(np.isfinite(linear)) or abs(np.linalg.det(linear)) < 1e-12:
+        raise InputError(f"{path}: broken NRRD header: 'space directions' "
+                         f"{np.round(directions, 4).tolist() if directions is not None else None}"
+                         " are not independent vectors")
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = origin
+    if orientation_known:
+        affine = np.diag([*signs, 1.0]) @ affine
+    else:
+        warnings.append(f"NRRD space {space or '(none)'} is not an anatomical one (RAS, LAS, LPS): "
+                        "hemisphere not reported"
+                        + ("" if axis in (0, 1, 2) else "; sliced along array axis 2"))
+    volume = data if data.ndim == 3 else data[..., None]
+    try:
+        slice_axis = 2 if data.ndim == 2 else axis_from_option(
+            axis, affine if orientation_known else None)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    spacing, slices = _cut_slices(path, volume, affine, slice_axis)
+    geometry = {k: header[k] for k in NRRD_GEOMETRY_FIELDS if k in header}
+    for key in ("space directions", "kinds", "spacings", "thicknesses", "axis mins",
+                "axis maxs", "centers", "centerings"):
+        if key in geometry and other:  # keep the entries of the spatial axes only
+            value = geometry[key]
+            geometry[key] = (np.asarray(value)[spatial] if isinstance(value, np.ndarray)
+                             else [value[i] for i in spatial])
+    return Case(item.name, "nrrd", item.source, np.ascontiguousarray(slices), shape,
+                slice_axis=slice_axis, affine=affine, orientation_known=orientation_known,
+                spacing=spacing, nrrd=geometry, warnings=warnings)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -454,8 +645,7 @@ def load_dicom_case(item: InputItem) -> Case:
         order = np.argsort(depth, kind="stable")
         sorted_depth = np.asarray(depth)[order]
         if len(order) > 1 and np.min(np.diff(sorted_depth)) < 1e-4:
-            raise InputError(f"{item.source}: two images of the series are at the same position; "
-                             "is it a multi-echo, multi-phase or duplicated series?")
+            raise InputError(_same_position_message(item, datasets, order, sorted_depth))
     else:
         order = np.argsort([int(getattr(ds, "InstanceNumber", 0) or 0) for ds in datasets],
                            kind="stable")
@@ -498,6 +688,27 @@ def load_dicom_case(item: InputItem) -> Case:
                 spacing=spacing, datasets=datasets, warnings=warnings)
 
 
+def _same_position_message(item: InputItem, datasets: list[Any], order: np.ndarray,
+                           sorted_depth: np.ndarray) -> str:
+    """One line naming the files of a series that share a slice position (and its folders)."""
+    groups: list[list[str]] = []
+    for k in range(1, len(order)):
+        if sorted_depth[k] - sorted_depth[k - 1] < 1e-4:
+            a, b = str(datasets[order[k - 1]].filename), str(datasets[order[k]].filename)
+            if groups and groups[-1][-1] == a:
+                groups[-1].append(b)
+            else:
+                groups.append([a, b])
+    shown = "; ".join(" = ".join(g) for g in groups[:3])
+    more = f" (and {len(groups) - 3} more positions)" if len(groups) > 3 else ""
+    folders = sorted({str(Path(p).parent) for p in item.paths})
+    hint = ("is it a multi-echo, multi-phase or duplicated series?" if len(folders) == 1 else
+            f"the series (one SeriesInstanceUID) has files in {len(folders)} folders "
+            f"({', '.join(folders[:4])}{', ...' if len(folders) > 4 else ''}); "
+            "a copy of the series? give each folder separately")
+    return (f"{item.source}: images of the series at the same position: {shown}{more}; {hint}")
+
+
 def _dicom_affine(datasets: list[Any], iop: np.ndarray, spacing: tuple[float, float],
                   warnings: list[str]) -> np.ndarray:
     """(slice, row, column) index -> RAS+ mm, from the DICOM patient (LPS) geometry."""
@@ -525,15 +736,35 @@ def _dicom_affine(datasets: list[Any], iop: np.ndarray, spacing: tuple[float, fl
 
 
 def load_case(item: InputItem, *, axis: int | str = "axial",
-              pixel_spacing: tuple[float, float] | None = None) -> Case:
-    """Read one input item. Raises InputError naming the file on any problem."""
+              pixel_spacing: tuple[float, float] | None = None, upright: bool = True) -> Case:
+    """Read one input item. Raises InputError naming the file on any problem.
+
+    ``upright``: turn a volume's slices upright where its orientation is known (the default,
+    what the network was trained on); False keeps the file's array order."""
     if item.kind == "image":
         return load_image_case(item, pixel_spacing)
     if item.kind == "nifti":
-        return load_nifti_case(item, axis)
-    if item.kind == "dicom":
-        return load_dicom_case(item)
-    raise InputError(f"{item.source}: unknown input kind {item.kind!r}")
+        case = load_nifti_case(item, axis)
+    elif item.kind == "nrrd":
+        case = load_nrrd_case(item, axis)
+    elif item.kind == "dicom":
+        case = load_dicom_case(item)
+    else:
+        raise InputError(f"{item.source}: unknown input kind {item.kind!r}")
+    return turn_upright(case) if upright else case
+
+
+def turn_upright(case: Case) -> Case:
+    """The case with its slices turned upright (see :mod:`mtl.data.orientation`); ``to_native``
+    turns results back. Cases of unknown orientation, DICOM and images are returned as they are."""
+    if case.kind == "image" or case.upright.moves_pixels:
+        return case
+    transform = upright_transform(case.kind, case.affine, case.slice_axis, case.orientation_known)
+    if not transform.moves_pixels:
+        return case
+    case.slices = transform.apply_stack(case.slices)
+    case.upright = transform
+    return case
 
 
 def format_axis(value: str) -> int | str:
@@ -549,6 +780,6 @@ def format_axis(value: str) -> int | str:
 __all__ = [
     "Case", "InputError", "InputItem", "axis_from_option", "check_pixels", "discover",
     "format_axis", "is_dicom_file", "kind_of", "load_case", "load_dicom_case",
-    "load_image_case", "load_nifti_case", "read_image",
+    "load_image_case", "load_nifti_case", "load_nrrd_case", "read_image", "turn_upright",
 ]
 

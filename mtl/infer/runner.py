@@ -7,6 +7,7 @@ Output layout under ``out``::
                                   complete case)
     <case>/mask.png               images: 0/255 mask at the image's size
     <case>/mask.nii.gz            NIfTI: uint8 label volume, the input's affine and header
+    <case>/mask.nrrd              NRRD: uint8 label volume, the input's geometry fields
     <case>/seg.dcm                DICOM: DICOM SEG referencing the source series
     <case>/mask_slices/slice_NNN.png   volumes with --format png: one mask per slice
     <case>/overlay.png | overlay_slice_NNN.png    --overlay
@@ -27,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtl.infer.findings import case_findings, csv_row, mask_rule_note
+from mtl.model.card import provenance
 from mtl.infer.predict import CasePrediction, Predictor
 from mtl.infer.readers import Case, InputError, InputItem, discover, load_case
 from mtl.infer.writers import (
@@ -36,15 +38,28 @@ from mtl.infer.writers import (
     write_json,
     write_mask_nifti,
     write_mask_nifti_affine,
+    write_mask_nrrd,
+    write_mask_nrrd_affine,
     write_mask_png,
 )
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("png", "nifti", "dicom-seg")
-NATIVE_FORMAT = {"image": "png", "nifti": "nifti", "dicom": "dicom-seg"}
+FORMATS = ("png", "nifti", "nrrd", "dicom-seg")
+NATIVE_FORMAT = {"image": "png", "nifti": "nifti", "nrrd": "nrrd", "dicom": "dicom-seg"}
 #: per-slice output files a --force rerun replaces (stale ones from an earlier run are removed)
 PER_SLICE_PATTERNS = ("overlay_slice_*.png", "gradcam_slice_*.png", "mask_slices/slice_*.png")
+#: mask formats a kind of input can never give: asking for them is refused before any work
+#: (``None``: every kind); what only the file itself can rule out is reported per case
+FORMAT_KINDS: dict[str, tuple[str, ...] | None] = {
+    "png": None,
+    "nifti": ("nifti", "dicom", "nrrd"),  # needs a 3-D geometry
+    "nrrd": ("nifti", "dicom", "nrrd"),  # needs a 3-D geometry
+    "dicom-seg": ("dicom",),  # needs the source DICOM series
+}
+FORMAT_NEEDS = {"nifti": "a volume (a 2-D image has no 3-D geometry)",
+                "nrrd": "a volume (a 2-D image has no 3-D geometry)",
+                "dicom-seg": "a DICOM series to reference"}
 
 
 @dataclass
@@ -79,6 +94,8 @@ class CaseResult:
     record: dict[str, Any] | None = None
     folder: Path | None = None
     outputs: list[Path] = field(default_factory=list)
+    #: requested outputs that this case could not give, one sentence each
+    not_written: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +108,11 @@ class RunResult:
     def failures(self) -> list[CaseResult]:
         return [c for c in self.cases if c.status != "ok"]
 
+    @property
+    def not_written(self) -> list[str]:
+        """"<case>: <what was not written and why>" for every requested output not written."""
+        return [f"{c.name}: {note}" for c in self.cases for note in c.not_written]
+
 
 def parse_formats(text: str | None) -> tuple[str, ...] | None:
     """"png,nifti" -> ("png", "nifti"); empty/None -> None (native)."""
@@ -98,12 +120,31 @@ def parse_formats(text: str | None) -> tuple[str, ...] | None:
         return None
     values = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
     aliases = {"nii": "nifti", "nii.gz": "nifti", "seg": "dicom-seg", "dicomseg": "dicom-seg",
-               "dicom": "dicom-seg"}
+               "dicom": "dicom-seg", "nhdr": "nrrd"}
     values = tuple(aliases.get(v, v) for v in values)
     unknown = [v for v in values if v not in FORMATS]
     if unknown:
         raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
     return values
+
+
+def format_refusals(items: Sequence[InputItem], formats: Sequence[str] | None) -> list[str]:
+    """Why requested mask formats cannot be written for some inputs (empty: all can).
+
+    Decided from the inputs' kinds alone, so ``mtl infer`` refuses before any work starts.
+    """
+    problems = []
+    for fmt in formats or ():
+        kinds = FORMAT_KINDS.get(fmt)
+        if kinds is None:
+            continue
+        unfit = [item for item in items if item.kind not in kinds]
+        if unfit:
+            shown = ", ".join(f"{item.source} ({item.kind})" for item in unfit[:5])
+            more = f" and {len(unfit) - 5} more" if len(unfit) > 5 else ""
+            problems.append(f"--format {fmt} needs {FORMAT_NEEDS.get(fmt, ' or '.join(kinds))}; "
+                            f"it cannot be written for {shown}{more}")
+    return problems
 
 
 def _slice_tag(index: int, n: int) -> str:
@@ -185,7 +226,8 @@ def infer_case(
     try:
         _write_masks(writer, case, pred, mask_native, options, record)
         if options.overlay or options.explain:
-            _write_pictures(writer, case, pred, findings, options, gradcam)
+            _write_pictures(writer, case, pred, findings, options, gradcam,
+                            model_line=record["model"].get("card_line"))
         record["outputs"] = [str(p.relative_to(folder)) for p in writer.written] + ["findings.json"]
         writer(write_json, "findings.json", record)
         if options.force:
@@ -194,7 +236,7 @@ def infer_case(
         writer.discard()
         raise
     return CaseResult(item.name, str(item.source), item.kind, "ok", record=record, folder=folder,
-                      outputs=list(writer.written))
+                      outputs=list(writer.written), not_written=list(record.get("not_written", [])))
 
 
 def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predictor: Predictor,
@@ -218,6 +260,7 @@ def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predi
             "orientation": orientation,
             "affine_ras_mm": case.affine.round(6).tolist() if case.affine is not None else None,
             "index_order": {"image": "row, col", "nifti": "i, j, k (file array order)",
+                            "nrrd": "i, j, k (file axis order, fastest first)",
                             "dicom": "slice, row, col"}[case.kind],
         },
         "settings": {
@@ -228,7 +271,8 @@ def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predi
             "mask_rule": predictor.mask_rule,
         },
         "model": model_info or {"classes": predictor.classes,
-                                "preprocessing": predictor.preprocessing},
+                                "preprocessing": predictor.preprocessing,
+                                **provenance(predictor.model)},
         "findings": findings,
         "warnings": list(case.warnings),
         "disclaimer": "research software output; not a medical device, not a diagnosis",
@@ -243,35 +287,56 @@ def _write_masks(writer: CaseWriter, case: Case, pred: CasePrediction, mask_nati
             if case.kind == "image":
                 writer(write_mask_png, "mask.png", pred.mask[0])
             else:
+                native_slices = case.native_slices(pred.mask)  # the file's array order
                 for i in range(case.n_slices):
                     writer(write_mask_png, f"mask_slices/{_slice_tag(i, case.n_slices)}.png",
-                           pred.mask[i])
+                           native_slices[i])
         elif fmt == "nifti":
             if case.kind == "nifti":
                 writer(write_mask_nifti, "mask.nii.gz", mask_native, case.nifti)
             elif case.kind == "dicom" and case.affine is not None:
                 writer(write_mask_nifti_affine, "mask.nii.gz", pred.mask, case.affine)
+            elif case.kind == "nrrd" and case.affine is not None:
+                writer(write_mask_nifti_affine, "mask.nii.gz", mask_native, case.affine)
             else:
-                record["warnings"].append(f"nifti mask not written: a {case.kind} input has no "
-                                          "3-D geometry")
+                _not_written(record, f"nifti mask not written: a {case.kind} input has no "
+                                     "3-D geometry")
+        elif fmt == "nrrd":
+            if case.kind == "nrrd" and case.nrrd is not None:
+                writer(write_mask_nrrd, "mask.nrrd", mask_native, case.nrrd)
+            elif case.kind in ("nifti", "dicom") and case.affine is not None:
+                writer(write_mask_nrrd_affine, "mask.nrrd", mask_native, case.affine)
+            else:
+                _not_written(record, f"nrrd mask not written: a {case.kind} input has no "
+                                     "3-D geometry")
         elif fmt == "dicom-seg":
             if case.kind == "dicom" and case.orientation_known:
-                writer(write_dicom_seg, "seg.dcm", pred.mask, case.datasets)
+                # inherited values invalid in a SEG are repaired or left out, and said so
+                writer(write_dicom_seg, "seg.dcm", pred.mask, case.datasets,
+                       notes=record["warnings"])
             else:
-                record["warnings"].append("dicom-seg not written: it needs a DICOM series with "
-                                          "position and orientation")
+                _not_written(record, "dicom-seg not written: it needs a DICOM series with "
+                                     "position and orientation")
+
+
+def _not_written(record: dict[str, Any], note: str) -> None:
+    """A requested output this case cannot give: in findings.json, and for the exit status."""
+    record["warnings"].append(note)
+    record.setdefault("not_written", []).append(note)
 
 
 def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
-                    findings: dict[str, Any], options: InferOptions, gradcam: Any) -> None:
-    from mtl.infer.overlay import render_contact_sheet, render_overlay, view_for
+                    findings: dict[str, Any], options: InferOptions, gradcam: Any,
+                    model_line: str | None = None) -> None:
+    from mtl.data.orientation import display_view
+    from mtl.infer.overlay import render_contact_sheet, render_overlay
 
     classes = list(findings["type"]["probabilities"])
     label = findings["type"]["label"]
     presence = findings["presence"]
     tumor = findings["tumor"]
     px_mm2 = findings["pixel_area_mm2"]
-    view = view_for(case.kind, case.affine, case.slice_axis, case.orientation_known)
+    view = display_view(case)
     if case.kind == "image" and case.spacing:
         view = type(view)(pixel_aspect=case.spacing[0] / case.spacing[1])
 
@@ -306,7 +371,7 @@ def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
         else:
             vol = tumor["volume_ml"]
             lines = [head + (f"   volume {vol:.2f} mL" if vol is not None else ""),
-                     f"slice {i}/{case.n_slices - 1}: presence {_fmt(pred.presence[i])}  "
+                     f"slice {i + 1}/{case.n_slices}: presence {_fmt(pred.presence[i])}  "
                      + type_line(pred.type_probs[i]),
                      f"tumor area on this slice {area(n_px)}"
                      + (f"   hemisphere {tumor['hemisphere']['side']}"
@@ -314,17 +379,20 @@ def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
             name = "_" + _slice_tag(i, case.n_slices)
         if options.overlay:
             writer(render_overlay, f"overlay{name}.png", case.slices[i], pred.mask[i],
-                   lines=lines, view=view)
+                   lines=lines, view=view, model_line=model_line)
         if options.explain and i in heat_maps:
             writer(render_overlay, f"gradcam{name}.png", case.slices[i], pred.mask[i],
-                   lines=lines, view=view, heat=heat_maps[i], heat_title=f"Grad-CAM: {label}")
+                   lines=lines, view=view, heat=heat_maps[i], heat_title=f"Grad-CAM: {label}",
+                   model_line=model_line)
     if options.overlay and case.is_volume and tumor["slices"]:
         slices = tumor["slices"]
-        captions = [f"{i}: {area(int(pred.mask[i].sum()))}" for i in slices]
+        # counted from 1, as people count slices (file names keep the 0-based array index)
+        captions = [f"slice {i + 1}: {area(int(pred.mask[i].sum()))}" for i in slices]
         title = (f"{case.name}: {label}, tumor on {len(slices)} slice(s)"
                  + (f", {tumor['volume_ml']:.2f} mL" if tumor["volume_ml"] is not None else ""))
         writer(render_contact_sheet, "contact_sheet.png", [case.slices[i] for i in slices],
-               [pred.mask[i] for i in slices], captions, title=title, view=view)
+               [pred.mask[i] for i in slices], captions, title=title, view=view,
+               model_line=model_line)
 
 
 def run(
@@ -339,7 +407,9 @@ def run(
     """Infer every input; write per-case outputs and ``out/findings.csv``.
 
     Raises OutputExistsError before doing anything if ``out/findings.csv`` exists and
-    ``options.force`` is false. Per-input problems never stop the run: they become failed cases.
+    ``options.force`` is false, and ValueError if a requested format cannot be written for an
+    input's kind (:func:`format_refusals`). Per-input problems never stop the run: they become
+    failed cases; a requested output a case cannot give is listed in ``RunResult.not_written``.
     """
     from tqdm import tqdm
 
@@ -349,6 +419,10 @@ def run(
     if csv_path.exists() and not options.force:
         raise OutputExistsError(f"{csv_path}: exists (results of an earlier run); use --force "
                                 "to overwrite or choose another --out")
+    items, bad = discover(inputs)
+    refused = format_refusals(items, options.formats)
+    if refused:
+        raise ValueError("; ".join(refused) + ". Nothing was run")
     out.mkdir(parents=True, exist_ok=True)
     gradcam = None
     if options.explain:
@@ -358,8 +432,7 @@ def run(
 
         gradcam = GradCam(predictor.model)
     model_info = {"path": str(model_path) if model_path else None, "classes": predictor.classes,
-                  "preprocessing": predictor.preprocessing}
-    items, bad = discover(inputs)
+                  "preprocessing": predictor.preprocessing, **provenance(predictor.model)}
     results = [CaseResult(Path(src).name, src, None, "failed", error=f"{src}: {reason}")
                for src, reason in bad]
     # progress None: a bar only when stderr is a terminal
@@ -395,4 +468,4 @@ def _row_record(result: CaseResult) -> dict[str, Any]:
 
 
 __all__ = ["FORMATS", "CaseResult", "InferOptions", "RunResult", "check_case_folder",
-           "infer_case", "parse_formats", "run"]
+           "format_refusals", "infer_case", "parse_formats", "run"]

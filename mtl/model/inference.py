@@ -11,6 +11,18 @@ import numpy as np
 Forward = Callable[[np.ndarray], Mapping[str, Any]]
 
 
+def _with_logits(net: Any) -> Any:
+    """``net`` with two more outputs, the presence and type heads' input features, when it
+    has mtl's heads (``head_dense``, ``presence``, ``type``); None otherwise."""
+    import keras
+
+    names = {layer.name for layer in net.layers}
+    if not {"head_dense", "presence", "type"} <= names or not isinstance(net.output, dict):
+        return None
+    return keras.Model(net.inputs, {**net.output,
+                                    "features": net.get_layer("head_dense").output})
+
+
 def compiled_forward(model: Any, image_size: int, channels: int) -> Forward:
     """The model's inference pass as one traced TensorFlow graph, for any batch size.
 
@@ -19,15 +31,48 @@ def compiled_forward(model: Any, image_size: int, channels: int) -> Forward:
     for one slice eagerly and 17 ms as a graph: ``benchmarks/``). The graph computes the same
     ops, so outputs are the same up to float rounding (tested). Traced on the first call; the
     batch dimension is left open, so partial batches do not retrace.
+
+    This is where calibration is applied, once for ``mtl infer``, ``mtl serve`` and ``mtl
+    evaluate``: ``presence`` and ``type`` are ``sigmoid(z / T)`` and ``softmax(z / T)`` of the
+    heads' logits with the temperatures the model stores (:mod:`mtl.model.calibration`; 1 when
+    none). For mtl's network the outputs also hold the heads' raw logits (``presence_logit``,
+    ``type_logits``) and uncalibrated probabilities (``presence_uncalibrated``,
+    ``type_uncalibrated``).
     """
     import tensorflow as tf
 
+    from mtl.model.calibration import temperatures
+
     net = getattr(model, "net", model)
     spec = tf.TensorSpec([None, int(image_size), int(image_size), int(channels)], tf.float32)
+    t_presence, t_type = temperatures(model)
+    extended = _with_logits(net)
 
-    @tf.function(input_signature=[spec])
-    def graph(x):
-        return net(x, training=False)
+    if extended is None:
+        @tf.function(input_signature=[spec])
+        def graph(x):
+            return net(x, training=False)
+    else:
+        presence_head, type_head = net.get_layer("presence"), net.get_layer("type")
+
+        def logits(head, features):
+            return tf.matmul(features, tf.cast(head.kernel, tf.float32)) + tf.cast(head.bias,
+                                                                                   tf.float32)
+
+        @tf.function(input_signature=[spec])
+        def graph(x):
+            out = extended(x, training=False)
+            features = tf.cast(out.pop("features"), tf.float32)
+            z_presence, z_type = logits(presence_head, features), logits(type_head, features)
+            return {
+                "presence": tf.sigmoid(z_presence / t_presence),
+                "type": tf.nn.softmax(z_type / t_type, axis=-1),
+                "mask": out["mask"],
+                "presence_logit": z_presence,
+                "type_logits": z_type,
+                "presence_uncalibrated": out["presence"],
+                "type_uncalibrated": out["type"],
+            }
 
     def forward(x: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in graph(tf.convert_to_tensor(x, tf.float32)).items()}
@@ -44,11 +89,10 @@ def with_flip_tta(forward: Forward) -> Forward:
         x = np.asarray(x, np.float32)
         plain = forward(x)
         mirrored = forward(np.ascontiguousarray(x[:, :, ::-1]))
-        return {
-            "presence": (np.asarray(plain["presence"]) + np.asarray(mirrored["presence"])) / 2,
-            "type": (np.asarray(plain["type"]) + np.asarray(mirrored["type"])) / 2,
-            "mask": (np.asarray(plain["mask"]) + np.asarray(mirrored["mask"])[:, :, ::-1]) / 2,
-        }
+        out = {k: (np.asarray(v) + np.asarray(mirrored[k])) / 2
+               for k, v in plain.items() if k != "mask"}  # probabilities (and logits)
+        out["mask"] = (np.asarray(plain["mask"]) + np.asarray(mirrored["mask"])[:, :, ::-1]) / 2
+        return out
 
     return averaged
 

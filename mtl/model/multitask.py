@@ -49,11 +49,18 @@ class MultiTaskModel(keras.Model):
         spec: dict[str, Any] | NetworkSpec,
         loss: dict[str, Any] | None = None,
         preprocessing: dict[str, Any] | None = None,
+        card: dict[str, Any] | None = None,
+        calibration: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, NetworkSpec) else NetworkSpec(**spec)
         self.preprocessing = dict(preprocessing or {})
+        #: the model card (:mod:`mtl.model.card`); None for files written before cards
+        self.card = dict(card) if card else None
+        #: presence/type temperatures (:mod:`mtl.model.calibration`), applied at prediction by
+        #: :func:`mtl.model.inference.compiled_forward`, never in training (``call``)
+        self.calibration = dict(calibration) if calibration else None
         self.net = build_network(self.spec)
         self.multitask_loss = MultiTaskLoss(**(loss or {}), name="multitask_loss", dtype="float32")
         self.task_loss_trackers = {
@@ -131,6 +138,8 @@ class MultiTaskModel(keras.Model):
             "loss": self.multitask_loss.get_config()
             | {"name": None, "trainable": None, "dtype": None},
             "preprocessing": self.preprocessing,
+            "card": self.card,
+            "calibration": self.calibration,
         }
 
     @classmethod

@@ -1,16 +1,21 @@
 """The FastAPI application of ``mtl serve``: the page, ``POST /predict`` and the result files.
 
-Routes (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
+Routes (the OpenAPI schema is at ``/openapi.json``; there is no ``/docs`` page: Swagger UI
+would load its scripts from a CDN, which a server used offline cannot reach):
 
 =========================================== ==================================================
 ``GET /``                                   the page (one static HTML file, plain JavaScript)
-``GET /api/info``                           model classes, input size, limits, accepted types
+``GET /api/info``                           model card line, classes, input size, calibration,
+                                            limits, accepted types
 ``POST /predict``                           multipart form: ``file`` (+ ``axis``,
                                             ``pixel_spacing``) -> findings JSON with an ``id``
 ``GET /results/{id}``                       the same JSON again
 ``GET /results/{id}/findings.json``         the findings record (as ``mtl infer`` writes it)
 ``GET /results/{id}/mask.png``              images (and one-file DICOM): 0/255 mask, image size
 ``GET /results/{id}/mask.nii.gz``           volumes: uint8 label volume in the input's geometry
+``GET /results/{id}/mask.nrrd``             NRRD uploads: uint8 label NRRD in the input's geometry
+``GET /results/{id}/seg.dcm``               DICOM with position and orientation: a DICOM SEG
+                                            referencing the uploaded file
 ``GET /results/{id}/overlay.png``           scan + mask outline, default slice
 ``GET /results/{id}/slices/{i}/overlay.png`` the same for slice ``i`` of a volume
 ``GET /results/{id}/slices/{i}/mask.png``   the mask of slice ``i``
@@ -69,6 +74,15 @@ class Info(BaseModel):
     result_ttl_seconds: float
     max_results: int
     disclaimer: str
+    model_card: str = Field(description="The model card in one line (training data, metrics "
+                                        "and their split, version), or 'no model card'.")
+    demo: bool = Field(description="True for a demo model trained on synthetic data only: "
+                                   "not for real scans.")
+    model_card_details: dict[str, Any] | None = Field(
+        description="The full model card stored in the model file (None: none).")
+    calibration: dict[str, Any] | None = Field(
+        description="Temperatures applied to the presence and type probabilities (None: the "
+                    "model is uncalibrated).")
 
 
 class SliceInfo(BaseModel):
@@ -83,13 +97,17 @@ class SliceInfo(BaseModel):
 class MaskLinks(BaseModel):
     png: str | None
     nifti: str | None
+    dicom_seg: str | None = Field(None, description="DICOM uploads with position and "
+                                                    "orientation: a DICOM SEG (seg.dcm).")
+    nrrd: str | None = Field(None, description="NRRD uploads: a NRRD label volume with the "
+                                               "input's geometry (mask.nrrd).")
 
 
 class Links(BaseModel):
     self: str
     findings: str
     mask: str | None = Field(description="The mask in the input's own format (PNG for images, "
-                                         "NIfTI for volumes).")
+                                         "NIfTI for NIfTI volumes, NRRD for NRRD volumes).")
     masks: MaskLinks
     overlay: str
     slice_overlay: str = Field(description="Template: replace {index} by a slice index.")
@@ -104,8 +122,8 @@ class PredictResult(BaseModel):
     id: str = Field(description="Result id (random) for the /results/{id}/... downloads.")
     case: str = Field(description="A safe short name made from the uploaded file's name.")
     source: str = Field(description="The uploaded file's name as sent (display only).")
-    kind: str = Field(description="image, nifti or dicom.")
-    detected_type: str = Field(description="png, jpeg, tiff, nifti, nifti-gz or dicom, "
+    kind: str = Field(description="image, nifti, nrrd or dicom.")
+    detected_type: str = Field(description="png, jpeg, tiff, nifti, nifti-gz, nrrd or dicom, "
                                            "from the content.")
     input: dict[str, Any]
     settings: dict[str, Any]
@@ -255,11 +273,13 @@ def create_app(
         version=mtl.__version__,
         description=(
             "Run an mtl multi-task model (tumor presence, tumor type, tumor mask) on an "
-            "uploaded brain MRI slice image (PNG, JPEG, TIFF), NIfTI volume (.nii, .nii.gz) "
-            "or DICOM file. Types are recognised by content. Results stay in the server's "
+            "uploaded brain MRI slice image (PNG, JPEG, TIFF), NIfTI volume (.nii, .nii.gz), "
+            "NRRD volume (.nrrd) or DICOM file. Types are recognised by content. Results stay in the server's "
             "memory for a limited time under a random id. Research software: not a medical "
             "device, outputs are not a diagnosis."),
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: blank pages offline
+        redoc_url=None,
     )
     app.state.service = service
     app.add_middleware(Guard, max_body=limits.max_bytes + FORM_OVERHEAD,
@@ -277,14 +297,19 @@ def create_app(
                     accepted=list(ACCEPTED), result_ttl_seconds=store.ttl_seconds,
                     max_results=store.max_items,
                     disclaimer="Research software: not a medical device; results are not a "
-                               "diagnosis.")
+                               "diagnosis.",
+                    model_card=service.model_info["card_line"],
+                    demo=service.model_info["demo"],
+                    model_card_details=service.model_info["card"],
+                    calibration=service.model_info["calibration"])
 
     @app.post("/predict", response_model=PredictResult, responses=ERRORS,
               summary="Run the model on one uploaded scan")
     def predict(
         file: UploadFile = File(description="A slice image (PNG, JPEG, TIFF), a NIfTI-1 "
-                                            "volume (.nii or .nii.gz) or a DICOM file; the "
-                                            "type is taken from the content."),
+                                            "volume (.nii or .nii.gz), a NRRD volume (.nrrd) "
+                                            "or a DICOM file; the type is taken from the "
+                                            "content."),
         axis: str = Form("axial", description="Volumes: slicing axis, axial, coronal, "
                                               "sagittal (from the affine) or 0, 1, 2."),
         pixel_spacing: str | None = Form(None, description="Images: ROW_MM,COL_MM (or one "
@@ -349,9 +374,11 @@ def create_app(
                      f"{result.name}_mask_{index:03d}.png")
 
     @app.get("/results/{result_id}/{file_name}", response_class=Response,
-             summary="findings.json, mask.png or mask.nii.gz of a result",
+             summary="findings.json, mask.png, mask.nii.gz, mask.nrrd or seg.dcm of a result",
              responses={200: {"content": {"application/json": {}, "image/png": {},
-                                          "application/gzip": {}}}, **NOT_FOUND})
+                                          "application/gzip": {}, "application/dicom": {},
+                                          "application/octet-stream": {}}},
+                        **NOT_FOUND})
     def result_file(file_name: str, result_id: str = id_param) -> Response:
         result = _result(result_id)
         download = result.files.get(file_name)

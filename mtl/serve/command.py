@@ -98,6 +98,7 @@ def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result
     findings to download. The model is loaded once. Research use, not a diagnosis.
     """
     from mtl.infer.predict import ModelError, Predictor
+    from mtl.model.card import card_line, model_card
     from mtl.serve.app import LOOPBACK_HOSTS, create_app
     from mtl.serve.uploads import Limits
 
@@ -120,7 +121,8 @@ def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result
         click.echo(f"mtl serve: {url}")
         click.echo(f"  model {model}: classes {', '.join(predictor.classes)}; "
                    f"input {predictor.image_size} px")
-        click.echo(f"  API: POST {url}predict  (schema {url}openapi.json, docs {url}docs)")
+        click.echo(f"  {card_line(model_card(predictor.model))}")
+        click.echo(f"  API: POST {url}predict  (schema {url}openapi.json)")
         if not loopback:
             click.echo(f"  warning: listening on {host}, not a loopback address: anyone who "
                        "can reach this machine can upload scans (no authentication)", err=True)

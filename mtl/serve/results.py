@@ -46,6 +46,9 @@ class StoredResult:
     findings: dict[str, Any] = field(repr=False)
     view: Any
     default_slice: int
+    #: the transform that turned the native slices upright (``mtl.data.orientation.View``);
+    #: per-slice mask downloads are turned back into the file's array order
+    upright: Any = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = 0.0
     overlays: "OrderedDict[int, bytes]" = field(default_factory=OrderedDict, repr=False)

@@ -26,10 +26,13 @@ from mtl.infer.findings import case_findings, mask_rule_note
 from mtl.infer.predict import Predictor
 from mtl.infer.readers import InputError, format_axis, load_case, safe_name
 from mtl.infer.runner import InferOptions, findings_record
+from mtl.model.card import provenance
 from mtl.infer.writers import (
+    write_dicom_seg,
     write_json,
     write_mask_nifti,
     write_mask_nifti_affine,
+    write_mask_nrrd,
     write_mask_png,
 )
 from mtl.serve.results import Download, ResultStore, StoredResult
@@ -54,7 +57,7 @@ def display_name(filename: str | None) -> str:
     base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     lower = base.lower()
     for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm",
-                   ".dicom", ".gz"):
+                   ".dicom", ".nrrd", ".gz"):
         if lower.endswith(suffix):
             base = base[: -len(suffix)]
             break
@@ -108,7 +111,8 @@ class Service:
         self.presence_threshold = (predictor.presence_threshold if presence_threshold is None
                                    else float(presence_threshold))
         self.model_info = {"path": model_name, "classes": list(predictor.classes),
-                           "preprocessing": dict(predictor.preprocessing)}
+                           "preprocessing": dict(predictor.preprocessing),
+                           **provenance(predictor.model)}
         self.temp_root = Path(tempfile.mkdtemp(prefix="mtl-serve-", dir=temp_root))
         self._predict_lock = threading.Lock()  # one network call at a time, whole cases
         self._render_lock = threading.Lock()  # matplotlib is not thread-safe
@@ -170,13 +174,13 @@ class Service:
             record["source"] = shown
             record["detected_type"] = detected
             record["disclaimer"] = DISCLAIMER
-            files = self._masks(name, case, pred, mask_native)
+            files = self._masks(name, case, pred, mask_native, notes=record["warnings"])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-        from mtl.infer.overlay import View, view_for
+        from mtl.data.orientation import View, display_view
 
-        view = view_for(case.kind, case.affine, case.slice_axis, case.orientation_known)
+        view = display_view(case)
         if case.kind == "image" and case.spacing:
             view = View(pixel_aspect=case.spacing[0] / case.spacing[1])
         tumor = findings["tumor"]
@@ -188,7 +192,8 @@ class Service:
             default = int(np.nanargmax(np.where(pred.evaluated, pred.presence, -np.inf)))
         result = StoredResult(name=name, kind=case.kind, payload={}, files=files, slices=slices,
                               mask=pred.mask, presence=pred.presence, type_probs=pred.type_probs,
-                              findings=findings, view=view, default_slice=default)
+                              findings=findings, view=view, default_slice=default,
+                              upright=case.upright)
         record["outputs"] = sorted(files) + ["findings.json", "overlay.png"]
         files["findings.json"] = Download(self._file_bytes(write_json, "findings.json", record),
                                           "application/json", f"{name}_findings.json")
@@ -211,12 +216,20 @@ class Service:
         result.payload["expires_in_seconds"] = round(self.store.expires_in(result))
         return result
 
-    def _masks(self, name: str, case: Any, pred: Any, mask_native: np.ndarray) -> dict[str, Download]:
+    def _masks(self, name: str, case: Any, pred: Any, mask_native: np.ndarray,
+               notes: list[str] | None = None) -> dict[str, Download]:
+        """The mask downloads: as ``mtl infer`` writes them for this kind of input (PNG, NIfTI,
+        and for DICOM with position and orientation a DICOM SEG referencing the upload)."""
         files: dict[str, Download] = {}
+        notes = [] if notes is None else notes
         if case.kind == "nifti":
             files["mask.nii.gz"] = Download(
                 self._file_bytes(write_mask_nifti, "mask.nii.gz", mask_native, case.nifti),
                 "application/gzip", f"{name}_mask.nii.gz")
+        elif case.kind == "nrrd":  # as mtl infer: a NRRD label volume in the input's geometry
+            files["mask.nrrd"] = Download(
+                self._file_bytes(write_mask_nrrd, "mask.nrrd", mask_native, case.nrrd),
+                "application/octet-stream", f"{name}_mask.nrrd")
         else:  # an image, or a one-file DICOM "series": one slice
             files["mask.png"] = Download(self._file_bytes(write_mask_png, "mask.png", pred.mask[0]),
                                          "image/png", f"{name}_mask.png")
@@ -225,6 +238,18 @@ class Service:
                     self._file_bytes(write_mask_nifti_affine, "mask.nii.gz", pred.mask,
                                      case.affine),
                     "application/gzip", f"{name}_mask.nii.gz")
+            if case.kind == "dicom" and case.orientation_known:
+                try:
+                    files["seg.dcm"] = Download(
+                        self._file_bytes(write_dicom_seg, "seg.dcm", pred.mask, case.datasets,
+                                         notes=notes),
+                        "application/dicom", f"{name}_seg.dcm")
+                except Exception as exc:  # noqa: BLE001 - the other downloads still work
+                    log.warning("DICOM SEG of %s failed", name, exc_info=True)
+                    notes.append(f"no DICOM SEG download: it could not be made ({exc})")
+            elif case.kind == "dicom":
+                notes.append("no DICOM SEG download: the DICOM file has no position and "
+                             "orientation")
         return files
 
     # ------------------------------------------------------------------ pictures
@@ -248,7 +273,7 @@ class Service:
         volume = tumor["volume_ml"]
         side = (tumor.get("hemisphere") or {}).get("side")
         return [head + (f"   volume {volume:.2f} mL" if volume is not None else ""),
-                f"slice {index}/{result.n_slices - 1}: presence "
+                f"slice {index + 1}/{result.n_slices}: presence "
                 f"{_fmt(result.presence[index])}  {types}",
                 f"tumor area on this slice {area}" + (f"   hemisphere {side}" if side else "")]
 
@@ -262,23 +287,30 @@ class Service:
             with self._render_lock:
                 return self._file_bytes(render_overlay, "overlay.png", result.slices[index],
                                         result.mask[index], lines=self.overlay_lines(result, index),
-                                        view=result.view)
+                                        view=result.view,
+                                        model_line=self.model_info["card_line"])
 
         return result.cached_overlay(index, render)
 
     def slice_mask_png(self, result: StoredResult, index: int) -> bytes:
-        return self._file_bytes(write_mask_png, "mask.png", result.mask[index])
+        """One slice's mask in the file's array order (as in the mask volume)."""
+        mask = result.mask[index : index + 1]
+        if result.upright is not None and result.upright.moves_pixels:
+            mask = result.upright.invert_stack(mask)
+        return self._file_bytes(write_mask_png, "mask.png", mask[0])
 
 
 def links(result_id: str, files: dict[str, Download]) -> dict[str, Any]:
     base = f"/results/{result_id}"
     masks = {"png": f"{base}/mask.png" if "mask.png" in files else None,
-             "nifti": f"{base}/mask.nii.gz" if "mask.nii.gz" in files else None}
+             "nifti": f"{base}/mask.nii.gz" if "mask.nii.gz" in files else None,
+             "dicom_seg": f"{base}/seg.dcm" if "seg.dcm" in files else None,
+             "nrrd": f"{base}/mask.nrrd" if "mask.nrrd" in files else None}
     return {
         "self": base,
         "findings": f"{base}/findings.json",
-        "mask": masks["nifti"] if "mask.nii.gz" in files and "mask.png" not in files
-        else masks["png"],
+        # the input's own mask format: PNG for images (and one-file DICOM), else the volume's
+        "mask": masks["png"] or masks["nifti"] or masks["nrrd"],
         "masks": masks,
         "overlay": f"{base}/overlay.png",
         "slice_overlay": f"{base}/slices/{{index}}/overlay.png",

@@ -12,6 +12,7 @@ tiff       ``II*\\0`` / ``MM\\0*`` (BigTIFF ``II+\\0`` / ``MM\\0+``) image
 nifti      ``sizeof_hdr`` = 348 (either byte order), magic ``n+1`` volume
 nifti-gz   gzip magic ``1F 8B``, then the NIfTI test on the decompressed header  volume
 dicom      ``DICM`` at byte 128 (DICOM Part 10 file)              one-file series
+nrrd       ``NRRD000`` magic line (a ``.nrrd`` holding its data)  volume
 ========== ====================================================== ==================
 
 Before anything is decoded, the size the content *declares* is checked against the limits
@@ -19,7 +20,10 @@ Before anything is decoded, the size the content *declares* is checked against t
 gzip is decompressed in bounded steps that stop as soon as the output passes what the NIfTI
 header announced (or an absolute cap): a small file that unpacks into gigabytes is refused
 without ever being unpacked. Deflate-compressed DICOM (whose whole data set would be inflated
-on reading) is refused.
+on reading) is refused. A gzip- or bzip2-encoded NRRD is unpacked the same bounded way (its
+header's sizes and type announce the bytes) and stored raw; a NRRD header that points to a
+separate data file (``data file:``, as a ``.nhdr`` does) is refused, so an upload never makes the
+server read another file.
 
 The checked content is written under a folder the server made, with a name the server chose
 (``upload.png``, ``upload.nii``, ...), and handed to the readers as an
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -47,12 +52,13 @@ NIFTI1_HEADER = 348
 NIFTI1_MAGIC = b"n+1\x00"
 NIFTI1_PAIR_MAGIC = b"ni1\x00"
 DICOM_MAGIC_OFFSET = 128
+NRRD_MAGIC = b"NRRD000"
 #: DICOM transfer syntax whose whole data set is deflate-compressed
 DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
 #: bytes a NIfTI file may hold beyond what its header announces
 NIFTI_SLACK = 1 << 20
 
-ACCEPTED = ("PNG", "JPEG", "TIFF", "NIfTI-1 (.nii, .nii.gz)", "DICOM")
+ACCEPTED = ("PNG", "JPEG", "TIFF", "NIfTI-1 (.nii, .nii.gz)", "NRRD (.nrrd)", "DICOM")
 #: detected type -> (reader kind, server-chosen file name)
 FILE_NAMES = {
     "png": ("image", "upload.png"),
@@ -61,6 +67,7 @@ FILE_NAMES = {
     "nifti": ("nifti", "upload.nii"),
     "nifti-gz": ("nifti", "upload.nii"),  # stored decompressed
     "dicom": ("dicom", "upload.dcm"),
+    "nrrd": ("nrrd", "upload.nrrd"),  # compressed data stored raw
 }
 
 
@@ -113,6 +120,8 @@ def detect(data: bytes) -> str:
         return "tiff"
     if data.startswith(GZIP_MAGIC):
         return "nifti-gz"  # confirmed (or refused) while decompressing
+    if data.startswith(NRRD_MAGIC):
+        return "nrrd"
     if _nifti1_endian(data[:NIFTI1_HEADER]):
         return "nifti"
     if len(data) >= NIFTI1_HEADER and data[344:348] == NIFTI1_PAIR_MAGIC:
@@ -229,6 +238,86 @@ def check_dicom(path: Path, limits: Limits) -> None:
                                   f"{rows}x{cols} (limit {limits.max_pixels:,} pixels)")
 
 
+def stage_nrrd(data: bytes, dest: Path, limits: Limits) -> None:
+    """Check a NRRD upload's header (attached data only, size within the limits) and write it to
+    ``dest``; gzip/bzip2 data is unpacked in bounded steps and stored raw."""
+    import nrrd
+
+    stream = io.BytesIO(data)
+    try:
+        header = nrrd.read_header(stream)
+    except Exception as exc:  # noqa: BLE001 - pynrrd raises NRRDError, ValueError, ...
+        raise UploadRejected(400, f"cannot read the NRRD header ({' '.join(str(exc).split())})"
+                             ) from None
+    offset = stream.tell()
+    if header.get("data file", header.get("datafile")) is not None:
+        raise UploadRejected(415, "a NRRD header that refers to a separate data file (.nhdr): "
+                                  "upload one .nrrd file that holds header and data")
+    try:
+        sizes = [int(v) for v in header["sizes"]]
+    except Exception:  # noqa: BLE001 - missing or broken field
+        raise UploadRejected(400, "broken NRRD header: no valid 'sizes' field") from None
+    voxels = int(np.prod(sizes, dtype=object)) if sizes else 0
+    if voxels > limits.max_pixels:
+        raise UploadRejected(413, f"the NRRD volume is too large: {'x'.join(map(str, sizes))} "
+                                  f"= {voxels:,} voxels (limit {limits.max_pixels:,})")
+    encoding = str(header.get("encoding", "")).lower()
+    if encoding not in ("gzip", "gz", "bzip2", "bz2"):
+        dest.write_bytes(data)  # raw or text: no bigger than the upload
+        return
+    if int(header.get("line skip", header.get("lineskip", 0)) or 0):
+        raise UploadRejected(415, "a compressed NRRD with 'line skip' is not accepted")
+    skip = max(int(header.get("byte skip", header.get("byteskip", 0)) or 0), 0)
+    # 8 bytes: the widest NRRD scalar type (the reader then checks the exact size)
+    cap = min(limits.max_decompressed_bytes, skip + voxels * 8 + NIFTI_SLACK)
+    head = re.sub(rb"(?mi)^encoding:[ \t]*\S+[ \t]*(?=\r?$)", b"encoding: raw", data[:offset],
+                  count=1)
+    total = 0
+    try:
+        with dest.open("wb") as out:
+            out.write(head)
+            for block in _unpack(encoding, data[offset:]):
+                total += len(block)
+                if total > cap:
+                    raise UploadRejected(413, f"the NRRD data unpacks to more than {cap:,} "
+                                              "bytes, more than its header announces or the "
+                                              "server accepts")
+                out.write(block)
+    except UploadRejected:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise UploadRejected(400, f"the NRRD's compressed data is corrupt ({exc})") from None
+
+
+def _unpack(encoding: str, payload: bytes, chunk: int = 1 << 20):
+    """Decompressed blocks of at most ``chunk`` bytes; 400 if the data ends before its end."""
+    import bz2
+
+    if encoding in ("gzip", "gz"):
+        gz = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        pending = payload
+        while not gz.eof:
+            block = gz.decompress(pending, chunk)
+            pending = gz.unconsumed_tail
+            if block:
+                yield block
+            elif not pending:
+                break
+        complete = gz.eof
+    else:
+        bz = bz2.BZ2Decompressor()
+        block = bz.decompress(payload, chunk)
+        while True:
+            if block:
+                yield block
+            if bz.eof or bz.needs_input:
+                break
+            block = bz.decompress(b"", chunk)
+        complete = bz.eof
+    if not complete:
+        raise UploadRejected(400, "the NRRD's compressed data is truncated (incomplete upload?)")
+
+
 def stage_upload(data: bytes, folder: Path, name: str, limits: Limits) -> tuple[InputItem, str]:
     """Check ``data`` and write it into ``folder`` (the server's) under a name the server
     chooses; returns the reader's input item (named ``name``) and the detected type."""
@@ -239,6 +328,8 @@ def stage_upload(data: bytes, folder: Path, name: str, limits: Limits) -> tuple[
     path = folder / file_name
     if detected == "nifti-gz":
         gunzip_nifti(data, path, limits)
+    elif detected == "nrrd":
+        stage_nrrd(data, path, limits)
     else:
         if detected == "nifti":
             declared = nifti_declared(data[:NIFTI1_HEADER], limits)
@@ -254,4 +345,4 @@ def stage_upload(data: bytes, folder: Path, name: str, limits: Limits) -> tuple[
 
 
 __all__ = ["ACCEPTED", "Limits", "UploadRejected", "detect", "gunzip_nifti", "nifti_declared",
-           "stage_upload"]
+           "stage_nrrd", "stage_upload"]

@@ -9,6 +9,7 @@ reads the pixels and returns a :class:`~mtl.data.sample.Sample`. Bad items raise
 from __future__ import annotations
 
 import abc
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,10 +49,23 @@ class Adapter(abc.ABC):
     name: ClassVar[str] = ""
     #: one line shown by ``mtl data list``; the full card lives in ``datasets/<name>.yaml``
     summary: ClassVar[str] = ""
+    #: the ``options`` this adapter reads; any other is refused (a typo never passes silently)
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def known_options(cls) -> frozenset[str]:
+        """Every option name accepted: ``option_names`` plus the constructor's keyword arguments."""
+        params = inspect.signature(cls.__init__).parameters
+        named = {p for p, v in params.items() if v.kind is v.KEYWORD_ONLY or v.kind is v.POSITIONAL_OR_KEYWORD}
+        return frozenset(cls.option_names | (named - {"self", "root", "on_error"}))
 
     def __init__(self, root: str | Path, *, on_error: str = "raise", **options: Any) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        unknown = sorted(set(options) - self.known_options())
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(self.known_options())) or 'none'}")
         self.root = Path(root).expanduser()
         self.on_error = on_error
         self.options = options

@@ -199,6 +199,7 @@ class Br35hAdapter(Adapter):
     """
 
     name = "br35h"
+    option_names = frozenset({"dedup", "cache_dir"})
     summary = "Br35H 2020: yes/ tumor slices with VIA outlines (type unknown), no/ healthy slices"
 
     def __init__(self, root: str | Path, *, on_error: str = "raise", **options: Any) -> None:

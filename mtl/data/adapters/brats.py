@@ -22,8 +22,11 @@ The modality is the last ``_``/``-`` token of the file name; aliases are merged:
 t1ce = t1c = t1gd, t2 = t2w, flair = t2f. A file whose name holds no known token but contains
 "seg" is taken as the segmentation (BraTS20_Training_355 ships ``W39_1998.09.19_Segm.nii``).
 
-Slices are cut along ``axis`` in array order (no reorientation; ``meta["affine"]`` says how the
-array sits in space). The mask is ``seg > 0`` (whole tumor). Labels: "HGG"/"LGG" on slices with
+Slices are cut along ``axis`` and, where the header gives the orientation (qform/sform), turned
+upright as a radiologist views them (:mod:`mtl.data.orientation`: transposed/mirrored, never
+resampled), which is how ``mtl infer`` shows volume slices to the network; ``upright: false``
+keeps the array order. ``meta["affine"]`` says how the array sits in space and
+``meta["upright"]`` how the slice was turned. The mask is ``seg > 0`` (whole tumor). Labels: "HGG"/"LGG" on slices with
 tumor when the subject's grade is known (else None), "no_tumor" on tumor-free slices.
 """
 
@@ -40,6 +43,7 @@ import nibabel as nib
 import numpy as np
 
 from mtl.data.adapters.base import Adapter, DataError, Record
+from mtl.data.orientation import View, upright_transform
 from mtl.data.sample import NO_TUMOR, Sample, make_sample
 
 ALIASES = {
@@ -161,10 +165,13 @@ class BratsAdapter(Adapter):
     Options: ``modalities`` (default ["flair"], stacked as channels in that order), ``axis``
     (0-2, default 2), ``slice_step`` (default 1), ``min_brain_fraction`` (default 0.05: skip
     tumor-free slices whose first modality is nonzero on less than this fraction of pixels),
-    ``include_empty`` (default True) or its inverse ``tumor_only`` (default False).
+    ``include_empty`` (default True) or its inverse ``tumor_only`` (default False), ``upright``
+    (default True: slices turned upright where the orientation is known).
     """
 
     name = "brats"
+    option_names = frozenset({"modalities", "axis", "slice_step", "min_brain_fraction", "include_empty",
+                                "tumor_only", "upright"})
     summary = "BraTS 2018-2023 glioma NIfTI volumes: multi-modal slices, whole-tumor mask, HGG/LGG"
 
     def __init__(self, root: str | Path, *, on_error: str = "raise", **options: Any) -> None:
@@ -179,6 +186,7 @@ class BratsAdapter(Adapter):
         self.slice_step = int(options.get("slice_step", 1))
         self.min_brain_fraction = float(options.get("min_brain_fraction", 0.05))
         self.include_empty = self._include_empty(options)
+        self.upright = bool(options.get("upright", True))
         if self.axis not in (0, 1, 2) or self.slice_step < 1:
             raise ValueError(f"brats: need axis in 0..2 and slice_step >= 1, got {options}")
 
@@ -235,6 +243,7 @@ class BratsAdapter(Adapter):
             "spacing": (zooms[rows], zooms[cols]),
             "affine": np.asarray(header.affine, float).tolist(),
             "shape": [int(s) for s in header.shape[:3]],
+            "oriented": int(header.header["sform_code"]) > 0 or int(header.header["qform_code"]) > 0,
         }
         return [self._record(subject, index, tumor, common) for index, tumor in slices]
 
@@ -297,6 +306,11 @@ class BratsAdapter(Adapter):
         channels = [self._read_slice(Path(p), index) for p in extra["files"]]
         image = np.stack(channels, axis=-1)
         mask = self._read_slice(Path(extra["seg"]), index) > 0
+        turn = View()
+        if self.upright:
+            turn = upright_transform("nifti", np.asarray(extra["affine"], float), self.axis,
+                                     bool(extra.get("oriented", False)))
+            image, mask = turn.apply(image), turn.apply(mask)
         meta = {
             "dataset": self.name,
             "patient_id": record.patient_id,
@@ -305,10 +319,12 @@ class BratsAdapter(Adapter):
             "grade": extra["grade"],
             "slice": index,
             "axis": self.axis,
-            "spacing": tuple(extra["spacing"]),
+            "spacing": tuple(extra["spacing"][::-1] if turn.transpose else extra["spacing"]),
             "affine": extra["affine"],
             "shape": extra["shape"],
             "modalities": list(self.modalities),
+            "upright": {"transpose": turn.transpose, "flip_rows": turn.flip_rows,
+                        "flip_cols": turn.flip_cols},
         }
         try:
             return make_sample(

@@ -104,6 +104,7 @@ class BriscAdapter(Adapter):
     """BRISC 2025. Options: ``subset`` = "train", "test" or None (both, the default)."""
 
     name = "brisc"
+    option_names = frozenset({"subset"})
     summary = "BRISC 2025: T1c slices, glioma/meningioma/pituitary/no_tumor + expert masks"
 
     def __init__(self, root: str | Path, *, on_error: str = "raise", **options: Any) -> None:

@@ -156,6 +156,7 @@ class ClassFoldersAdapter(Adapter):
     """
 
     name = "class_folders"
+    option_names = frozenset({"subset", "label_map"})
     summary = "Image classification folders (e.g. Training/glioma, Testing/notumor, or yes/ no/)"
 
     def _label_map(self) -> dict[str, str | None]:

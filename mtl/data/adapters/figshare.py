@@ -167,6 +167,7 @@ class FigshareAdapter(Adapter):
     """
 
     name = "figshare"
+    option_names = frozenset({"layout", "block_size", "image_similarity", "cache_dir"})
     summary = "Cheng et al. figshare: glioma/meningioma/pituitary; JPEG+YOLO boxes or .mat masks"
 
     # --- layout ---------------------------------------------------------------------------------

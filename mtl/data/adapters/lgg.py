@@ -98,6 +98,7 @@ class LggAdapter(Adapter):
     """LGG (Kaggle lgg-mri-segmentation). Option ``label_from`` = "grade" (default) or "none"."""
 
     name = "lgg"
+    option_names = frozenset({"label_from"})
     summary = "LGG segmentation (Buda 2019): TCGA lower-grade glioma slices + masks, G2/G3"
 
     def __init__(self, root: str | Path, *, on_error: str = "raise", **options: Any) -> None:

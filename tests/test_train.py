@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from mtl.config import ConfigError, load_config
 from mtl.data.pipeline import open_sources
 from mtl.evaluate.predict import dice_per_image, predict_split
-from mtl.train import cosine_learning_rate, read_history, train
+from mtl.train import cosine_learning_rate, read_history, resume_config, train
 
 TINY = [
     "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]", "model.head_units=32",
@@ -72,12 +73,13 @@ def test_held_out_dice_beats_chance(trained):
     assert dice > 0.4, f"held-out Dice {dice:.3f} (chance {chance:.3f})"
 
 
-def test_seed_makes_runs_reproducible(tmp_path):
-    args = ("train.epochs=1", "train.steps_per_epoch=2", "train.val_steps=1",
-            "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
-    a = train(tiny_config(tmp_path, "name=a", *args), verbose=0)
-    b = train(tiny_config(tmp_path, "name=a", *args), verbose=0)
-    assert b.run_dir.name == "a2"  # never overwrites
+def test_seed_makes_runs_reproducible(tiny_phantom_run):
+    """A second run with the shared run's config (conftest.py) gives the same splits and the
+    same first-epoch loss, in a new folder."""
+    a = tiny_phantom_run
+    config = load_config(a.run_dir / "config.yaml", ["train.epochs=1"])
+    b = train(config, verbose=0)
+    assert b.run_dir.name == "tiny2"  # never overwrites
     assert json.loads((a.run_dir / "splits.json").read_text()) == json.loads(
         (b.run_dir / "splits.json").read_text())
     la, lb = float(a.history[0]["loss"]), float(b.history[0]["loss"])
@@ -175,17 +177,19 @@ def test_bad_data_is_found_before_the_first_epoch(tmp_path):
     assert result.epochs_done == 1
 
 
-def test_resume_trusts_the_checkpoint_and_respects_early_stopping(tmp_path):
+def test_resume_trusts_the_checkpoint_and_respects_early_stopping(tmp_path, tiny_phantom_run):
     args = ("train.steps_per_epoch=2", "train.val_steps=1",
             "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
-    config = tiny_config(tmp_path, "name=r", "train.epochs=2", *args)
-    run_dir = train(config, verbose=0).run_dir
-    # killed after last.keras was saved but before state.json said so
+    # a copy of the suite's shared run (2 epochs of 2 steps, conftest.py), as if killed after
+    # last.keras was saved but before state.json said so
+    run_dir = tmp_path / "r"
+    shutil.copytree(tiny_phantom_run.run_dir, run_dir)
     state = json.loads((run_dir / "state.json").read_text())
+    assert state["epoch"] == 2
     state["epoch"] = 1
     (run_dir / "state.json").write_text(json.dumps(state))
-    result = train(tiny_config(tmp_path, "name=r", "train.epochs=3", *args), run_dir=run_dir,
-                   resume=True, verbose=0)
+    config = resume_config(run_dir, ["train.epochs=3"])
+    result = train(config, run_dir=run_dir, resume=True, verbose=0)
     assert [r["epoch"] for r in read_history(run_dir / "history.csv")] == [1, 2, 3]
     assert int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations) == 3 * 2
     assert result.epochs_done == 3

@@ -92,6 +92,28 @@ def test_label_from_none(lgg_root: Path) -> None:
         LggAdapter(lgg_root, label_from="type")
 
 
+def test_one_channel_tumor_free_every_second_slice(lgg_root: Path) -> None:
+    """The options the reference model uses: post-contrast alone, tumor-free slices, step 2."""
+    adapter = get_adapter(
+        "lgg", lgg_root, channel="post-contrast", keep="tumor-free", slice_step=2)
+    records = adapter.records()
+    assert {r.presence for r in records} == {0}
+    # tumor-free slices per patient: CS_4941 [1, 10], DU_5849 [2, 3, 10], HT_7692 [1, 3, 10]
+    assert [r.case_id for r in records] == [
+        "TCGA_CS_4941_19960909_1",
+        "TCGA_DU_5849_19950405_2", "TCGA_DU_5849_19950405_10",
+        "TCGA_HT_7692_19960724_1", "TCGA_HT_7692_19960724_10",
+    ]
+    sample = adapter.load(records[0])
+    assert sample["image"].shape == (SIZE, SIZE) and int(sample["image"][0, 0]) == 30
+    assert sample["meta"]["channels"] == ["post-contrast"]
+    tumor = LggAdapter(lgg_root, keep="tumor").records()
+    assert len(tumor) == 4 and {r.presence for r in tumor} == {1}
+    for bad in ({"channel": "t2"}, {"keep": "some"}, {"slice_step": 0}, {"slice_step": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LggAdapter(lgg_root, **bad)
+
+
 def test_without_csv_grades_are_none(lgg_root: Path) -> None:
     (lgg_root / "kaggle_3m" / "data.csv").unlink()
     records = LggAdapter(lgg_root).records()

@@ -114,6 +114,27 @@ def test_copies_land_in_the_same_split(two_datasets, seed: int) -> None:
         assert all(parts[k][name] for name in ("train", "val", "test"))
 
 
+def test_a_dataset_without_copies_in_the_others_leaves_their_splits_alone(two_datasets) -> None:
+    """Adding a dataset that shares no near-copy keeps the linked datasets' splits as they were
+    (so models trained before and after it are compared on the same test slices); the new one is
+    still split patient-safe in the same proportions."""
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    before = open_sources(_config(*two_datasets))
+    parts_before = split_jointly(before, link_copies(before, progress=False), fractions, seed=0)
+    config = _config(*two_datasets)
+    config.data.sources.append(
+        SourceConfig(format="phantoms", options={"n": 30, "size": 64, "seed": 9}))
+    after = open_sources(config)
+    links = link_copies(after, progress=False)
+    assert links.summary()["cross_dataset_groups_by_datasets"] == {
+        "brisc#1+class_folders": len(PLANTED)}
+    parts_after = split_jointly(after, links, fractions, seed=0)
+    check_groups_together(links, parts_after)
+    assert parts_after[:2] == parts_before
+    assert all(len(parts_after[2][name]) for name in fractions)
+    assert sum(len(v) for v in parts_after[2].values()) == 30
+
+
 def test_splitting_each_dataset_alone_would_leak(two_datasets) -> None:
     """What the joint split prevents: split apart, some copies straddle train and test."""
     sources = open_sources(_config(*two_datasets))

@@ -180,32 +180,64 @@ def link_copies(
     )
 
 
+def linked_sources(links: CopyLinks) -> list[list[int]]:
+    """The sources, in groups joined by at least one cross-dataset split group (in order).
+
+    A source with no near-copy in any other is a group of its own.
+    """
+    n = len(links.group)
+    parent = list(range(n))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    owner: dict[int, int] = {}
+    for k, groups in enumerate(links.group):
+        for g in np.unique(groups):
+            j = owner.setdefault(int(g), k)
+            if root(j) != root(k):
+                parent[max(root(j), root(k))] = min(root(j), root(k))
+    joined: dict[int, list[int]] = defaultdict(list)
+    for k in range(n):
+        joined[root(k)].append(k)
+    return [joined[r] for r in sorted(joined)]
+
+
 def split_jointly(
     sources: Sequence["Source"], links: CopyLinks, fractions: Mapping[str, float], seed: int
 ) -> list[dict[str, list[int]]]:
     """Train/val/test indices per source, so that every split group lies in one split.
 
     Groups are dealt by :func:`mtl.data.splits.split_records`, stratified by source and label,
-    so each dataset is split in about the requested proportions.
+    so each dataset is split in about the requested proportions. Sources that share no
+    near-copy are split apart (:func:`linked_sources`): adding a dataset with no copies in the
+    others leaves their splits as they were, so models trained before and after it can be
+    compared on the same test slices.
     """
-    joint = [
-        Record(
-            case_id=f"{k}/{r.case_id}",
-            patient_id=f"g{int(links.group[k][i])}",
-            presence=r.presence,
-            label=f"{source.name}:{r.stratum}",
-            has_mask=r.has_mask,
-        )
-        for k, source in enumerate(sources)
-        for i, r in enumerate(source.records)
-    ]
-    parts = split_records(joint, fractions, seed=seed)
-    offsets = np.cumsum([0] + [len(s.records) for s in sources])
-    result: list[dict[str, list[int]]] = [{name: [] for name in parts} for _ in sources]
-    for name, indices in parts.items():
-        for index in indices:
-            k = int(np.searchsorted(offsets, index, side="right") - 1)
-            result[k][name].append(int(index - offsets[k]))
+    result: list[dict[str, list[int]]] = [{} for _ in sources]
+    for members in linked_sources(links):
+        joint = [
+            Record(
+                case_id=f"{k}/{r.case_id}",
+                patient_id=f"g{int(links.group[k][i])}",
+                presence=r.presence,
+                label=f"{sources[k].name}:{r.stratum}",
+                has_mask=r.has_mask,
+            )
+            for k in members
+            for i, r in enumerate(sources[k].records)
+        ]
+        parts = split_records(joint, fractions, seed=seed)
+        offsets = np.cumsum([0] + [len(sources[k].records) for k in members])
+        for k in members:
+            result[k] = {name: [] for name in parts}
+        for name, indices in parts.items():
+            for index in indices:
+                m = int(np.searchsorted(offsets, index, side="right") - 1)
+                result[members[m]][name].append(int(index - offsets[m]))
     return result
 
 

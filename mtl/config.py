@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mtl.model.network import NetworkSpec
+from mtl.precision import PRECISIONS
 
 DEFAULT_CLASSES = ["no_tumor", "glioma", "meningioma", "pituitary"]
 
@@ -113,9 +114,6 @@ class LossConfig:
     dice: str = "image"
 
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
 @dataclass
 class TrainConfig:
     epochs: int = 20
@@ -127,10 +125,12 @@ class TrainConfig:
     lr_scaling: str = "linear"
     #: auto | default | mirrored | multiworker (see mtl.distribute)
     strategy: str = "auto"
-    #: float32 | mixed_bfloat16 | mixed_float16: the compute precision of training (weights,
-    #: batch norm, heads and loss stay float32; saved models predict in float32). bfloat16 runs
-    #: convolutions about twice as fast on CPUs with AVX512_BF16 or AMX (benchmarks/README.md)
-    #: and slower on others; float16 is for GPUs (loss scaling is automatic)
+    #: auto | float32 | mixed_bfloat16 | mixed_float16: the compute precision of training
+    #: (weights, batch norm, heads and loss stay float32; saved models predict in float32).
+    #: bfloat16 runs convolutions about twice as fast on CPUs with AVX512_BF16 or AMX
+    #: (benchmarks/README.md) and many times slower on others; float16 is for GPUs (loss scaling
+    #: is automatic). auto: bfloat16 where the CPU or GPU computes in it, else float32
+    #: (mtl.precision)
     precision: str = "float32"
     #: null: one pass over the training split per epoch
     steps_per_epoch: int | None = None

@@ -57,6 +57,7 @@ from mtl.data.splits import check_no_leak, match_case_ids, split_records
 from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
 from mtl.plots import plot_history
+from mtl.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ def precision_policy(name: str) -> Iterator[None]:
     loaded outside this context (inference) computes in float32 whatever it was trained in.
     """
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
+    keras.mixed_precision.set_global_policy(resolve_precision(name))
     try:
         yield
     finally:
@@ -420,7 +421,8 @@ def train(
     keras.utils.set_random_seed(config.seed + initial_epoch)
     scale = scaling(strategy, t.batch_size, t.learning_rate, t.lr_scaling)
     log.info("distribution: %s", scale.to_dict())
-    write_atomic(write_dir / "distribution.json", json.dumps(scale.to_dict(), indent=1))
+    write_atomic(write_dir / "distribution.json", json.dumps(
+        {**scale.to_dict(), "precision": resolve_precision(t.precision)}, indent=1))
     sources = open_sources(config)
     skipped_at_preflight = (
         preflight(sources, config.data.on_error, progress=verbose not in (0, 2) and role.is_chief)

@@ -30,7 +30,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtl.data.orientation import View
 from mtl.infer.predict import Predictor, is_constant, load_model
 from mtl.infer.readers import Case, InputItem, kind_of, load_nifti_case, turn_upright
 
@@ -109,16 +108,15 @@ def summarize(presence: np.ndarray, type_probs: np.ndarray, mask_px: np.ndarray,
     }
 
 
-def _planes(path: Path, orientation: str) -> list[tuple[str, Case, View]]:
-    """(plane name, case cut along it, transform to apply) for the three planes."""
+def _planes(path: Path, orientation: str) -> list[tuple[str, Case]]:
+    """(plane name, case cut along it, turned upright unless orientation is "native")."""
     item = InputItem(path.name, "nifti", path, (path,))
     first = load_nifti_case(item, PLANES[0])
     if first.orientation_known:
         named = [(p, first if p == PLANES[0] else load_nifti_case(item, p)) for p in PLANES]
     else:  # no orientation: the three array axes
         named = [(f"axis{a}", load_nifti_case(item, a)) for a in range(3)]
-    # the slices are turned here, so no further view is applied to them
-    return [(name, turn_upright(case) if orientation == "upright" else case, View())
+    return [(name, turn_upright(case) if orientation == "upright" else case)
             for name, case in named]
 
 
@@ -169,17 +167,17 @@ def healthy_volume_check(
     path = Path(path)
     planes = _planes(path, orientation)
     reference = reference_intensity(planes[0][1].slices)
-    chosen = [(name_, case, view, np.flatnonzero(content_slices(case.slices, reference, level,
-                                                                min_fraction)))
-              for name_, case, view in planes]
+    chosen = [(name_, case, np.flatnonzero(content_slices(case.slices, reference, level,
+                                                          min_fraction)))
+              for name_, case in planes]
     total = sum(len(idx) for *_, idx in chosen)
     disable = None if progress is None else not progress
     results: dict[str, Any] = {}
     parts: list[tuple[dict[str, Any], np.ndarray]] = []
     with tqdm(total=total, desc=f"healthy check {name or path.name}", unit="slice",
               file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False) as bar:
-        for plane, case, view, idx in chosen:
-            slices = [view.apply(case.slices[i]) for i in idx]
+        for plane, case, idx in chosen:
+            slices = [case.slices[i] for i in idx]
             out = _predict_slices(predictor, slices, bar)
             px = np.array([s.size for s in slices], dtype=np.float64)
             results[plane] = {"slice_axis": case.slice_axis, "n_slices": case.n_slices,

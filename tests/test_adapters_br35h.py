@@ -252,9 +252,13 @@ def test_unmatched_annotation_is_reported(br35h_root: Path) -> None:
         via_entry("y0.jpg", SQUARE),
         via_entry("gone.jpg", SQUARE),
     )
-    adapter = Br35hAdapter(br35h_root)
+    # a missing image: an error naming the JSON and the image (issue 15 item 7), or a skip
+    with pytest.raises(DataError, match=r"gone\.jpg: missing image: .*annotations_via\.json"):
+        Br35hAdapter(br35h_root).records()
+    adapter = Br35hAdapter(br35h_root, on_error="skip")
     adapter.records()
     assert adapter.unmatched_annotations == ["gone.jpg"]
+    assert [Path(s).name for s, _ in adapter.skipped] == ["gone.jpg"]
 
 
 def test_unreadable_image(br35h_root: Path) -> None:

@@ -397,7 +397,8 @@ def test_host_header_check_for_a_loopback_server(serve_app):
 
 def test_concurrent_requests_get_their_own_results_and_never_share_the_model(serve_app):
     forward = slow_forward(0.02)
-    client, _ = serve_app(fake_predictor(forward))
+    # room for all 8 at once (two analysed side by side: the model is still called by one)
+    client, _ = serve_app(fake_predictor(forward), max_active=2, max_waiting=6)
     boxes = [(8 + i, 20 + 2 * i, 10 + i, 30 + 3 * i) for i in range(8)]
     assert len({box_area(b) for b in boxes}) == 8
 

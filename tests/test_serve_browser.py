@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mtl.serve.app import LOOPBACK_HOSTS, create_app
-from mtl.serve.command import bind_socket, url_for
+from mtl.serve.command import bind_socket, make_server, url_for
 from test_serve_support import fake_predictor, tumor_nifti, tumor_png
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -40,11 +40,9 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def server():
     """The app around the fake segmenter, served by uvicorn in a thread on a free port."""
-    import uvicorn
-
     sock = bind_socket("127.0.0.1", 0)
     app = create_app(fake_predictor(), allowed_hosts=LOOPBACK_HOSTS)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    srv = make_server(app)  # as mtl serve: with the request deadline (the page's POSTs pass)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = url_for(sock)

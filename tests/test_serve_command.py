@@ -22,8 +22,9 @@ from test_serve_support import fake_predictor, tumor_png
 def _capture(monkeypatch, drive=None):
     seen = {}
 
-    def fake_run(app, sock, log_level="warning"):
-        seen.update(app=app, port=sock.getsockname()[1], log_level=log_level)
+    def fake_run(app, sock, log_level="warning", request_timeout=None):
+        seen.update(app=app, port=sock.getsockname()[1], log_level=log_level,
+                    request_timeout=request_timeout)
         try:
             if drive:
                 drive(app, sock)

@@ -51,6 +51,10 @@ class Source:
     records: list[Record]
     name: str
     splits: dict[str, list[int]] = field(default_factory=dict)
+    #: ``(file, reason)`` of the items the adapter skipped while listing them (before any
+    #: pixels were loaded); load-time skips are counted by :func:`preflight` and
+    #: :class:`LoadErrors`, see :func:`skip_report`
+    scan_skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def class_label(self, label: str | None) -> str | None:
         if label is None:
@@ -61,7 +65,8 @@ class Source:
 def open_source(config: SourceConfig, on_error: str, classes: list[str], index: int = 0) -> Source:
     adapter = get_adapter(config.format, config.root, on_error=on_error, **config.options)
     records = adapter.records()
-    source = Source(config, adapter, records, name=f"{config.format}" + (f"#{index}" if index else ""))
+    source = Source(config, adapter, records, name=f"{config.format}" + (f"#{index}" if index else ""),
+                    scan_skipped=list(adapter.skipped))  # loads add to adapter.skipped later
     unknown = sorted(
         {str(source.class_label(r.label)) for r in records if source.class_label(r.label) is not None}
         - set(classes)
@@ -124,6 +129,35 @@ def preflight(sources: list[Source], on_error: str, *, progress: bool = True) ->
         drop = {i for kk, i, _ in bad if kk == k}
         sources[k].records = [r for i, r in enumerate(sources[k].records) if i not in drop]
     return failures
+
+
+def skip_report(sources: list[Source], at_preflight: list[tuple[str, str]],
+                load_errors: list[tuple[str, str]], examples: int = 20) -> dict[str, Any]:
+    """The skipped items of a run, each counted once, at the first stage it failed.
+
+    Stages: ``scan`` (the adapter left the item out while listing, ``Source.scan_skipped``),
+    ``preflight`` (:func:`preflight` could not load it) and ``load`` (it failed while training,
+    :class:`LoadErrors`). An adapter also records its load failures in ``adapter.skipped``;
+    those are not scan-time skips, so they are not read from there. Keys: ``skipped`` (the
+    total), ``skipped_at_scan``, ``skipped_at_preflight``, ``skipped_at_load`` and
+    ``skipped_examples`` (the first ``examples`` ``(file, reason)`` pairs).
+    """
+    seen: set[str] = set()
+    counts = {}
+    entries: list[tuple[str, str]] = []
+    stages = (("scan", [item for s in sources for item in s.scan_skipped]),
+              ("preflight", at_preflight), ("load", load_errors))
+    for stage, items in stages:
+        counts[stage] = 0
+        for source, reason in items:
+            if str(source) in seen:
+                continue
+            seen.add(str(source))
+            counts[stage] += 1
+            entries.append((str(source), reason))
+    return {"skipped": len(entries), "skipped_at_scan": counts["scan"],
+            "skipped_at_preflight": counts["preflight"], "skipped_at_load": counts["load"],
+            "skipped_examples": [list(e) for e in entries[:examples]]}
 
 
 # --------------------------------------------------------------------------- augmentation

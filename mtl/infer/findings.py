@@ -85,10 +85,12 @@ def hemisphere(mask: np.ndarray, affine: np.ndarray, image: np.ndarray) -> dict[
     if lr_axis is None:
         return None
     midline = head_midline(image, lr_axis)
-    index = np.nonzero(mask)[lr_axis].astype(float)
-    toward_left = index > midline if codes[lr_axis] == "L" else index < midline
-    on_midline = index == midline
-    left_fraction = (toward_left.sum() + 0.5 * on_midline.sum()) / len(index)
+    # tumor voxels per index along the left-right axis (no array with one entry per voxel)
+    counts = _axis_counts(mask, lr_axis)
+    index = np.arange(len(counts), dtype=float)
+    toward_left = counts[index > midline if codes[lr_axis] == "L" else index < midline].sum()
+    on_midline = counts[index == midline].sum()
+    left_fraction = (toward_left + 0.5 * on_midline) / counts.sum()
     if left_fraction >= HEMISPHERE_MAJORITY:
         side = "left"
     elif left_fraction <= 1 - HEMISPHERE_MAJORITY:
@@ -102,6 +104,11 @@ def hemisphere(mask: np.ndarray, affine: np.ndarray, image: np.ndarray) -> dict[
         "axis_points_to": "patient left" if codes[lr_axis] == "L" else "patient right",
         "midline_index": _round(midline, 2),
     }
+
+
+def _axis_counts(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Nonzero voxels per index along ``axis`` (memory: that axis' length, not the mask's)."""
+    return np.count_nonzero(mask, axis=tuple(a for a in range(mask.ndim) if a != axis))
 
 
 def compact_ranges(indices: Sequence[int]) -> str:
@@ -204,11 +211,14 @@ def case_findings(
         tumor["area_px"] = voxels
     tumor["area_mm2"] = _round(tumor["area_px"] * px_mm2, 3) if px_mm2 is not None else None
     if voxels:
-        idx = np.argwhere(mask)
-        centroid = idx.mean(axis=0)
+        # from per-axis counts: the mean/min/max of every tumor voxel's index, without an
+        # array of those indices (24 bytes per tumor voxel)
+        counts = [_axis_counts(mask, k) for k in range(mask.ndim)]
+        centroid = np.array([np.dot(np.arange(len(c), dtype=np.float64), c) / voxels
+                             for c in counts])
         tumor["centroid"] = [_round(c, 2) for c in centroid]
-        tumor["bbox_min"] = [int(v) for v in idx.min(axis=0)]
-        tumor["bbox_max"] = [int(v) for v in idx.max(axis=0)]
+        tumor["bbox_min"] = [int(np.flatnonzero(c)[0]) for c in counts]
+        tumor["bbox_max"] = [int(np.flatnonzero(c)[-1]) for c in counts]
         if affine is not None and is_volume:
             world = affine @ np.append(centroid, 1.0)
             tumor["centroid_ras_mm"] = [_round(v, 2) for v in world[:3]]

@@ -9,6 +9,13 @@ known (axial: anterior up, patient's right on the viewer's left; coronal: superi
 the left; sagittal: superior up, anterior on the left), with orientation letters at the edges.
 The network sees volume slices in that same orientation (:mod:`mtl.data.orientation`), so
 the slices drawn here are upright already and the view only labels the edges.
+
+A slice is drawn at most :data:`DRAW_MAX_SIDE` pixels on its longest side: a larger one (a
+50-megapixel PNG, say) is first reduced by an integer factor, the scan by block means and the
+mask by "any tumor pixel in the block" (a small tumor stays visible), so drawing an overlay costs
+the same few tens of megabytes whatever the input's size. The picture is 500 pixels wide, so
+slices of normal size (up to 1024 pixels) are drawn exactly as before. Masks written to files
+are never reduced: they stay in the input's geometry.
 """
 
 from __future__ import annotations
@@ -47,6 +54,68 @@ def wrap_header(line: str, width_px: float, font_px: float, bold: bool = False) 
     return textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
 
 
+#: longest side (pixels) a slice is drawn at; larger slices are reduced first (module docstring)
+DRAW_MAX_SIDE = 1024
+
+
+def display_factor(shape: Sequence[int], max_side: int = DRAW_MAX_SIDE) -> int:
+    """The integer reduction that brings a (rows, cols, ...) slice to at most ``max_side``."""
+    return max(1, math.ceil(max(int(shape[0]), int(shape[1])) / max_side))
+
+
+def _blocks(shape: Sequence[int], factor: int) -> tuple[int, int]:
+    return -(-int(shape[0]) // factor), -(-int(shape[1]) // factor)
+
+
+def reduce_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block means over ``factor`` x ``factor`` pixels (partial blocks at the edges are means of
+    what they hold), as float32; channels are kept. Memory: the output's size, never a float
+    copy of the input."""
+    image = np.asarray(image)
+    if factor <= 1:
+        return image
+    rows, cols = _blocks(image.shape, factor)
+    out = np.zeros((rows, cols, *image.shape[2:]), np.float32)
+    for dy in range(factor):
+        for dx in range(factor):
+            part = image[dy::factor, dx::factor]
+            if part.size:
+                view = out[: part.shape[0], : part.shape[1]]
+                np.add(view, part, out=view, casting="unsafe")
+    count_r = np.minimum(factor, image.shape[0] - factor * np.arange(rows)).astype(np.float32)
+    count_c = np.minimum(factor, image.shape[1] - factor * np.arange(cols)).astype(np.float32)
+    count = np.outer(count_r, count_c).reshape(rows, cols, *([1] * (image.ndim - 2)))
+    out /= count
+    return out
+
+
+def reduce_any(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Block maximum of ``mask > 0`` (bool): a block holding any tumor pixel is tumor."""
+    mask = np.asarray(mask)
+    if factor <= 1:
+        return mask
+    out = np.zeros(_blocks(mask.shape, factor), bool)
+    for dy in range(factor):
+        for dx in range(factor):
+            part = mask[dy::factor, dx::factor]
+            if part.size:
+                view = out[: part.shape[0], : part.shape[1]]
+                np.logical_or(view, part > 0, out=view)
+    return out
+
+
+def for_display(image: np.ndarray, mask: np.ndarray | None = None,
+                heat: np.ndarray | None = None, max_side: int = DRAW_MAX_SIDE
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The slice, its mask and heat map reduced together to at most ``max_side`` pixels (the
+    factor is the image's; arrays of normal size come back unchanged)."""
+    factor = display_factor(np.shape(image), max_side)
+    if factor == 1:
+        return image, mask, heat
+    return (reduce_mean(image, factor), None if mask is None else reduce_any(mask, factor),
+            None if heat is None else reduce_mean(heat, factor))
+
+
 def window(image: np.ndarray) -> np.ndarray:
     """Grey image scaled to [0, 1] between its 0.5 and 99.5 percentiles."""
     image = np.asarray(image, dtype=np.float32)
@@ -63,6 +132,7 @@ def window(image: np.ndarray) -> np.ndarray:
 
 def _draw_slice(ax, image: np.ndarray, mask: np.ndarray | None, view: View,
                 heat: np.ndarray | None = None, font: float = 9) -> None:
+    image, mask, heat = for_display(image, mask, heat)
     grey = view.apply(window(image))
     ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
               aspect=view.pixel_aspect)
@@ -221,4 +291,5 @@ def render_contact_sheet(
                         force=force)
 
 
-__all__ = ["View", "render_contact_sheet", "render_overlay", "view_for", "window"]
+__all__ = ["DRAW_MAX_SIDE", "View", "display_factor", "for_display", "reduce_any", "reduce_mean",
+           "render_contact_sheet", "render_overlay", "view_for", "window"]

@@ -27,9 +27,11 @@ Problems raise :class:`InputError` whose message starts with the offending file'
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -173,21 +175,54 @@ def _natural_key(text: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
+def path_problem(path: Path) -> tuple[str | None, str | None]:
+    """``("dir" | "file", None)`` for a folder or regular file (symbolic links followed), else
+    ``(None, why)``: missing, a broken link, a symbolic link loop, a FIFO, socket or device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "symbolic link loop (too many levels of symbolic links)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(path):
+                return None, f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+            return None, "no such file or directory"
+        return None, f"cannot open ({exc.strerror or describe_error(exc)})"
+    if stat.S_ISDIR(mode):
+        return "dir", None
+    if stat.S_ISREG(mode):
+        return "file", None
+    what = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return None, f"not a regular file: {what}; give an image, volume or DICOM file, or a folder"
+
+
+def _named_like_input(path: Path) -> bool:
+    """Whether a file's name (suffix) says it is an input mtl reads; the content is not read."""
+    suffix = path.suffix.lower()
+    return (_nifti_stem(path.name) is not None or suffix in NRRD_SUFFIXES
+            or suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES)
+
+
 def discover(inputs: Sequence[str | Path]) -> tuple[list[InputItem], list[tuple[str, str]]]:
     """Expand files and folders into input items; also (path, reason) of inputs that cannot be used.
 
     Folders are walked recursively (hidden entries skipped); images and NIfTI files become one
     case each, DICOM files are grouped into one case per series. Item names are unique (a
-    numeric suffix is added on collision) and safe as folder names.
+    numeric suffix is added on collision) and safe as folder names. What is neither a folder nor
+    a regular file (a FIFO, a socket, a symbolic link loop or a broken link) is reported as such,
+    and never opened (reading a FIFO would wait forever); inside folders only where its name
+    says it is an input.
     """
     items: list[tuple[str, str, Path, tuple[Path, ...]]] = []
     failures: list[tuple[str, str]] = []
     for raw in inputs:
         path = Path(raw).expanduser()
-        if not path.exists():
-            failures.append((str(path), "no such file or directory"))
+        what, problem = path_problem(path)
+        if problem is not None:
+            failures.append((str(path), problem))
             continue
-        if path.is_file():
+        if what == "file":
             kind = kind_of(path)
             if kind is None:
                 failures.append((str(path), "unsupported file type (expected PNG, JPEG, TIFF, "
@@ -207,6 +242,12 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[InputItem], list[tuple[
             dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=_natural_key)
             for name in sorted((f for f in files if not f.startswith(".")), key=_natural_key):
                 file = Path(folder) / name
+                problem = path_problem(file)[1]
+                if problem is not None:  # never opened; reported where named like an input
+                    if _named_like_input(file):
+                        failures.append((str(file), problem))
+                        found += 1
+                    continue
                 kind = kind_of(file)
                 if kind == "dicom":
                     dicoms.append(file)
@@ -780,6 +821,7 @@ def format_axis(value: str) -> int | str:
 __all__ = [
     "Case", "InputError", "InputItem", "axis_from_option", "check_pixels", "discover",
     "format_axis", "is_dicom_file", "kind_of", "load_case", "load_dicom_case",
-    "load_image_case", "load_nifti_case", "load_nrrd_case", "read_image", "turn_upright",
+    "load_image_case", "load_nifti_case", "load_nrrd_case", "path_problem", "read_image",
+    "turn_upright",
 ]
 

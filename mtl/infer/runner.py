@@ -9,16 +9,24 @@ Output layout under ``out``::
     <case>/mask.nii.gz            NIfTI: uint8 label volume, the input's affine and header
     <case>/mask.nrrd              NRRD: uint8 label volume, the input's geometry fields
     <case>/seg.dcm                DICOM: DICOM SEG referencing the source series
-    <case>/mask_slices/slice_NNN.png   volumes with --format png: one mask per slice
+    <case>/mask_slices/slice_NNN.png   volumes with --format png: one mask per slice; also a
+                                  volume whose mask has no patient geometry to be written in
+                                  (a DICOM without position/orientation: a warning says so)
     <case>/overlay.png | overlay_slice_NNN.png    --overlay
     <case>/contact_sheet.png      --overlay, volumes with tumor
     <case>/gradcam.png | gradcam_slice_NNN.png    --explain
 
 A case that fails leaves nothing behind (files written for it are removed); the others run.
+With ``force``, a case that fails also loses the outputs an earlier run wrote for it (its
+``findings.json``, masks and pictures), so no old "ok" record contradicts the failure in
+``findings.csv``; a case that succeeds replaces them, and outputs the new run did not write
+(e.g. an overlay of an earlier ``--overlay`` run) are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -49,6 +57,9 @@ FORMATS = ("png", "nifti", "nrrd", "dicom-seg")
 NATIVE_FORMAT = {"image": "png", "nifti": "nifti", "nrrd": "nrrd", "dicom": "dicom-seg"}
 #: per-slice output files a --force rerun replaces (stale ones from an earlier run are removed)
 PER_SLICE_PATTERNS = ("overlay_slice_*.png", "gradcam_slice_*.png", "mask_slices/slice_*.png")
+#: the other files ``mtl infer`` writes into a case folder
+CASE_FILES = ("findings.json", "mask.png", "mask.nii.gz", "mask.nrrd", "seg.dcm", "overlay.png",
+              "gradcam.png", "contact_sheet.png")
 #: mask formats a kind of input can never give: asking for them is refused before any work
 #: (``None``: every kind); what only the file itself can rule out is reported per case
 FORMAT_KINDS: dict[str, tuple[str, ...] | None] = {
@@ -178,11 +189,45 @@ class CaseWriter:
                 pass
 
     def remove_stale(self) -> None:
+        """Remove the outputs of an earlier run that this one did not write (--force)."""
         keep = {p.resolve() for p in self.written}
-        for pattern in PER_SLICE_PATTERNS:
-            for path in self.folder.glob(pattern):
-                if path.resolve() not in keep:
-                    path.unlink()
+        for path in earlier_outputs(self.folder):
+            if path.resolve() not in keep:
+                path.unlink()
+        with contextlib.suppress(OSError):
+            (self.folder / "mask_slices").rmdir()  # only if empty
+
+
+def earlier_outputs(folder: Path) -> list[Path]:
+    """The files an earlier ``mtl infer`` wrote into a case folder: its known output names and
+    what its ``findings.json`` lists under ``outputs`` (only plain files inside ``folder``)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    names = set(CASE_FILES)
+    try:
+        listed = json.loads((folder / "findings.json").read_text(encoding="utf-8")).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if isinstance(listed, list):
+        names |= {n for n in listed if isinstance(n, str) and not Path(n).is_absolute()
+                  and ".." not in Path(n).parts}
+    found = {folder / n for n in names}
+    found |= {p for pattern in PER_SLICE_PATTERNS for p in folder.glob(pattern)}
+    return sorted(p for p in found if p.is_file() and not p.is_symlink())
+
+
+def clear_case_outputs(folder: Path) -> list[Path]:
+    """Remove an earlier run's outputs of a case that failed now (--force): the failure must
+    be what every output says. Other files are left; emptied folders are removed."""
+    removed = earlier_outputs(folder)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    for sub in (folder / "mask_slices", folder):
+        try:
+            sub.rmdir()  # only if empty
+        except OSError:
+            pass
+    return removed
 
 
 def check_case_folder(folder: Path, force: bool) -> None:
@@ -282,6 +327,8 @@ def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predi
 def _write_masks(writer: CaseWriter, case: Case, pred: CasePrediction, mask_native: np.ndarray,
                  options: InferOptions, record: dict[str, Any]) -> None:
     formats = options.formats or (NATIVE_FORMAT[case.kind],)
+    requested = options.formats is not None  # else each kind's native format, if it can be given
+    before = len(writer.written)
     for fmt in formats:
         if fmt == "png":
             if case.kind == "image":
@@ -314,9 +361,32 @@ def _write_masks(writer: CaseWriter, case: Case, pred: CasePrediction, mask_nati
                 # inherited values invalid in a SEG are repaired or left out, and said so
                 writer(write_dicom_seg, "seg.dcm", pred.mask, case.datasets,
                        notes=record["warnings"])
-            else:
+            elif requested:
                 _not_written(record, "dicom-seg not written: it needs a DICOM series with "
                                      "position and orientation")
+    if len(writer.written) == before and case.is_volume:
+        # no mask in patient geometry could be written: the mask in the pixel grid, said so
+        native_slices = case.native_slices(pred.mask)
+        for i in range(case.n_slices):
+            writer(write_mask_png, f"mask_slices/{_slice_tag(i, case.n_slices)}.png",
+                   native_slices[i])
+        what = "DICOM SEG" if case.kind == "dicom" else "mask volume"
+        note = (f"no {what} written: {_no_geometry(case)}; the mask was written in the pixel "
+                f"grid instead, mask_slices/slice_*.png ({case.n_slices} slice(s), 0/255, the "
+                "source images' rows and columns, no patient coordinates)")
+        record["warnings"].append(note)
+        record["mask_in_pixel_grid"] = True
+
+
+def _no_geometry(case: Case) -> str:
+    """Why a volume has no patient geometry for its mask, in words."""
+    if case.kind == "dicom" and case.datasets:
+        first = case.datasets[0]
+        lacking = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+                   if getattr(first, k, None) is None]
+        if lacking:
+            return f"the DICOM has no {'/'.join(lacking)}"
+    return "the input has no position and orientation in patient space"
 
 
 def _not_written(record: dict[str, Any], note: str) -> None:
@@ -445,19 +515,52 @@ def run(
             try:
                 results.append(infer_case(item, predictor, out, options, gradcam=gradcam,
                                           model_info=model_info))
-            except (InputError, OutputExistsError) as exc:
+            except OutputExistsError as exc:  # not ours to remove
                 results.append(CaseResult(item.name, str(item.source), item.kind, "failed",
                                           error=str(exc)))
+            except InputError as exc:
+                results.append(_failed_case(item, str(exc), out, options))
             except Exception as exc:  # noqa: BLE001 - one bad input must not stop the others
                 log.debug("case %s failed", item.name, exc_info=True)
-                results.append(CaseResult(item.name, str(item.source), item.kind, "failed",
-                                          error=f"{item.source}: unexpected error "
-                                                f"({type(exc).__name__}: {exc})"))
+                results.append(_failed_case(item, f"{item.source}: unexpected error "
+                                                  f"({type(exc).__name__}: {exc})", out, options))
+        if options.force:  # inputs gone since an earlier run into this folder
+            _clear_vanished(out, [r for r in results if r.kind is None],
+                            {item.name.lower() for item in items})
     finally:
         bar.close()
         rows = [csv_row(_row_record(r), predictor.classes) for r in results]
         written = write_csv(csv_path, rows, force=True) if rows else None
     return RunResult(out, results, written)
+
+
+def _failed_case(item: InputItem, error: str, out: Path, options: InferOptions) -> CaseResult:
+    """A failed case; with --force, the outputs an earlier run wrote for it are removed."""
+    folder = out / item.name
+    if options.force and clear_case_outputs(folder):
+        error += f" (the earlier outputs in {folder} were removed)"
+    return CaseResult(item.name, str(item.source), item.kind, "failed", error=error)
+
+
+def _clear_vanished(out: Path, failed: list[CaseResult], names: set[str]) -> None:
+    """--force: remove the earlier outputs of inputs that failed before they could be read
+    (missing, not a regular file): case folders whose findings.json names such an input, or a
+    file inside such a folder, as its source; folders of this run's cases are left alone."""
+    if not failed or not out.is_dir():
+        return
+    gone = {r.source: r for r in failed}
+    for folder in sorted(out.iterdir()):
+        if folder.name.lower() in names or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            source = json.loads((folder / "findings.json").read_text(encoding="utf-8"))["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for src, result in gone.items():
+            if source == src or Path(src) in Path(str(source)).parents:
+                if clear_case_outputs(folder):
+                    result.error += f" (the earlier outputs in {folder} were removed)"
+                break
 
 
 def _row_record(result: CaseResult) -> dict[str, Any]:

@@ -22,8 +22,11 @@ would load its scripts from a CDN, which a server used offline cannot reach):
 =========================================== ==================================================
 
 Errors are JSON ``{"detail": "..."}`` with 400 (unreadable or unusable file, bad option), 413
-(too large: bytes, pixels, or what a gzip file unpacks to), 415 (not an accepted type by
-content), 404 (unknown or expired result), 422 (no ``file`` field).
+(too large: bytes, pixels, what a gzip file unpacks to, or the memory its analysis would take),
+415 (not an accepted type by content), 404 (unknown or expired result), 422 (no ``file``
+field), 403 (a POST from a web page of another origin), 503 with ``Retry-After`` (the server is
+busy: ``max_active`` uploads are being analysed and ``max_waiting`` more wait their turn), 408
+(the request did not arrive in time; see :mod:`mtl.serve.deadline`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import json
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi import Path as PathParam
@@ -43,7 +47,13 @@ import mtl
 from mtl.infer.predict import Predictor
 from mtl.serve.results import ID_PATTERN, ResultStore, StoredResult
 from mtl.serve.service import BadRequest, Service
-from mtl.serve.uploads import ACCEPTED, Limits
+from mtl.serve.uploads import (
+    ACCEPTED,
+    DEFAULT_MAX_ACTIVE,
+    DEFAULT_MAX_WAITING,
+    DEFAULT_RESULT_BYTES,
+    Limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,12 @@ class Info(BaseModel):
     threshold: float
     max_upload_bytes: int
     max_pixels: int = Field(description="Largest image (pixels) or volume (voxels) accepted.")
+    max_request_bytes: int = Field(description="Memory one analysis may take, estimated from "
+                                               "the file's header; larger uploads get 413.")
+    max_active: int = Field(description="Uploads analysed at the same time.")
+    max_waiting: int = Field(description="Uploads that may wait for their turn; beyond, 503 "
+                                         "with Retry-After.")
+    uploads_in_progress: int = Field(description="Uploads being analysed or waiting now.")
     accepted: list[str]
     result_ttl_seconds: float
     max_results: int
@@ -146,6 +162,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "Too large: bytes, pixels/voxels, or what a gzip "
                                              "file unpacks to."},
     415: {"model": ErrorBody, "description": "Not an accepted type (checked by content)."},
+    403: {"model": ErrorBody, "description": "Sent by a web page of another origin."},
+    503: {"model": ErrorBody, "description": "Busy: too many uploads in progress; retry after "
+                                             "the Retry-After header's seconds."},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "Unknown or expired result, or no such file."}}
@@ -154,18 +173,50 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 # --------------------------------------------------------------------------- ASGI middleware
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class UploadQueue:
+    """How many ``POST /predict`` requests are in progress (analysed or waiting for their
+    turn), out of ``limit``; ``retry_after(in_flight)``: seconds a refused client should wait.
+    Changed only on the event loop's thread."""
+
+    def __init__(self, limit: int, retry_after: Callable[[int], int] | None = None) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = int(limit)
+        self.retry_after = retry_after or (lambda in_flight: 5)
+        self.in_flight = 0
+
+
 class Guard:
-    """Pure ASGI middleware: request body limit, Host check, and safety headers.
+    """Pure ASGI middleware: request body limit, Host and Origin checks, the upload queue, and
+    safety headers.
 
     A declared ``Content-Length`` above ``max_body`` is answered 413 before anything is read;
     a body that streams past it (chunked uploads) stops with 413 as soon as it does. With
     ``allowed_hosts``, other ``Host`` headers get 400 (DNS-rebinding guard for a local server).
+
+    Requests other than GET/HEAD/OPTIONS that carry an ``Origin`` header (browsers send one)
+    must come from the server's own origin (the ``Origin``'s host and port are the ``Host``
+    header's) or one of ``allowed_origins``; others get 403, so a page on another site cannot
+    make a visitor's browser upload to this server. Requests without ``Origin`` (curl, scripts)
+    are not affected.
+
+    ``queue``: ``POST /predict`` requests accepted at once (:class:`UploadQueue`), counted from
+    their headers to their answer (analysed or waiting for their turn); one more gets 503 with
+    ``Retry-After``, its body received and dropped (not kept anywhere), or not even received
+    when the client sent ``Expect: 100-continue`` (curl does for large files).
     """
 
-    def __init__(self, app: Any, max_body: int, allowed_hosts: Iterable[str] | None = None) -> None:
+    def __init__(self, app: Any, max_body: int, allowed_hosts: Iterable[str] | None = None,
+                 *, allowed_origins: Iterable[str] = (), queue: UploadQueue | None = None
+                 ) -> None:
         self.app = app
         self.max_body = int(max_body)
         self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+        self.allowed_origins = {normal_origin(o) for o in allowed_origins}
+        self.queue = queue
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -177,6 +228,43 @@ class Guard:
             if host not in self.allowed_hosts:
                 await _error(send, 400, "invalid Host header")
                 return
+        method = scope.get("method", "GET").upper()
+        origin = headers.get(b"origin")
+        if method not in SAFE_METHODS and origin is not None and not self._origin_ok(
+                origin.decode("latin-1"), headers.get(b"host", b"").decode("latin-1")):
+            await _error(send, 403, "cross-origin request refused: this server accepts uploads "
+                                    "from its own page (mtl serve --allow-origin adds others)")
+            return
+        queue = self.queue if method == "POST" and scope.get("path") == "/predict" else None
+        if queue is not None:
+            if queue.in_flight >= queue.limit:
+                seconds = queue.retry_after(queue.in_flight)
+                if b"100-continue" not in headers.get(b"expect", b"").lower():
+                    # read (and drop) what the client is sending: closing with unread data
+                    # would reset the connection, and the client would never see the answer
+                    await _discard_body(receive, self.max_body)
+                await _error(send, 503, f"the server is busy: {queue.in_flight} uploads are "
+                                        f"being analysed or waiting; retry in {seconds} s",
+                             [(b"retry-after", str(seconds).encode())])
+                return
+            queue.in_flight += 1
+        try:
+            await self._checked(scope, receive, send, headers)
+        finally:
+            if queue is not None:
+                queue.in_flight -= 1
+
+    def _origin_ok(self, origin: str, host: str) -> bool:
+        wanted = normal_origin(origin)
+        if wanted in self.allowed_origins:
+            return True
+        scheme, _, name_port = wanted.partition("://")
+        if scheme not in ("http", "https") or not host:
+            return False  # "null" (sandboxed pages, file://) and other schemes
+        default = "443" if scheme == "https" else "80"
+        return name_port == _host_port(host, default)
+
+    async def _checked(self, scope: dict, receive: Any, send: Any, headers: dict) -> None:
         length = headers.get(b"content-length")
         if length is not None:
             try:
@@ -214,6 +302,46 @@ class Guard:
         await self.app(scope, limited_receive, send_with_headers)
 
 
+async def _discard_body(receive: Any, limit: int) -> None:
+    """Receive a request's body and drop it, up to ``limit`` bytes (the request deadline of
+    :mod:`mtl.serve.deadline` bounds the time)."""
+    received = 0
+    while received <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def normal_origin(origin: str) -> str:
+    """``scheme://host:port`` in lower case with the port always written (an allow-list
+    entry or an ``Origin`` header); anything unparsable comes back lower-cased as it was."""
+    text = origin.strip().lower().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return text
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return text
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def _host_port(header: str, default_port: str) -> str:
+    """A ``Host`` header as ``host:port`` (lower case; the scheme's port when none is given)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        name, rest = header[: end + 1], header[end + 1 :]
+        return f"{name}:{rest[1:] or default_port}" if rest.startswith(":") or not rest else header
+    name, _, port = header.partition(":")
+    return f"{name}:{port or default_port}"
+
+
 def _host_name(header: str) -> str:
     header = header.strip().lower()
     if header.startswith("["):
@@ -221,14 +349,15 @@ def _host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
-async def _error(send: Any, status: int, detail: str) -> None:
+async def _error(send: Any, status: int, detail: str,
+                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close"),
                             (b"cache-control", b"no-store"),
-                            (b"x-content-type-options", b"nosniff")]})
+                            (b"x-content-type-options", b"nosniff"), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -245,20 +374,27 @@ def create_app(
     limits: Limits = Limits(),
     max_results: int = 20,
     result_ttl_seconds: float = 3600.0,
-    max_result_bytes: int = 1 << 30,
+    max_result_bytes: int = DEFAULT_RESULT_BYTES,
     allowed_hosts: Iterable[str] | None = None,
     model_name: str | None = None,
     presence_threshold: float | None = None,
+    max_active: int = DEFAULT_MAX_ACTIVE,
+    max_waiting: int = DEFAULT_MAX_WAITING,
+    allowed_origins: Iterable[str] = (),
 ) -> FastAPI:
     """The web app around one loaded :class:`Predictor` (shared by all requests).
 
     ``allowed_hosts``: accepted ``Host`` header names (None: any); ``mtl serve`` passes the
-    loopback names when it binds to a loopback address.
+    loopback names when it binds to a loopback address. ``max_active`` uploads are analysed at
+    once and ``max_waiting`` more may wait; beyond, 503 + ``Retry-After``. ``allowed_origins``:
+    web origins besides the server's own that may POST (``http://host:port``).
     """
+    if max_waiting < 0:
+        raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
     store = ResultStore(max_items=max_results, ttl_seconds=result_ttl_seconds,
                         max_bytes=max_result_bytes)
     service = Service(predictor, limits=limits, store=store, model_name=model_name,
-                      presence_threshold=presence_threshold)
+                      presence_threshold=presence_threshold, max_active=max_active)
     page = page_html()
 
     @asynccontextmanager
@@ -282,8 +418,10 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = service
+    queue = UploadQueue(max_active + max_waiting, service.retry_after)
+    app.state.queue = queue
     app.add_middleware(Guard, max_body=limits.max_bytes + FORM_OVERHEAD,
-                       allowed_hosts=allowed_hosts)
+                       allowed_hosts=allowed_hosts, allowed_origins=allowed_origins, queue=queue)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -294,6 +432,8 @@ def create_app(
         return Info(version=mtl.__version__, classes=list(predictor.classes),
                     image_size=predictor.image_size, threshold=predictor.threshold,
                     max_upload_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
+                    max_request_bytes=limits.max_request_bytes, max_active=service.max_active,
+                    max_waiting=max_waiting, uploads_in_progress=queue.in_flight,
                     accepted=list(ACCEPTED), result_ttl_seconds=store.ttl_seconds,
                     max_results=store.max_items,
                     disclaimer="Research software: not a medical device; results are not a "
@@ -315,9 +455,9 @@ def create_app(
         pixel_spacing: str | None = Form(None, description="Images: ROW_MM,COL_MM (or one "
                                                            "value) for areas in mm²."),
     ) -> dict[str, Any]:
-        data = file.file.read(limits.max_bytes + 1)
-        try:
-            result = service.analyse(data, file.filename, axis=axis, pixel_spacing=pixel_spacing)
+        try:  # the file is read once this upload's turn comes (Service.analyse)
+            result = service.analyse(file.file, file.filename, axis=axis,
+                                     pixel_spacing=pixel_spacing)
         except BadRequest as exc:
             raise HTTPException(exc.status, exc.message) from None
         return result.payload
@@ -390,4 +530,5 @@ def create_app(
     return app
 
 
-__all__ = ["FORM_OVERHEAD", "Guard", "LOOPBACK_HOSTS", "create_app", "page_html"]
+__all__ = ["DEFAULT_MAX_ACTIVE", "DEFAULT_MAX_WAITING", "DEFAULT_RESULT_BYTES", "FORM_OVERHEAD",
+           "Guard", "LOOPBACK_HOSTS", "UploadQueue", "create_app", "normal_origin", "page_html"]

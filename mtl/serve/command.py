@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,18 @@ from mtl.infer.command import mask_rule_option
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+
+from mtl.serve.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402 - no heavy imports
+from mtl.serve.uploads import (  # noqa: E402
+    DEFAULT_MAX_ACTIVE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_WAITING,
+    DEFAULT_REQUEST_BYTES,
+    DEFAULT_RESULT_BYTES,
+)
+
+#: seconds an idle keep-alive connection stays open (uvicorn's default)
+KEEP_ALIVE_SECONDS = 5.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -52,13 +65,26 @@ def url_for(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/"
 
 
-def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
-    """Serve ``app`` on the bound socket until interrupted (one process: one model)."""
+def make_server(app: Any, log_level: str = "warning",
+                request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                keep_alive: float = KEEP_ALIVE_SECONDS) -> Any:
+    """The uvicorn server for ``app``: a whole request must arrive within ``request_timeout``
+    seconds (:mod:`mtl.serve.deadline`), idle keep-alive connections close after
+    ``keep_alive``."""
     import uvicorn
 
+    from mtl.serve.deadline import base_protocol, deadline_protocol
+
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+                            timeout_graceful_shutdown=5, timeout_keep_alive=keep_alive,
+                            http=deadline_protocol(base_protocol("auto"), request_timeout))
+    return uvicorn.Server(config)
+
+
+def run_server(app: Any, sock: socket.socket, log_level: str = "warning",
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+    """Serve ``app`` on the bound socket until interrupted (one process: one model)."""
+    make_server(app, log_level, request_timeout).run(sockets=[sock])
 
 
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,9 +96,30 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> Non
               help="TCP port (0: any free port).")
 @click.option("--max-upload-mb", default=64.0, show_default=True,
               type=click.FloatRange(0, min_open=True), help="Largest accepted upload.")
-@click.option("--max-megapixels", default=50.0, show_default=True,
+@click.option("--max-megapixels", default=DEFAULT_MAX_PIXELS / 1e6, show_default=True,
               type=click.FloatRange(0, min_open=True),
               help="Largest image (million pixels) or volume (million voxels) accepted.")
+@click.option("--max-request-mb", default=DEFAULT_REQUEST_BYTES / 2**20, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Memory one analysis may take, estimated from the file's header before "
+                   "decoding; larger uploads are refused (413).")
+@click.option("--max-active", default=DEFAULT_MAX_ACTIVE, show_default=True,
+              type=click.IntRange(min=1),
+              help="Uploads analysed at the same time (each within --max-request-mb).")
+@click.option("--max-waiting", default=DEFAULT_MAX_WAITING, show_default=True,
+              type=click.IntRange(min=0),
+              help="Uploads that may wait for their turn; more get 503 with Retry-After.")
+@click.option("--result-memory-mb", default=DEFAULT_RESULT_BYTES / 2**20, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Memory for the results kept for download (the oldest go first).")
+@click.option("--request-timeout", default=DEFAULT_REQUEST_TIMEOUT, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Seconds a whole request (headers and upload) may take to arrive; slower "
+                   "ones get 408 and are closed.")
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="URL",
+              help="Another web origin (http://host:port) whose pages may POST here "
+                   "(repeatable). By default only the server's own page may; requests "
+                   "without an Origin header (curl, scripts) are not affected.")
 @click.option("--keep-results", default=20, show_default=True, type=click.IntRange(min=1),
               help="Results kept in memory for download (the newest).")
 @click.option("--result-minutes", default=60.0, show_default=True,
@@ -89,8 +136,10 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> Non
               help="Slices per network call.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True, help="Server log level (info: access log).")
-def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result_minutes,
-          threshold, tta, mask_rule, largest_component, batch_size, log_level) -> None:
+def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_active,
+          max_waiting, result_memory_mb, request_timeout, allow_origins, keep_results,
+          result_minutes, threshold, tta, mask_rule, largest_component, batch_size,
+          log_level) -> None:
     """Serve MODEL: a web page and a JSON API (POST /predict) for uploaded scans.
 
     Upload a slice image (PNG, JPEG, TIFF), a NIfTI volume (.nii, .nii.gz) or a DICOM file;
@@ -99,8 +148,13 @@ def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result
     """
     from mtl.infer.predict import ModelError, Predictor
     from mtl.model.card import card_line, model_card
-    from mtl.serve.app import LOOPBACK_HOSTS, create_app
+    from mtl.serve.app import LOOPBACK_HOSTS, create_app, normal_origin
     from mtl.serve.uploads import Limits
+
+    for origin in allow_origins:
+        if not re.fullmatch(r"https?://(\[[^\]/]+\]|[^:/\[\]]+):\d+", normal_origin(origin)):
+            raise click.BadParameter(f"{origin!r}: give an origin as http://host:port",
+                                     param_hint="--allow-origin")
 
     sock = bind_socket(host, port)
     try:
@@ -112,24 +166,30 @@ def serve(model, host, port, max_upload_mb, max_megapixels, keep_results, result
             raise click.ClickException(str(exc)) from None
         loopback = is_loopback(host, sock)
         limits = Limits(max_bytes=int(max_upload_mb * (1 << 20)),
-                        max_pixels=int(max_megapixels * 1e6))
+                        max_pixels=int(max_megapixels * 1e6),
+                        max_request_bytes=int(max_request_mb * (1 << 20)))
         app = create_app(predictor, limits=limits, max_results=keep_results,
                          result_ttl_seconds=result_minutes * 60,
+                         max_result_bytes=int(result_memory_mb * (1 << 20)),
                          allowed_hosts=LOOPBACK_HOSTS if loopback else None,
-                         model_name=Path(model).name)
+                         model_name=Path(model).name, max_active=max_active,
+                         max_waiting=max_waiting, allowed_origins=allow_origins)
         url = url_for(sock)
         click.echo(f"mtl serve: {url}")
         click.echo(f"  model {model}: classes {', '.join(predictor.classes)}; "
                    f"input {predictor.image_size} px")
         click.echo(f"  {card_line(model_card(predictor.model))}")
         click.echo(f"  API: POST {url}predict  (schema {url}openapi.json)")
+        click.echo(f"  limits: {max_active} upload(s) analysed at a time, {max_waiting} waiting "
+                   f"(then 503); {max_request_mb:g} MB memory per analysis, "
+                   f"{result_memory_mb:g} MB for kept results")
         if not loopback:
             click.echo(f"  warning: listening on {host}, not a loopback address: anyone who "
                        "can reach this machine can upload scans (no authentication)", err=True)
         click.echo("  Ctrl+C to stop")
-        run_server(app, sock, log_level)
+        run_server(app, sock, log_level, request_timeout)
     finally:
         sock.close()
 
 
-__all__ = ["bind_socket", "run_server", "serve", "url_for"]
+__all__ = ["KEEP_ALIVE_SECONDS", "bind_socket", "make_server", "run_server", "serve", "url_for"]

@@ -1,7 +1,10 @@
 """Finished analyses kept in memory for a while, under random ids (never file paths).
 
 A result holds what the page and the downloads need: the JSON answer, the encoded files
-(findings, masks), and the slices and mask for drawing overlays of any slice on request. The
+(findings, masks), and the slices and mask for drawing overlays of any slice on request: the
+slices only as the overlay draws them (grey, 8-bit, at most
+:data:`~mtl.infer.overlay.DRAW_MAX_SIDE` pixels a side, see :func:`display_slices`) and the mask
+bit-packed (:class:`PackedMask`), so a kept result costs about 1.1 bytes per voxel. The
 store keeps at most ``max_items`` results and ``max_bytes`` of them, each for ``ttl_seconds``
 after it was made; the oldest go first. Ids are ``uuid4().hex``: 122 random bits, so one
 client cannot guess another's id.
@@ -24,6 +27,47 @@ ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 OVERLAY_CACHE = 32
 
 
+class PackedMask:
+    """A (N, H, W) 0/1 mask stored 8 pixels a byte; ``mask[i]`` and ``mask[i:j]`` give uint8
+    arrays back (the parts of the numpy interface the server uses)."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        mask = np.asarray(mask)
+        self.shape = tuple(int(s) for s in mask.shape)
+        self._bits = np.packbits(mask > 0, axis=-1)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._bits.nbytes)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        return np.unpackbits(self._bits[index], axis=-1, count=self.shape[-1])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        full = self[:]
+        return full if dtype is None else full.astype(dtype)
+
+
+def display_slices(slices: np.ndarray) -> tuple[np.ndarray, int]:
+    """(N, H, W[, C]) slices -> (uint8 (N, h, w) as the overlay shows them, the reduction
+    factor): reduced to at most DRAW_MAX_SIDE a side (block means), windowed per slice (0.5-99.5
+    percentiles, :func:`mtl.infer.overlay.window`), 0-255. One slice at a time: no float copy
+    of the whole stack."""
+    from mtl.infer.overlay import display_factor, reduce_mean, window
+
+    factor = display_factor(np.shape(slices)[1:3])
+    out = None
+    for i in range(len(slices)):
+        grey = np.rint(window(reduce_mean(slices[i], factor)) * 255).astype(np.uint8)
+        if out is None:
+            out = np.empty((len(slices), *grey.shape), np.uint8)
+        out[i] = grey
+    return (np.zeros((0, 0, 0), np.uint8) if out is None else out), factor
+
+
 @dataclass(frozen=True)
 class Download:
     content: bytes = field(repr=False)
@@ -33,7 +77,9 @@ class Download:
 
 @dataclass
 class StoredResult:
-    """One analysis. ``slices`` (N, H, W[, C]) and ``mask`` (N, H, W) are in slice order."""
+    """One analysis, in slice order: ``slices`` as the overlay draws them (see
+    :func:`display_slices`, reduced by ``display_factor``), ``mask`` (N, H, W) at full size (a
+    :class:`PackedMask` or an array)."""
 
     name: str
     kind: str
@@ -49,6 +95,8 @@ class StoredResult:
     #: the transform that turned the native slices upright (``mtl.data.orientation.View``);
     #: per-slice mask downloads are turned back into the file's array order
     upright: Any = None
+    #: how much ``slices`` were reduced from the mask's size (1: not at all)
+    display_factor: int = 1
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = 0.0
     overlays: "OrderedDict[int, bytes]" = field(default_factory=OrderedDict, repr=False)
@@ -125,4 +173,5 @@ class ResultStore:
         return max(0.0, result.created + self.ttl_seconds - self.clock())
 
 
-__all__ = ["Download", "ID_PATTERN", "ResultStore", "StoredResult"]
+__all__ = ["Download", "ID_PATTERN", "PackedMask", "ResultStore", "StoredResult",
+           "display_slices"]

@@ -8,17 +8,23 @@ writers; overlays are drawn on request by :func:`mtl.infer.overlay.render_overla
 
 The writers and the overlay renderer write files; here they write into a private temporary
 folder of the server, and the bytes are kept in memory. Every temporary file of a request is
-gone when the request ends.
+gone when the request ends, and the memory it used is handed back (:func:`release_memory`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 import logging
 import shutil
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -35,7 +41,7 @@ from mtl.infer.writers import (
     write_mask_nrrd,
     write_mask_png,
 )
-from mtl.serve.results import Download, ResultStore, StoredResult
+from mtl.serve.results import Download, PackedMask, ResultStore, StoredResult, display_slices
 from mtl.serve.uploads import Limits, UploadRejected, stage_upload
 
 log = logging.getLogger(__name__)
@@ -88,12 +94,38 @@ def parse_axis(text: str | None) -> int | str:
         raise BadRequest(400, f"axis: {exc}") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+def release_memory(collect: bool = False) -> None:
+    """Hand what a request freed back to the system: the garbage collector first when
+    ``collect`` (reference cycles, e.g. a matplotlib figure), then glibc's ``malloc_trim``
+    (freed heap pages otherwise stay in the process and in its RSS)."""
+    if collect:
+        gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _fmt(p: float | None) -> str:
     return "n/a" if p is None or not np.isfinite(p) else f"{p:.2f}"
 
 
 class Service:
-    """The model (one :class:`Predictor`, loaded once), the limits and the result store."""
+    """The model (one :class:`Predictor`, loaded once), the limits and the result store.
+
+    Memory: at most ``max_active`` analyses run at once (each within
+    ``limits.max_request_bytes``, checked from the header before decoding); overlays and slice
+    masks are drawn one at a time at a bounded size; a kept result holds its slices only at
+    drawing size and its mask bit-packed; freed memory is handed back after each request."""
 
     def __init__(
         self,
@@ -104,7 +136,10 @@ class Service:
         presence_threshold: float | None = None,
         model_name: str | None = None,
         temp_root: str | Path | None = None,
+        max_active: int = 1,
     ) -> None:
+        if max_active < 1:
+            raise ValueError(f"max_active must be >= 1, got {max_active}")
         self.predictor = predictor
         self.limits = limits
         self.store = store if store is not None else ResultStore()
@@ -116,6 +151,18 @@ class Service:
         self.temp_root = Path(tempfile.mkdtemp(prefix="mtl-serve-", dir=temp_root))
         self._predict_lock = threading.Lock()  # one network call at a time, whole cases
         self._render_lock = threading.Lock()  # matplotlib is not thread-safe
+        #: analyses running at once (each may use up to ``limits.max_request_bytes``)
+        self.max_active = int(max_active)
+        self._active = threading.BoundedSemaphore(self.max_active)
+        self._timing = threading.Lock()
+        self.seconds_per_analysis = 2.0  # running mean, for Retry-After
+
+    def retry_after(self, waiting: int) -> int:
+        """Seconds a refused client should wait: the running mean analysis time times the
+        uploads ahead of it per active slot, 1 to 120."""
+        with self._timing:
+            per = self.seconds_per_analysis
+        return int(min(120, max(1, round(per * max(1, waiting) / self.max_active))))
 
     def close(self) -> None:
         shutil.rmtree(self.temp_root, ignore_errors=True)
@@ -133,12 +180,33 @@ class Service:
 
     # ------------------------------------------------------------------ analysis
 
-    def analyse(self, data: bytes, filename: str | None = None, *, axis: str | None = "axial",
-                pixel_spacing: str | None = None) -> StoredResult:
+    def analyse(self, data: bytes | BinaryIO, filename: str | None = None, *,
+                axis: str | None = "axial", pixel_spacing: str | None = None) -> StoredResult:
         """Check, read, predict and summarise one upload; store and return the result.
 
-        Raises BadRequest (400/413/415) for anything wrong with the upload or the options.
+        At most ``max_active`` analyses run at once; others wait here (``data`` may be a file
+        object: it is read only once this one's turn comes). What the analysis allocated is
+        handed back to the system before returning. Raises BadRequest (400/413/415) for
+        anything wrong with the upload or the options.
         """
+        with self._active:
+            started = time.monotonic()
+            try:
+                if not isinstance(data, (bytes, bytearray, memoryview)):
+                    data = data.read(self.limits.max_bytes + 1)
+                return self._analyse(bytes(data), filename, axis=axis,
+                                     pixel_spacing=pixel_spacing)
+            finally:
+                data = b""  # the upload's bytes are freed before the memory is handed back
+                with self._timing:
+                    spent = time.monotonic() - started
+                    self.seconds_per_analysis = 0.7 * self.seconds_per_analysis + 0.3 * spent
+                # a full collection takes ~0.1 s with TensorFlow loaded: worth it after a long
+                # (large) analysis only; numpy's big arrays are freed by reference counting
+                release_memory(collect=spent > 1.0)
+
+    def _analyse(self, data: bytes, filename: str | None, *, axis: str | None,
+                 pixel_spacing: str | None) -> StoredResult:
         axis_value = parse_axis(axis)
         spacing = parse_spacing(pixel_spacing)
         name = display_name(filename)
@@ -152,7 +220,7 @@ class Service:
                 raise BadRequest(exc.status, exc.message) from None
             except InputError as exc:
                 raise BadRequest(400, _without_paths(str(exc), folder, shown)) from None
-            slices = np.array(case.slices)  # detached from any memory map of the temp file
+            slices = case.slices  # may map the temp file: used only inside this block
             try:
                 with self._predict_lock:
                     pred = self.predictor.predict(slices,
@@ -175,6 +243,8 @@ class Service:
             record["detected_type"] = detected
             record["disclaimer"] = DISCLAIMER
             files = self._masks(name, case, pred, mask_native, notes=record["warnings"])
+            # kept for overlays: the slices as they are drawn (small), the mask bit-packed
+            shown_slices, factor = display_slices(slices)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -190,10 +260,11 @@ class Service:
             default = int(tumor["largest_slice"])
         else:
             default = int(np.nanargmax(np.where(pred.evaluated, pred.presence, -np.inf)))
-        result = StoredResult(name=name, kind=case.kind, payload={}, files=files, slices=slices,
-                              mask=pred.mask, presence=pred.presence, type_probs=pred.type_probs,
+        result = StoredResult(name=name, kind=case.kind, payload={}, files=files,
+                              slices=shown_slices, mask=PackedMask(pred.mask),
+                              presence=pred.presence, type_probs=pred.type_probs,
                               findings=findings, view=view, default_slice=default,
-                              upright=case.upright)
+                              upright=case.upright, display_factor=factor)
         record["outputs"] = sorted(files) + ["findings.json", "overlay.png"]
         files["findings.json"] = Download(self._file_bytes(write_json, "findings.json", record),
                                           "application/json", f"{name}_findings.json")
@@ -279,25 +350,31 @@ class Service:
 
     def overlay_png(self, result: StoredResult, index: int | None = None) -> bytes:
         """The overlay of one slice (the default slice if None), drawn once per result."""
-        from mtl.infer.overlay import render_overlay
+        from mtl.infer.overlay import reduce_any, render_overlay
 
         index = result.default_slice if index is None else int(index)
 
         def render() -> bytes:
-            with self._render_lock:
-                return self._file_bytes(render_overlay, "overlay.png", result.slices[index],
-                                        result.mask[index], lines=self.overlay_lines(result, index),
-                                        view=result.view,
-                                        model_line=self.model_info["card_line"])
+            with self._render_lock:  # one at a time: the mask slice is unpacked at full size
+                try:
+                    # the stored slice is at drawing size already; the mask is reduced alike
+                    mask = reduce_any(result.mask[index], result.display_factor)
+                    return self._file_bytes(render_overlay, "overlay.png", result.slices[index],
+                                            mask, lines=self.overlay_lines(result, index),
+                                            view=result.view,
+                                            model_line=self.model_info["card_line"])
+                finally:
+                    release_memory()
 
         return result.cached_overlay(index, render)
 
     def slice_mask_png(self, result: StoredResult, index: int) -> bytes:
         """One slice's mask in the file's array order (as in the mask volume)."""
-        mask = result.mask[index : index + 1]
-        if result.upright is not None and result.upright.moves_pixels:
-            mask = result.upright.invert_stack(mask)
-        return self._file_bytes(write_mask_png, "mask.png", mask[0])
+        with self._render_lock:  # one at a time: a slice can be as large as max_pixels
+            mask = result.mask[index : index + 1]
+            if result.upright is not None and result.upright.moves_pixels:
+                mask = result.upright.invert_stack(mask)
+            return self._file_bytes(write_mask_png, "mask.png", mask[0])
 
 
 def links(result_id: str, files: dict[str, Download]) -> dict[str, Any]:

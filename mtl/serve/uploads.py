@@ -19,9 +19,12 @@ Before anything is decoded, the size the content *declares* is checked against t
 (image width x height from the header, NIfTI dimensions, DICOM rows x columns x frames), and
 gzip is decompressed in bounded steps that stop as soon as the output passes what the NIfTI
 header announced (or an absolute cap): a small file that unpacks into gigabytes is refused
-without ever being unpacked. Deflate-compressed DICOM (whose whole data set would be inflated
-on reading) is refused. A gzip- or bzip2-encoded NRRD is unpacked the same bounded way (its
-header's sizes and type announce the bytes) and stored raw; a NRRD header that points to a
+without ever being unpacked. The same header figures give the memory that analysing the upload
+will take (:func:`request_cost`, measured per pixel or voxel); an upload that would need more than
+``Limits.max_request_bytes`` is refused (413) before it is decoded. Deflate-compressed DICOM
+(whose whole data set would be inflated on reading) is refused. A gzip- or bzip2-encoded NRRD
+is unpacked the same bounded way (its header's sizes and type announce the bytes) and stored
+raw; a NRRD header that points to a
 separate data file (``data file:``, as a ``.nhdr`` does) is refused, so an upload never makes the
 server read another file.
 
@@ -39,6 +42,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,14 +84,57 @@ class UploadRejected(Exception):
         self.message = message
 
 
+#: Peak memory of analysing one upload (``mtl serve``: read, predict, findings, mask files,
+#: overlay), measured as the peak RSS increase of one ``Service.analyse`` + overlay in a fresh
+#: process, every pixel predicted tumor (the worst case), 4-25 M pixels: 8-bit grey images 34,
+#: RGB 36, 16-bit 40 bytes a pixel; volumes 21-24 bytes a voxel (uint8 to float64 files). The
+#: estimate adds twice the decoded sample size to these and a fixed part, so it stays above
+#: what was measured (benchmarks/README.md, serve_load.py, checks the whole server).
+IMAGE_BYTES_PER_PIXEL = 36
+VOLUME_BYTES_PER_VOXEL = 22
+REQUEST_FIXED_BYTES = 64 << 20
+#: default memory budget of one analysis; the default pixel limit is what it affords for an
+#: 8-bit grey image (25 M pixels: about 1.0 GiB by request_cost)
+DEFAULT_REQUEST_BYTES = 1 << 30
+DEFAULT_MAX_PIXELS = 25_000_000
+#: ``mtl serve``: uploads analysed at once, uploads waiting for their turn (beyond: 503), and
+#: the memory of the results kept for download. Peak memory stays under the model's own
+#: (TensorFlow and weights) + DEFAULT_MAX_ACTIVE x DEFAULT_REQUEST_BYTES + DEFAULT_RESULT_BYTES.
+DEFAULT_MAX_ACTIVE = 1
+DEFAULT_MAX_WAITING = 3
+DEFAULT_RESULT_BYTES = 128 << 20
+
+
 @dataclass(frozen=True)
 class Limits:
     """``max_bytes``: upload size; ``max_pixels``: pixels of an image or voxels of a volume;
-    ``max_decompressed_bytes``: absolute cap on what a gzip upload may unpack to."""
+    ``max_decompressed_bytes``: absolute cap on what a gzip upload may unpack to;
+    ``max_request_bytes``: memory one analysis may take, estimated from the header
+    (:func:`request_cost`)."""
 
     max_bytes: int = 64 << 20
-    max_pixels: int = 50_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_decompressed_bytes: int = 1 << 30
+    max_request_bytes: int = DEFAULT_REQUEST_BYTES
+
+
+def request_cost(kind: str, pixels: int, sample_bytes: int, upload_bytes: int = 0) -> int:
+    """Estimated peak memory (bytes) of analysing an upload: ``kind`` "image" (``pixels``) or
+    a volume (voxels), ``sample_bytes`` per decoded pixel (all channels), the upload's size."""
+    per = IMAGE_BYTES_PER_PIXEL if kind == "image" else VOLUME_BYTES_PER_VOXEL
+    return REQUEST_FIXED_BYTES + int(upload_bytes) + int(pixels) * (per + 2 * max(1, sample_bytes))
+
+
+def check_budget(what: str, shape: str, kind: str, pixels: int, sample_bytes: int,
+                 upload_bytes: int, limits: Limits) -> None:
+    """413 when :func:`request_cost` is above ``limits.max_request_bytes``."""
+    cost = request_cost(kind, pixels, sample_bytes, upload_bytes)
+    if cost > limits.max_request_bytes:
+        raise UploadRejected(413, f"the {what} is too large to analyse here: {shape} "
+                                  f"({sample_bytes} byte(s) a pixel) would need about "
+                                  f"{cost / 2**20:,.0f} MB of server memory, more than the "
+                                  f"{limits.max_request_bytes / 2**20:,.0f} MB one request may "
+                                  "use; send a smaller or lower-bit-depth file")
 
 
 def unsupported() -> UploadRejected:
@@ -130,9 +177,10 @@ def detect(data: bytes) -> str:
     raise unsupported()
 
 
-def nifti_declared(head: bytes, limits: Limits) -> int | None:
+def nifti_declared(head: bytes, limits: Limits, upload_bytes: int = 0) -> int | None:
     """Bytes a NIfTI-1 file with this header holds (None if the header's dimensions are broken:
-    the reader then reports them); raises 413 when the volume has too many voxels."""
+    the reader then reports them); raises 413 when the volume has too many voxels or would
+    take more memory than a request may use."""
     endian = _nifti1_endian(head)
     if endian is None:
         raise UploadRejected(415, "not a NIfTI-1 file (no n+1 header)")
@@ -147,6 +195,8 @@ def nifti_declared(head: bytes, limits: Limits) -> int | None:
         shape = "x".join(str(d) for d in dims[1 : ndim + 1])
         raise UploadRejected(413, f"the NIfTI volume is too large: {shape} = {voxels:,} voxels "
                                   f"(limit {limits.max_pixels:,})")
+    check_budget("NIfTI volume", "x".join(str(d) for d in dims[1 : ndim + 1]), "volume", voxels,
+                 (bitpix + 7) // 8, upload_bytes, limits)
     offset = int(vox_offset) if np.isfinite(vox_offset) and vox_offset >= 352 else 352
     return offset + voxels * ((bitpix + 7) // 8)
 
@@ -161,7 +211,7 @@ def gunzip_nifti(data: bytes, dest: Path, limits: Limits) -> None:
             if _nifti1_endian(head) is None:
                 raise UploadRejected(415, "a gzip file that does not hold a NIfTI-1 volume; "
                                           + unsupported().message)
-            declared = nifti_declared(head, limits)
+            declared = nifti_declared(head, limits, len(data))
             cap = limits.max_decompressed_bytes
             if declared is not None:
                 cap = min(cap, declared + NIFTI_SLACK)
@@ -185,14 +235,22 @@ def gunzip_nifti(data: bytes, dest: Path, limits: Limits) -> None:
         raise UploadRejected(400, f"the gzip data is corrupt ({exc})") from None
 
 
-def check_image_size(path: Path, kind: str, limits: Limits) -> None:
-    """Width x height from the image header (nothing decoded); 413 above ``max_pixels``."""
+#: bytes a decoded pixel takes, by PIL mode (others: one byte a band)
+PIL_SAMPLE_BYTES = {"P": 3, "PA": 4, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2,
+                    "I;16N": 2}
+
+
+def check_image_size(path: Path, kind: str, limits: Limits, upload_bytes: int = 0) -> None:
+    """Width x height from the image header (nothing decoded); 413 above ``max_pixels`` or
+    above the memory budget of a request."""
     from PIL import Image
 
     shape: tuple[int, ...] | None = None
+    sample_bytes = 1
     try:
         with Image.open(path) as img:  # lazy: reads the header only
             shape = (int(img.size[1]), int(img.size[0]))
+            sample_bytes = PIL_SAMPLE_BYTES.get(img.mode, len(img.getbands()))
     except Image.DecompressionBombError as exc:  # PIL's own, far higher limit
         raise UploadRejected(413, f"the image is too large ({exc})") from None
     except Exception:  # noqa: BLE001 - the reader reports unreadable images
@@ -202,6 +260,7 @@ def check_image_size(path: Path, kind: str, limits: Limits) -> None:
 
                 with tifffile.TiffFile(path) as tif:
                     shape = tuple(int(s) for s in tif.pages.first.shape)
+                    sample_bytes = int(np.dtype(tif.pages.first.dtype).itemsize)
             except Exception:  # noqa: BLE001
                 shape = None
     if shape is None:
@@ -211,9 +270,12 @@ def check_image_size(path: Path, kind: str, limits: Limits) -> None:
         size = "x".join(str(s) for s in shape)
         raise UploadRejected(413, f"the image is too large: {size} = {pixels:,} pixels "
                                   f"(limit {limits.max_pixels:,})")
+    channels = min(shape) if len(shape) == 3 and min(shape) <= 4 else 1  # tifffile's shapes
+    check_budget("image", "x".join(str(s) for s in shape), "image", pixels // channels,
+                 sample_bytes * channels, upload_bytes, limits)
 
 
-def check_dicom(path: Path, limits: Limits) -> None:
+def check_dicom(path: Path, limits: Limits, upload_bytes: int = 0) -> None:
     """Refuse deflated data sets and pixel data above the limit (file meta and header only)."""
     import pydicom
     from pydicom.filereader import read_file_meta_info
@@ -236,6 +298,10 @@ def check_dicom(path: Path, limits: Limits) -> None:
     if pixels > limits.max_pixels:
         raise UploadRejected(413, f"the DICOM image is too large: {frames} frame(s) of "
                                   f"{rows}x{cols} (limit {limits.max_pixels:,} pixels)")
+    bits = int(getattr(ds, "BitsAllocated", 16) or 16)
+    check_budget("DICOM image", f"{frames} frame(s) of {rows}x{cols}",
+                 "image" if frames == 1 else "volume", rows * cols * frames,
+                 samples * max(1, (bits + 7) // 8), upload_bytes, limits)
 
 
 def stage_nrrd(data: bytes, dest: Path, limits: Limits) -> None:
@@ -261,6 +327,8 @@ def stage_nrrd(data: bytes, dest: Path, limits: Limits) -> None:
     if voxels > limits.max_pixels:
         raise UploadRejected(413, f"the NRRD volume is too large: {'x'.join(map(str, sizes))} "
                                   f"= {voxels:,} voxels (limit {limits.max_pixels:,})")
+    check_budget("NRRD volume", "x".join(map(str, sizes)), "volume", voxels,
+                 nrrd_sample_bytes(header.get("type")), len(data), limits)
     encoding = str(header.get("encoding", "")).lower()
     if encoding not in ("gzip", "gz", "bzip2", "bz2"):
         dest.write_bytes(data)  # raw or text: no bigger than the upload
@@ -287,6 +355,21 @@ def stage_nrrd(data: bytes, dest: Path, limits: Limits) -> None:
         raise
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise UploadRejected(400, f"the NRRD's compressed data is corrupt ({exc})") from None
+
+
+def nrrd_sample_bytes(kind: Any) -> int:
+    """Bytes of one NRRD sample from its header's ``type`` (8 when unknown: the widest)."""
+    text = str(kind or "").lower()
+    if any(k in text for k in ("double", "64", "long")):
+        return 8
+    if any(k in text for k in ("float", "32")) or text in ("int", "uint", "signed int",
+                                                          "unsigned int"):
+        return 4
+    if any(k in text for k in ("short", "16")):
+        return 2
+    if any(k in text for k in ("char", "8")):
+        return 1
+    return 8
 
 
 def _unpack(encoding: str, payload: bytes, chunk: int = 1 << 20):
@@ -332,17 +415,19 @@ def stage_upload(data: bytes, folder: Path, name: str, limits: Limits) -> tuple[
         stage_nrrd(data, path, limits)
     else:
         if detected == "nifti":
-            declared = nifti_declared(data[:NIFTI1_HEADER], limits)
+            declared = nifti_declared(data[:NIFTI1_HEADER], limits, len(data))
             if declared is not None and len(data) > declared + NIFTI_SLACK:
                 raise UploadRejected(400, f"the NIfTI file holds {len(data):,} bytes, more "
                                           f"than the {declared:,} its header announces")
         path.write_bytes(data)
         if kind == "image":
-            check_image_size(path, detected, limits)
+            check_image_size(path, detected, limits, len(data))
         elif kind == "dicom":
-            check_dicom(path, limits)
+            check_dicom(path, limits, len(data))
     return InputItem(name, kind, path, (path,)), detected
 
 
-__all__ = ["ACCEPTED", "Limits", "UploadRejected", "detect", "gunzip_nifti", "nifti_declared",
+__all__ = ["ACCEPTED", "DEFAULT_MAX_ACTIVE", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_WAITING",
+           "DEFAULT_REQUEST_BYTES", "DEFAULT_RESULT_BYTES", "Limits", "UploadRejected",
+           "check_budget", "detect", "gunzip_nifti", "nifti_declared", "request_cost",
            "stage_nrrd", "stage_upload"]

@@ -192,7 +192,9 @@ class Br35hAdapter(Adapter):
         cache_dir: cache folder for the image features instead of the default.
 
     After ``records()``, ``unannotated`` lists the yes-images without any outline and
-    ``unmatched_annotations`` the annotated file names with no image in ``yes/``. With dedup,
+    ``unmatched_annotations`` the annotated file names with no image in ``yes/``. An annotated
+    image that is in neither ``yes/`` nor ``no/`` is a missing image: a DataError naming the
+    JSON file and the image, or with ``on_error="skip"`` one entry in ``skipped``. With dedup,
     ``duplicate_groups`` maps each group of near-duplicates (two or more images) to its case
     ids, ``duplicate_groups_found`` is their number and ``mixed_label_groups`` lists the groups
     holding both yes/ and no/ images (a label conflict).
@@ -206,6 +208,7 @@ class Br35hAdapter(Adapter):
         super().__init__(root, on_error=on_error, **options)
         self.unannotated: list[str] = []
         self.unmatched_annotations: list[str] = []
+        self._annotations: dict[str, list[dict[str, Any]]] = {}
         self.duplicate_groups: dict[str, list[str]] = {}
         self.mixed_label_groups: list[str] = []
 
@@ -231,8 +234,10 @@ class Br35hAdapter(Adapter):
         records: list[Record] = []
         if yes_dir is not None:
             records.extend(self._scan_yes(base, yes_dir))
-        if no_dir is not None:
-            records.extend(self._plain_record(path, "no") for path in image_files(no_dir))
+        no_images = image_files(no_dir) if no_dir is not None else []
+        records.extend(self._plain_record(path, "no") for path in no_images)
+        if yes_dir is not None:
+            self._check_annotated_images(yes_dir, {p.name for p in no_images})
         records = drop_duplicate_ids(self, records)
         if self.options.get("dedup", True):
             records = self._group_duplicates(records)
@@ -269,8 +274,20 @@ class Br35hAdapter(Adapter):
                 by_name.setdefault(name, []).append({**entry, "_json": str(path)})
         return by_name
 
+    def _check_annotated_images(self, yes_dir: Path, no_names: set[str]) -> None:
+        """An annotation naming an image that is in neither yes/ nor no/: DataError naming the
+        JSON file and the image, or (``on_error="skip"``) one skip per missing image."""
+        missing = [name for name in self.unmatched_annotations if name not in no_names]
+        for name in missing:
+            files = sorted({e["_json"] for e in self._annotations.get(name, [])})
+            self.skip_or_raise(
+                yes_dir / name,
+                f"missing image: {' and '.join(files)} annotate{'s' if len(files) == 1 else ''} "
+                "it, but it is not in yes/ or no/ (restore it or remove its VIA entry)")
+
     def _scan_yes(self, base: Path, yes_dir: Path) -> list[Record]:
         annotations = self._read_annotations(base, yes_dir)
+        self._annotations = annotations
         images = image_files(yes_dir)
         self.unmatched_annotations = sorted(annotations.keys() - {p.name for p in images})
         self.unannotated = []

@@ -98,8 +98,11 @@ def old_and_new(model_path: Path):
     return old, new, new_model
 
 
-def inference_speed(model_path: Path, x: np.ndarray, repeats: int) -> dict[str, Any]:
-    old, new, _ = old_and_new(model_path)
+def inference_speed(model_path: Path, x: np.ndarray, repeats: int,
+                    forwards=None) -> dict[str, Any]:
+    """``forwards``: :func:`old_and_new` of the model when already loaded (each load rebuilds
+    the network twice and traces the graph once)."""
+    old, new, _ = forwards or old_and_new(model_path)
     out: dict[str, Any] = {}
     for batch in (1, 16):
         xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
@@ -115,14 +118,16 @@ def inference_speed(model_path: Path, x: np.ndarray, repeats: int) -> dict[str, 
     return out
 
 
-def training_speed(model_path: Path, x: np.ndarray, repeats: int, steps: int = 5) -> dict[str, Any]:
-    """Training step time of the model's architecture with Keras's vs mtl's batch norm."""
+def training_speed(model_path: Path, x: np.ndarray, repeats: int, steps: int = 5,
+                   saved=None) -> dict[str, Any]:
+    """Training step time of the model's architecture with Keras's vs mtl's batch norm.
+    ``saved``: the model loaded from ``model_path``, when it already is."""
     import keras
 
     from mtl.infer.predict import load_model
     from mtl.model.multitask import MultiTaskModel
 
-    saved = load_model(model_path)
+    saved = saved if saved is not None else load_model(model_path)
     spec, pre = saved.spec, saved.preprocessing
     n = 16
     xb = np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])))
@@ -159,8 +164,8 @@ def training_speed(model_path: Path, x: np.ndarray, repeats: int, steps: int = 5
                     "overhead; both models pay it alike"}
 
 
-def compare(model_path: Path, x: np.ndarray, batch: int = 16) -> dict[str, Any]:
-    old_forward, new_forward, _ = old_and_new(model_path)
+def compare(model_path: Path, x: np.ndarray, batch: int = 16, forwards=None) -> dict[str, Any]:
+    old_forward, new_forward, _ = forwards or old_and_new(model_path)
     outs: dict[str, dict[str, list[np.ndarray]]] = {"old": {}, "new": {}}
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]
@@ -190,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     x, what = inputs_for(args.model, args.split, args.limit)
     command = "python benchmarks/equivalence.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    forwards = old_and_new(args.model)  # loaded once for all three figures
     result = {"command": command, "model": str(args.model), "inputs": what,
-              "predictions": compare(args.model, x)}
+              "predictions": compare(args.model, x, forwards=forwards)}
     if args.repeats > 0:
-        result["inference_speed"] = inference_speed(args.model, x, args.repeats)
-        result["training_speed"] = training_speed(args.model, x, args.repeats)
+        result["inference_speed"] = inference_speed(args.model, x, args.repeats, forwards)
+        result["training_speed"] = training_speed(args.model, x, args.repeats,
+                                                  saved=forwards[2])
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,36 +127,98 @@ def _child_main(argv: list[str]) -> None:
 # --------------------------------------------------------------------------- parent side
 
 
-def run_child(args: list[str], timeout: float) -> dict[str, Any]:
+@dataclass
+class Child:
+    """A running ``python -m benchmarks.memory`` child; its output goes to temporary files, so
+    it never waits on a full pipe while the parent does something else."""
+
+    proc: subprocess.Popen
+    started: float
+    stdout: Any
+    stderr: Any
+
+
+def start_child(args: list[str]) -> Child:
+    """``python -m benchmarks.memory ARGS`` started (not waited for); see :func:`finish_child`."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"memory child {args[0]} failed (exit {proc.returncode}):\n{tail}")
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.memory", *args], cwd=ROOT, env=env,
+                            stdout=out, stderr=err, text=True)
+    return Child(proc, time.perf_counter(), out, err)
+
+
+def finish_child(child: Child, what: str, timeout: float) -> dict[str, Any]:
+    """The JSON result of a child from :func:`start_child`; killed after ``timeout`` seconds
+    from its start."""
+    try:
+        child.proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - child.started)))
+    except subprocess.TimeoutExpired:
+        child.proc.kill()
+        child.proc.wait()
+        raise
+    finally:
+        child.stdout.seek(0)
+        child.stderr.seek(0)
+        stdout, stderr = child.stdout.read(), child.stderr.read()
+        child.stdout.close()
+        child.stderr.close()
+    wall = time.perf_counter() - child.started
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
+    if child.proc.returncode != 0 or not lines:
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"memory child {what} failed (exit {child.proc.returncode}):\n{tail}")
     out = json.loads(lines[-1][len("BENCH-RESULT "):])
     out["child_wall_seconds"] = wall
     out["peak_rss_gb"] = out["peak_rss_bytes"] / GB
     return out
 
 
+def stop_child(child: Child) -> None:
+    """Kill a child whose result is no longer wanted (its section did not run); harmless on a
+    child already finished."""
+    if child.proc.poll() is None:
+        child.proc.kill()
+    child.proc.wait()
+    child.stdout.close()
+    child.stderr.close()
+
+
+def run_child(args: list[str], timeout: float) -> dict[str, Any]:
+    return finish_child(start_child(args), args[0], timeout)
+
+
+def train_args(*, config_path: str | None, overrides: list[str], image_size: int, batch: int,
+               steps: int) -> list[str]:
+    return ["train", "--config", config_path or "",
+            *[a for o in overrides for a in ("--override", o)],
+            "--image-size", str(image_size), "--batch", str(batch), "--steps", str(steps)]
+
+
+def infer_args(model: Path, volume: Path) -> list[str]:
+    return ["infer", "--model", str(model), "--input", str(volume)]
+
+
 def run_section(*, config_path: str | None, overrides: list[str], image_size: int, batch: int,
-                steps: int, model: Path, volume: Path, timeout: float) -> dict[str, Any]:
+                steps: int, model: Path, volume: Path, timeout: float,
+                started: dict[str, Child] | None = None) -> dict[str, Any]:
+    """``started``: children already running (``"train"``/``"infer"`` -> :func:`start_child`),
+    as ``--quick`` starts them early so that they overlap the other sections; the ones used
+    are removed from it. Each child is a process of its own either way, so its peak RSS is the
+    same; its timings are not."""
+    started = started if started is not None else {}
+    early = sorted(started)
     log(f"memory: training {image_size} px, batch {batch}, {steps} steps in a child process")
-    train = run_child(["train", "--config", config_path or "",
-                       *[a for o in overrides for a in ("--override", o)],
-                       "--image-size", str(image_size), "--batch", str(batch),
-                       "--steps", str(steps)], timeout)
+    train = finish_child(started.pop("train", None) or start_child(train_args(
+        config_path=config_path, overrides=overrides, image_size=image_size, batch=batch,
+        steps=steps)), "train", timeout)
     log("memory: inference of the volume in a child process")
-    infer = run_child(["infer", "--model", str(model), "--input", str(volume)], timeout)
+    infer = finish_child(started.pop("infer", None) or start_child(infer_args(model, volume)),
+                         "infer", timeout)
     return {"method": "fresh child process per figure; peak RSS = VmHWM of the child "
                       "(interpreter + TensorFlow included)",
-            "train": train, "infer": infer}
+            "started_early": early, "train": train, "infer": infer}
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ each figure means and how it is measured. Run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shlex
@@ -164,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][name] = traceback.format_exc()
             log(f"section {name} FAILED:\n{results['errors'][name]}")
 
+    # ---- quick: the memory section's children start early and overlap the other sections
+    # (each is a process of its own, so its peak RSS is unchanged; quick timings measure nothing)
+    from benchmarks import memory  # its parent side imports no TensorFlow
+
+    early: dict[str, memory.Child] = {}
+    if args.quick and "memory" in args.sections:
+        log("memory: quick mode, the training child starts now (overlaps the other sections)")
+        early["train"] = memory.start_child(memory.train_args(
+            config_path=config_path, overrides=resolved.overrides,
+            image_size=args.memory_image_size, batch=args.memory_batch, steps=args.memory_steps))
+        atexit.register(memory.stop_child, early["train"])  # if its section never runs
+
     # ---- flops: the conv probe is built first and timed once per training round
     probe = None
     if "flops" in args.sections:
@@ -211,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # noqa: BLE001
                 results["errors"]["infer_inputs"] = traceback.format_exc()
                 log(f"inference inputs FAILED:\n{results['errors']['infer_inputs']}")
+        if inputs is not None and early:
+            log("memory: quick mode, the inference child starts now (overlaps the infer section)")
+            early["infer"] = memory.start_child(memory.infer_args(inputs.model, inputs.volume))
+            atexit.register(memory.stop_child, early["infer"])
         if inputs is not None and "infer" in args.sections:
             from benchmarks import infer_speed
 
@@ -218,13 +235,13 @@ def main(argv: list[str] | None = None) -> int:
                 inputs, latency_repeats=args.latency_repeats, repeats=args.repeats,
                 throughput_slices=args.throughput_slices))
         if inputs is not None and "memory" in args.sections:
-            from benchmarks import memory
-
             attempt("memory", lambda: memory.run_section(
                 config_path=config_path, overrides=resolved.overrides,
                 image_size=args.memory_image_size, batch=args.memory_batch,
                 steps=args.memory_steps, model=inputs.model, volume=inputs.volume,
-                timeout=args.child_timeout))
+                timeout=args.child_timeout, started=early))
+        for child in early.values():  # started early, left behind by a failed section
+            memory.stop_child(child)
 
     results["efficiency"] = efficiency(results)
     results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

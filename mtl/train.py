@@ -11,19 +11,23 @@ A run folder ``runs/<name>/`` holds::
     best.keras          model at the best monitored epoch
     plots/curves.png    training curves, redrawn every epoch
     metrics.json        summary written when training ends
+    .pending/           only while an epoch's files are committed together (mtl.checkpoint)
 
 Both ``.keras`` files carry the model card (:mod:`mtl.model.card`); when training ends, the
 presence and type temperatures are fitted on the validation split and stored in them
 (:mod:`mtl.model.calibration`).
 
-Every file is written atomically (temporary file, then rename) at the end of each epoch, so a
-run killed at any moment resumes from its last finished epoch with ``--resume``.
+Every file is written atomically (temporary file, then rename); the files of one epoch
+(history.csv, last.keras, best.keras, state.json) are committed together (:mod:`mtl.checkpoint`),
+so a run killed at any moment resumes from its last finished epoch with ``--resume``, exactly as
+if it had not stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -36,6 +40,9 @@ from typing import Any, Iterator
 
 import keras
 
+from mtl.checkpoint import (
+    EpochCommit, committed, reconcile, recover, restore_resume_state, resume_state,
+)
 from mtl.config import Config, ConfigError, load_config
 from mtl.data.pipeline import (
     LoadErrors,
@@ -46,6 +53,7 @@ from mtl.data.pipeline import (
     plan_split,
     plan_training,
     preflight,
+    skip_report,
     steps_per_epoch,
 )
 from mtl.data.preprocess import preprocessing_spec
@@ -96,7 +104,7 @@ class ResumeError(ConfigError):
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "state.json"
+    path = committed(run_dir, "state.json")
     if not path.is_file():
         return {"epoch": 0, "best": None}
     try:
@@ -214,7 +222,7 @@ def data_summary(sources: list[Source], copies: dict[str, Any] | None = None) ->
                 },
                 "labels": labels,
             }
-        summary[source.name] = {"skipped_at_scan": len(source.adapter.skipped), "splits": per_split}
+        summary[source.name] = {"skipped_at_scan": len(source.scan_skipped), "splits": per_split}
     if copies is not None:
         summary["_near_copies"] = copies
     return summary
@@ -224,20 +232,40 @@ def data_summary(sources: list[Source], copies: dict[str, Any] | None = None) ->
 
 
 class RunRecorder(keras.callbacks.Callback):
-    """Writes history.csv, last.keras, best.keras, state.json and the curves every epoch."""
+    """Commits history.csv, last.keras, best.keras and state.json together every epoch
+    (:class:`mtl.checkpoint.EpochCommit`), then redraws the curves.
+
+    It must come after the callbacks in ``keep`` (learning-rate plateau, early stopping) in the
+    fit's list, so that what it saves includes their decisions at the end of the epoch, and so
+    that on resume it restores their counters after their ``on_train_begin`` reset them.
+    ``state``: the state.json of the run being resumed (``best``, ``best_epoch`` and the
+    ``resume`` states are carried on from it)."""
 
     def __init__(self, run_dir: Path, monitor: str, mode: str, best: float | None,
-                 epochs: int) -> None:
+                 epochs: int, state: dict[str, Any] | None = None,
+                 keep: list[keras.callbacks.Callback] | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.epochs = epochs
         self.monitor = monitor
         self.mode = mode
         self.best = best
+        self.state = dict(state or {})
+        self.keep = list(keep or [])
         self._t0 = time.perf_counter()
+        self._lr: float | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.state.get("epoch"):  # resuming: the generators and counters of that epoch
+            missing = restore_resume_state(self.model, self.keep, self.state.get("resume"),
+                                           str(self.run_dir / "state.json"))
+            for line in missing:
+                log.warning("resume is not exact: %s", line)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._t0 = time.perf_counter()
+        # after a scheduler set it: the rate this epoch trains with
+        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def _improved(self, value: float) -> bool:
         if self.best is None or math.isnan(self.best):
@@ -246,27 +274,39 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
+        logs.pop("learning_rate", None)  # put there by the schedulers: recorded below
         # epochs are counted from 1 in history.csv, as on the console and in the plots
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())}}
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        done = epoch + 1
+        row = {"epoch": done, **{k: float(v) for k, v in sorted(logs.items())}}
+        row["learning_rate"] = self._lr if self._lr is not None else float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._t0, 3)
-        append_history(self.run_dir / "history.csv", row)
-        save_model_atomic(self.model, self.run_dir / "last.keras")
         value = logs.get(self.monitor)
         if value is None:
             raise ConfigError(
                 f"train.monitor {self.monitor!r} is not among the logged metrics: {sorted(logs)}"
             )
-        if self._improved(float(value)):
-            self.best = float(value)
-            save_model_atomic(self.model, self.run_dir / "best.keras")
-            best_epoch = epoch + 1
-        else:
-            best_epoch = read_state(self.run_dir).get("best_epoch")
-        state = {"epoch": epoch + 1, "best": self.best, "best_epoch": best_epoch,
+        improved = self._improved(float(value))
+        best = float(value) if improved else self.best
+        rows = [r for r in read_history(self.run_dir / "history.csv") if int(r["epoch"]) < done]
+        # cumulative optimizer steps after each epoch: which epoch a last.keras holds
+        steps = (list(self.state.get("optimizer_steps") or []) + [None] * done)[:epoch]
+        commit = EpochCommit(self.run_dir, done)
+        commit.text("history.csv", history_text(rows + [row]))
+        commit.model("last.keras", self.model)
+        last = commit.fingerprint("last.keras")
+        if improved:
+            commit.copy("best.keras", "last.keras")
+        state = {"epoch": done, "best": best,
+                 "best_epoch": done if improved else self.state.get("best_epoch"),
                  "monitor": self.monitor, "mode": self.mode, "epochs_planned": self.epochs,
-                 "stopped_early": False}
-        write_atomic(self.run_dir / "state.json", json.dumps(state, indent=1))
+                 "stopped_early": False, "optimizer_steps": steps + [optimizer_steps(self.model)],
+                 "files": {"last.keras": last, "best.keras": last if improved
+                           else (self.state.get("files") or {}).get("best.keras")},
+                 "resume": resume_state(self.model, self.keep)}
+        commit.text("state.json", json.dumps(state, indent=1))
+        commit.commit()
+        self.best, self.state = best, state
         plot_history(self.run_dir / "history.csv", self.run_dir / "plots" / "curves.png")
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -277,16 +317,20 @@ class RunRecorder(keras.callbacks.Callback):
             write_atomic(self.run_dir / "state.json", json.dumps(state, indent=1))
 
 
+def history_text(rows: list[dict[str, Any]]) -> str:
+    """history.csv's text for ``rows`` (columns: every key, in order of first appearance)."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 def append_history(path: Path, row: dict[str, Any]) -> None:
     rows = read_history(path)
     rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_atomic(path, history_text(rows))
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -329,6 +373,27 @@ def optimizer_steps(model: keras.Model) -> int:
     """Steps the optimizer has taken (its counter may be a tf.distribute MirroredVariable)."""
     value = model.optimizer.iterations.value
     return int(value.numpy() if hasattr(value, "numpy") else value)
+
+
+def held_epoch(model: keras.Model, state: dict[str, Any], steps: int) -> int:
+    """The finished epochs a loaded last.keras holds: the epoch whose end state.json recorded at
+    the optimizer's step count, else (older run folders) the step count over steps per epoch."""
+    iterations = optimizer_steps(model)
+    known = state.get("optimizer_steps") or []
+    if iterations in known:
+        return known.index(iterations) + 1
+    return iterations // steps
+
+
+def finished(run_dir: Path, state: dict[str, Any]) -> bool:
+    """Whether the end of training (calibration, metrics.json) was done for the state's epoch:
+    a run killed during it is finished again on resume."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        return (metrics.get("epochs_done") == state.get("epoch")
+                and metrics.get("best_epoch") == state.get("best_epoch"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @dataclass
@@ -397,9 +462,13 @@ def train(
     if resume:
         if run_dir is None or not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume needs an existing run folder with config.yaml: {run_dir}")
+        if role.is_chief:  # an epoch commit cut short by a kill: finish or discard it
+            note = recover(run_dir)
+            if note:
+                log.warning(note)
     state = read_state(run_dir) if resume else {"epoch": 0, "best": None}
     if resume:
-        check_history(run_dir / "history.csv")
+        check_history(committed(run_dir, "history.csv"))
     if role.is_chief:
         if not resume:
             run_dir = new_run_dir(t.runs_dir, config.name)
@@ -412,7 +481,7 @@ def train(
             run_dir = write_dir
     initial_epoch = int(state["epoch"])
     stopped = state.get("stopped_early") and t.epochs <= state.get("epochs_planned", t.epochs)
-    if initial_epoch >= t.epochs or stopped:
+    if (initial_epoch >= t.epochs or stopped) and finished(run_dir, state):
         log.info("run %s already finished (%d epochs%s)", run_dir, initial_epoch,
                  ", stopped early" if stopped else "")
         return TrainResult(run_dir, initial_epoch, state.get("best"), state.get("best_epoch"),
@@ -435,10 +504,15 @@ def train(
                          list(config.data.classes))
 
     steps = t.steps_per_epoch or steps_per_epoch(sources, "train", scale.global_batch)
+    last_path = committed(run_dir, "last.keras") if resume else None
+    if resume and initial_epoch and not last_path.is_file():
+        raise ResumeError(f"{run_dir / 'last.keras'}: cannot resume, the checkpoint of epoch "
+                          f"{initial_epoch} is missing; best.keras may still be usable, or "
+                          "start a new run")
     with strategy.scope(), precision_policy(t.precision):
-        if resume and (run_dir / "last.keras").is_file():
+        if resume and last_path.is_file():
             try:
-                model = keras.models.load_model(run_dir / "last.keras")
+                model = keras.models.load_model(last_path)
             except Exception as exc:  # noqa: BLE001 - zip, HDF5 and Keras errors alike
                 raise ResumeError(f"{run_dir / 'last.keras'}: cannot resume, the checkpoint "
                                   f"cannot be loaded ({describe(exc)}); best.keras may still "
@@ -447,14 +521,20 @@ def train(
             model = build_model(config, learning_rate=scale.learning_rate)
     # every file saved from here carries the card; temperatures are fitted when training ends
     model.card, model.calibration = card, None
-    if resume and (run_dir / "last.keras").is_file():
-        # a run killed between saving last.keras and state.json: the optimizer's step count
-        # says which epochs the saved weights have seen
-        saved_epochs = optimizer_steps(model) // steps
-        if saved_epochs != initial_epoch:
-            log.warning("state.json says %d finished epochs, last.keras holds %d: continuing "
-                        "after epoch %d", initial_epoch, saved_epochs, saved_epochs)
-            initial_epoch = saved_epochs
+    if resume:
+        # which epoch the saved weights have seen (state.json may be from an older mtl that
+        # did not commit an epoch's files together, or edited), then state.json, best.keras
+        # and history.csv checked against it and repaired from history.csv
+        held = held_epoch(model, state, steps) if last_path.is_file() else 0
+        if role.is_chief:
+            state, note = reconcile(run_dir, state, read_history(run_dir / "history.csv"), held,
+                                    t.monitor, t.monitor_mode, history_text)
+            if note:
+                log.warning(note)
+        elif held != initial_epoch:
+            state = {**state, "epoch": held, "resume": None}
+        if held != initial_epoch:
+            initial_epoch = held
             keras.utils.set_random_seed(config.seed + initial_epoch)
     errors = LoadErrors()
     train_plan = plan_training(sources, seed=config.seed, epochs=range(initial_epoch, t.epochs),
@@ -496,10 +576,7 @@ def train(
     if scale.replicas > 1 and config.model.sync_batchnorm:
         log.info("synchronized BatchNormalization in %d layers", synchronize_batchnorm(model))
 
-    callbacks: list[keras.callbacks.Callback] = [
-        RunRecorder(write_dir, monitor, t.monitor_mode, state.get("best") if resume else None,
-                    t.epochs)
-    ]
+    callbacks: list[keras.callbacks.Callback] = []
     if t.lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(
             partial(cosine_learning_rate, base=scale.learning_rate, epochs=t.epochs,
@@ -511,22 +588,26 @@ def train(
     if t.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
+    # after the schedulers: it saves their decisions and restores their counters on resume
+    callbacks.append(RunRecorder(write_dir, monitor, t.monitor_mode,
+                                 state.get("best") if resume else None, t.epochs,
+                                 state=state if resume else None, keep=list(callbacks)))
     callbacks += extra_callbacks or []
 
     started = time.perf_counter()
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        validation_steps=val_steps if val_ds is not None else None,
-        epochs=t.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,  # the epoch plan already fixes the order
-    )
+    if initial_epoch < t.epochs and not stopped:  # else only the end of training is redone
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            validation_steps=val_steps if val_ds is not None else None,
+            epochs=t.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the epoch plan already fixes the order
+        )
     elapsed = time.perf_counter() - started
-    at_scan = [item for s in sources for item in s.adapter.skipped]
     state = read_state(write_dir)
     history = read_history(write_dir / "history.csv")
     calibration = finish_run_models(write_dir, model, sources, config, card, history, state,
@@ -540,10 +621,8 @@ def train(
         "distribution": scale.to_dict(),
         "train_seconds_this_session": round(elapsed, 1),
         "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
-        "skipped_at_scan": len(at_scan),
-        "skipped_at_preflight": len(skipped_at_preflight),
-        "skipped_at_load": len(errors.items),
-        "skipped_examples": (at_scan + skipped_at_preflight + errors.items)[:20],
+        # each skipped item once (adapters also list their load failures in adapter.skipped)
+        **skip_report(sources, skipped_at_preflight, errors.items),
         "calibration": calibration,
     }
     write_atomic(write_dir / "metrics.json", json.dumps(summary, indent=1))

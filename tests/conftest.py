@@ -44,3 +44,44 @@ def tiny_phantom_run(tmp_path_factory: pytest.TempPathFactory):
         f"train.runs_dir={runs}", "name=tiny",
     ])
     return train(config, verbose=0)
+
+
+#: the settings of tests/test_train.py's tiny networks that learn within a few epochs
+LEARNING = [
+    "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]", "model.head_units=32",
+    "model.bn_momentum=0.9", "train.batch_size=16", "train.learning_rate=0.002",
+    "data.split={train: 0.6, val: 0.2, test: 0.2}",
+]
+
+
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory):
+    """A tiny network that learns: 7 epochs on 200 phantoms from two datasets, with validation.
+    tests/test_train.py checks that it learned, tests/test_evaluate.py evaluates it (each
+    training run costs a model build and a trace). Tests must not change the folder: copy it
+    first. Returns (config, TrainResult)."""
+    from mtl.config import load_config
+    from mtl.train import train
+
+    runs = tmp_path_factory.mktemp("learned-runs")
+    config = load_config(overrides=LEARNING + [
+        f"train.runs_dir={runs}", "name=learn", "train.epochs=7",
+        "data.sources=[{format: phantoms, options: {n: 120, size: 64, seed: 5}}, "
+        "{format: phantoms, options: {n: 80, size: 64, seed: 6}}]"])
+    return config, train(config, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_variant_run(tiny_phantom_run):
+    """The shared run's config trained again (a second run costs a build and a trace), with
+    three things changed that must not change its first epoch: items loaded by 2 worker
+    processes (data.workers), a cosine learning-rate schedule over 3 epochs (its first epoch
+    uses the base rate) and MirroredStrategy on this one device. tests/test_train.py checks the
+    seed, the workers and the schedule on it, tests/test_distribute.py the strategy."""
+    from mtl.config import load_config
+    from mtl.train import train
+
+    config = load_config(tiny_phantom_run.run_dir / "config.yaml", [
+        "train.epochs=3", "data.workers=2", "train.lr_schedule=cosine",
+        "train.lr_min_fraction=0.1", "train.strategy=mirrored"])
+    return config, train(config, verbose=0)

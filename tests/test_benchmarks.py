@@ -35,14 +35,127 @@ def _cpu_has_bfloat16() -> bool:
 BF16 = _cpu_has_bfloat16()
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+#: the tests that read the quick run; they are the module's last
+QUICK_TESTS = ("test_quick_run_has_every_section", "test_quick_run_numbers_are_sane",
+               "test_markdown_table_renders")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_run_started(request, tmp_path_factory):
+    """`benchmarks/run.py --quick` in a subprocess: (process, results JSON path). Started with
+    this module's first test when a test that reads it is selected, so that it runs alongside
+    the tests in between (tracing a model in this process keeps one core busy)."""
+    if not any(item.name in QUICK_TESTS for item in request.session.items):
+        yield None
+        return
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     mixed = ["--mixed-precision", "mixed_bfloat16"] if BF16 else []
-    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", *mixed, "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text()), out, proc.stdout
+    with (out.parent / "stdout.txt").open("w") as stdout, \
+            (out.parent / "stderr.txt").open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "benchmarks/run.py", "--quick", *mixed, "--out", str(out)],
+            cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
+    try:
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def quick_run(quick_run_started):
+    proc, out = quick_run_started
+    try:
+        proc.wait(timeout=900)  # from its start; generous, as it shares the machine
+    except subprocess.TimeoutExpired:
+        pytest.fail("benchmarks/run.py --quick did not finish within 900 s")
+    assert proc.returncode == 0, (out.parent / "stderr.txt").read_text()[-4000:]
+    return json.loads(out.read_text()), out, (out.parent / "stdout.txt").read_text()
+
+
+def test_arguments():
+    args = parse_args(["--quick", "--sections", "infer,train", "--repeats", "3"])
+    assert args.sections == ["train", "infer"] and args.repeats == 3 and args.steps == 2
+    full = parse_args([])
+    assert full.sections == list(SECTIONS) and full.repeats == 5
+    assert (full.png_size, full.volume_slices, full.memory_image_size, full.memory_batch) == (
+        512, 155, 256, 16)
+    assert full.large_backbone == "resnet34"
+    with pytest.raises(SystemExit):
+        parse_args(["--sections", "train,bogus"])
+
+
+def test_missing_data_falls_back_to_phantoms(tmp_path):
+    from benchmarks.fixtures import resolve_config
+
+    yaml = tmp_path / "exp.yaml"
+    yaml.write_text("data:\n  sources:\n    - {format: br35h, root: %s}\n" % (tmp_path / "nope"))
+    resolved = resolve_config(str(yaml), [], quick=False)
+    assert "phantoms instead" in resolved.data_note
+    assert [s.format for s in resolved.load().data.sources] == ["phantoms"]
+
+
+def test_equivalence_of_the_fast_path_on_a_saved_model(tmp_path):
+    """benchmarks/equivalence.py: Keras batch norm called eagerly vs mtl's fused batch norm in
+    a graph, on one saved model: tiny differences, no flipped decision."""
+    import keras
+    import numpy as np
+
+    from benchmarks.equivalence import compare, inference_speed, old_and_new, training_speed
+    from mtl.config import load_config
+    from mtl.train import build_model
+
+    model = build_model(load_config(overrides=[
+        "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=8"]))
+    rng = np.random.default_rng(0)
+    for layer in model.net.layers:  # statistics as a trained model has them, not 0 and 1
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.3, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape).astype("float32"))
+    path = tmp_path / "m.keras"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not yet been built.*")
+        model.save(path)
+    forwards = old_and_new(path)  # loaded once for the three figures, as main() does
+    result = compare(path, rng.random((20, 64, 64, 1), dtype=np.float32), batch=8,
+                     forwards=forwards)
+    assert result["slices"] == 20 and result["mask_pixels"] == 20 * 64 * 64
+    for key in ("presence", "type", "mask"):
+        assert 0 <= result[f"{key}_max_abs_diff"] < 1e-4
+    assert result["presence_flips"] == result["type_flips"] == 0
+    assert result["mask_pixel_flips"] <= 2  # only pixels within float rounding of 0.5
+    x = rng.random((4, 64, 64, 1), dtype=np.float32)
+    speed = inference_speed(path, x, repeats=1, forwards=forwards)
+    assert set(speed) == {"batch1", "batch16"}
+    assert all(v["old_ms"] > 0 and v["new_ms"] > 0 for v in speed.values())
+    trained = training_speed(path, x, repeats=1, steps=1, saved=forwards[2])
+    assert trained["keras_batchnorm_images_per_s"] > 0 and trained["fused_batchnorm_images_per_s"] > 0
+
+
+def test_train_budget_reports_speed_and_epochs_per_variant(tmp_path, capsys):
+    import yaml
+
+    from benchmarks.train_budget import main as budget
+
+    out = tmp_path / "budget.json"
+    demo = yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text())
+    demo["model"].update(decoder_filters=[16, 16, 8, 8, 8], head_units=8)  # cheap steps
+    demo["train"]["batch_size"] = 4
+    config = tmp_path / "demo-narrow.yaml"
+    config.write_text(yaml.safe_dump(demo))
+    assert budget(["--config", str(config), "--sizes", "32,64", "--precisions",
+                   "float32", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                   "--train-items", "320", "--budget-min", "10", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(v["image_size"], v["precision"]) for v in result["variants"]] == [
+        (32, "float32"), (64, "float32")]
+    for v in result["variants"]:
+        assert _positive(v["images_per_s"]["median"])
+        assert v["epoch_seconds"] == pytest.approx(320 / v["images_per_s"]["median"])
+        assert v["epochs_in_budget"] == int(600 // v["epoch_seconds"])
+    assert "simd" in result["machine"]["cpu"]  # bfloat16 pays only with avx512_bf16 / amx_bf16
+    assert "| resnet18 | 64 | float32 |" in capsys.readouterr().out
 
 
 def test_quick_run_has_every_section(quick_run):
@@ -97,6 +210,8 @@ def test_quick_run_numbers_are_sane(quick_run):
     assert _positive(infer["throughput"]["predict_slices_per_s"]["median"])
     assert infer["volume"]["slices"] == results["settings"]["volume_slices"]
     assert _positive(infer["volume"]["seconds"]["median"])
+    # quick mode starts the memory children early, to overlap the other sections
+    assert s["memory"]["started_early"] == ["infer", "train"]
     for part in ("train", "infer"):
         mem = s["memory"][part]
         assert mem["peak_source"] == "VmHWM"
@@ -120,78 +235,3 @@ def test_markdown_table_renders(quick_run):
                    "ceiling: in-memory / naive", "input only, no model", "achieved GFLOP/s", "file to mask", "slices/s", "volume", "peak RSS"):
         assert needle in table, needle
     assert "python benchmarks/run.py --quick" in table and results["started"][:10] in table
-
-
-def test_arguments():
-    args = parse_args(["--quick", "--sections", "infer,train", "--repeats", "3"])
-    assert args.sections == ["train", "infer"] and args.repeats == 3 and args.steps == 2
-    full = parse_args([])
-    assert full.sections == list(SECTIONS) and full.repeats == 5
-    assert (full.png_size, full.volume_slices, full.memory_image_size, full.memory_batch) == (
-        512, 155, 256, 16)
-    assert full.large_backbone == "resnet34"
-    with pytest.raises(SystemExit):
-        parse_args(["--sections", "train,bogus"])
-
-
-def test_missing_data_falls_back_to_phantoms(tmp_path):
-    from benchmarks.fixtures import resolve_config
-
-    yaml = tmp_path / "exp.yaml"
-    yaml.write_text("data:\n  sources:\n    - {format: br35h, root: %s}\n" % (tmp_path / "nope"))
-    resolved = resolve_config(str(yaml), [], quick=False)
-    assert "phantoms instead" in resolved.data_note
-    assert [s.format for s in resolved.load().data.sources] == ["phantoms"]
-
-
-def test_equivalence_of_the_fast_path_on_a_saved_model(tmp_path):
-    """benchmarks/equivalence.py: Keras batch norm called eagerly vs mtl's fused batch norm in
-    a graph, on one saved model: tiny differences, no flipped decision."""
-    import keras
-    import numpy as np
-
-    from benchmarks.equivalence import compare, inference_speed, training_speed
-    from mtl.config import load_config
-    from mtl.train import build_model
-
-    model = build_model(load_config(overrides=[
-        "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=8"]))
-    rng = np.random.default_rng(0)
-    for layer in model.net.layers:  # statistics as a trained model has them, not 0 and 1
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(rng.normal(0, 0.3, layer.moving_mean.shape).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape).astype("float32"))
-    path = tmp_path / "m.keras"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not yet been built.*")
-        model.save(path)
-    result = compare(path, rng.random((20, 64, 64, 1), dtype=np.float32), batch=8)
-    assert result["slices"] == 20 and result["mask_pixels"] == 20 * 64 * 64
-    for key in ("presence", "type", "mask"):
-        assert 0 <= result[f"{key}_max_abs_diff"] < 1e-4
-    assert result["presence_flips"] == result["type_flips"] == 0
-    assert result["mask_pixel_flips"] <= 2  # only pixels within float rounding of 0.5
-    x = rng.random((4, 64, 64, 1), dtype=np.float32)
-    speed = inference_speed(path, x, repeats=1)
-    assert set(speed) == {"batch1", "batch16"}
-    assert all(v["old_ms"] > 0 and v["new_ms"] > 0 for v in speed.values())
-    trained = training_speed(path, x, repeats=1, steps=1)
-    assert trained["keras_batchnorm_images_per_s"] > 0 and trained["fused_batchnorm_images_per_s"] > 0
-
-
-def test_train_budget_reports_speed_and_epochs_per_variant(tmp_path, capsys):
-    from benchmarks.train_budget import main as budget
-
-    out = tmp_path / "budget.json"
-    assert budget(["--config", "experiments/demo.yaml", "--sizes", "32,64", "--precisions",
-                   "float32", "--steps", "2", "--warmup", "1", "--repeats", "1",
-                   "--train-items", "320", "--budget-min", "10", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert [(v["image_size"], v["precision"]) for v in result["variants"]] == [
-        (32, "float32"), (64, "float32")]
-    for v in result["variants"]:
-        assert _positive(v["images_per_s"]["median"])
-        assert v["epoch_seconds"] == pytest.approx(320 / v["images_per_s"]["median"])
-        assert v["epochs_in_budget"] == int(600 // v["epoch_seconds"])
-    assert "simd" in result["machine"]["cpu"]  # bfloat16 pays only with avx512_bf16 / amx_bf16
-    assert "| resnet18 | 64 | float32 |" in capsys.readouterr().out

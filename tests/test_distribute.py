@@ -14,13 +14,52 @@ import pytest
 
 from mtl.config import ConfigError, load_config
 from mtl.distribute import cluster_role, make_strategy
-from mtl.train import read_history, train
+from mtl.train import read_history
 
 TINY = [
     "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=8",
     "data.sources=[{format: phantoms, options: {n: 96, size: 64}}]",
     "train.batch_size=4", "train.steps_per_epoch=3", "train.reduce_lr_patience=null",
 ]
+
+
+TWO_CPU_REPLICAS = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mtl.config import load_config
+from mtl.train import train
+result = train(load_config(overrides=json.loads(sys.argv[1])), verbose=0)
+print("RUN_DIR=" + str(result.run_dir))
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_replica_run(request, tmp_path_factory):
+    """`mtl train` under MirroredStrategy over two logical CPU devices, in a subprocess (the
+    devices must be set before TensorFlow starts): (process, run folder, log file).
+
+    Started with this module's first test when the two-replica test is selected, and waited
+    for there, so that it trains alongside the tests in between (the suite's shared runs are
+    usually trained in this module: tracing a model keeps one core busy, a second is free)."""
+    if not any(item.name == "test_mirrored_splits_batches_over_two_replicas"
+               for item in request.session.items):
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("two-replicas")
+    overrides = TINY + [f"train.runs_dir={tmp}", "train.epochs=1", "train.strategy=mirrored"]
+    log = tmp / "log.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", TWO_CPU_REPLICAS, json.dumps(overrides)],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        yield proc, tmp / "run", log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def test_cluster_role_from_tf_config():
@@ -45,37 +84,27 @@ def test_strategy_names_are_checked():
     assert make_strategy("auto").num_replicas_in_sync == 1  # no GPUs, no TF_CONFIG here
 
 
-def test_mirrored_runs_on_one_device(tmp_path):
-    config = load_config(overrides=TINY + [f"train.runs_dir={tmp_path}", "train.epochs=2",
-                                           "train.strategy=mirrored", "train.val_steps=1"])
-    result = train(config, verbose=0)
+def test_mirrored_runs_on_one_device(tiny_variant_run):
+    """The suite's second tiny run (conftest.py) trains under MirroredStrategy on this one
+    device (its first-epoch loss equals the default strategy's: tests/test_train.py)."""
+    config, result = tiny_variant_run
+    assert config.train.strategy == "mirrored"
     dist = json.loads((result.run_dir / "distribution.json").read_text())
     assert dist["strategy"] == "MirroredStrategy" and dist["replicas"] == 1
-    assert dist["global_batch"] == 4 and dist["learning_rate"] == dist["base_learning_rate"]
-    assert [r["epoch"] for r in read_history(result.run_dir / "history.csv")] == [1, 2]
+    assert dist["global_batch"] == config.train.batch_size
+    assert dist["learning_rate"] == dist["base_learning_rate"]
+    assert [r["epoch"] for r in read_history(result.run_dir / "history.csv")] == [1, 2, 3]
     assert (result.run_dir / "last.keras").is_file()
 
 
-TWO_CPU_REPLICAS = """
-import json, sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from mtl.config import load_config
-from mtl.train import train
-result = train(load_config(overrides=json.loads(sys.argv[1])), verbose=0)
-print("RUN_DIR=" + str(result.run_dir))
-"""
-
-
-def test_mirrored_splits_batches_over_two_replicas(tmp_path):
+def test_mirrored_splits_batches_over_two_replicas(two_replica_run):
     """Two logical CPU devices stand in for two GPUs (set before TensorFlow starts)."""
-    overrides = TINY + [f"train.runs_dir={tmp_path}", "train.epochs=1", "train.strategy=mirrored"]
-    out = subprocess.run([sys.executable, "-c", TWO_CPU_REPLICAS, json.dumps(overrides)],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "run"
+    proc, run_dir, log = two_replica_run
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two-replica run did not finish within 600 s")
+    assert proc.returncode == 0, log.read_text()[-3000:]
     dist = json.loads((run_dir / "distribution.json").read_text())
     assert dist["replicas"] == 2 and dist["global_batch"] == 8
     history = read_history(run_dir / "history.csv")

@@ -1,28 +1,22 @@
 """`mtl evaluate` end to end on a tiny phantom run."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from mtl.cli import main
-from mtl.config import load_config
 from mtl.model.card import read_card, read_model_config
-from mtl.train import train
-
-TWO_SOURCES = ("data.sources=[{format: phantoms, options: {n: 60, size: 64, seed: 1}}, "
-               "{format: phantoms, options: {n: 40, size: 64, seed: 2}}]")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("runs")
-    config = load_config(overrides=[
-        "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=16",
-        "model.bn_momentum=0.9", "train.epochs=2", "train.steps_per_epoch=4", "train.batch_size=8",
-        f"train.runs_dir={tmp}", "name=ev", TWO_SOURCES,
-    ])
-    return train(config, verbose=0).run_dir
+def run_dir(learned_run, tmp_path_factory):
+    """A copy of the suite's tiny run on two phantom datasets (conftest.py; trained once for
+    tests/test_train.py too): `mtl evaluate` writes into the run folder and its best.keras."""
+    copy = tmp_path_factory.mktemp("runs") / "ev"
+    shutil.copytree(learned_run[1].run_dir, copy)
+    return copy
 
 
 def test_evaluate_run_writes_metrics_report_and_plots(run_dir):
@@ -101,8 +95,6 @@ def test_evaluate_errors_are_clear(run_dir, tmp_path):
 
 
 def test_case_ids_missing_from_the_data_are_reported(run_dir, tmp_path):
-    import shutil
-
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     splits = json.loads((copy / "splits.json").read_text())

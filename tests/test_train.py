@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -17,23 +18,84 @@ from mtl.data.pipeline import open_sources
 from mtl.evaluate.predict import dice_per_image, predict_split
 from mtl.train import cosine_learning_rate, read_history, resume_config, train
 
-TINY = [
-    "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]", "model.head_units=32",
-    "model.bn_momentum=0.9", "train.batch_size=16", "train.learning_rate=0.002",
-    "data.split={train: 0.6, val: 0.2, test: 0.2}",
-]
+from conftest import LEARNING as TINY  # tiny networks that learn within a few epochs
 
 
 def tiny_config(tmp_path, *extra):
     return load_config(overrides=TINY + [f"train.runs_dir={tmp_path}", *extra])
 
 
+KILLED_TEST = "test_resume_after_a_killed_run_continues_from_the_saved_epoch"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def killed_run(request, tmp_path_factory):
+    """A real `mtl train` process (4 epochs of 3 steps), SIGKILLed by a watcher thread as soon
+    as state.json says an epoch is saved: (process, run folder, watcher, outcome).
+
+    Started with this module's first test when the test that resumes it (the module's last) is
+    selected, so that it trains alongside the tests in between: tracing a model in this process
+    keeps one core busy, the subprocess uses another.
+
+    The run also trains in mixed bfloat16 with Kendall's uncertainty weighting
+    (loss.uncertainty), checked after its resume (each run costs a model build and a trace, the
+    largest part of the suite's time). 32 px and batch 4: bfloat16 is emulated, slowly, on CPUs
+    without bfloat16 instructions (most CI machines)."""
+    if not any(item.name == KILLED_TEST for item in request.session.items):
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("killed")
+    cmd = [sys.executable, "-m", "mtl.cli", "train", "--name", "killed", "--quiet",
+           "--runs-dir", str(tmp), "--epochs", "4",
+           "--set", "data.sources=[{format: phantoms, options: {n: 60, size: 64}}]",
+           "--set", "train.steps_per_epoch=3", "--set", "train.val_steps=1"]
+    for item in TINY + ["data.image_size=32", "train.batch_size=4",
+                        "train.precision=mixed_bfloat16", "loss.uncertainty=true"]:
+        cmd += ["--set", item]
+    run_dir = tmp / "killed"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    outcome: dict[str, str] = {}
+
+    def saved_epoch() -> int:
+        try:
+            return int(json.loads((run_dir / "state.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError):  # not written yet
+            return 0
+
+    def watch():
+        try:
+            deadline = time.time() + 900  # generous: a busy machine; it ends at epoch 1
+            while time.time() < deadline:
+                if saved_epoch() >= 1:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    outcome["killed"] = "after an epoch"
+                    return
+                if proc.poll() is not None:
+                    outcome["error"] = "training exited before it could be killed"
+                    return
+                time.sleep(0.2)
+            outcome["error"] = "no epoch finished within 900 s"
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            outcome["error"] = f"watcher failed: {exc!r}"
+        proc.kill()
+
+    watcher = threading.Thread(target=watch, name="kill-mtl-train", daemon=True)
+    watcher.start()
+    try:
+        yield proc, run_dir, watcher, outcome
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        watcher.join()
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("runs")
-    config = tiny_config(tmp, "name=learn", "train.epochs=7",
-                         "data.sources=[{format: phantoms, options: {n: 200, size: 64, seed: 5}}]")
-    return config, train(config, verbose=0)
+def trained(learned_run):
+    """7 epochs on 200 phantoms of two datasets (conftest.py; tests/test_evaluate.py evaluates
+    the same run)."""
+    return learned_run
 
 
 def test_run_folder_holds_everything(trained):
@@ -44,7 +106,7 @@ def test_run_folder_holds_everything(trained):
     assert json.loads((result.run_dir / "state.json").read_text())["epoch"] == 7
     assert len(result.history) == 7
     copies = json.loads((result.run_dir / "data_summary.json").read_text())["_near_copies"]
-    assert copies["cross_dataset_groups"] == 0  # one dataset
+    assert copies["cross_dataset_groups"] == 0  # phantoms of two seeds share no near-copies
     assert copies["split_groups"] >= 100
 
 
@@ -61,8 +123,11 @@ def test_held_out_dice_beats_chance(trained):
     model = keras.models.load_model(result.run_dir / "best.keras")
     sources = open_sources(config)
     splits = json.loads((result.run_dir / "splits.json").read_text())
-    by_case = {r.case_id: i for i, r in enumerate(sources[0].records)}
-    sources[0].splits = {k: [by_case[c] for c in v] for k, v in splits["phantoms"]["case_ids"].items()}
+    assert [s.name for s in sources] == ["phantoms", "phantoms#1"]
+    for source in sources:
+        by_case = {r.case_id: i for i, r in enumerate(source.records)}
+        source.splits = {k: [by_case[c] for c in v]
+                         for k, v in splits[source.name]["case_ids"].items()}
     pred = predict_split(model, sources, config, "test")
     tumor = pred.targets["mask"].reshape(len(pred.case_ids), -1).max(1) > 0
     assert tumor.sum() >= 10
@@ -73,77 +138,33 @@ def test_held_out_dice_beats_chance(trained):
     assert dice > 0.4, f"held-out Dice {dice:.3f} (chance {chance:.3f})"
 
 
-def test_seed_makes_runs_reproducible(tiny_phantom_run):
+def test_seed_makes_runs_reproducible_with_worker_processes_and_a_cosine_schedule(
+        tiny_phantom_run, tiny_variant_run):
     """A second run with the shared run's config (conftest.py) gives the same splits and the
-    same first-epoch loss, in a new folder."""
+    same first-epoch loss, in a new folder.
+
+    The second run (conftest.py) also checks worker processes (data.workers), which must give
+    the same batches as the shared run's tf.data threads, and the cosine schedule, whose first
+    epoch trains at the base rate as the shared run's plateau schedule does (it also runs under
+    MirroredStrategy on one device: tests/test_distribute.py)."""
     a = tiny_phantom_run
-    config = load_config(a.run_dir / "config.yaml", ["train.epochs=1"])
-    b = train(config, verbose=0)
+    config, b = tiny_variant_run
     assert b.run_dir.name == "tiny2"  # never overwrites
     assert json.loads((a.run_dir / "splits.json").read_text()) == json.loads(
         (b.run_dir / "splits.json").read_text())
     la, lb = float(a.history[0]["loss"]), float(b.history[0]["loss"])
-    assert la == pytest.approx(lb, rel=1e-3)
-
-
-def test_resume_after_a_killed_run_continues_from_the_saved_epoch(tmp_path):
-    """A real `mtl train` process is SIGKILLed mid-run; `--resume` picks up where it stopped."""
-    cmd = [sys.executable, "-m", "mtl.cli", "train", "--name", "killed", "--quiet",
-           "--runs-dir", str(tmp_path), "--epochs", "4",
-           "--set", "data.sources=[{format: phantoms, options: {n: 60, size: 64}}]",
-           "--set", "train.steps_per_epoch=3", "--set", "train.val_steps=1"]
-    for item in TINY:
-        cmd += ["--set", item]
-    run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            state = run_dir / "state.json"
-            if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
-                break
-            if proc.poll() is not None:
-                pytest.fail("training exited before it could be killed")
-            time.sleep(0.2)
-        else:
-            pytest.fail("no epoch finished within 240 s")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    saved = json.loads((run_dir / "state.json").read_text())["epoch"]
-    assert 1 <= saved < 4
-    before = read_history(run_dir / "history.csv")[:saved]
-    saved_iterations = int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations)
-    assert saved_iterations == 3 * saved
-
-    config = load_config(run_dir / "config.yaml")
-    result = train(config, run_dir=run_dir, resume=True, verbose=0)
-    history = read_history(run_dir / "history.csv")
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # counted from 1, as on the console
-    assert history[:saved] == before  # finished epochs are kept as they were
-    model = keras.models.load_model(run_dir / "last.keras")
-    assert int(model.optimizer.iterations) == 3 * 4  # optimizer state carried over
-    assert result.epochs_done == 4
-    # a finished run resumed again does nothing
-    again = train(config, run_dir=run_dir, resume=True, verbose=0)
-    assert again.epochs_done == 4 and len(read_history(run_dir / "history.csv")) == 4
-
-
-def test_uncertainty_weighting_trains_under_a_cosine_schedule(tmp_path):
-    """Two options in one short run (each run costs a model build): Kendall weighting learns its
-    log-variances, and the cosine schedule sets each epoch's learning rate."""
-    config = tiny_config(tmp_path, "loss.uncertainty=true", "train.epochs=3",
-                         "train.steps_per_epoch=2", "train.val_steps=1",
-                         "train.lr_schedule=cosine", "train.lr_min_fraction=0.1",
-                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
-    result = train(config, verbose=0)
-    model = keras.models.load_model(result.run_dir / "last.keras")
-    assert np.abs(model.multitask_loss.log_vars.numpy()[:3]).max() > 0  # learned
-    rates = [float(row["learning_rate"]) for row in read_history(result.run_dir / "history.csv")]
-    # 0.002 at the first epoch, half-way down the cosine at the second, 10% at the last
-    np.testing.assert_allclose(rates, [0.002, 0.002 * 0.55, 0.0002], rtol=1e-5)
+    assert la == pytest.approx(lb, rel=1e-3), (
+        "same seed, same first-epoch loss (tf.data threads in the shared run, 2 worker "
+        "processes, a cosine schedule and MirroredStrategy on one device in the second)")
+    # worker processes: every epoch trained and validated
+    history = read_history(b.run_dir / "history.csv")
+    assert len(history) == 3 and all(np.isfinite(float(r["val_loss"])) for r in history), (
+        f"training with data.workers=2: {history}")
+    # cosine: the base rate at the first epoch, half-way down at the second, 10% at the last
+    base = config.train.learning_rate
+    rates = [float(row["learning_rate"]) for row in history]
+    np.testing.assert_allclose(rates, [base, base * 0.55, base * 0.1], rtol=1e-5,
+                               err_msg="learning rates of a 3-epoch cosine schedule")
     assert cosine_learning_rate(1, base=1.0, epochs=3, min_fraction=0.0) == pytest.approx(0.5)
 
 
@@ -161,25 +182,53 @@ def br35h_with_a_bad_file(root):
     return root
 
 
-def test_bad_data_is_found_before_the_first_epoch(tmp_path):
+def br35h_source(root):
+    return f"data.sources=[{{format: br35h, root: {root}, options: {{dedup: false}}}}]"
+
+
+@pytest.fixture(scope="module")
+def lenient_run(tmp_path_factory):
+    """One run on a Br35H folder with a file that is not an image, skipped
+    (data.on_error=skip), which early stopping ends (monitor loss, higher is better, patience
+    1: it stops at the first epoch whose loss does not rise). Two behaviours checked on one
+    run: each run costs a model build and a trace, the largest part of the suite's time."""
+    tmp = tmp_path_factory.mktemp("lenient")
+    root = br35h_with_a_bad_file(tmp / "br35h")
+    config = tiny_config(tmp, "name=lenient", "data.on_error=skip", "train.epochs=6",
+                         "train.steps_per_epoch=1", "train.val_steps=1",
+                         "train.early_stopping_patience=1", "train.monitor=loss",
+                         "train.monitor_mode=max", br35h_source(root))
+    return tmp, root, config, train(config, verbose=0)
+
+
+def test_bad_data_is_found_before_the_first_epoch(lenient_run):
     from mtl.data.adapters import DataError
 
-    root = br35h_with_a_bad_file(tmp_path / "br35h")
-    source = f"data.sources=[{{format: br35h, root: {root}, options: {{dedup: false}}}}]"
-    args = ("train.epochs=1", "train.steps_per_epoch=1", "train.val_steps=1", source)
+    tmp, root, _, result = lenient_run
+    args = ("train.epochs=1", "train.steps_per_epoch=1", "train.val_steps=1", br35h_source(root))
     with pytest.raises(DataError, match="no99.jpg"):
-        train(tiny_config(tmp_path, "name=strict", *args), verbose=0)
-    assert not (tmp_path / "strict" / "history.csv").exists()  # failed before training
-    result = train(tiny_config(tmp_path, "name=lenient", "data.on_error=skip", *args), verbose=0)
+        train(tiny_config(tmp, "name=strict", *args), verbose=0)
+    assert not (tmp / "strict" / "history.csv").exists()  # failed before training
+    # data.on_error=skip: the same folder trains, the bad file counted and named
     summary = json.loads((result.run_dir / "metrics.json").read_text())
     assert summary["skipped_at_preflight"] == 1
     assert "no99.jpg" in summary["skipped_examples"][0][0]
-    assert result.epochs_done == 1
+    assert result.epochs_done >= 1 and len(read_history(result.run_dir / "history.csv")) >= 1
 
 
-def test_resume_trusts_the_checkpoint_and_respects_early_stopping(tmp_path, tiny_phantom_run):
-    args = ("train.steps_per_epoch=2", "train.val_steps=1",
-            "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+def test_resume_respects_early_stopping(lenient_run):
+    """A run that early stopping ended stays finished when resumed with the same epochs."""
+    _, _, config, result = lenient_run
+    es_dir = result.run_dir
+    es_state = json.loads((es_dir / "state.json").read_text())
+    assert es_state["stopped_early"] and es_state["epoch"] < 6, f"early stopping: {es_state}"
+    assert result.epochs_done == es_state["epoch"]
+    again = train(config, run_dir=es_dir, resume=True, verbose=0)
+    assert again.epochs_done == es_state["epoch"]
+    assert len(read_history(es_dir / "history.csv")) == es_state["epoch"]
+
+
+def test_resume_trusts_the_checkpoint(tmp_path, tiny_phantom_run):
     # a copy of the suite's shared run (2 epochs of 2 steps, conftest.py), as if killed after
     # last.keras was saved but before state.json said so
     run_dir = tmp_path / "r"
@@ -194,16 +243,6 @@ def test_resume_trusts_the_checkpoint_and_respects_early_stopping(tmp_path, tiny
     assert int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations) == 3 * 2
     assert result.epochs_done == 3
 
-    # a run that early stopping ended stays finished when resumed with the same epochs
-    stop = tiny_config(tmp_path, "name=es", "train.epochs=6", "train.early_stopping_patience=1",
-                       "train.monitor=loss", "train.monitor_mode=max", *args)
-    es_dir = train(stop, verbose=0).run_dir
-    es_state = json.loads((es_dir / "state.json").read_text())
-    assert es_state["stopped_early"] and es_state["epoch"] < 6
-    again = train(stop, run_dir=es_dir, resume=True, verbose=0)
-    assert again.epochs_done == es_state["epoch"]
-    assert len(read_history(es_dir / "history.csv")) == es_state["epoch"]
-
 
 def test_resume_refuses_overrides_outside_train(tmp_path):
     from mtl.config import ConfigError
@@ -216,27 +255,6 @@ def test_resume_refuses_overrides_outside_train(tmp_path):
     with pytest.raises(ConfigError, match="only train"):
         resume_config(run_dir, ["data.classes=[no_tumor, glioma]"])
     assert resume_config(run_dir, ["train.epochs=4"]).train.epochs == 4
-
-
-def test_mixed_bfloat16_trains_resumes_and_saves_a_float32_predicting_model(tmp_path):
-    config = tiny_config(tmp_path, "train.precision=mixed_bfloat16", "train.epochs=2",
-                         "train.steps_per_epoch=3", "train.val_steps=1",
-                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
-    result = train(config, verbose=0)
-    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
-    history = read_history(result.run_dir / "history.csv")
-    assert all(np.isfinite(float(row["loss"])) for row in history)
-    # resuming rebuilds the model under the run's precision
-    config.train.epochs = 3
-    again = train(config, run_dir=result.run_dir, resume=True, verbose=0)
-    assert again.epochs_done == 3
-    # outside training the saved model computes in float32
-    model = keras.models.load_model(result.run_dir / "last.keras", compile=False)
-    convs = [layer for layer in model.net.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert {layer.compute_dtype for layer in convs} == {"float32"}
-    x = np.random.default_rng(0).random((2, 64, 64, 1), np.float32)
-    out = model(x, training=False)
-    assert all("float32" in str(v.dtype) for v in out.values())
 
 
 def test_mixed_precision_computes_in_bfloat16_with_float32_heads_and_loss(tmp_path):
@@ -256,17 +274,50 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_heads_and_loss(tmp_pa
         tiny_config(tmp_path, "train.precision=float8")
 
 
-def test_training_with_worker_processes(tmp_path):
-    config = tiny_config(tmp_path, "data.workers=2", "train.epochs=2", "train.steps_per_epoch=3",
-                         "train.val_steps=1",
-                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
-    result = train(config, verbose=0)
-    history = read_history(result.run_dir / "history.csv")
-    assert len(history) == 2 and all(np.isfinite(float(r["val_loss"])) for r in history)
-
-
 def test_unknown_learning_rate_schedule_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="lr_schedule"):
         tiny_config(tmp_path, "train.lr_schedule=step")
     with pytest.raises(ConfigError, match="lr_min_fraction"):
         tiny_config(tmp_path, "train.lr_min_fraction=1.5")
+
+
+def test_resume_after_a_killed_run_continues_from_the_saved_epoch(killed_run):
+    """A real `mtl train` process is SIGKILLed mid-run (the fixture above); `--resume` picks up
+    where it stopped. The run is in mixed bfloat16 with uncertainty weighting: resuming must
+    rebuild the model under the run's precision, and the saved model predict in float32."""
+    proc, run_dir, watcher, outcome = killed_run
+    watcher.join(timeout=1000)
+    proc.wait(timeout=60)
+    if "error" in outcome:
+        pytest.fail(outcome["error"])
+    assert outcome == {"killed": "after an epoch"}, outcome
+    saved = json.loads((run_dir / "state.json").read_text())["epoch"]
+    assert 1 <= saved < 4
+    before = read_history(run_dir / "history.csv")[:saved]
+    saved_iterations = int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations)
+    assert saved_iterations == 3 * saved
+
+    config = load_config(run_dir / "config.yaml")
+    assert config.train.precision == "mixed_bfloat16"
+    result = train(config, run_dir=run_dir, resume=True, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+    history = read_history(run_dir / "history.csv")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # counted from 1, as on the console
+    assert history[:saved] == before  # finished epochs are kept as they were
+    assert all(np.isfinite(float(row["loss"])) for row in history), f"bfloat16 losses {history}"
+    model = keras.models.load_model(run_dir / "last.keras")
+    assert int(model.optimizer.iterations) == 3 * 4  # optimizer state carried over
+    assert result.epochs_done == 4
+    # a finished run resumed again does nothing
+    again = train(config, run_dir=run_dir, resume=True, verbose=0)
+    assert again.epochs_done == 4 and len(read_history(run_dir / "history.csv")) == 4
+
+    # mixed bfloat16: outside training the saved model computes in float32
+    model = keras.models.load_model(run_dir / "last.keras", compile=False)
+    convs = [layer for layer in model.net.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert {layer.compute_dtype for layer in convs} == {"float32"}, "saved model under bfloat16"
+    out = model(np.random.default_rng(0).random((2, 32, 32, 1), np.float32), training=False)
+    assert all("float32" in str(v.dtype) for v in out.values()), "predictions not in float32"
+    # uncertainty weighting learned its log-variances (they start at 0)
+    log_vars = model.multitask_loss.log_vars.numpy()[:3]
+    assert np.abs(log_vars).max() > 0, f"loss.uncertainty: log-variances not learned {log_vars}"

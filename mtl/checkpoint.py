@@ -90,12 +90,12 @@ def _remove(path: Path) -> None:
 
 
 class EpochCommit:
-    """Stage the files of one epoch, then :meth:`commit` them all at once.
+    """Stage the files of one epoch, then :meth:`commit` them all at once::
 
-    >>> c = EpochCommit(run_dir, epoch=3)
-    >>> c.text("state.json", "...")
-    >>> c.model("last.keras", model)
-    >>> c.commit()
+        commit = EpochCommit(run_dir, epoch=3)
+        commit.text("state.json", text)
+        commit.model("last.keras", model)
+        commit.commit()
     """
 
     def __init__(self, run_dir: Path, epoch: int) -> None:
@@ -139,10 +139,11 @@ class EpochCommit:
         _apply(self.run_dir)
 
 
-def _apply(run_dir: Path) -> list[str]:
+def _apply(run_dir: Path, names: list[str] | None = None) -> list[str]:
     """Move the staged files of a committed epoch into place; returns the names moved now."""
     pending = run_dir / PENDING
-    names = json.loads((pending / COMMIT).read_text())["files"]
+    if names is None:
+        names = json.loads((pending / COMMIT).read_text())["files"]
     moved = []
     for name in names:
         if (pending / name).exists():
@@ -171,16 +172,18 @@ def recover(run_dir: Path) -> str | None:
             pending.rmdir()
         return f"{run_dir}: {removed[2:]}" if stale else None
     marker = pending / COMMIT
-    if marker.is_file():
+    if marker.is_file():  # past the commit point: every staged file is complete
         try:
-            epoch = json.loads(marker.read_text()).get("epoch")
-        except ValueError:  # written atomically: only a damaged disk gets here
-            epoch = None
-        if epoch is not None:
-            moved = _apply(run_dir)
-            return (f"{run_dir}: the checkpoint of epoch {epoch} was interrupted after it was "
-                    f"committed; finished it ({', '.join(moved) or 'nothing left to move'})"
-                    + removed)
+            record = json.loads(marker.read_text())
+            epoch, names = record["epoch"], list(record["files"])
+        except (ValueError, KeyError, TypeError):  # written atomically: only a damaged disk
+            epoch = "?"
+            names = sorted(p.name for p in pending.iterdir() if p.name != COMMIT
+                           and not p.name.endswith(".tmp"))
+        moved = _apply(run_dir, names)
+        return (f"{run_dir}: the checkpoint of epoch {epoch} was interrupted after it was "
+                f"committed; finished it ({', '.join(moved) or 'nothing left to move'})"
+                + removed)
     staged = sorted(p.name for p in pending.iterdir())
     shutil.rmtree(pending)
     return (f"{run_dir}: the checkpoint of an epoch was interrupted before it was committed; "
@@ -304,7 +307,8 @@ def history_best(rows: Sequence[dict[str, Any]], monitor: str, mode: str
 
 def reconcile(run_dir: Path, state: dict[str, Any], history: list[dict[str, Any]],
               held_epoch: int, monitor: str, mode: str,
-              write_history: Callable[[list[dict[str, Any]]], str]) -> tuple[dict[str, Any], str | None]:
+              write_history: Callable[[list[dict[str, Any]]], str]
+              ) -> tuple[dict[str, Any], str | None]:
     """Check ``state.json`` and ``best.keras`` against ``history.csv`` and the epoch that
     ``last.keras`` holds (``held_epoch``), and repair the run folder, in one commit, where they
     disagree. Returns the state to continue from and one line saying what was repaired (None

@@ -537,8 +537,10 @@ def train(
             initial_epoch = held
             keras.utils.set_random_seed(config.seed + initial_epoch)
     errors = LoadErrors()
-    train_plan = plan_training(sources, seed=config.seed, epochs=range(initial_epoch, t.epochs),
-                               steps=steps, batch_size=scale.global_batch)
+    fitting = initial_epoch < t.epochs and not stopped  # else only the end of training is redone
+    train_plan = plan_training(sources, seed=config.seed, steps=steps,
+                               batch_size=scale.global_batch,
+                               epochs=range(initial_epoch, t.epochs if fitting else initial_epoch + 1))
     encoder = SampleEncoder(config, augment=True, cache=config.data.cache)
 
     def build_train(shard: int, shards: int, batch: int):
@@ -595,7 +597,7 @@ def train(
     callbacks += extra_callbacks or []
 
     started = time.perf_counter()
-    if initial_epoch < t.epochs and not stopped:  # else only the end of training is redone
+    if fitting:
         model.fit(
             train_ds,
             validation_data=val_ds,

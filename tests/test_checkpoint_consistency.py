@@ -78,7 +78,8 @@ class FaultyDisk:
     def _wrap(self, name, real):
         def operation(*args):
             self.count += 1
-            self.log.append((name, str(args[-1] if name != "_replace" else args[1]).rsplit("/", 2)[-2:]))
+            target = args[1] if name in ("_replace", "_copy", "_save_model") else args[0]
+            self.log.append((name, str(target).rsplit("/", 2)[-2:]))
             if self.count == self.at:
                 if self.torn and name == "_write":
                     args[0].write_bytes(args[1][: len(args[1]) // 2])
@@ -182,7 +183,8 @@ def test_resume_repairs_a_run_killed_by_an_older_mtl(tmp_path):
     assert held == 2
     state, note = reconcile(run_dir, old_state, read_history(run_dir / "history.csv"), held,
                             "val_loss", "min", history_text)
-    assert "\n" not in note and "state.json said epoch 1" in note and "copied from last.keras" in note
+    assert "\n" not in note and "state.json said epoch 1" in note
+    assert "copied from last.keras" in note
     assert (state["epoch"], state["best"], state["best_epoch"]) == (2, 13.3, 2)
     assert json.loads((run_dir / "state.json").read_text())["best_epoch"] == 2
     assert epoch_of(run_dir / "best.keras") == 2

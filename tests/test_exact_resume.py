@@ -67,7 +67,8 @@ def test_dropout_generators_and_callback_counters_are_restored(tmp_path, monkeyp
     for a, b in zip(straight, resumed):
         assert (a["loss"], a["learning_rate"]) == pytest.approx((b["loss"], b["learning_rate"]),
                                                                 rel=1e-6)
-    a, b = weights(tmp_path / "straight" / "last.keras"), weights(tmp_path / "resumed" / "last.keras")
+    a = weights(tmp_path / "straight" / "last.keras")
+    b = weights(tmp_path / "resumed" / "last.keras")
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-6, err_msg=name)
 

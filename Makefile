@@ -16,7 +16,7 @@ $(STAMP): setup.cfg setup.py
 
 demo: setup
 	$(VENV)/bin/mtl train --config experiments/demo.yaml
-	$(PY) -c "from mtl.data.phantoms import write_example_slice as w; print('example slice (synthetic):', w('runs/demo/example_slice.png'))"
+	$(PY) -c "from mtl.data.adapters.phantoms import write_example_slice as w; print('example slice (synthetic):', w('runs/demo/example_slice.png'))"
 
 test: setup
 	$(PY) -m pytest -q

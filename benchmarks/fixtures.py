@@ -95,7 +95,7 @@ def open_train_sources(config) -> list:
 
 def phantom_slice(size: int, index: int = 1, seed: int = 0) -> np.ndarray:
     """A phantom slice with a tumor, as uint8 (what a PNG export of a scan holds)."""
-    from mtl.data.phantoms import render_phantom
+    from mtl.data.adapters.phantoms import render_phantom
 
     image = render_phantom(seed, index, size, "glioma").image
     return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)

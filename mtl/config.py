@@ -62,6 +62,10 @@ class DataConfig:
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
     image_size: int = 128
     channels: int = 1
+    #: names of the input channels when they are MR sequences, in order (e.g. [pre-contrast,
+    #: flair, post-contrast]): every sample must carry exactly these (meta["channels"]), each is
+    #: intensity-scaled on its own, and the model records them so inference asks for each one
+    channel_names: list[str] | None = None
     #: per-image intensity scaling to [0, 1] between these percentiles
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     split: dict[str, float] = field(
@@ -132,6 +136,17 @@ class TrainConfig:
     #: is automatic). auto: bfloat16 where the CPU or GPU computes in it, else float32
     #: (mtl.precision)
     precision: str = "float32"
+    #: XLA compilation of the training and validation steps (Keras's compile(jit_compile)):
+    #: auto follows Keras (on where a GPU is visible and no tf.distribute strategy spans
+    #: several replicas, off on CPU-only machines); true / false force it. Same results up to
+    #: float rounding (tested); compiling takes minutes at the start of a run
+    #: (benchmarks/step_profile.py measures both)
+    jit_compile: bool | str = "auto"
+    #: training steps run per call from Python into TensorFlow (Keras's steps_per_execution);
+    #: > 1 saves per-step Python overhead where steps are short (small images, GPUs). Progress
+    #: and batch-level callbacks then report every N steps. Reduced to the largest divisor of
+    #: the steps per epoch, so epochs keep their batches
+    steps_per_execution: int = 1
     #: null: one pass over the training split per epoch
     steps_per_epoch: int | None = None
     val_steps: int | None = None
@@ -195,6 +210,12 @@ class Config:
         if self.train.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
                               f"not {self.train.precision!r}")
+        if self.train.jit_compile not in ("auto", True, False):
+            raise ConfigError(f"train.jit_compile must be auto, true or false, "
+                              f"not {self.train.jit_compile!r}")
+        if self.train.steps_per_execution < 1:
+            raise ConfigError(f"train.steps_per_execution must be >= 1, "
+                              f"got {self.train.steps_per_execution}")
         if self.train.lr_scaling not in ("linear", "none"):
             raise ConfigError("train.lr_scaling must be 'linear' or 'none'")
         if self.loss.dice not in ("image", "batch"):
@@ -225,6 +246,13 @@ class Config:
                               f"got {self.data.image_size}")
         if self.data.channels < 1:
             raise ConfigError(f"data.channels must be >= 1, got {self.data.channels}")
+        names = self.data.channel_names
+        if names is not None:
+            if len(names) != self.data.channels:
+                raise ConfigError(f"data.channel_names lists {len(names)} names for "
+                                  f"data.channels={self.data.channels}")
+            if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"data.channel_names must be distinct non-empty names, got {names}")
         unknown_tasks = sorted(set(self.loss.weights) - {"presence", "type", "mask", "box"})
         if unknown_tasks:
             raise ConfigError(f"loss.weights: unknown task(s) {', '.join(unknown_tasks)}; "

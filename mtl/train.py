@@ -428,19 +428,41 @@ def cosine_learning_rate(epoch: int, _current: float = 0.0, *, base: float, epoc
     return float(base * (min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))))
 
 
-def build_model(config: Config, learning_rate: float | None = None) -> MultiTaskModel:
+def build_model(config: Config, learning_rate: float | None = None,
+                steps_per_epoch: int | None = None) -> MultiTaskModel:
+    """The untrained model of ``config``, compiled with Adam and ``train.jit_compile`` /
+    ``train.steps_per_execution`` (:func:`step_options`; ``steps_per_epoch`` caps the latter)."""
     d = config.data
     with precision_policy(config.train.precision):
         model = MultiTaskModel(
             spec=config.network_spec(),
             loss={"weights": dict(config.loss.weights), "uncertainty": config.loss.uncertainty,
                   "dice_smooth": config.loss.dice_smooth, "dice": config.loss.dice},
-            preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles),
+            preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
+                                             d.channel_names),
             name="mtl",
         )
         lr = config.train.learning_rate if learning_rate is None else learning_rate
-        model.compile(optimizer=keras.optimizers.Adam(lr))  # float16: wrapped in loss scaling
+        # float16: wrapped in loss scaling
+        model.compile(optimizer=keras.optimizers.Adam(lr),
+                      **step_options(config.train, steps_per_epoch))
     return model
+
+
+def step_options(train: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """``model.compile``'s ``jit_compile`` and ``steps_per_execution`` from ``train.*``.
+
+    With ``steps_per_epoch``, ``steps_per_execution`` is cut to its largest divisor: Keras runs
+    whole executions, so one that did not divide the epoch would train on the next epoch's
+    batches (and end the planned dataset early).
+    """
+    spe = int(train.steps_per_execution)
+    if steps_per_epoch:
+        spe = max(d for d in range(1, min(spe, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+        if spe != train.steps_per_execution:
+            log.info("train.steps_per_execution %d -> %d, the largest divisor of the %d steps "
+                     "per epoch", train.steps_per_execution, spe, steps_per_epoch)
+    return {"jit_compile": train.jit_compile, "steps_per_execution": spe}
 
 
 def train(
@@ -517,8 +539,11 @@ def train(
                 raise ResumeError(f"{run_dir / 'last.keras'}: cannot resume, the checkpoint "
                                   f"cannot be loaded ({describe(exc)}); best.keras may still "
                                   "be usable, or start a new run") from None
+            # this run's train.jit_compile and steps_per_execution, not those saved with the
+            # model; the same optimizer, so its state carries on
+            model.compile(optimizer=model.optimizer, **step_options(t, steps))
         else:
-            model = build_model(config, learning_rate=scale.learning_rate)
+            model = build_model(config, learning_rate=scale.learning_rate, steps_per_epoch=steps)
     # every file saved from here carries the card; temperatures are fitted when training ends
     model.card, model.calibration = card, None
     if resume:
@@ -645,4 +670,5 @@ def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     return config
 
 
-__all__ = ["ResumeError", "TrainResult", "build_model", "new_run_dir", "resume_config", "train"]
+__all__ = ["ResumeError", "TrainResult", "build_model", "new_run_dir", "resume_config",
+           "step_options", "train"]

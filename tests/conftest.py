@@ -56,18 +56,24 @@ LEARNING = [
 
 @pytest.fixture(scope="session")
 def learned_run(tmp_path_factory):
-    """A tiny network that learns: 7 epochs on 200 phantoms from two datasets, with validation.
+    """A tiny network that learns: 7 epochs on 240 phantoms from two datasets, with validation.
     tests/test_train.py checks that it learned, tests/test_evaluate.py evaluates it (each
     training run costs a model build and a trace). Tests must not change the folder: copy it
-    first. Returns (config, TrainResult)."""
+    first. Returns (config, TrainResult).
+
+    The first dataset is the 200 phantoms the learning tests always used; with it, held-out
+    Dice reached 0.66, 0.80 and 0.82 for seeds 0, 1 and 2 (the tests ask for 0.4). A split of
+    the same size into 120 + 80 phantoms reached only 0.36 for seed 0: a few dozen steps of
+    training are sensitive to the data, so change these datasets only with a look at the
+    margin over several seeds."""
     from mtl.config import load_config
     from mtl.train import train
 
     runs = tmp_path_factory.mktemp("learned-runs")
     config = load_config(overrides=LEARNING + [
         f"train.runs_dir={runs}", "name=learn", "train.epochs=7",
-        "data.sources=[{format: phantoms, options: {n: 120, size: 64, seed: 5}}, "
-        "{format: phantoms, options: {n: 80, size: 64, seed: 6}}]"])
+        "data.sources=[{format: phantoms, options: {n: 200, size: 64, seed: 5}}, "
+        "{format: phantoms, options: {n: 40, size: 64, seed: 6}}]"])
     return config, train(config, verbose=0)
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from mtl.data.adapters import get_adapter
 from mtl.data.adapters.base import DataError, Record
 from mtl.data.adapters.br35h import Br35hAdapter, parse_region, rasterise
-from mtl.data.adapters.class_folders import read_gray_image
+from mtl.data.adapters.base import read_gray_image
 from mtl.data.splits import check_no_leak, split_records
 
 SQUARE = {"name": "polygon", "all_points_x": [10, 30, 30, 10], "all_points_y": [5, 5, 20, 20]}

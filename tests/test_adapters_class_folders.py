@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from mtl.data.adapters import get_adapter
-from mtl.data.adapters.base import DataError
-from mtl.data.adapters.class_folders import ClassFoldersAdapter, read_gray_image
+from mtl.data.adapters.base import DataError, read_gray_image
+from mtl.data.adapters.class_folders import ClassFoldersAdapter
 
 
 def write_image(path: Path, size: tuple[int, int] = (32, 24), mode: str = "RGB") -> Path:

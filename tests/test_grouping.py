@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mtl.data import grouping
+from mtl.data.grouping import features as grouping_features
 from mtl.data.grouping import (
     box_jumps,
     cache_dir,
@@ -254,13 +254,13 @@ def test_features_are_cached_by_size_and_mtime(
     assert cache_dir() == _cache_in_tmp
     assert list(_cache_in_tmp.glob("image-features-*.npz"))
     calls: list[Path] = []
-    real = grouping._features_of
+    real = grouping_features._features_of
 
-    def counting(path: Path) -> grouping.FeatureRow:
+    def counting(path: Path) -> grouping_features.FeatureRow:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(grouping, "_features_of", counting)
+    monkeypatch.setattr(grouping_features, "_features_of", counting)
     again = image_features(paths)
     assert calls == []
     np.testing.assert_array_equal(first.phash, again.phash)

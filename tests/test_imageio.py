@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl.data.adapters.class_folders import read_gray_image
+from mtl.data.adapters.base import read_gray_image
 from mtl.data.imageio import ImageReadError, read_gray
 from mtl.infer.readers import InputError, read_image
 

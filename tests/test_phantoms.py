@@ -1,4 +1,4 @@
-"""Tests for the synthetic phantom dataset (mtl.data.phantoms)."""
+"""Tests for the synthetic phantom dataset (mtl.data.adapters.phantoms)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from mtl.data.adapters import Record, get_adapter
-from mtl.data.phantoms import (
+from mtl.data.adapters.phantoms import (
     FOV_MM,
     KINDS,
     PhantomAdapter,

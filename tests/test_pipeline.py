@@ -267,3 +267,59 @@ def test_cache_gives_the_same_batches_and_loads_each_item_once():
     fresh = SampleEncoder(cfg, augment=False).prepare(samples[0], src)
     np.testing.assert_array_equal(encoder._cache[(0, 0)].image, fresh.image)
     np.testing.assert_array_equal(encoder._cache[(0, 0)].mask, fresh.mask)
+
+
+NAMED = ["pre-contrast", "flair", "post-contrast"]
+
+
+def named_sample(channels=NAMED, n=3):
+    rng = np.random.default_rng(0)
+    # three sequences with very different intensity ranges
+    image = np.stack([rng.uniform(0, 10, (48, 48)), rng.uniform(100, 4000, (48, 48)),
+                      rng.uniform(0, 1, (48, 48))][:n], axis=-1).astype(np.float32)
+    meta = {"channels": list(channels)} if channels is not None else {}
+    return make_sample(image, case_id="c0", presence=0, label="no_tumor", meta=meta)
+
+
+def test_named_channels_are_scaled_each_on_its_own_and_recorded_in_the_spec():
+    cfg = config(**{"data.channels": 3, "data.channel_names": NAMED})
+    encoder = SampleEncoder(cfg, augment=False)
+    assert encoder.spec["channel_names"] == NAMED
+    assert encoder.spec["intensity"] == "percentile_per_channel"
+    prepared = encoder.prepare(named_sample(), source_of([named_sample()]))
+    # every channel spans [0, 1] on its own: one shared range would leave two channels near 0
+    assert (np.percentile(prepared.image.reshape(-1, 3), 99, axis=0) > 0.8).all()
+    assert (np.percentile(prepared.image.reshape(-1, 3), 50, axis=0) > 0.3).all()
+    # an unnamed 3-channel model keeps the shared range
+    shared = SampleEncoder(config(**{"data.channels": 3}), augment=False)
+    plain = shared.prepare(named_sample(channels=None), source_of([named_sample(channels=None)]))
+    assert plain.image[..., 2].max() < 0.01
+
+
+def test_a_sample_without_the_named_channels_is_refused_naming_them():
+    cfg = config(**{"data.channels": 3, "data.channel_names": NAMED})
+    encoder = SampleEncoder(cfg, augment=False)
+    with pytest.raises(DataError, match="missing post-contrast"):
+        encoder.prepare(named_sample(channels=["pre-contrast", "flair"], n=2),
+                        source_of([named_sample()]))
+    with pytest.raises(DataError, match="another order"):
+        encoder.prepare(named_sample(channels=NAMED[::-1]), source_of([named_sample()]))
+    with pytest.raises(DataError, match="needs 3 input channels"):  # no names: counted
+        encoder.prepare(named_sample(channels=None, n=1), source_of([named_sample()]))
+
+
+def test_grey_is_never_copied_into_named_channels():
+    spec = SampleEncoder(config(**{"data.channels": 3, "data.channel_names": NAMED}),
+                         augment=False).spec
+    with pytest.raises(ValueError, match=r"needs 3 input channels \(pre-contrast, flair, "
+                                         r"post-contrast, in this order\); the image has 1"):
+        prepare_image(np.zeros((20, 20), np.uint8), spec)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"data.channels": 2, "data.channel_names": NAMED}, "3 names for data.channels=2"),
+    ({"data.channels": 2, "data.channel_names": ["flair", "flair"]}, "distinct"),
+])
+def test_channel_names_must_match_the_channels(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config(**override)

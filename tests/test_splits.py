@@ -162,7 +162,7 @@ def test_save_refuses_leaks_and_load_rejects_junk(tmp_path: Path) -> None:
 
 def test_small_datasets_with_thin_strata_still_split():
     """Fewer members per class than folds: falls back without leaking (30 phantoms, 4 classes)."""
-    from mtl.data.phantoms import PhantomAdapter
+    from mtl.data.adapters.phantoms import PhantomAdapter
 
     records = PhantomAdapter(None, n=30, size=32).records()
     for seed in range(5):

@@ -93,7 +93,7 @@ def killed_run(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(learned_run):
-    """7 epochs on 200 phantoms of two datasets (conftest.py; tests/test_evaluate.py evaluates
+    """7 epochs on 240 phantoms of two datasets (conftest.py; tests/test_evaluate.py evaluates
     the same run)."""
     return learned_run
 
@@ -135,8 +135,8 @@ def test_held_out_dice_beats_chance(trained):
     # chance: a prediction that marks every pixel as tumor
     chance = dice_per_image(pred.targets["mask"][tumor], np.ones_like(pred.outputs["mask"][tumor])).mean()
     assert chance < 0.1
-    # the shared run (two phantom datasets, 7 epochs) reached 0.356 against a chance of 0.031
-    assert dice > max(0.3, 5 * chance), f"held-out Dice {dice:.3f} (chance {chance:.3f})"
+    # the shared run reaches 0.66-0.82 (seeds 0-2, conftest.py) against a chance of about 0.03
+    assert dice > 0.4, f"held-out Dice {dice:.3f} (chance {chance:.3f})"
 
 
 def test_seed_makes_runs_reproducible_with_worker_processes_and_a_cosine_schedule(

@@ -27,15 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtl.data.adapters.base import Record
-from mtl.data.grouping import (
+from mtl.data.grouping.features import (
     ImageFeatures,
-    duplicate_pairs,
     features_of_gray,
-    group_labels,
     image_features,
     stack_features,
     unreadable_features,
 )
+from mtl.data.grouping.near_duplicates import duplicate_pairs, group_labels
 from mtl.data.splits import split_records
 
 if TYPE_CHECKING:

@@ -4,6 +4,9 @@
 black); 16-bit and floating-point images keep their values, because the network's per-image
 percentile scaling (:mod:`mtl.data.preprocess`) is what maps intensities to [0, 1]. The format is
 taken from the content, not the suffix, and EXIF orientation is applied as viewers display it.
+
+:func:`read_channels` keeps an image's channels as stored instead, for models whose input
+channels are named MR sequences (e.g. the LGG set's 3-channel TIFF slices).
 """
 
 from __future__ import annotations
@@ -46,6 +49,55 @@ def read_gray(path: str | Path) -> np.ndarray:
         if path.suffix.lower() in (".tif", ".tiff"):
             return _read_tiff(path, exc)
         raise ImageReadError(f"{path}: cannot read image ({describe_error(exc)})") from exc
+
+
+def read_channels(path: str | Path) -> np.ndarray:
+    """An image file -> (H, W) for a grey image or (H, W, C) with its channels kept as they are
+    stored (no luma, no copies): for models whose channels are MR sequences, e.g. the
+    3-channel TIFF slices of the LGG set (pre-contrast, FLAIR, post-contrast). An alpha channel
+    is composited onto black, as :func:`read_gray` does; a palette image is expanded."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                raise ImageReadError(f"{path}: holds {img.n_frames} frames, not a 2-D image "
+                                     "(give a volume as NIfTI or DICOM)")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
+                return np.array(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                grey = img.mode == "LA"
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+                return np.array(img.convert("L" if grey else "RGB"))
+            if img.mode in ("1", "P"):
+                return np.array(img.convert("RGB" if img.mode == "P" else "L"))
+            return np.array(img)  # RGB, CMYK, ... as stored
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError...
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise ImageReadError(f"{path}: cannot read image ({describe_error(exc)})") from exc
+        first_error = exc
+    try:  # TIFFs PIL cannot open (float, 16-bit multi-sample, planar) through tifffile
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            array = np.asarray(page.asarray())
+            planar = getattr(page, "planarconfig", None) == 2  # channels first (separate)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"{path}: cannot read image ({describe_error(first_error)}; "
+                             f"tifffile: {describe_error(exc)})") from exc
+    if array.ndim == 3 and planar:
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim not in (2, 3):
+        raise ImageReadError(f"{path}: TIFF of shape {array.shape} is not a 2-D image "
+                             "(give a volume as NIfTI or DICOM)")
+    return array
 
 
 def _read_tiff(path: Path, first_error: Exception) -> np.ndarray:

@@ -29,7 +29,9 @@ import numpy as np
 
 from mtl.config import AugmentConfig, Config, ConfigError, SourceConfig
 from mtl.data.adapters import Adapter, Record, get_adapter
-from mtl.data.preprocess import box_to_mask, letterbox, prepare_image, preprocessing_spec
+from mtl.data.preprocess import (
+    box_to_mask, check_channels, letterbox, prepare_image, preprocessing_spec,
+)
 from mtl.data.sample import Sample
 
 if TYPE_CHECKING:
@@ -213,6 +215,27 @@ class Prepared:
         return self.image.nbytes + self.mask.nbytes + self.box.nbytes
 
 
+def check_sample_channels(sample: Sample, names: list[str]) -> None:
+    """A sample fed to a model with named channels must carry those sequences, in that order
+    (``meta["channels"]``, set by adapters such as lgg); a sample that does not say which
+    channels it holds must at least have that many."""
+    from mtl.data.adapters import DataError
+
+    meta = sample["meta"]
+    declared = meta.get("channels")
+    where = meta.get("source") or sample["case_id"]
+    if declared is not None and list(declared) != list(names):
+        missing = [n for n in names if n not in declared]
+        detail = f"missing {', '.join(missing)}" if missing else "in another order"
+        raise DataError(f"{where}: holds channels {list(declared)}, data.channel_names asks for "
+                        f"{list(names)} ({detail})")
+    if declared is None:
+        try:
+            check_channels(sample["image"], names)
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}") from None
+
+
 class SampleEncoder:
     """Turns a sample dict into network input, targets and per-task weights (NumPy).
 
@@ -226,7 +249,9 @@ class SampleEncoder:
     def __init__(self, config: Config, augment: bool, cache: bool = False) -> None:
         d = config.data
         self.classes = list(d.classes)
-        self.spec = preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles)
+        self.spec = preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
+                                       d.channel_names)
+        self.channel_names = list(d.channel_names) if d.channel_names else None
         self.size = d.image_size
         self.channels = d.channels
         self._aug_cfg = d.augment if augment else None
@@ -256,6 +281,8 @@ class SampleEncoder:
         return self._local.aug
 
     def prepare(self, sample: Sample, source: Source) -> Prepared:
+        if self.channel_names is not None:
+            check_sample_channels(sample, self.channel_names)
         image, info = prepare_image(sample["image"], self.spec)
         h, w = sample["image"].shape[:2]
         has_mask = sample["mask"] is not None

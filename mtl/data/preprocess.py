@@ -3,8 +3,11 @@
 Training and inference use these same functions with the parameters stored in the model
 (:func:`preprocessing_spec`), so intensities are never re-typed by hand.
 
-- channels: RGB -> grey by luminance, or grey repeated to 3 channels, as the model expects;
-- intensity: per-image linear scaling to [0, 1] between two percentiles of the image;
+- channels: RGB -> grey by luminance, or grey repeated to 3 channels, as the model expects; a
+  model whose channels are named MR sequences (``channel_names``, e.g. pre-contrast, FLAIR,
+  post-contrast) takes exactly those channels, in that order, and nothing is ever copied or mixed;
+- intensity: per-image linear scaling to [0, 1] between two percentiles of the image, computed
+  for each channel on its own when the channels are named sequences (their ranges differ);
 - geometry: letterbox, i.e. zero-pad to a square (keeping the aspect ratio) then resize.
 """
 
@@ -32,16 +35,46 @@ class Letterbox:
         return asdict(self)
 
 
+class MissingChannels(ValueError):
+    """An input lacks a channel (an MR sequence) the model needs; the message names it."""
+
+
 def preprocessing_spec(
-    image_size: int, channels: int, intensity_percentiles: list[float] | tuple[float, float]
+    image_size: int,
+    channels: int,
+    intensity_percentiles: list[float] | tuple[float, float],
+    channel_names: list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
+    """What the model stores about its input. With ``channel_names`` the channels are MR
+    sequences, in this order, each scaled between its own percentiles ("percentile_per_channel")."""
+    names = [str(n) for n in channel_names] if channel_names else None
+    if names is not None and len(names) != int(channels):
+        raise ValueError(f"{len(names)} channel names for {channels} channels")
     return {
         "image_size": int(image_size),
         "channels": int(channels),
-        "intensity": "percentile",
+        "channel_names": names,
+        "intensity": "percentile_per_channel" if names else "percentile",
         "intensity_percentiles": [float(p) for p in intensity_percentiles],
         "geometry": "letterbox",
     }
+
+
+def channel_names(spec: dict[str, Any]) -> list[str] | None:
+    """The model's named input channels (MR sequences), or None for a grey/RGB model."""
+    names = spec.get("channel_names")
+    return list(names) if names else None
+
+
+def check_channels(image: np.ndarray, names: list[str]) -> None:
+    """Refuse an image that is not one channel per named sequence (no grey copy is ever made)."""
+    image = np.asarray(image)
+    found = image.shape[-1] if image.ndim == 3 else 1
+    if found != len(names):
+        raise MissingChannels(
+            f"this model needs {len(names)} input channels ({', '.join(names)}, in this order); "
+            f"the image has {found}. Give a {len(names)}-channel image in that order, or one "
+            f"image per sequence ({' '.join(f'--input {n}=FILE' for n in names)})")
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -106,9 +139,15 @@ def unletterbox(array: np.ndarray, info: Letterbox, *, nearest: bool = False) ->
 
 def prepare_image(image: np.ndarray, spec: dict[str, Any]) -> tuple[np.ndarray, Letterbox]:
     """A raw slice -> float32 (size, size, channels) in [0, 1], and how it was placed."""
-    image = to_channels(image, spec["channels"])
     low, high = spec["intensity_percentiles"]
-    image = scale_intensity(image, low, high)
+    names = channel_names(spec)
+    if names is not None:
+        check_channels(image, names)
+        image = np.asarray(image, dtype=np.float32).reshape(*np.shape(image)[:2], len(names))
+        image = np.stack([scale_intensity(image[..., c], low, high)
+                          for c in range(len(names))], axis=-1)
+    else:
+        image = scale_intensity(to_channels(image, spec["channels"]), low, high)
     info = letterbox_info(image.shape[0], image.shape[1], spec["image_size"])
     # interpolation can overshoot [0, 1] by a rounding error
     return np.clip(letterbox(image, info, nearest=False), 0.0, 1.0), info

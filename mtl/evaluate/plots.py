@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mtl.evaluate.metrics import dice_iou
+from mtl.evaluate.patient import plot_name
 from mtl.evaluate.predict import SplitPredictions
 from mtl.plots import plt, save_figure
 
@@ -20,6 +21,24 @@ def roc_plot(roc: dict[str, list[float]], auc: float | None, threshold: float, p
     ax.plot(roc["fpr"][k], roc["tpr"][k], "o", color="C3", label=f"threshold {threshold:g}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="tumor presence", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def patient_roc_plot(dataset: str, entry: dict[str, Any], path: Path) -> Path:
+    """Patient-level ROC curve(s) of one dataset (:mod:`mtl.evaluate.patient`)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for i, (name, curve) in enumerate(entry["roc"].items()):
+        ax.plot(curve["fpr"], curve["tpr"], lw=2, color=f"C{i}", drawstyle="steps-post",
+                label=name)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    auc, ci = entry["roc_auc"], entry["roc_auc_ci95"]
+    what = f"AUC {auc:.3f}" + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+    counts = ", ".join(f"{v} {k}" for k, v in entry["n_patients_per_class"].items())
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"{dataset}, per patient: {what}\n{entry['n_patients']} patients ({counts})")
+    ax.title.set_fontsize(8)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
@@ -120,6 +139,9 @@ def write_all(pred: SplitPredictions, result: dict[str, Any], roc: dict | None, 
         written.append(reliability_plot(cals, out_dir / "reliability.png"))
     if "mask" in o and o["mask"]["per_image_dice"]:
         written.append(dice_histogram(o["mask"]["per_image_dice"], out_dir / "dice_hist.png"))
+    for dataset, entry in result.get("patient_level", {}).get("datasets", {}).items():
+        if entry["roc"]:
+            written.append(patient_roc_plot(dataset, entry, out_dir / plot_name(dataset)))
     gallery = worst_cases(pred, classes, threshold, out_dir / "worst_cases.png")
     if gallery:
         written.append(gallery)

@@ -15,6 +15,7 @@ from mtl.evaluate.metrics import (
     summarise_masks, type_metrics,
 )
 from mtl.data.sample import NO_TUMOR
+from mtl.evaluate.patient import patient_level
 from mtl.evaluate.predict import SplitPredictions
 from mtl.train import write_atomic
 
@@ -175,6 +176,10 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
                         threshold, mask_rule)
             for name in names
         }
+    patients = patient_level(pred, classes, threshold=threshold, n_resamples=n_resamples,
+                             mask_rule=mask_rule)
+    if patients is not None:
+        result["patient_level"] = patients
     result["skipped"] = [list(x) for x in pred.skipped]
     if healthy:
         result["healthy_volumes"] = healthy
@@ -250,6 +255,13 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("tumor-free images with false-positive pixels", _fmt(o["mask"]["empty_fp_rate"], True)))
     if "box" in o:
         rows.append(("predicted tumor inside the box (hit rate)", _fmt(o["box"]["hit_rate"], True)))
+    for name, p in result.get("patient_level", {}).get("datasets", {}).items():
+        ci = {"acc": p["accuracy_ci95"], "auc": p["roc_auc_ci95"]}
+        rows += [
+            (f"per-patient accuracy, {name} ({p['n_patients']} patients)",
+             _fmt(p["accuracy"], True) + _ci(ci, "acc", True)),
+            (f"per-patient ROC-AUC, {name}", _fmt(p["roc_auc"]) + _ci(ci, "auc")),
+        ]
     return rows
 
 
@@ -316,6 +328,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{_fmt(s.get('mask', {}).get('dice_mean'))} | "
                 f"{_fmt(s.get('tumor_free_with_tumor_pixels', {}).get('rate'), True)} | "
                 f"{_fmt(s.get('box', {}).get('hit_rate'), True)} |")
+    if result.get("patient_level"):
+        lines += patient_markdown(result["patient_level"])
     if result.get("healthy_volumes"):
         lines += ["", "## Healthy volumes", "",
                   "Every slice with brain content of a tumor-free volume, in three planes: the "
@@ -335,3 +349,51 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"## Skipped items ({len(result['skipped'])})", ""]
         lines += [f"- {src}: {why}" for src, why in result["skipped"][:50]]
     return "\n".join(lines) + "\n"
+
+
+def patient_markdown(section: dict[str, Any]) -> list[str]:
+    """The report's patient-level section (:mod:`mtl.evaluate.patient`)."""
+    lines = ["", "## Patient level", "",
+             f"Rule: {section['rule']}. 95% CIs: percentile bootstrap over patients "
+             f"(seed {section['seed']}); AUC resamples lacking a class are skipped.", ""]
+    datasets = section.get("datasets", {})
+    if datasets:
+        lines += ["| dataset | patients | accuracy (95% CI) | ROC-AUC (95% CI) | AUC resamples "
+                  "used | slice Dice on tumor slices (95% CI) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, p in datasets.items():
+            counts = ", ".join(f"{v} {k}" for k, v in p["n_patients_per_class"].items())
+            d = p.get("slice_dice")
+            dice = ("n/a" if not d else f"{_fmt(d['dice_mean'])}{_ci(d, 'dice_ci95')} "
+                    f"({d['n_tumor_slices']} slices, {d['n_patients']} patients)")
+            lines.append(
+                f"| {name} | {p['n_patients']} ({counts}) | {_fmt(p['accuracy'], True)}"
+                f"{_ci(p, 'accuracy_ci95', True)} | {_fmt(p['roc_auc'])}{_ci(p, 'roc_auc_ci95')}"
+                f" [{p['roc_auc_of']}] | {p['roc_auc_resamples_used']}/{p['n_resamples']} | "
+                f"{dice} |")
+        lines.append("")
+        for name, p in datasets.items():
+            lines.append(p["summary"])
+            extra = []
+            if p["patients_without_tumor_label"]:
+                extra.append(f"{p['patients_without_tumor_label']} patient(s) without a labelled "
+                             "tumor slice left out")
+            if p["presence_weight_fallback"]:
+                extra.append(f"{p['presence_weight_fallback']} patient(s) with every slice called "
+                             "tumor-free: plain mean")
+            if extra:
+                lines.append(f"({name}: " + "; ".join(extra) + ".)")
+            lines.append("")
+        for name, p in datasets.items():
+            lines += [f"<details><summary>{name}: {p['n_patients']} patients</summary>", "",
+                      "| patient | slices | true | predicted | " + " | ".join(
+                          f"P({c})" for c in p["classes"]) + " |",
+                      "|" + " --- |" * (4 + len(p["classes"]))]
+            for row in p["patients"]:
+                lines.append(f"| {row['patient']} | {row['n_slices']} | {row['truth']} | "
+                             f"{row['predicted']} | " + " | ".join(
+                                 f"{row['probabilities'][c]:.3f}" for c in p["classes"]) + " |")
+            lines += ["", "</details>", ""]
+    for name, why in section.get("skipped", {}).items():
+        lines.append(f"- {name}: not scored per patient: {why}.")
+    return lines

@@ -55,6 +55,8 @@ def config_for(model: keras.Model, run_dir: Path | None) -> Config:
     stored = {
         "data.image_size": pre["image_size"], "data.channels": pre["channels"],
         "data.intensity_percentiles": pre["intensity_percentiles"], "data.classes": model.classes,
+        # named input channels (MR sequences) and their order, or None for a grey model
+        "data.channel_names": pre.get("channel_names"),
         "model.backbone": model.spec.backbone,
     }
     return load_config(run_dir / "config.yaml" if run_dir is not None else None, stored)

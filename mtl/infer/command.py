@@ -47,6 +47,15 @@ def _axis(ctx: click.Context, param: click.Parameter, value: str):
         raise click.BadParameter(str(exc)) from None
 
 
+def _sequences(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
+    from mtl.infer.readers import parse_channel_option
+
+    try:
+        return tuple(parse_channel_option(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 #: ``--mask-rule`` of ``mtl infer``, ``mtl serve`` and ``mtl evaluate``
 #: (:data:`mtl.infer.predict.MASK_RULES`)
 mask_rule_option = click.option(
@@ -58,7 +67,12 @@ mask_rule_option = click.option(
 
 @click.command("infer", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("--input", "sequences", multiple=True, metavar="NAME=FILE", callback=_sequences,
+              help="Models whose input channels are MR sequences: one file per sequence, "
+                   "repeated (e.g. --input flair=a.nii.gz --input t1ce=b.nii.gz; names as the "
+                   "model records them), read as images, NIfTI, NRRD or DICOM; they must share "
+                   "one geometry and are stacked in the model's order into one case.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Output folder: findings.csv and one sub-folder per case.")
 @click.option("--format", "formats", callback=_formats, metavar="LIST",
@@ -91,7 +105,7 @@ mask_rule_option = click.option(
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when the terminal shows it).")
-def infer(model, inputs, out, formats, overlay, overlay_slices, explain, threshold,
+def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, explain, threshold,
           presence_threshold, tta, mask_rule, largest_component, batch_size, axis, pixel_spacing,
           force, progress) -> None:
     """Run MODEL on images, folders, NIfTI/NRRD volumes or DICOM series; write findings and masks.
@@ -102,6 +116,11 @@ def infer(model, inputs, out, formats, overlay, overlay_slices, explain, thresho
     case; the others still run. A --format that an input's kind can never give (dicom-seg for
     an image or NIfTI, nifti for an image) is refused before anything runs. Research use, not
     a diagnosis.
+
+    A model whose input channels are named MR sequences (e.g. pre-contrast, flair,
+    post-contrast) takes an image holding them as its channels, in that order (a 3-channel
+    TIFF/PNG, as the LGG set ships it), or one file per sequence with --input NAME=FILE; a
+    grey image or a single volume is refused, naming the sequences it needs.
     """
     from mtl.infer.predict import ModelError, Predictor
     from mtl.infer.readers import discover
@@ -112,10 +131,27 @@ def infer(model, inputs, out, formats, overlay, overlay_slices, explain, thresho
     options = InferOptions(formats=formats, overlay=overlay, overlay_slices=overlay_slices,
                            explain=explain, presence_threshold=presence_threshold, axis=axis,
                            pixel_spacing=pixel_spacing, force=force)
+    if not inputs and not sequences:
+        raise click.UsageError("give INPUTS (images, folders, volumes, DICOM series) or, for a "
+                               "model of named MR sequences, --input NAME=FILE per sequence")
     out_dir = Path(out)
     if (out_dir / "findings.csv").exists() and not force:
         raise click.ClickException(f"{out_dir / 'findings.csv'} exists (an earlier run); use "
                                    "--force to overwrite or choose another --out")
+    if sequences:  # wrong, repeated or missing names: refused before the model is loaded
+        from mtl.data.preprocess import channel_names
+        from mtl.infer.readers import channel_item
+        from mtl.model.card import read_model_config
+
+        try:
+            stored = read_model_config(model).get("preprocessing")
+        except Exception:  # noqa: BLE001 - not readable here: loading the model says why
+            stored = None
+        if isinstance(stored, dict):
+            try:
+                channel_item(sequences, channel_names(stored))
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
     if formats:  # refuse before the model is loaded; run() checks again
         refused = format_refusals(discover(inputs)[0], formats)
         if refused:
@@ -125,7 +161,8 @@ def infer(model, inputs, out, formats, overlay, overlay_slices, explain, thresho
                                         largest_component=largest_component,
                                         batch_size=batch_size, mask_rule=mask_rule,
                                         presence_threshold=presence_threshold)
-        result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model)
+        result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model,
+                     sequences=sequences)
     except (ModelError, OutputExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(card_line(model_card(predictor.model)))  # where the model came from

@@ -16,6 +16,14 @@ Four kinds of input are read:
 - ``dicom``: the single-frame images of one DICOM series (one folder may hold several series),
   sorted along the slice normal. Modality LUT (rescale slope/intercept) applied.
 
+A model whose input channels are named MR sequences (``channel_names`` in its preprocessing, e.g.
+pre-contrast, FLAIR, post-contrast) gets them either from one multi-channel image (its channels,
+as stored, in the model's order: :func:`load_case` with ``channels``) or from one file per
+sequence (:func:`channel_item`, ``mtl infer --input NAME=FILE``): each is read as above, all must
+share one geometry, and their slices are stacked in the model's order into (N, H, W, C). A grey
+image or a single volume is refused with a message naming the sequences the model needs; no
+grey copy is ever made.
+
 Every case carries ``affine``: a 4x4 matrix from voxel indices *in the case's native array
 order* to RAS+ millimetres (x to the patient's Right, y Anterior, z Superior), or None for 2-D
 images. Native order is the NIfTI file's own array order (the NRRD file's axis order, fastest
@@ -38,7 +46,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from mtl.data.imageio import ImageReadError, describe_error, read_gray
+from mtl.data.imageio import ImageReadError, describe_error, read_channels, read_gray
 from mtl.data.orientation import View, upright_transform
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -64,6 +72,9 @@ class InputItem:
     kind: str  # "image" | "nifti" | "nrrd" | "dicom"
     source: Path  # the file, or the folder of a DICOM series
     paths: tuple[Path, ...]  # the file, or the files of a DICOM series
+    #: one file per MR sequence (``--input NAME=FILE``), in the model's channel order: each
+    #: (name, item) is read on its own and the slices are stacked (:func:`channel_item`)
+    channels: tuple[tuple[str, "InputItem"], ...] | None = None
 
 
 @dataclass
@@ -90,6 +101,27 @@ class Case:
     warnings: list[str] = field(default_factory=list)
     #: the in-plane transform that turned the native slices into ``slices`` (upright)
     upright: View = field(default_factory=View)
+    #: the MR sequences of ``slices``' last axis, in order (models with named channels)
+    channel_names: tuple[str, ...] | None = None
+    #: the channel overlays are drawn on (FLAIR where one is named so, else the first)
+    display_channel: int = 0
+    #: sequence name -> the file (or DICOM folder) it was read from, for one file per sequence
+    channel_sources: dict[str, str] | None = None
+
+    @property
+    def display_name(self) -> str | None:
+        """The sequence overlays are drawn on (None: the case has no named channels)."""
+        return None if not self.channel_names else self.channel_names[self.display_channel]
+
+    def shown(self, index: int) -> np.ndarray:
+        """Slice ``index`` as pictures show it: the display channel of named sequences, else
+        the slice itself."""
+        image = self.slices[index]
+        return image[..., self.display_channel] if self.channel_names else image
+
+    def shown_slices(self) -> np.ndarray:
+        """Every slice as pictures show it (see :meth:`shown`)."""
+        return self.slices[..., self.display_channel] if self.channel_names else self.slices
 
     @property
     def n_slices(self) -> int:
@@ -116,8 +148,10 @@ class Case:
         return self.upright.invert_stack(stack) if self.upright.moves_pixels else stack
 
     def native_image(self) -> np.ndarray:
-        """The intensities in native order (grey; colour images reduced to their mean)."""
-        slices = self.slices if self.slices.ndim == 3 else self.slices.mean(axis=-1)
+        """The intensities in native order (grey: the display sequence of named channels,
+        colour images reduced to their mean)."""
+        slices = self.shown_slices()
+        slices = slices if slices.ndim == 3 else slices.mean(axis=-1)
         return self.to_native(np.asarray(slices, dtype=np.float32))
 
 
@@ -352,14 +386,205 @@ def read_image(path: Path) -> np.ndarray:
         raise InputError(str(exc)) from exc
 
 
-def load_image_case(item: InputItem, spacing: tuple[float, float] | None = None) -> Case:
+def load_image_case(item: InputItem, spacing: tuple[float, float] | None = None,
+                    channels: Sequence[str] | None = None, hint: str | None = None) -> Case:
+    """One image file. ``channels``: the model's named sequences: the image's own channels are
+    kept (:func:`mtl.data.imageio.read_channels`) and must be exactly those, in that order."""
     path = item.paths[0]
+    if channels:
+        return _load_channel_image(item, spacing, list(channels), hint)
     image = read_image(path)
     if image.ndim != 2:
         raise InputError(f"{path}: image of shape {image.shape} is not 2-D")
     _check_side(path, image.shape)
     check_pixels(path, image)
     return Case(item.name, "image", item.source, image[None], image.shape, spacing=spacing)
+
+
+def display_channel(names: Sequence[str]) -> int:
+    """The channel pictures are drawn on: the one named FLAIR (any case), else the first."""
+    lower = [str(n).lower() for n in names]
+    for i, name in enumerate(lower):
+        if name == "flair":
+            return i
+    for i, name in enumerate(lower):
+        if "flair" in name:
+            return i
+    return 0
+
+
+def sequence_hint(names: Sequence[str]) -> str:
+    """How to give one file per sequence on ``mtl infer``'s command line."""
+    return "one file per sequence: " + " ".join(f"--input {n}=FILE" for n in names)
+
+
+def _needs(names: Sequence[str]) -> str:
+    return (f"this model needs {len(names)} input channels, one per MR sequence: "
+            f"{', '.join(names)} (in this order)")
+
+
+def _load_channel_image(item: InputItem, spacing: tuple[float, float] | None,
+                        names: list[str], hint: str | None) -> Case:
+    path = item.paths[0]
+    try:
+        image = read_channels(path)
+    except ImageReadError as exc:
+        raise InputError(str(exc)) from exc
+    found = image.shape[-1] if image.ndim == 3 else 1
+    how = hint or sequence_hint(names)
+    if found != len(names):
+        what = "a grey image (1 channel)" if found == 1 else f"an image of {found} channels"
+        raise InputError(f"{path}: {what}; {_needs(names)}. Give a {len(names)}-channel image "
+                         f"in that order, or {how}")
+    _check_side(path, image.shape)
+    check_pixels(path, image)
+    if found > 1 and all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, found)):
+        raise InputError(f"{path}: its {found} channels are identical (a grey image saved as "
+                         f"colour), not the sequences {', '.join(names)}; give {how}")
+    return Case(item.name, "image", item.source, image[None], image.shape[:2], spacing=spacing,
+                channel_names=tuple(names), display_channel=display_channel(names))
+
+
+def refuse_single_volume(item: InputItem, names: Sequence[str], hint: str | None = None) -> None:
+    """A volume given as one file to a model with named channels: it holds one sequence."""
+    what = {"nifti": "a NIfTI volume", "nrrd": "a NRRD volume",
+            "dicom": "a DICOM series"}.get(item.kind, f"a {item.kind} input")
+    raise InputError(f"{item.source}: {what} holds one sequence; {_needs(names)}. Give "
+                     f"{hint or sequence_hint(names)}")
+
+
+# --------------------------------------------------------------------------- one file per sequence
+
+
+def parse_channel_option(value: str) -> tuple[str, str]:
+    """``NAME=PATH`` (``--input flair=a.nii.gz``) -> (name, path); ValueError if malformed."""
+    name, sep, path = str(value).partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise ValueError(f"--input {value!r}: give NAME=FILE, e.g. --input flair=flair.nii.gz")
+    return name.strip(), path.strip()
+
+
+def channel_item(pairs: Sequence[tuple[str, str | Path]],
+                 names: Sequence[str] | None) -> InputItem:
+    """One case from one file per MR sequence (``--input NAME=FILE``, repeated), in the
+    model's channel order ``names``. Raises InputError (one line) for a model without named
+    channels, an unknown or repeated name, a missing sequence, or a file that is not one image,
+    volume or DICOM series. Names match the model's case-insensitively."""
+    given = ", ".join(f"{n}={p}" for n, p in pairs)
+    if not names:
+        raise InputError(f"--input {given}: this model takes one grey image per slice, not "
+                         "named MR sequences; give the files as plain inputs")
+    names = list(names)
+    lookup = {n.lower(): n for n in names}
+    chosen: dict[str, Path] = {}
+    for raw, path in pairs:
+        name = lookup.get(str(raw).lower())
+        if name is None:
+            raise InputError(f"--input {raw}={path}: this model has no sequence {raw!r}; its "
+                             f"inputs are {', '.join(names)}")
+        if name in chosen:
+            raise InputError(f"--input {raw}: given twice ({chosen[name]} and {path}); give one "
+                             "file per sequence")
+        chosen[name] = Path(path).expanduser()
+    missing = [n for n in names if n not in chosen]
+    if missing:
+        raise InputError(f"--input: missing {', '.join(missing)}; {_needs(names)}; give "
+                         + " ".join(f"--input {n}=FILE" for n in names))
+    parts: list[tuple[str, InputItem]] = []
+    for name in names:
+        path = chosen[name]
+        items, bad = discover([path])
+        if bad:
+            raise InputError(f"--input {name}={path}: {bad[0][1]}" if str(bad[0][0]) == str(path)
+                             else f"--input {name}={path}: {bad[0][0]}: {bad[0][1]}")
+        if len(items) != 1:
+            raise InputError(f"--input {name}={path}: holds {len(items)} inputs "
+                             f"({', '.join(i.name for i in items[:4])}"
+                             f"{', ...' if len(items) > 4 else ''}); give one image, volume or "
+                             "DICOM series per sequence")
+        parts.append((name, items[0]))
+    first = parts[display_channel(names)][1]
+    stems = [item.name for _name, item in parts]
+    return InputItem(_common_name(stems) or first.name, first.kind, first.source,
+                     tuple(p for _n, item in parts for p in item.paths), channels=tuple(parts))
+
+
+def _load_sequence_image(name: str, item: InputItem,
+                         spacing: tuple[float, float] | None) -> Case:
+    """One sequence's image (``--input NAME=FILE``): grey, or colour whose channels are all
+    the same (a grey scan saved as RGB); a colour image with different channels is refused
+    rather than mixed into grey."""
+    path = item.paths[0]
+    try:
+        image = read_channels(path)
+    except ImageReadError as exc:
+        raise InputError(str(exc)) from exc
+    if image.ndim == 3:
+        if not all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, image.shape[-1])):
+            raise InputError(f"--input {name}={path}: an image of {image.shape[-1]} different "
+                             "channels; give one grey image per sequence (a multi-channel "
+                             "image holding every sequence is given alone, without --input)")
+        image = image[..., 0]
+    _check_side(path, image.shape)
+    check_pixels(path, image)
+    return Case(item.name, "image", item.source, image[None], image.shape, spacing=spacing)
+
+
+def _common_name(names: Sequence[str]) -> str:
+    """The common start of the sequences' case names (``BraTS_001_flair``, ``BraTS_001_t1ce``
+    -> ``BraTS_001``), without trailing separators; "" when they share nothing useful."""
+    prefix = os.path.commonprefix([n for n in names])
+    return safe_name(prefix.rstrip("._- ")) if len(prefix.rstrip("._- ")) >= 2 else ""
+
+
+def _geometry(case: Case) -> str:
+    return "x".join(str(s) for s in case.native_shape)
+
+
+#: mm: two sequences' affines may differ by this much (rounding in headers)
+AFFINE_TOLERANCE_MM = 0.01
+
+
+def stack_channels(item: InputItem, cases: Sequence[tuple[str, Case]]) -> Case:
+    """Cases of one file per sequence (model order) -> one case whose slices are (N, H, W, C).
+    They must be of one kind and one geometry (shape, and for volumes the affine within
+    :data:`AFFINE_TOLERANCE_MM`); the case keeps the display sequence's geometry, header and
+    DICOM data sets (masks are written in it)."""
+    names = [n for n, _c in cases]
+    kinds = {c.kind for _n, c in cases}
+    if len(kinds) > 1:
+        shown = ", ".join(f"{n} is {c.kind} ({c.source})" for n, c in cases)
+        raise InputError(f"--input: the sequences must be files of one kind: {shown}")
+    ref_name, ref = cases[0]
+    for name, case in cases[1:]:
+        if case.native_shape != ref.native_shape or case.slices.shape[:3] != ref.slices.shape[:3]:
+            raise InputError(f"--input: the sequences differ in shape: {ref_name} is "
+                             f"{_geometry(ref)} ({ref.source}), {name} is {_geometry(case)} "
+                             f"({case.source}); they must share one voxel grid (co-registered "
+                             "and resampled alike)")
+        if (case.affine is None) != (ref.affine is None) or (
+                case.affine is not None
+                and not np.allclose(case.affine, ref.affine, rtol=0, atol=AFFINE_TOLERANCE_MM)):
+            def where(c: Case) -> str:
+                return ("no position in space" if c.affine is None
+                        else str(np.round(c.affine[:3], 3).tolist()))
+            raise InputError(f"--input: the sequences are not on one grid: the affine of {name} "
+                             f"({case.source}: {where(case)}) differs from {ref_name}'s "
+                             f"({ref.source}: {where(ref)}) by more than {AFFINE_TOLERANCE_MM} "
+                             "mm; co-register and resample them alike")
+        if case.slice_axis != ref.slice_axis or case.upright != ref.upright:
+            raise InputError(f"--input: {name} ({case.source}) is sliced differently from "
+                             f"{ref_name} ({ref.source})")
+    shown = display_channel(names)
+    base = cases[shown][1]
+    slices = np.stack([c.slices for _n, c in cases], axis=-1)
+    warnings = [f"{n}: {w}" for n, c in cases for w in c.warnings]
+    return Case(item.name, base.kind, base.source, np.ascontiguousarray(slices),
+                base.native_shape, slice_axis=base.slice_axis, affine=base.affine,
+                orientation_known=base.orientation_known, spacing=base.spacing,
+                nifti=base.nifti, nrrd=base.nrrd, datasets=base.datasets, warnings=warnings,
+                upright=base.upright, channel_names=tuple(names), display_channel=shown,
+                channel_sources={n: str(c.source) for n, c in cases})
 
 
 # --------------------------------------------------------------------------- NIfTI
@@ -777,11 +1002,29 @@ def _dicom_affine(datasets: list[Any], iop: np.ndarray, spacing: tuple[float, fl
 
 
 def load_case(item: InputItem, *, axis: int | str = "axial",
-              pixel_spacing: tuple[float, float] | None = None, upright: bool = True) -> Case:
+              pixel_spacing: tuple[float, float] | None = None, upright: bool = True,
+              channels: Sequence[str] | None = None, hint: str | None = None) -> Case:
     """Read one input item. Raises InputError naming the file on any problem.
 
     ``upright``: turn a volume's slices upright where its orientation is known (the default,
-    what the network was trained on); False keeps the file's array order."""
+    what the network was trained on); False keeps the file's array order. ``channels``: the
+    model's named input sequences (None: a grey model): one multi-channel image holding them in
+    that order, or an item of one file per sequence (:func:`channel_item`); a single volume or
+    a grey image is refused. ``hint``: how to give one file per sequence, for that message
+    (default: ``mtl infer``'s ``--input NAME=FILE``)."""
+    if item.channels is not None:
+        names = [n for n, _i in item.channels]
+        if channels is not None and [n.lower() for n in names] != [n.lower() for n in channels]:
+            raise InputError(f"{item.source}: sequences {names} given, the model needs "
+                             f"{list(channels)}")
+        cases = [(name, _load_sequence_image(name, part, pixel_spacing) if part.kind == "image"
+                  else load_case(part, axis=axis, pixel_spacing=pixel_spacing, upright=upright))
+                 for name, part in item.channels]
+        return stack_channels(item, cases)
+    if channels:
+        if item.kind != "image":
+            refuse_single_volume(item, channels, hint)
+        return load_image_case(item, pixel_spacing, channels, hint)
     if item.kind == "image":
         return load_image_case(item, pixel_spacing)
     if item.kind == "nifti":
@@ -819,9 +1062,10 @@ def format_axis(value: str) -> int | str:
 
 
 __all__ = [
-    "Case", "InputError", "InputItem", "axis_from_option", "check_pixels", "discover",
-    "format_axis", "is_dicom_file", "kind_of", "load_case", "load_dicom_case",
-    "load_image_case", "load_nifti_case", "load_nrrd_case", "path_problem", "read_image",
-    "turn_upright",
+    "Case", "InputError", "InputItem", "axis_from_option", "channel_item", "check_pixels",
+    "discover", "display_channel", "format_axis", "is_dicom_file", "kind_of", "load_case",
+    "load_dicom_case", "load_image_case", "load_nifti_case", "load_nrrd_case",
+    "parse_channel_option", "path_problem", "read_image", "refuse_single_volume",
+    "sequence_hint", "stack_channels", "turn_upright",
 ]
 

@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,7 +38,8 @@ import numpy as np
 from mtl.infer.findings import case_findings, csv_row, mask_rule_note
 from mtl.model.card import provenance
 from mtl.infer.predict import CasePrediction, Predictor
-from mtl.infer.readers import Case, InputError, InputItem, discover, load_case
+from mtl.data.preprocess import channel_names
+from mtl.infer.readers import Case, InputError, InputItem, channel_item, discover, load_case
 from mtl.infer.writers import (
     OutputExistsError,
     write_csv,
@@ -250,7 +251,8 @@ def infer_case(
     """Read, predict and write one input. Raises InputError / OutputExistsError / others."""
     folder = out / item.name
     check_case_folder(folder, options.force)
-    case = load_case(item, axis=options.axis, pixel_spacing=options.pixel_spacing)
+    case = load_case(item, axis=options.axis, pixel_spacing=options.pixel_spacing,
+                     channels=channel_names(predictor.preprocessing))
     presence_threshold = (predictor.presence_threshold if options.presence_threshold is None
                           else options.presence_threshold)
     try:
@@ -292,9 +294,10 @@ def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predi
         from nibabel.orientations import aff2axcodes
 
         orientation = "".join(aff2axcodes(case.affine))
-    return {
+    record = {
         "case": item.name,
-        "source": str(item.source),
+        "source": (str(item.source) if not case.channel_sources else
+                   "; ".join(f"{n}={p}" for n, p in case.channel_sources.items())),
         "kind": case.kind,
         "status": "ok",
         "input": {
@@ -322,6 +325,20 @@ def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predi
         "warnings": list(case.warnings),
         "disclaimer": "research software output; not a medical device, not a diagnosis",
     }
+    if case.channel_names:  # the MR sequences the network saw, and the one pictures show
+        record["input"]["channels"] = list(case.channel_names)
+        record["input"]["overlay_channel"] = case.display_name
+        if case.channel_sources:
+            record["input"]["files"] = dict(case.channel_sources)
+    return record
+
+
+def drawn_on(case: Case) -> str | None:
+    """"drawn on flair (input: pre-contrast, flair, post-contrast)" for a case of named
+    sequences, None otherwise: said on every overlay."""
+    if not case.channel_names:
+        return None
+    return f"drawn on {case.display_name} (input: {', '.join(case.channel_names)})"
 
 
 def _write_masks(writer: CaseWriter, case: Case, pred: CasePrediction, mask_native: np.ndarray,
@@ -419,6 +436,7 @@ def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
     decision = "YES" if presence["decision"] else "no"
     head = (f"{case.name}: {label} ({_fmt(findings['type']['probabilities'][label])})   "
             f"tumor {decision} (p={_fmt(presence['probability'])})")
+    channel_line = drawn_on(case)
     if case.kind == "image":
         chosen = [0]
     elif options.overlay_slices == "all":
@@ -447,11 +465,13 @@ def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
                      + (f"   hemisphere {tumor['hemisphere']['side']}"
                         if tumor.get("hemisphere") else "")]
             name = "_" + _slice_tag(i, case.n_slices)
+        if channel_line:
+            lines.append(channel_line)
         if options.overlay:
-            writer(render_overlay, f"overlay{name}.png", case.slices[i], pred.mask[i],
+            writer(render_overlay, f"overlay{name}.png", case.shown(i), pred.mask[i],
                    lines=lines, view=view, model_line=model_line)
         if options.explain and i in heat_maps:
-            writer(render_overlay, f"gradcam{name}.png", case.slices[i], pred.mask[i],
+            writer(render_overlay, f"gradcam{name}.png", case.shown(i), pred.mask[i],
                    lines=lines, view=view, heat=heat_maps[i], heat_title=f"Grad-CAM: {label}",
                    model_line=model_line)
     if options.overlay and case.is_volume and tumor["slices"]:
@@ -459,8 +479,9 @@ def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
         # counted from 1, as people count slices (file names keep the 0-based array index)
         captions = [f"slice {i + 1}: {area(int(pred.mask[i].sum()))}" for i in slices]
         title = (f"{case.name}: {label}, tumor on {len(slices)} slice(s)"
-                 + (f", {tumor['volume_ml']:.2f} mL" if tumor["volume_ml"] is not None else ""))
-        writer(render_contact_sheet, "contact_sheet.png", [case.slices[i] for i in slices],
+                 + (f", {tumor['volume_ml']:.2f} mL" if tumor["volume_ml"] is not None else "")
+                 + (f"; {channel_line}" if channel_line else ""))
+        writer(render_contact_sheet, "contact_sheet.png", [case.shown(i) for i in slices],
                [pred.mask[i] for i in slices], captions, title=title, view=view,
                model_line=model_line)
 
@@ -473,8 +494,14 @@ def run(
     *,
     progress: bool | None = False,
     model_path: str | Path | None = None,
+    sequences: Sequence[tuple[str, str | Path]] | None = None,
 ) -> RunResult:
     """Infer every input; write per-case outputs and ``out/findings.csv``.
+
+    ``sequences``: (name, file) pairs, one file per MR sequence of a model with named input
+    channels (``--input NAME=FILE``): one more case, its slices stacked in the model's order
+    (:func:`mtl.infer.readers.channel_item`); a wrong, repeated or missing name, or any
+    ``sequences`` for a model without named channels, raises ValueError before anything runs.
 
     Raises OutputExistsError before doing anything if ``out/findings.csv`` exists and
     ``options.force`` is false, and ValueError if a requested format cannot be written for an
@@ -490,6 +517,13 @@ def run(
         raise OutputExistsError(f"{csv_path}: exists (results of an earlier run); use --force "
                                 "to overwrite or choose another --out")
     items, bad = discover(inputs)
+    if sequences:
+        extra = channel_item(sequences, channel_names(predictor.preprocessing))
+        taken = {item.name.lower() for item in items}
+        name, k = extra.name, 2
+        while name.lower() in taken:
+            name, k = f"{extra.name}-{k}", k + 1
+        items.append(replace(extra, name=name))
     refused = format_refusals(items, options.formats)
     if refused:
         raise ValueError("; ".join(refused) + ". Nothing was run")

@@ -23,7 +23,8 @@ def _with_logits(net: Any) -> Any:
                                     "features": net.get_layer("head_dense").output})
 
 
-def compiled_forward(model: Any, image_size: int, channels: int) -> Forward:
+def compiled_forward(model: Any, image_size: int, channels: int,
+                     jit_compile: bool = False) -> Forward:
     """The model's inference pass as one traced TensorFlow graph, for any batch size.
 
     Calling a Keras model eagerly dispatches its few hundred ops one by one from Python, which
@@ -38,6 +39,10 @@ def compiled_forward(model: Any, image_size: int, channels: int) -> Forward:
     none). For mtl's network the outputs also hold the heads' raw logits (``presence_logit``,
     ``type_logits``) and uncalibrated probabilities (``presence_uncalibrated``,
     ``type_uncalibrated``).
+
+    ``jit_compile=True`` compiles the graph with XLA, once per batch size seen (same outputs up
+    to float rounding, tested; ``benchmarks/step_profile.py`` measures it against the plain
+    graph).
     """
     import tensorflow as tf
 
@@ -49,7 +54,7 @@ def compiled_forward(model: Any, image_size: int, channels: int) -> Forward:
     extended = _with_logits(net)
 
     if extended is None:
-        @tf.function(input_signature=[spec])
+        @tf.function(input_signature=[spec], jit_compile=jit_compile)
         def graph(x):
             return net(x, training=False)
     else:
@@ -59,7 +64,7 @@ def compiled_forward(model: Any, image_size: int, channels: int) -> Forward:
             return tf.matmul(features, tf.cast(head.kernel, tf.float32)) + tf.cast(head.bias,
                                                                                    tf.float32)
 
-        @tf.function(input_signature=[spec])
+        @tf.function(input_signature=[spec], jit_compile=jit_compile)
         def graph(x):
             out = extended(x, training=False)
             features = tf.cast(out.pop("features"), tf.float32)

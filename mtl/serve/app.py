@@ -8,7 +8,10 @@ would load its scripts from a CDN, which a server used offline cannot reach):
 ``GET /api/info``                           model card line, classes, input size, calibration,
                                             limits, accepted types
 ``POST /predict``                           multipart form: ``file`` (+ ``axis``,
-                                            ``pixel_spacing``) -> findings JSON with an ``id``
+                                            ``pixel_spacing``) -> findings JSON with an ``id``;
+                                            a model of named MR sequences: one field per
+                                            sequence, named as the model names it (e.g.
+                                            ``flair``), or one image holding them in ``file``
 ``GET /results/{id}``                       the same JSON again
 ``GET /results/{id}/findings.json``         the findings record (as ``mtl infer`` writes it)
 ``GET /results/{id}/mask.png``              images (and one-file DICOM): 0/255 mask, image size
@@ -31,6 +34,7 @@ busy: ``max_active`` uploads are being analysed and ``max_waiting`` more wait th
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -44,7 +48,9 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 import mtl
+from mtl.data.preprocess import channel_names
 from mtl.infer.predict import Predictor
+from mtl.infer.readers import display_channel
 from mtl.serve.results import ID_PATTERN, ResultStore, StoredResult
 from mtl.serve.service import BadRequest, Service
 from mtl.serve.uploads import (
@@ -99,6 +105,14 @@ class Info(BaseModel):
     calibration: dict[str, Any] | None = Field(
         description="Temperatures applied to the presence and type probabilities (None: the "
                     "model is uncalibrated).")
+    channels: list[str] | None = Field(
+        None, description="The MR sequences the model takes as input channels, in order: "
+                          "POST /predict takes one upload per sequence in multipart fields of "
+                          "these names, or one image holding them as its channels in 'file'. "
+                          "None: one grey image per slice, in 'file'.")
+    overlay_channel: str | None = Field(
+        None, description="The sequence overlays are drawn on (FLAIR where one is named so, "
+                          "else the first); None for a grey model.")
 
 
 class SliceInfo(BaseModel):
@@ -364,6 +378,89 @@ async def _error(send: Any, status: int, detail: str,
 # --------------------------------------------------------------------------- the app
 
 
+FILE_DESCRIPTION = ("A slice image (PNG, JPEG, TIFF), a NIfTI-1 volume (.nii or .nii.gz), a NRRD "
+                    "volume (.nrrd) or a DICOM file; the type is taken from the content.")
+AXIS_DESCRIPTION = "Volumes: slicing axis, axial, coronal, sagittal (from the affine) or 0, 1, 2."
+SPACING_DESCRIPTION = "Images: ROW_MM,COL_MM (or one value) for areas in mm²."
+
+
+def sequences_description(names: list[str] | None) -> str:
+    """What ``POST /predict`` takes from a model of named MR sequences ("" for a grey model)."""
+    if not names:
+        return ""
+    fields = ", ".join(f"'{n}'" for n in names)
+    return (f" This model's input channels are the MR sequences {', '.join(names)}, in this "
+            f"order: send one file per sequence in the multipart fields {fields} (images, "
+            "NIfTI, NRRD or DICOM files of one geometry; each within the upload limits), or "
+            f"one {len(names)}-channel image holding them in this order in the field 'file'. "
+            "A missing sequence is a 400 that names it; a grey image or a single volume is "
+            f"refused. Overlays are drawn on {names[display_channel(names)]}.")
+
+
+def _grey_predict(app: FastAPI, service: Service) -> None:
+    """``POST /predict`` of a model that takes one grey image per slice: the field ``file``."""
+
+    @app.post("/predict", response_model=PredictResult, responses=ERRORS,
+              summary="Run the model on one uploaded scan")
+    def predict(
+        file: UploadFile = File(description=FILE_DESCRIPTION),
+        axis: str = Form("axial", description=AXIS_DESCRIPTION),
+        pixel_spacing: str | None = Form(None, description=SPACING_DESCRIPTION),
+    ) -> dict[str, Any]:
+        try:  # the file is read once this upload's turn comes (Service.analyse)
+            result = service.analyse(file.file, file.filename, axis=axis,
+                                     pixel_spacing=pixel_spacing)
+        except BadRequest as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        return result.payload
+
+
+def sequences_endpoint(service: Service, names: list[str]) -> Callable[..., dict[str, Any]]:
+    """``POST /predict`` of a model of named MR sequences: an optional ``file`` (one image
+    holding every sequence as its channels) and one optional file field per sequence, named as
+    the model names it (the names need not be Python identifiers, so the signature is built
+    here; FastAPI reads it for parsing and for the OpenAPI schema)."""
+    keys = [f"sequence_{i}" for i in range(len(names))]
+
+    def predict(**form: Any) -> dict[str, Any]:
+        file = form.get("file")
+        given = {n: form[k] for n, k in zip(names, keys) if form.get(k) is not None}
+        try:
+            if file is not None and given:
+                raise BadRequest(400, "give either one image holding every sequence in the "
+                                      "field file, or one file per sequence in the fields "
+                                      f"{', '.join(names)}, not both")
+            if file is not None:
+                result = service.analyse(file.file, file.filename, axis=form["axis"],
+                                         pixel_spacing=form["pixel_spacing"])
+            else:
+                result = service.analyse_sequences(
+                    {n: (f.file, f.filename) for n, f in given.items()}, axis=form["axis"],
+                    pixel_spacing=form["pixel_spacing"])
+        except BadRequest as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        return result.payload
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter(
+        "file", keyword, annotation=UploadFile | None,
+        default=File(None, description=f"One {len(names)}-channel image holding the sequences "
+                                       f"{', '.join(names)} as its channels, in this order "
+                                       "(e.g. a TIFF slice of the LGG set); or leave it out "
+                                       "and send one file per sequence."))]
+    for name, key in zip(names, keys):
+        params.append(inspect.Parameter(key, keyword, annotation=UploadFile | None, default=File(
+            None, alias=name, description=f"The {name} sequence: " + FILE_DESCRIPTION)))
+    params += [
+        inspect.Parameter("axis", keyword, annotation=str,
+                          default=Form("axial", description=AXIS_DESCRIPTION)),
+        inspect.Parameter("pixel_spacing", keyword, annotation=str | None,
+                          default=Form(None, description=SPACING_DESCRIPTION)),
+    ]
+    predict.__signature__ = inspect.Signature(params, return_annotation=dict[str, Any])  # type: ignore[attr-defined]
+    return predict
+
+
 def page_html() -> str:
     return (resources.files("mtl.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
@@ -391,6 +488,7 @@ def create_app(
     """
     if max_waiting < 0:
         raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
+    names = channel_names(predictor.preprocessing)
     store = ResultStore(max_items=max_results, ttl_seconds=result_ttl_seconds,
                         max_bytes=max_result_bytes)
     service = Service(predictor, limits=limits, store=store, model_name=model_name,
@@ -412,7 +510,7 @@ def create_app(
             "uploaded brain MRI slice image (PNG, JPEG, TIFF), NIfTI volume (.nii, .nii.gz), "
             "NRRD volume (.nrrd) or DICOM file. Types are recognised by content. Results stay in the server's "
             "memory for a limited time under a random id. Research software: not a medical "
-            "device, outputs are not a diagnosis."),
+            "device, outputs are not a diagnosis." + sequences_description(names)),
         lifespan=lifespan,
         docs_url=None,  # Swagger UI and ReDoc load from a CDN: blank pages offline
         redoc_url=None,
@@ -420,7 +518,8 @@ def create_app(
     app.state.service = service
     queue = UploadQueue(max_active + max_waiting, service.retry_after)
     app.state.queue = queue
-    app.add_middleware(Guard, max_body=limits.max_bytes + FORM_OVERHEAD,
+    # one file per sequence: each may be as large as one upload
+    app.add_middleware(Guard, max_body=limits.max_bytes * max(1, len(names or ())) + FORM_OVERHEAD,
                        allowed_hosts=allowed_hosts, allowed_origins=allowed_origins, queue=queue)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -441,26 +540,18 @@ def create_app(
                     model_card=service.model_info["card_line"],
                     demo=service.model_info["demo"],
                     model_card_details=service.model_info["card"],
-                    calibration=service.model_info["calibration"])
+                    calibration=service.model_info["calibration"],
+                    channels=names,
+                    overlay_channel=names[display_channel(names)] if names else None)
 
-    @app.post("/predict", response_model=PredictResult, responses=ERRORS,
-              summary="Run the model on one uploaded scan")
-    def predict(
-        file: UploadFile = File(description="A slice image (PNG, JPEG, TIFF), a NIfTI-1 "
-                                            "volume (.nii or .nii.gz), a NRRD volume (.nrrd) "
-                                            "or a DICOM file; the type is taken from the "
-                                            "content."),
-        axis: str = Form("axial", description="Volumes: slicing axis, axial, coronal, "
-                                              "sagittal (from the affine) or 0, 1, 2."),
-        pixel_spacing: str | None = Form(None, description="Images: ROW_MM,COL_MM (or one "
-                                                           "value) for areas in mm²."),
-    ) -> dict[str, Any]:
-        try:  # the file is read once this upload's turn comes (Service.analyse)
-            result = service.analyse(file.file, file.filename, axis=axis,
-                                     pixel_spacing=pixel_spacing)
-        except BadRequest as exc:
-            raise HTTPException(exc.status, exc.message) from None
-        return result.payload
+    if names:
+        app.post("/predict", response_model=PredictResult, responses=ERRORS,
+                 summary="Run the model on one scan: one upload per MR sequence, or one "
+                         "image holding them as its channels",
+                 description=sequences_description(names).strip())(
+            sequences_endpoint(service, names))
+    else:
+        _grey_predict(app, service)
 
     def _result(result_id: str) -> StoredResult:
         result = store.get(result_id)

@@ -18,19 +18,29 @@ import ctypes.util
 import functools
 import gc
 import logging
+import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
+from mtl.data.preprocess import channel_names
 from mtl.infer.findings import case_findings, mask_rule_note
 from mtl.infer.predict import Predictor
-from mtl.infer.readers import InputError, format_axis, load_case, safe_name
+from mtl.infer.readers import (
+    InputError,
+    InputItem,
+    display_channel,
+    format_axis,
+    load_case,
+    refuse_single_volume,
+    safe_name,
+)
 from mtl.infer.runner import InferOptions, findings_record
 from mtl.model.card import provenance
 from mtl.infer.writers import (
@@ -42,7 +52,7 @@ from mtl.infer.writers import (
     write_mask_png,
 )
 from mtl.serve.results import Download, PackedMask, ResultStore, StoredResult, display_slices
-from mtl.serve.uploads import Limits, UploadRejected, stage_upload
+from mtl.serve.uploads import FILE_NAMES, Limits, UploadRejected, detect, share, stage_upload
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +125,16 @@ def release_memory(collect: bool = False) -> None:
         trim(0)
 
 
+def _client_name(filename: str | None) -> str:
+    """The client's file name without folders, for messages and display only."""
+    return (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1][:200] or "upload"
+
+
+def form_hint(names: Sequence[str]) -> str:
+    """How to give one file per sequence to ``POST /predict``."""
+    return "one upload per sequence in the form fields " + ", ".join(names)
+
+
 def _fmt(p: float | None) -> str:
     return "n/a" if p is None or not np.isfinite(p) else f"{p:.2f}"
 
@@ -148,6 +168,8 @@ class Service:
         self.model_info = {"path": model_name, "classes": list(predictor.classes),
                            "preprocessing": dict(predictor.preprocessing),
                            **provenance(predictor.model)}
+        #: the MR sequences the model takes as input channels, in order (None: grey model)
+        self.channels = channel_names(predictor.preprocessing)
         self.temp_root = Path(tempfile.mkdtemp(prefix="mtl-serve-", dir=temp_root))
         self._predict_lock = threading.Lock()  # one network call at a time, whole cases
         self._render_lock = threading.Lock()  # matplotlib is not thread-safe
@@ -187,17 +209,48 @@ class Service:
         At most ``max_active`` analyses run at once; others wait here (``data`` may be a file
         object: it is read only once this one's turn comes). What the analysis allocated is
         handed back to the system before returning. Raises BadRequest (400/413/415) for
-        anything wrong with the upload or the options.
+        anything wrong with the upload or the options. A model of named MR sequences takes
+        here one image holding them as its channels, in the model's order.
         """
+        return self._run([(None, data, filename)], axis=axis, pixel_spacing=pixel_spacing)
+
+    def analyse_sequences(self, uploads: Mapping[str, tuple[bytes | BinaryIO, str | None]], *,
+                          axis: str | None = "axial", pixel_spacing: str | None = None
+                          ) -> StoredResult:
+        """As :meth:`analyse`, for one upload per MR sequence of the model (name -> (data,
+        file name)): each file is checked as one upload (within its share of the memory
+        budget, :func:`mtl.serve.uploads.share`), read, and the slices are stacked in the
+        model's order. A missing or unknown sequence is a 400 naming it."""
+        names = self.channels
+        if not names:
+            raise BadRequest(400, "this model takes one grey image per slice, not named MR "
+                                  "sequences: upload the scan in the field file")
+        unknown = [n for n in uploads if n not in names]
+        if unknown:
+            raise BadRequest(400, f"unknown sequence(s) {', '.join(unknown)}; this model's "
+                                  f"inputs are {', '.join(names)}")
+        missing = [n for n in names if n not in uploads]
+        if missing:
+            raise BadRequest(400, f"missing sequence(s) {', '.join(missing)}: this model needs "
+                                  f"{', '.join(names)}; give {form_hint(names)}, or one "
+                                  f"{len(names)}-channel image holding them in the field file")
+        return self._run([(n, *uploads[n]) for n in names], axis=axis,
+                         pixel_spacing=pixel_spacing)
+
+    def _run(self, uploads: list[tuple[str | None, bytes | BinaryIO, str | None]], *,
+             axis: str | None, pixel_spacing: str | None) -> StoredResult:
         with self._active:
             started = time.monotonic()
+            read: list[tuple[str | None, bytes, str | None]] = []
             try:
-                if not isinstance(data, (bytes, bytearray, memoryview)):
-                    data = data.read(self.limits.max_bytes + 1)
-                return self._analyse(bytes(data), filename, axis=axis,
-                                     pixel_spacing=pixel_spacing)
+                for sequence, data, filename in uploads:
+                    if not isinstance(data, (bytes, bytearray, memoryview)):
+                        data = data.read(self.limits.max_bytes + 1)
+                    read.append((sequence, bytes(data), filename))
+                    data = b""
+                return self._analyse(read, axis=axis, pixel_spacing=pixel_spacing)
             finally:
-                data = b""  # the upload's bytes are freed before the memory is handed back
+                read.clear()  # the uploads' bytes are freed before the memory is handed back
                 with self._timing:
                     spent = time.monotonic() - started
                     self.seconds_per_analysis = 0.7 * self.seconds_per_analysis + 0.3 * spent
@@ -205,21 +258,69 @@ class Service:
                 # (large) analysis only; numpy's big arrays are freed by reference counting
                 release_memory(collect=spent > 1.0)
 
-    def _analyse(self, data: bytes, filename: str | None, *, axis: str | None,
-                 pixel_spacing: str | None) -> StoredResult:
+    def _stage(self, uploads: list[tuple[str | None, bytes, str | None]], folder: Path,
+               name: str) -> tuple[InputItem, str, dict[str, str]]:
+        """Write the upload(s) into ``folder`` after the checks of
+        :func:`~mtl.serve.uploads.stage_upload`; (input item, detected type, server path ->
+        client file name). With named sequences every file (or each channel of one image)
+        gets an equal share of the request's memory budget."""
+        names = self.channels
+        if uploads[0][0] is None:  # one file
+            _seq, data, filename = uploads[0]
+            limits = self.limits
+            if names:
+                kind = FILE_NAMES[detect(data)][0]
+                if kind != "image":  # refused before its (larger) volume is staged
+                    refuse_single_volume(InputItem(name, kind, Path(_client_name(filename)), ()),
+                                         names, form_hint(names))
+                limits = share(self.limits, len(names))
+            item, detected = stage_upload(data, folder, name, limits)
+            return item, detected, {str(item.paths[0]): _client_name(filename)}
+        limits = share(self.limits, len(uploads))
+        parts: list[tuple[str, InputItem]] = []
+        types: list[str] = []
+        labels: dict[str, str] = {}
+        for i, (sequence, data, filename) in enumerate(uploads):
+            sub = folder / str(i)
+            sub.mkdir()
+            try:
+                part, detected = stage_upload(data, sub, display_name(filename), limits)
+            except UploadRejected as exc:
+                raise UploadRejected(exc.status, f"{sequence} ({_client_name(filename)}): "
+                                                 f"{exc.message}") from None
+            parts.append((str(sequence), part))
+            types.append(detected)
+            labels[str(part.paths[0])] = _client_name(filename)
+        base = parts[display_channel([n for n, _p in parts])][1]
+        item = InputItem(name, base.kind, base.source,
+                         tuple(p for _n, part in parts for p in part.paths),
+                         channels=tuple(parts))
+        return item, "+".join(dict.fromkeys(types)), labels
+
+    def _analyse(self, uploads: list[tuple[str | None, bytes, str | None]], *,
+                 axis: str | None, pixel_spacing: str | None) -> StoredResult:
         axis_value = parse_axis(axis)
         spacing = parse_spacing(pixel_spacing)
-        name = display_name(filename)
-        shown = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1][:200] or "upload"
+        if uploads[0][0] is None:
+            name = display_name(uploads[0][2])
+            shown = _client_name(uploads[0][2])
+        else:
+            stems = [display_name(f) for _s, _d, f in uploads]
+            name = safe_name(os.path.commonprefix(stems).rstrip("._-"))[:60]
+            name = name if len(name) >= 2 else "upload"
+            shown = "; ".join(f"{s}={_client_name(f)}" for s, _d, f in uploads)
         folder = Path(tempfile.mkdtemp(dir=self.temp_root))
+        labels: dict[str, str] = {}
         try:
             try:
-                item, detected = stage_upload(data, folder, name, self.limits)
-                case = load_case(item, axis=axis_value, pixel_spacing=spacing)
+                item, detected, labels = self._stage(uploads, folder, name)
+                case = load_case(item, axis=axis_value, pixel_spacing=spacing,
+                                 channels=self.channels,
+                                 hint=form_hint(self.channels) if self.channels else None)
             except UploadRejected as exc:
                 raise BadRequest(exc.status, exc.message) from None
             except InputError as exc:
-                raise BadRequest(400, _without_paths(str(exc), folder, shown)) from None
+                raise BadRequest(400, _hide_paths(str(exc), folder, labels or shown)) from None
             slices = case.slices  # may map the temp file: used only inside this block
             try:
                 with self._predict_lock:
@@ -242,9 +343,14 @@ class Service:
             record["source"] = shown
             record["detected_type"] = detected
             record["disclaimer"] = DISCLAIMER
+            if case.channel_sources:  # client file names, never the server's paths
+                record["input"]["files"] = {s: _client_name(f) for s, _d, f in uploads}
+            record["warnings"] = [_hide_paths(w, folder, labels or shown)
+                                  for w in record["warnings"]]
             files = self._masks(name, case, pred, mask_native, notes=record["warnings"])
-            # kept for overlays: the slices as they are drawn (small), the mask bit-packed
-            shown_slices, factor = display_slices(slices)
+            # kept for overlays: the slices as they are drawn (small), the mask bit-packed;
+            # named sequences: the one overlays are drawn on
+            shown_slices, factor = display_slices(case.shown_slices())
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -339,14 +445,18 @@ class Service:
         head = (f"{result.name}: {label} ({_fmt(f['type']['probabilities'][label])})   "
                 f"tumor {'YES' if presence['decision'] else 'no'} "
                 f"(p={_fmt(presence['probability'])})")
+        inp = result.payload.get("input") or {}
+        drawn = ([f"drawn on {inp['overlay_channel']} (input: {', '.join(inp['channels'])})"]
+                 if inp.get("channels") else [])
         if result.kind == "image":
-            return [head, "type: " + types, f"tumor area {area}"]
+            return [head, "type: " + types, f"tumor area {area}", *drawn]
         volume = tumor["volume_ml"]
         side = (tumor.get("hemisphere") or {}).get("side")
         return [head + (f"   volume {volume:.2f} mL" if volume is not None else ""),
                 f"slice {index + 1}/{result.n_slices}: presence "
                 f"{_fmt(result.presence[index])}  {types}",
-                f"tumor area on this slice {area}" + (f"   hemisphere {side}" if side else "")]
+                f"tumor area on this slice {area}" + (f"   hemisphere {side}" if side else ""),
+                *drawn]
 
     def overlay_png(self, result: StoredResult, index: int | None = None) -> bytes:
         """The overlay of one slice (the default slice if None), drawn once per result."""
@@ -399,6 +509,16 @@ def _round(value: float) -> float | None:
     return None if not np.isfinite(value) else round(float(value), 4)
 
 
+def _hide_paths(message: str, folder: Path, labels: dict[str, str] | str) -> str:
+    """A reader's message with the server's temporary paths replaced by the client's file
+    names (``labels``: server path -> client name, or one name for every file)."""
+    if isinstance(labels, str):
+        return _without_paths(message, folder, labels)
+    for path in sorted(labels, key=len, reverse=True):
+        message = message.replace(path, labels[path])
+    return message.replace(str(folder), "upload")
+
+
 def _without_paths(message: str, folder: Path, shown: str) -> str:
     """A reader's message with the server's temporary paths replaced by the client's name."""
     for path in sorted(folder.glob("*"), key=lambda p: -len(str(p))):
@@ -406,5 +526,5 @@ def _without_paths(message: str, folder: Path, shown: str) -> str:
     return message.replace(str(folder), "upload")
 
 
-__all__ = ["BadRequest", "DISCLAIMER", "Service", "display_name", "links", "parse_axis",
-           "parse_spacing"]
+__all__ = ["BadRequest", "DISCLAIMER", "Service", "display_name", "form_hint", "links",
+           "parse_axis", "parse_spacing"]

@@ -40,7 +40,7 @@ import io
 import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,17 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_decompressed_bytes: int = 1 << 30
     max_request_bytes: int = DEFAULT_REQUEST_BYTES
+
+
+def share(limits: Limits, n: int) -> Limits:
+    """The limits of one of ``n`` files analysed together (one per MR sequence of a model with
+    named input channels), or of one channel of an ``n``-channel image: each gets 1/n of the
+    variable part of ``max_request_bytes`` (the fixed part counted once), so the whole analysis
+    stays within the request budget; the other limits apply to every file as they are."""
+    if n <= 1:
+        return limits
+    variable = max(0, limits.max_request_bytes - REQUEST_FIXED_BYTES)
+    return replace(limits, max_request_bytes=REQUEST_FIXED_BYTES + variable // n)
 
 
 def request_cost(kind: str, pixels: int, sample_bytes: int, upload_bytes: int = 0) -> int:
@@ -430,4 +441,4 @@ def stage_upload(data: bytes, folder: Path, name: str, limits: Limits) -> tuple[
 __all__ = ["ACCEPTED", "DEFAULT_MAX_ACTIVE", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_WAITING",
            "DEFAULT_REQUEST_BYTES", "DEFAULT_RESULT_BYTES", "Limits", "UploadRejected",
            "check_budget", "detect", "gunzip_nifti", "nifti_declared", "request_cost",
-           "stage_nrrd", "stage_upload"]
+           "share", "stage_nrrd", "stage_upload"]

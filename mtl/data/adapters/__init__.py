@@ -12,7 +12,7 @@ from mtl.data.adapters.base import Adapter, DataError, Record
 
 # name -> "module:Class"
 _REGISTRY: dict[str, str] = {
-    "phantoms": "mtl.data.phantoms:PhantomAdapter",
+    "phantoms": "mtl.data.adapters.phantoms:PhantomAdapter",
     "figshare": "mtl.data.adapters.figshare:FigshareAdapter",
     "br35h": "mtl.data.adapters.br35h:Br35hAdapter",
     "class_folders": "mtl.data.adapters.class_folders:ClassFoldersAdapter",

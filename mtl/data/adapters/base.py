@@ -4,17 +4,31 @@ An adapter reads a dataset in the layout it ships in. ``records()`` lists every 
 its labels but without pixels (cheap, used for splits, counts and mixing); ``load(record)``
 reads the pixels and returns a :class:`~mtl.data.sample.Sample`. Bad items raise
 :class:`DataError` naming the file, or are skipped and counted when ``on_error="skip"``.
+
+The base class does what every ``load`` ends with: :meth:`Adapter.sample` builds the sample and
+its meta (dataset, patient id, source, then the adapter's own keys) and turns an inconsistent
+one into a DataError naming the file; :meth:`Adapter.read_image` and :meth:`Adapter.load_failure`
+end a bad item. The file helpers the image-folder adapters share (:func:`image_files`,
+:func:`visible_dirs`, :func:`natural_key`, :func:`read_gray_image`) live here too.
 """
 
 from __future__ import annotations
 
 import abc
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
-from mtl.data.sample import Sample
+import numpy as np
+
+from mtl.data.imageio import read_gray
+from mtl.data.sample import Sample, make_sample
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
+_IGNORED_DIRS = frozenset({"__macosx"})
 
 
 class DataError(ValueError):
@@ -87,6 +101,66 @@ class Adapter(abc.ABC):
             raise DataError(f"{source}: {reason}")
         self.skipped.append((str(source), reason))
 
+    def load_failure(self, source: str | Path, reason: str) -> NoReturn:
+        """End a failed ``load``: always raises DataError naming the file.
+
+        With ``on_error="skip"`` the item is also recorded in ``skipped`` first (once, however
+        often it is loaded), so a loader that catches DataError can move on and the skip counts.
+        """
+        if (str(source), reason) not in self.skipped:
+            self.skip_or_raise(source, reason)
+        raise DataError(f"{source}: {reason}")
+
+    def read_image(self, path: Path) -> np.ndarray:
+        """:func:`read_gray_image`, turning decode errors into :meth:`load_failure`."""
+        from PIL import Image
+
+        try:
+            return read_gray_image(path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            self.load_failure(path, f"cannot read image ({type(err).__name__}: {err})")
+
+    def drop_duplicate_ids(self, records: list[Record]) -> list[Record]:
+        """Keep the first record of each case_id; later ones go through ``skip_or_raise``."""
+        seen: dict[str, str] = {}
+        kept: list[Record] = []
+        for record in records:
+            if record.case_id in seen:
+                self.skip_or_raise(record.source, f"duplicate case id {record.case_id!r} "
+                                   f"(also {seen[record.case_id]})")
+                continue
+            seen[record.case_id] = record.source
+            kept.append(record)
+        return kept
+
+    def sample(
+        self,
+        record: Record,
+        image: np.ndarray,
+        mask: np.ndarray | None = None,
+        *,
+        blame: str | Path | None = None,
+        **meta: Any,
+    ) -> Sample:
+        """The checked sample of ``record`` (case id, presence, label) with ``image`` and ``mask``.
+
+        ``meta`` holds "dataset", "patient_id" and "source", then the adapter's own keys in the
+        order given. An inconsistent sample (:func:`~mtl.data.sample.make_sample` refuses it)
+        raises DataError naming ``blame``, the file at fault (default: the record's source).
+        """
+        info = {"dataset": self.name, "patient_id": record.patient_id, "source": record.source}
+        try:
+            return make_sample(
+                image,
+                case_id=record.case_id,
+                mask=mask,
+                presence=record.presence,
+                label=record.label,
+                meta={**info, **meta},
+            )
+        except ValueError as exc:
+            raise DataError(f"{blame if blame is not None else record.source}: {exc}") from exc
+
     @abc.abstractmethod
     def _scan(self) -> list[Record]:
         """List the dataset's items (no pixel decoding beyond what labels need)."""
@@ -97,3 +171,41 @@ class Adapter(abc.ABC):
 
     def __len__(self) -> int:
         return len(self.records())
+
+
+# --- file helpers shared by the image-folder adapters -------------------------------------------
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file with an image suffix (case-insensitive)."""
+    visible = not path.name.startswith(".")
+    return visible and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key that orders "y2" before "y10"."""
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
+
+
+def visible_dirs(folder: Path) -> list[Path]:
+    """Sub-folders of ``folder``, naturally sorted, without hidden or archive-tool folders."""
+    dirs = [
+        d
+        for d in folder.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and d.name.lower() not in _IGNORED_DIRS
+    ]
+    return sorted(dirs, key=lambda d: natural_key(d.name))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, naturally sorted."""
+    files = [p for p in folder.iterdir() if is_image_file(p)]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def read_gray_image(path: Path) -> np.ndarray:
+    """Read an image file as a 2-D array, as inference does (:func:`mtl.data.imageio.read_gray`).
+
+    Raises :class:`~mtl.data.imageio.ImageReadError` (a ValueError) naming the file.
+    """
+    return read_gray(path)

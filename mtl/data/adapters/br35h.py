@@ -43,16 +43,9 @@ from typing import Any
 import numpy as np
 from skimage import draw
 
-from mtl.data.adapters.base import Adapter, DataError, Record
-from mtl.data.adapters.class_folders import (
-    drop_duplicate_ids,
-    image_files,
-    load_failure,
-    read_image_or_fail,
-    visible_dirs,
-)
-from mtl.data.grouping import duplicate_groups
-from mtl.data.sample import NO_TUMOR, Sample, make_sample
+from mtl.data.adapters.base import Adapter, DataError, Record, image_files, visible_dirs
+from mtl.data.grouping.near_duplicates import duplicate_groups
+from mtl.data.sample import NO_TUMOR, Sample
 
 #: pixels a region may extend beyond the image before it counts as out of bounds
 EDGE_TOLERANCE = 2.0
@@ -238,7 +231,7 @@ class Br35hAdapter(Adapter):
         records.extend(self._plain_record(path, "no") for path in no_images)
         if yes_dir is not None:
             self._check_annotated_images(yes_dir, {p.name for p in no_images})
-        records = drop_duplicate_ids(self, records)
+        records = self.drop_duplicate_ids(records)
         if self.options.get("dedup", True):
             records = self._group_duplicates(records)
         return records
@@ -338,31 +331,17 @@ class Br35hAdapter(Adapter):
         for region in regions:
             if not region_inside(region, shape):
                 x0, y0, x1, y1 = region_extent(region)
-                load_failure(
-                    self,
+                self.load_failure(
                     record.source,
                     f"{region['name']} region spans x {x0:g}..{x1:g}, y {y0:g}..{y1:g}, "
                     f"outside the {shape[1]}x{shape[0]} image",
                 )
         mask = rasterise(regions, shape)
         if not mask.any():
-            load_failure(self, record.source, "annotation rasterises to an empty mask")
+            self.load_failure(record.source, "annotation rasterises to an empty mask")
         return mask
 
     def load(self, record: Record) -> Sample:
-        image = read_image_or_fail(self, Path(record.source))
+        image = self.read_image(Path(record.source))
         mask = self._mask(record, image.shape[:2])
-        meta = {
-            "dataset": self.name,
-            "patient_id": record.patient_id,
-            "source": record.source,
-            "folder": record.extra.get("folder"),
-        }
-        return make_sample(
-            image,
-            case_id=record.case_id,
-            mask=mask,
-            presence=record.presence,
-            label=record.label,
-            meta=meta,
-        )
+        return self.sample(record, image, mask, folder=record.extra.get("folder"))

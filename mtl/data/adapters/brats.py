@@ -44,7 +44,7 @@ import numpy as np
 
 from mtl.data.adapters.base import Adapter, DataError, Record
 from mtl.data.orientation import View, upright_transform
-from mtl.data.sample import NO_TUMOR, Sample, make_sample
+from mtl.data.sample import NO_TUMOR, Sample
 
 ALIASES = {
     "t1": "t1n", "t1n": "t1n", "t1native": "t1n",
@@ -311,32 +311,19 @@ class BratsAdapter(Adapter):
             turn = upright_transform("nifti", np.asarray(extra["affine"], float), self.axis,
                                      bool(extra.get("oriented", False)))
             image, mask = turn.apply(image), turn.apply(mask)
-        meta = {
-            "dataset": self.name,
-            "patient_id": record.patient_id,
-            "source": record.source,
-            "subject": extra["subject"],
-            "grade": extra["grade"],
-            "slice": index,
-            "axis": self.axis,
-            "spacing": tuple(extra["spacing"][::-1] if turn.transpose else extra["spacing"]),
-            "affine": extra["affine"],
-            "shape": extra["shape"],
-            "modalities": list(self.modalities),
-            "upright": {"transpose": turn.transpose, "flip_rows": turn.flip_rows,
-                        "flip_cols": turn.flip_cols},
-        }
-        try:
-            return make_sample(
-                image,
-                case_id=record.case_id,
-                mask=mask,
-                presence=record.presence,
-                label=record.label,
-                meta=meta,
-            )
-        except ValueError as exc:
-            raise DataError(f"{extra['seg']}: {exc}") from exc
+        return self.sample(
+            record, image, mask, blame=extra["seg"],
+            subject=extra["subject"],
+            grade=extra["grade"],
+            slice=index,
+            axis=self.axis,
+            spacing=tuple(extra["spacing"][::-1] if turn.transpose else extra["spacing"]),
+            affine=extra["affine"],
+            shape=extra["shape"],
+            modalities=list(self.modalities),
+            upright={"transpose": turn.transpose, "flip_rows": turn.flip_rows,
+                     "flip_cols": turn.flip_cols},
+        )
 
     def _read_slice(self, path: Path, index: int) -> np.ndarray:
         """One slice through the proxy: only that slice is decoded, never the whole volume."""

@@ -37,7 +37,7 @@ from PIL import Image
 
 from mtl.data.imageio import ImageReadError, read_gray
 from mtl.data.adapters.base import Adapter, DataError, Record
-from mtl.data.sample import NO_TUMOR, Sample, make_sample
+from mtl.data.sample import NO_TUMOR, Sample
 
 TUMOR_CODES = {
     "gl": "glioma",
@@ -205,25 +205,8 @@ class BriscAdapter(Adapter):
     def load(self, record: Record) -> Sample:
         image = _read_gray(Path(record.source))
         mask = self._load_mask(record, image.shape)
-        meta = {
-            "dataset": self.name,
-            "patient_id": record.patient_id,
-            "source": record.source,
-            "plane": record.extra["plane"],
-            "subset": record.extra["subset"],
-            "sequence": record.extra["sequence"],
-        }
-        try:
-            return make_sample(
-                image,
-                case_id=record.case_id,
-                mask=mask,
-                presence=record.presence,
-                label=record.label,
-                meta=meta,
-            )
-        except ValueError as exc:
-            raise DataError(f"{record.source}: {exc}") from exc
+        return self.sample(record, image, mask, plane=record.extra["plane"],
+                           subset=record.extra["subset"], sequence=record.extra["sequence"])
 
     def _load_mask(self, record: Record, shape: tuple[int, ...]) -> np.ndarray | None:
         mask_path = record.extra.get("mask")

@@ -24,25 +24,19 @@ image's path relative to the root, without suffix: stems alone repeat across cla
 some releases). Slices of one patient, or duplicated images, may therefore still fall into
 different splits; nothing in the data allows to prevent it.
 
-Images are read as 2-D greyscale arrays (see :func:`read_gray_image`; 16-bit values are kept). This module also holds the
-small image-folder helpers the other JPEG-based adapters share.
+Images are read as 2-D greyscale arrays (see :func:`~mtl.data.adapters.base.read_gray_image`;
+16-bit values are kept).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, NoReturn
 
 import numpy as np
 
-from PIL import Image
-
-from mtl.data.imageio import read_gray
-from mtl.data.adapters.base import Adapter, DataError, Record
-from mtl.data.sample import NO_TUMOR, Sample, make_sample
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+from mtl.data.adapters.base import Adapter, DataError, Record, image_files, visible_dirs
+from mtl.data.sample import NO_TUMOR, Sample
 
 #: folder name (normalised) -> canonical label; ``None`` means "tumor of unknown type"
 DEFAULT_LABEL_MAP: dict[str, str | None] = {
@@ -60,83 +54,6 @@ DEFAULT_LABEL_MAP: dict[str, str | None] = {
     "pituitary": "pituitary",
     "pituitary_tumor": "pituitary",
 }
-
-_IGNORED_DIRS = frozenset({"__macosx"})
-
-
-# --- helpers shared by the image-folder adapters ------------------------------------------------
-
-
-def is_image_file(path: Path) -> bool:
-    """True for a visible file with an image suffix (case-insensitive)."""
-    visible = not path.name.startswith(".")
-    return visible and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key that orders "y2" before "y10"."""
-    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
-
-
-def visible_dirs(folder: Path) -> list[Path]:
-    """Sub-folders of ``folder``, naturally sorted, without hidden or archive-tool folders."""
-    dirs = [
-        d
-        for d in folder.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and d.name.lower() not in _IGNORED_DIRS
-    ]
-    return sorted(dirs, key=lambda d: natural_key(d.name))
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, naturally sorted."""
-    files = [p for p in folder.iterdir() if is_image_file(p)]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
-def read_gray_image(path: Path) -> np.ndarray:
-    """Read an image file as a 2-D array, as inference does (:func:`mtl.data.imageio.read_gray`).
-
-    Raises :class:`~mtl.data.imageio.ImageReadError` (a ValueError) naming the file.
-    """
-    return read_gray(path)
-
-
-def load_failure(adapter: Adapter, source: str | Path, reason: str) -> NoReturn:
-    """End a failed ``load``: always raises DataError naming the file.
-
-    With ``on_error="skip"`` the item is also recorded in ``adapter.skipped`` first (once, however
-    often it is loaded), so a loader that catches DataError can move on and the skip is counted.
-    """
-    if (str(source), reason) not in adapter.skipped:
-        adapter.skip_or_raise(source, reason)
-    raise DataError(f"{source}: {reason}")
-
-
-def read_image_or_fail(adapter: Adapter, path: Path) -> np.ndarray:
-    """:func:`read_gray_image`, turning decode errors into :func:`load_failure`."""
-    try:
-        return read_gray_image(path)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        load_failure(adapter, path, f"cannot read image ({type(err).__name__}: {err})")
-
-
-def drop_duplicate_ids(adapter: Adapter, records: list[Record]) -> list[Record]:
-    """Keep the first record of each case_id; later ones go through ``skip_or_raise``."""
-    seen: dict[str, str] = {}
-    kept: list[Record] = []
-    for record in records:
-        if record.case_id in seen:
-            adapter.skip_or_raise(
-                record.source, f"duplicate case id {record.case_id!r} (also {seen[record.case_id]})"
-            )
-            continue
-        seen[record.case_id] = record.source
-        kept.append(record)
-    return kept
-
-
-# --- the adapter --------------------------------------------------------------------------------
 
 
 def normalise_folder_name(name: str) -> str:
@@ -206,7 +123,7 @@ class ClassFoldersAdapter(Adapter):
                 )
                 continue
             records.extend(self._folder_records(subset, folder, label_map[key]))
-        return drop_duplicate_ids(self, records)
+        return self.drop_duplicate_ids(records)
 
     def _folder_records(self, subset: str | None, folder: Path, label: str | None) -> list[Record]:
         presence = 0 if label == NO_TUMOR else 1
@@ -228,20 +145,7 @@ class ClassFoldersAdapter(Adapter):
 
     def load(self, record: Record) -> Sample:
         path = Path(record.source)
-        image = read_image_or_fail(self, path)
+        image = self.read_image(path)
         mask = np.zeros(image.shape, dtype=np.uint8) if record.presence == 0 else None
-        meta = {
-            "dataset": self.name,
-            "patient_id": record.patient_id,
-            "source": record.source,
-            "subset": record.extra.get("subset"),
-            "folder": record.extra.get("folder"),
-        }
-        return make_sample(
-            image,
-            case_id=record.case_id,
-            mask=mask,
-            presence=record.presence,
-            label=record.label,
-            meta=meta,
-        )
+        return self.sample(record, image, mask, subset=record.extra.get("subset"),
+                           folder=record.extra.get("folder"))

@@ -45,22 +45,20 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
-from mtl.data.adapters.base import Adapter, DataError, Record
-from mtl.data.adapters.class_folders import (
-    drop_duplicate_ids,
+from mtl.data.adapters.base import (
+    Adapter,
+    DataError,
+    Record,
     image_files,
-    load_failure,
     natural_key,
-    read_image_or_fail,
     visible_dirs,
 )
-from mtl.data.grouping import DEFAULT_TARGET_SIZE, consecutive_similarity, patient_blocks
-from mtl.data.sample import Sample, make_sample
+from mtl.data.grouping.slice_runs import DEFAULT_TARGET_SIZE, consecutive_similarity, patient_blocks
+from mtl.data.sample import Sample
 
 #: YOLO class digit of the JPEG layout, by class folder
 JPEG_CLASS_DIGIT = {"pituitary": 0, "meningioma": 1, "glioma": 2}
@@ -201,8 +199,8 @@ class FigshareAdapter(Adapter):
 
     def _scan(self) -> list[Record]:
         if self._layout() == "mat":
-            return drop_duplicate_ids(self, self._scan_mat())
-        return self._with_patient_groups(drop_duplicate_ids(self, self._scan_jpeg()))
+            return self.drop_duplicate_ids(self._scan_mat())
+        return self._with_patient_groups(self.drop_duplicate_ids(self._scan_jpeg()))
 
     # --- JPEG + YOLO layout ---------------------------------------------------------------------
 
@@ -298,26 +296,22 @@ class FigshareAdapter(Adapter):
         ]
 
     def _load_jpeg(self, record: Record) -> Sample:
-        image = read_image_or_fail(self, Path(record.source))
+        image = self.read_image(Path(record.source))
         height, width = image.shape[:2]
-        meta = self._meta(record, box=yolo_to_pixels(record.extra["box_norm"], width, height))
-        meta["box_file"] = record.extra["box_file"]
+        box = yolo_to_pixels(record.extra["box_norm"], width, height)
         mask = self._read_jpeg_mask(record, image.shape[:2])
-        if mask is not None:
-            meta["mask_file"] = record.extra["mask_file"]
-        return make_sample(
-            image, case_id=record.case_id, presence=1, label=record.label, mask=mask, meta=meta
-        )
+        mask_file = {"mask_file": record.extra["mask_file"]} if mask is not None else {}
+        return self.sample(record, image, mask, box=box, layout=record.extra["layout"],
+                           box_file=record.extra["box_file"], **mask_file)
 
     def _read_jpeg_mask(self, record: Record, shape: tuple[int, ...]) -> np.ndarray | None:
         """The slice's ``masks/N.png`` as 0/1, or None when it has none; checked against the image."""
         mask_file = record.extra.get("mask_file")
         if mask_file is None:
             return None
-        mask = read_image_or_fail(self, Path(mask_file))
+        mask = self.read_image(Path(mask_file))
         if mask.shape != tuple(shape):
-            load_failure(
-                self,
+            self.load_failure(
                 mask_file,
                 f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                 f"{record.source} ({shape[1]}x{shape[0]})",
@@ -325,8 +319,8 @@ class FigshareAdapter(Adapter):
         # 0/255 as released; a 0/1 mask is accepted too
         binary = (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
         if not binary.any():
-            load_failure(self, mask_file, f"mask of {record.source} is empty although every "
-                         "slice holds a tumor")
+            self.load_failure(mask_file, f"mask of {record.source} is empty although every "
+                              "slice holds a tumor")
         return binary
 
     # --- MATLAB v7.3 layout ---------------------------------------------------------------------
@@ -380,36 +374,24 @@ class FigshareAdapter(Adapter):
                 image = np.asarray(f["cjdata/image"][()])
                 mask = np.asarray(f["cjdata/tumorMask"][()])
         except (OSError, KeyError, ValueError, TypeError) as err:
-            load_failure(self, path, f"cannot read cjdata image/mask ({type(err).__name__}: {err})")
+            self.load_failure(path, f"cannot read cjdata image/mask ({type(err).__name__}: {err})")
         if image.ndim != 2 or mask.ndim != 2:
-            load_failure(self, path, f"image {image.shape} and tumorMask {mask.shape} must be 2-D")
+            self.load_failure(path, f"image {image.shape} and tumorMask {mask.shape} must be 2-D")
         return image.T, mask.T
 
     def _load_mat(self, record: Record) -> Sample:
         path = Path(record.source)
         image, mask = self._read_mat_arrays(path)
         if mask.shape != image.shape:
-            load_failure(
-                self, path, f"tumorMask shape {mask.shape} does not match image shape {image.shape}"
+            self.load_failure(
+                path, f"tumorMask shape {mask.shape} does not match image shape {image.shape}"
             )
         box = box_from_mask(mask)
         if box is None:
-            load_failure(self, path, "tumorMask is empty although every slice holds a tumor")
-        meta = self._meta(record, box=box)
-        return make_sample(
-            image, case_id=record.case_id, presence=1, label=record.label, mask=mask, meta=meta
-        )
+            self.load_failure(path, "tumorMask is empty although every slice holds a tumor")
+        return self.sample(record, image, mask, box=box, layout=record.extra["layout"])
 
     # --- common ---------------------------------------------------------------------------------
-
-    def _meta(self, record: Record, *, box: Box) -> dict[str, Any]:
-        return {
-            "dataset": self.name,
-            "patient_id": record.patient_id,
-            "source": record.source,
-            "box": box,
-            "layout": record.extra["layout"],
-        }
 
     def load(self, record: Record) -> Sample:
         if record.extra.get("layout") == "mat":

@@ -31,7 +31,7 @@ import numpy as np
 import tifffile
 
 from mtl.data.adapters.base import Adapter, DataError, Record
-from mtl.data.sample import NO_TUMOR, Sample, make_sample
+from mtl.data.sample import NO_TUMOR, Sample
 
 CHANNELS = ("pre-contrast", "flair", "post-contrast")
 GRADES = {1: "G2", 2: "G3"}
@@ -223,22 +223,6 @@ class LggAdapter(Adapter):
                     f"slice, found shape {image.shape}")
             image = image[..., CHANNELS.index(self.channel)]
             channels = [self.channel]
-        meta = {
-            "dataset": self.name,
-            "patient_id": record.patient_id,
-            "source": record.source,
-            "slice": record.extra["slice"],
-            "grade": record.extra["grade"],
-            "channels": channels,
-        }
-        try:
-            return make_sample(
-                image,
-                case_id=record.case_id,
-                mask=mask,
-                presence=record.presence,
-                label=record.label,
-                meta=meta,
-            )
-        except ValueError as exc:
-            raise DataError(f"{record.extra['mask']}: {exc}") from exc
+        return self.sample(record, image, mask, blame=record.extra["mask"],
+                           slice=record.extra["slice"], grade=record.extra["grade"],
+                           channels=channels)

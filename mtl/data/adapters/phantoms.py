@@ -30,6 +30,7 @@ Coordinates: the image spans ``[-1, 1]`` on both axes, x to the right (columns) 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -41,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from mtl.data.adapters.base import Adapter, DataError, Record
-from mtl.data.sample import NO_TUMOR, Sample, make_sample
+from mtl.data.sample import NO_TUMOR, Sample
 
 KINDS = ("glioma", "meningioma", "pituitary")
 FOV_MM = 240.0  # simulated field of view; pixel spacing is FOV_MM / size
@@ -449,21 +450,10 @@ class PhantomAdapter(Adapter):
             raise DataError(f"phantoms: {record.case_id}: unknown phantom label {label!r}")
         p = render_phantom(seed, index, size, label)
         mm = FOV_MM / size
-        return make_sample(
-            p.image,
-            case_id=record.case_id,
-            mask=p.mask,
-            presence=int(label != NO_TUMOR),
-            label=label,
-            meta={
-                "dataset": "phantoms",
-                "patient_id": record.patient_id,
-                "source": "phantoms",
-                "spacing": (mm, mm),
-                "seed": seed,
-                "index": index,
-            },
-        )
+        # the slice drawn: a record without a label draws a healthy one
+        drawn = dataclasses.replace(record, presence=int(label != NO_TUMOR), label=label,
+                                    source="phantoms")
+        return self.sample(drawn, p.image, p.mask, spacing=(mm, mm), seed=seed, index=index)
 
 
 #: seed of :func:`write_example_slice`: not a seed any experiment file trains on

@@ -1,0 +1,163 @@
+"""``train.jit_compile`` and ``train.steps_per_execution`` (how the training step is compiled and
+called) and XLA in ``compiled_forward``: each computes what the default does.
+
+The network is a U-Net in miniature with mtl's heads (the op kinds of segmentation-models'
+U-Net: convolutions, mtl's fused batch norm, pooling, nearest upsampling, concatenation), inside
+the real ``MultiTaskModel`` with its masked loss and metrics, so XLA compiles in seconds.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mtl.config import ConfigError, load_config
+
+SIZE, BATCH, STEPS = 32, 4, 4
+
+
+def tiny_network(spec):
+    import keras
+
+    from mtl.model.layers import BatchNormalization
+
+    layers = keras.layers
+
+    def conv_bn_relu(x, filters):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        return layers.ReLU()(BatchNormalization()(x))
+
+    image = keras.Input((spec.input_size, spec.input_size, spec.channels))
+    skip = conv_bn_relu(image, 4)
+    deep = conv_bn_relu(layers.MaxPooling2D(2)(skip), 8)
+    up = layers.UpSampling2D(2)(deep)
+    decoded = conv_bn_relu(layers.Concatenate()([up, skip]), 4)
+    mask = layers.Conv2D(1, 1, activation="sigmoid")(decoded)
+    pooled = layers.Concatenate(name="head_pool")(
+        [layers.GlobalAveragePooling2D()(deep), layers.GlobalMaxPooling2D()(deep)])
+    shared = layers.Dense(8, activation="relu", name="head_dense")(pooled)
+    return keras.Model(image, {
+        "presence": layers.Dense(1, activation="sigmoid", name="presence")(shared),
+        "type": layers.Dense(len(spec.classes), activation="softmax", name="type")(shared),
+        "mask": layers.Identity(name="mask")(mask),
+    })
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr("mtl.model.multitask.build_network", tiny_network)
+
+
+def config(**train):
+    return load_config(None, {"data.image_size": SIZE, "train.batch_size": BATCH,
+                              "model.head_dropout": 0.0,
+                              **{f"train.{k}": v for k, v in train.items()}})
+
+
+def dataset():
+    """STEPS batches, every task labelled (half the masks empty), in a fixed order."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    n = STEPS * BATCH
+    mask = np.zeros((n, SIZE, SIZE, 1), np.float32)
+    mask[::2, 8:20, 10:22] = 1.0
+    targets = {"presence": (mask.max(axis=(1, 2, 3)) > 0).astype(np.float32)[:, None],
+               "type": rng.integers(0, 4, n).astype(np.int32), "mask": mask,
+               "box": np.zeros_like(mask), "spacing": np.full((n, 2), np.nan, np.float32)}
+    weights = {k: np.ones(n, np.float32) for k in ("presence", "type", "mask")}
+    weights["box"] = np.zeros(n, np.float32)
+    images = rng.random((n, SIZE, SIZE, 1), dtype=np.float32) + mask
+    return tf.data.Dataset.from_tensor_slices((images, targets, weights)).batch(BATCH)
+
+
+def trained(**train):
+    """(per-step losses, weights) after STEPS steps of model.fit from seed 0's weights."""
+    import keras
+
+    from mtl.train import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(config(**train))
+    losses = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"])))
+    model.fit(dataset(), epochs=1, steps_per_epoch=STEPS, verbose=0, shuffle=False,
+              callbacks=[record])
+    return model, losses, [np.asarray(w) for w in model.weights]
+
+
+def test_options_are_validated_with_a_clear_error():
+    assert config().train.jit_compile == "auto" and config().train.steps_per_execution == 1
+    assert config(jit_compile=True).train.jit_compile is True
+    with pytest.raises(ConfigError, match=r"train\.jit_compile must be auto, true or false"):
+        config(jit_compile="sometimes")
+    with pytest.raises(ConfigError, match=r"train\.jit_compile must be auto, true or false"):
+        config(jit_compile=1)
+    with pytest.raises(ConfigError, match=r"train\.steps_per_execution must be >= 1"):
+        config(steps_per_execution=0)
+    with pytest.raises(ConfigError, match=r"train\.steps_per_execution: expected an integer"):
+        config(steps_per_execution=1.5)
+
+
+def test_steps_per_execution_divides_the_epoch():
+    from mtl.train import step_options
+
+    t = SimpleNamespace(jit_compile="auto", steps_per_execution=4)
+    assert step_options(t) == {"jit_compile": "auto", "steps_per_execution": 4}
+    assert step_options(t, 8)["steps_per_execution"] == 4
+    assert step_options(t, 10)["steps_per_execution"] == 2  # 4 would run 12 steps an epoch
+    assert step_options(t, 7)["steps_per_execution"] == 1
+    assert step_options(t, 3)["steps_per_execution"] == 3
+
+
+def test_build_model_compiles_with_the_options(tiny):
+    from mtl.train import build_model
+
+    model = build_model(config(jit_compile=False, steps_per_execution=3), steps_per_epoch=9)
+    assert model.jit_compile is False and model.steps_per_execution == 3
+    model = build_model(config(jit_compile=True, steps_per_execution=4), steps_per_epoch=10)
+    assert model.jit_compile is True and model.steps_per_execution == 2
+    # auto is Keras's rule: no XLA on a machine without a GPU
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        assert build_model(config()).jit_compile is False
+
+
+def test_steps_per_execution_trains_the_same(tiny):
+    model, losses, weights = trained(steps_per_execution=1)
+    model2, losses2, weights2 = trained(steps_per_execution=STEPS // 2)
+    assert model2.steps_per_execution == STEPS // 2
+    assert int(model2.optimizer.iterations) == int(model.optimizer.iterations) == STEPS
+    assert len(losses2) == 2  # callbacks see one batch end per execution
+    assert losses2 == pytest.approx([losses[1], losses[3]], rel=1e-5)
+    for a, b in zip(weights, weights2):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_xla_trains_the_same(tiny):
+    model, losses, weights = trained(jit_compile=False)
+    model2, losses2, weights2 = trained(jit_compile=True)
+    assert model2.jit_compile is True and model.jit_compile is False
+    assert losses2 == pytest.approx(losses, rel=1e-4)
+    for a, b in zip(weights, weights2):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_forward_with_xla_predicts_the_same(tiny):
+    from mtl.model.inference import compiled_forward
+    from mtl.train import build_model
+
+    model = build_model(config())
+    x = np.random.default_rng(1).random((3, SIZE, SIZE, 1), dtype=np.float32)
+    plain = compiled_forward(model, SIZE, 1)(x)
+    xla = compiled_forward(model, SIZE, 1, jit_compile=True)
+    out = xla(x)
+    assert set(out) == set(plain)
+    for key in plain:
+        np.testing.assert_allclose(out[key], plain[key], rtol=1e-4, atol=1e-5)
+    one = xla(x[:1])  # another batch size: compiled again, same values
+    np.testing.assert_allclose(one["mask"], plain["mask"][:1], rtol=1e-4, atol=1e-5)

@@ -3,6 +3,7 @@
     python benchmarks/peers.py                                  # 128 px, batch 16, 3 rounds
     python benchmarks/peers.py --out benchmarks/results/peers.json
     python benchmarks/peers.py --quick                          # tiny: checks the script works
+    python benchmarks/peers.py --set train.jit_compile=true     # mtl with a train.* setting
 
 The peer is what a user would pick instead of mtl: MONAI's ``FlexibleUNet`` (resnet18 encoder,
 1 input channel, one mask channel, the same decoder widths, no pretrained weights) with the same
@@ -19,9 +20,10 @@ alike; the two processes of a round run back to back, never at the same time. Pe
 - training: random images with blob masks held in memory, ``--warmup`` + ``--steps`` training
   steps after 2 untimed ones (tracing, oneDNN primitive creation); images/s over the ``--steps``
   after the first ``--warmup``, from per-step timestamps. mtl: ``model.fit`` of
-  ``mtl.train.build_model`` (mtl's default training step, ``train.precision: float32``), as
-  ``benchmarks/train_budget.py`` times it; peer: ``zero_grad``, forward, loss, ``backward``,
-  ``step``.
+  ``mtl.train.build_model`` (mtl's default training step as users run it, with its defaults
+  for ``train.jit_compile`` and ``train.steps_per_execution`` unless ``--set`` changes them;
+  ``train.precision: float32``), as ``benchmarks/train_budget.py`` times it; peer:
+  ``zero_grad``, forward, loss, ``backward``, ``step``.
 - inference, the network alone on prepared inputs: batch 1 latency (median over
   ``--latency-repeats`` calls) and batch ``--batch`` throughput (images/s from the median call
   over ``--throughput-repeats``). mtl: ``mtl.model.inference.compiled_forward``, what
@@ -169,7 +171,7 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.flops import model_flops
     from benchmarks.train_speed import fit_steps
-    from mtl.config import load_config
+    from mtl.config import load_config, parse_override
     from mtl.model.inference import compiled_forward
     from mtl.train import build_model
 
@@ -179,6 +181,7 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
         "model.backbone": args.backbone, "model.decoder_filters": list(DECODER),
         "model.head_units": HEAD_UNITS, "model.head_dropout": HEAD_DROPOUT,
         "train.precision": "float32", "train.learning_rate": LEARNING_RATE,
+        **dict(parse_override(o) for o in args.set),  # train.* only (parse_args)
     })
     if len(config.data.classes) != CLASSES:
         raise RuntimeError(f"mtl's default class list changed: {config.data.classes}")
@@ -196,9 +199,13 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
     data = (tf.data.Dataset.from_tensor_slices((stacked["image"], targets, weights))
             .batch(args.batch, drop_remainder=True).cache().repeat())
 
-    fit_steps(model, data, warmup=0, steps=2, batch=args.batch)  # untimed: tracing
+    # whole executions where train.steps_per_execution is N > 1: steps rounded up to multiples
+    per = int(model.steps_per_execution)
+    whole = lambda n: -(-n // per) * per  # noqa: E731
+    fit_steps(model, data, warmup=0, steps=whole(2), batch=args.batch)  # untimed: tracing
     phases.mark("train_warmup")
-    train = fit_steps(model, data, warmup=args.warmup, steps=args.steps, batch=args.batch)
+    train = fit_steps(model, data, warmup=whole(args.warmup), steps=whole(args.steps),
+                      batch=args.batch)
     phases.mark("train_timed")
 
     forward = compiled_forward(model, args.size, 1)
@@ -210,8 +217,9 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "side": "mtl",
         "what": f"mtl.train.build_model: segmentation-models Unet({args.backbone}), decoder "
-                f"{list(DECODER)}, presence/type heads; model.fit; train.precision float32; "
-                "inference: mtl.model.inference.compiled_forward",
+                f"{list(DECODER)}, presence/type heads; model.fit; train.precision float32"
+                f"{''.join('; ' + o for o in args.set)}; jit_compile {bool(model.jit_compile)}, "
+                f"steps_per_execution {per}; inference: mtl.model.inference.compiled_forward",
         "train_images_per_s": train["images_per_s"],
         "train_step_seconds": train["step_seconds"],
         **infer,
@@ -381,6 +389,8 @@ def child_command(side: str, args: argparse.Namespace, flops: bool) -> list[str]
            "--warmup", str(args.warmup), "--latency-repeats", str(args.latency_repeats),
            "--throughput-repeats", str(args.throughput_repeats), "--threads", str(args.threads),
            "--backbone", args.backbone]
+    for override in args.set if side == "mtl" else ():
+        cmd += ["--set", override]
     return cmd + (["--flops"] if flops else [])
 
 
@@ -549,6 +559,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.set_num_threads (default: the CPUs this process may use)")
     p.add_argument("--backbone", default="resnet18",
                    help="encoder of both nets (a name both segmentation-models and MONAI know)")
+    p.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
+                   help="a train.* setting of mtl's side, as mtl train --set (repeatable), e.g. "
+                        "train.jit_compile=true; default: mtl's defaults, as users run it")
     p.add_argument("--child-timeout", type=float, default=1800.0)
     p.add_argument("--out", help="results JSON (e.g. benchmarks/results/peers.json); the Markdown "
                                  "table goes next to it with .md. Without it only the table is printed")
@@ -568,6 +581,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    for override in args.set:
+        if not override.startswith("train.") or "=" not in override:
+            p.error(f"--set {override}: only train.KEY=VALUE settings (the networks stay the same)")
     return args
 
 
@@ -600,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
         "settings": {k: getattr(args, k) for k in (
             "size", "batch", "steps", "warmup", "rounds", "latency_repeats", "throughput_repeats",
-            "threads", "backbone")} | {"decoder": list(DECODER), "precision": "float32",
+            "threads", "backbone", "set")} | {"decoder": list(DECODER), "precision": "float32",
                                        "order": [f"{r['side']}{r['round'] + 1}" for r in runs]},
         "machine": {"cpu": _cpuinfo(), "cpus_usable": usable_cpus(),
                     "cgroup_cpu_limit": _cgroup_cpu_limit(), "git": git_revision(),

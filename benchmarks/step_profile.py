@@ -4,7 +4,7 @@ process: every variant on the same model settings and the same random batches, i
     python benchmarks/step_profile.py                          # 128 px, batch 16, 3 rounds
     python benchmarks/step_profile.py --size 64 --batch 8 --rounds 5 --steps 3
     python benchmarks/step_profile.py --variants fit,fit_xla --profile fit
-    python benchmarks/step_profile.py --quick                  # tiny, no XLA: checks the script
+    python benchmarks/step_profile.py --quick                  # tiny: checks the script works
 
 The network is benchmarks/peers.py's (``mtl.train.build_model``: resnet18 U-Net, 1 channel,
 decoder (128, 64, 32, 16, 16), presence/type heads, Adam, ``train.precision: float32``), fed
@@ -21,13 +21,14 @@ random images with disc masks held in memory (``peers.random_batches``). Variant
 - candidates, each its own model (same settings): ``fit_xla`` (``train.jit_compile: true``: XLA
   on the whole step), ``fit_spe`` (``train.steps_per_execution: --spe``; time per step),
   ``fit_no_metrics`` (``compute_metrics`` returns the trackers without updating accuracy and
-  Dice);
+  Dice), ``fit_keras_adam`` (Keras's own Adam instead of mtl's ``FusedAdam``);
 - inference through ``mtl.model.inference.compiled_forward`` (what ``mtl infer`` / ``serve``
   / ``evaluate`` run): ``infer_1`` (batch 1), ``infer_batch`` (``--batch``), and the same with
   ``jit_compile=True`` (``infer_1_xla``, ``infer_batch_xla``).
 
 Each variant first runs once untimed (its first call's seconds, tracing and XLA compilation
-included, are kept as ``first_call_seconds``). Then ``--rounds`` rounds; in each, every variant
+included, are kept as ``first_call_seconds``), then all once more (``--warmup-rounds``): the first
+calls after other models were built are slow. Then ``--rounds`` rounds; in each, every variant
 runs ``--steps`` timed calls, variants back to back. A variant's figure is the median over
 rounds of its per-round median; ratios are taken per round (``fit`` seconds / variant seconds:
 > 1 is faster than ``fit``; for the phases, their share of ``fit``'s time) and their median
@@ -68,19 +69,19 @@ from benchmarks.peers import (  # noqa: E402
 )
 
 PHASES = ("forward", "forward_loss", "gradients", "step_no_metrics")
-TRAIN_CANDIDATES = ("fit_xla", "fit_spe", "fit_no_metrics")
+TRAIN_CANDIDATES = ("fit_xla", "fit_spe", "fit_no_metrics", "fit_keras_adam")
 INFER = ("infer_1", "infer_batch", "infer_1_xla", "infer_batch_xla")
 VARIANTS = (*PHASES, "fit", *TRAIN_CANDIDATES, *INFER)
 XLA = ("fit_xla", "infer_1_xla", "infer_batch_xla")
 #: wall-clock time, and this process's CPU time (all threads)
 CLOCKS = ("wall", "cpu")
 
-FULL = {"size": 128, "batch": 16, "steps": 3, "rounds": 3, "spe": 4, "profile": "fit",
-        "variants": ",".join(VARIANTS)}
-#: --quick: proves the script runs end to end; measures nothing. No XLA: compiling the step
-#: takes minutes even at 32 px on 2 cores
-QUICK = {"size": 32, "batch": 2, "steps": 1, "rounds": 1, "spe": 2, "profile": "fit",
-         "variants": ",".join(v for v in VARIANTS if v not in XLA)}
+FULL = {"size": 128, "batch": 16, "steps": 3, "rounds": 3, "warmup_rounds": 1, "spe": 4,
+        "profile": "fit", "variants": ",".join(VARIANTS)}
+#: --quick: proves the script runs end to end; measures nothing. One model: each candidate
+#: costs another build and trace, and XLA compilation takes minutes on a busy 2-core machine
+QUICK = {"size": 32, "batch": 2, "steps": 1, "rounds": 1, "warmup_rounds": 0, "spe": 2,
+         "profile": "fit", "variants": ",".join((*PHASES, "fit", "infer_1", "infer_batch"))}
 
 
 def config_for(size: int, batch: int, backbone: str, **train: Any):
@@ -168,10 +169,13 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
     variants: dict[str, dict[str, Any]] = {}
 
     def model_with(**train: Any):
+        """build_model's model; XLA only where asked for (auto would turn it on on GPUs)."""
+        train.setdefault("jit_compile", False)
         keras.utils.set_random_seed(0)
         return build_model(config_for(args.size, args.batch, args.backbone, **train))
 
-    def fit_call(model, steps_per_call: int) -> Callable[[], None]:
+    def fit_call(model, steps_per_call: int) -> tuple[Callable[[], None], float]:
+        """A call of the model's train function, after an untimed fit (its seconds)."""
         started = time.perf_counter()
         model.fit(dataset, epochs=1, steps_per_epoch=steps_per_call, verbose=0, shuffle=False)
         first = time.perf_counter() - started
@@ -185,7 +189,7 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
 
     base = None
     if set(names) & {*PHASES, "fit", *INFER}:
-        base = model_with(jit_compile=False)
+        base = model_with()
         log(f"built the model ({args.backbone}, {args.size} px, batch {args.batch})")
     if "fit" in names or set(names) & set(PHASES):  # the phases use the optimizer fit builds
         call, first = fit_call(base, 1)
@@ -204,7 +208,8 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
         variants[name] = {"call": (lambda fn=fn: _sync(fn(*next_batch()))), "steps_per_call": 1,
                           "first_call_seconds": time.perf_counter() - started}
     candidates = {"fit_xla": ({"jit_compile": True}, 1), "fit_spe": (
-        {"steps_per_execution": args.spe}, args.spe), "fit_no_metrics": ({}, 1)}
+        {"steps_per_execution": args.spe}, args.spe), "fit_no_metrics": ({}, 1),
+        "fit_keras_adam": ({}, 1)}
     for name, (train, per_call) in candidates.items():
         if name not in names:
             continue
@@ -212,6 +217,8 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
         model = model_with(**train)
         if name == "fit_no_metrics":
             model.compute_metrics = lambda *a, model=model, **k: model.get_metrics_result()
+        if name == "fit_keras_adam":  # Keras's own Adam: ten ops per weight, not one kernel
+            model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), jit_compile=False)
         call, first = fit_call(model, per_call)
         variants[name] = {"call": call, "steps_per_call": per_call, "first_call_seconds": first,
                           "jit_compile": bool(model.jit_compile),
@@ -233,14 +240,17 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
     return {n: variants[n] for n in names if n in variants}
 
 
-def run_rounds(variants: dict[str, dict[str, Any]], rounds: int, steps: int
-               ) -> dict[str, dict[str, list[list[float]]]]:
+def run_rounds(variants: dict[str, dict[str, Any]], rounds: int, steps: int,
+               warmup_rounds: int = 0) -> dict[str, dict[str, list[list[float]]]]:
     """clock ("wall", "cpu") -> name -> per round, the seconds per step of each timed call.
 
     "cpu" is this process's CPU time (all its threads): the work a call does, which waiting
     for the CPUs on a busy machine does not inflate as it does the wall time."""
     times: dict[str, dict[str, list[list[float]]]] = {
         clock: {n: [] for n in variants} for clock in CLOCKS}
+    for _ in range(warmup_rounds):  # untimed: every variant once more after all were built
+        for v in variants.values():
+            v["call"]()
     for r in range(rounds):
         for name, v in variants.items():
             wall, cpu = [], []
@@ -391,14 +401,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Where mtl's training step spends its time, and what XLA, "
                     "steps_per_execution and metrics change; one process, interleaved.")
     p.add_argument("--quick", action="store_true",
-                   help="tiny sizes, 1 round, no XLA: proves the script runs, measures nothing")
+                   help="tiny sizes, 1 round, the phases, fit and plain inference: proves the "
+                        "script runs, measures nothing")
     p.add_argument("--size", type=int, help=f"image size in px (default {FULL['size']})")
     p.add_argument("--batch", type=int, help=f"batch (default {FULL['batch']})")
     p.add_argument("--steps", type=int, help=f"timed calls per variant per round (default {FULL['steps']})")
     p.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL['rounds']})")
+    p.add_argument("--warmup-rounds", type=int,
+                   help=f"untimed rounds first (default {FULL['warmup_rounds']})")
     p.add_argument("--spe", type=int, help=f"steps_per_execution of fit_spe (default {FULL['spe']})")
-    p.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)} (default all; "
-                                      "--quick: all but the XLA ones)")
+    p.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)} (default all)")
     p.add_argument("--profile", help="variant to run under TensorFlow's profiler after the rounds "
                                      f"(default {FULL['profile']}; 'none' skips it)")
     p.add_argument("--profile-steps", type=int, default=2)
@@ -425,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("batch", "steps", "rounds", "spe", "profile_steps"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.warmup_rounds < 0:
+        p.error("--warmup-rounds must be >= 0")
     return args
 
 
@@ -437,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = build_variants(args, args.variants)
     log(f"variants ready in {time.perf_counter() - build_started:.0f} s; "
         f"{args.rounds} round(s) of {args.steps} call(s)")
-    times = run_rounds(variants, args.rounds, args.steps)
+    times = run_rounds(variants, args.rounds, args.steps, args.warmup_rounds)
     prof: dict[str, Any] | None = None
     if args.profile:
         try:
@@ -451,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "quick": bool(args.quick),
         "settings": {k: getattr(args, k) for k in (
-            "size", "batch", "steps", "rounds", "spe", "backbone", "profile", "profile_steps")}
+            "size", "batch", "steps", "rounds", "warmup_rounds", "spe", "backbone", "profile",
+            "profile_steps")}
         | {"decoder": list(DECODER), "precision": "float32", "nice": os.nice(0)},
         "variants": list(variants),
         "variant_info": {n: {k: v for k, v in d.items() if k != "call"} for n, d in variants.items()},

@@ -59,20 +59,29 @@ def _keras_clock():
 
 
 def fit_steps(model, dataset, *, warmup: int, steps: int, batch: int) -> dict[str, Any]:
-    """One timed ``model.fit``; images/s over the ``steps`` after ``warmup`` steps."""
+    """One timed ``model.fit``; images/s over the ``steps`` after ``warmup`` steps.
+
+    With ``steps_per_execution`` N > 1 (``train.steps_per_execution``) Keras reports one batch
+    end per N steps: ``warmup`` and ``steps`` must be multiples of N, and ``step_seconds`` are
+    each execution's seconds / N."""
+    per = int(getattr(model, "steps_per_execution", 1) or 1)
+    if warmup % per or steps % per:
+        raise ValueError(f"warmup {warmup} and steps {steps} must be multiples of the model's "
+                         f"steps_per_execution {per}")
     clock = _keras_clock()
     model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[clock],
               shuffle=False)
     t = clock.t
-    if len(t) != warmup + steps + 1:
-        raise RuntimeError(f"fit ran {len(t) - 1} steps, expected {warmup + steps} "
+    if len(t) != (warmup + steps) // per + 1:
+        raise RuntimeError(f"fit ran {(len(t) - 1) * per} steps, expected {warmup + steps} "
                            "(dataset too short?)")
-    measured = t[warmup + steps] - t[warmup]
+    first, last = warmup // per, (warmup + steps) // per
+    measured = t[last] - t[first]
     return {
         "images_per_s": steps * batch / measured,
         "seconds": measured,
-        "warmup_seconds": t[warmup] - t[0],
-        "step_seconds": np.diff(t[warmup:]).round(6).tolist(),
+        "warmup_seconds": t[first] - t[0],
+        "step_seconds": (np.diff(t[first:]) / per).round(6).tolist(),
     }
 
 

@@ -137,10 +137,11 @@ class TrainConfig:
     #: (mtl.precision)
     precision: str = "float32"
     #: XLA compilation of the training and validation steps (Keras's compile(jit_compile)):
-    #: auto follows Keras (on where a GPU is visible and no tf.distribute strategy spans
-    #: several replicas, off on CPU-only machines); true / false force it. Same results up to
-    #: float rounding (tested); compiling takes minutes at the start of a run
-    #: (benchmarks/step_profile.py measures both)
+    #: auto follows Keras (on where a GPU is visible, off on CPU-only machines and under a
+    #: tf.distribute strategy); true / false force it. Same results up to float rounding
+    #: (tested), except that dropout draws other random masks under XLA. On a CPU it is
+    #: slower (1.5x at 128 px on a 2-core Xeon: benchmarks/step_profile.py) and compiling
+    #: adds seconds to minutes at the start
     jit_compile: bool | str = "auto"
     #: training steps run per call from Python into TensorFlow (Keras's steps_per_execution);
     #: > 1 saves per-step Python overhead where steps are short (small images, GPUs). Progress

@@ -64,6 +64,7 @@ from mtl.data.copies import check_groups_together, link_copies, split_jointly
 from mtl.data.splits import check_no_leak, match_case_ids, split_records
 from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
+from mtl.model.optimizers import FusedAdam
 from mtl.plots import plot_history
 from mtl.precision import resolve_precision
 
@@ -430,8 +431,9 @@ def cosine_learning_rate(epoch: int, _current: float = 0.0, *, base: float, epoc
 
 def build_model(config: Config, learning_rate: float | None = None,
                 steps_per_epoch: int | None = None) -> MultiTaskModel:
-    """The untrained model of ``config``, compiled with Adam and ``train.jit_compile`` /
-    ``train.steps_per_execution`` (:func:`step_options`; ``steps_per_epoch`` caps the latter)."""
+    """The untrained model of ``config``, compiled with Adam (:class:`FusedAdam`) and
+    ``train.jit_compile`` / ``train.steps_per_execution`` (:func:`step_options`;
+    ``steps_per_epoch`` caps the latter)."""
     d = config.data
     with precision_policy(config.train.precision):
         model = MultiTaskModel(
@@ -443,9 +445,8 @@ def build_model(config: Config, learning_rate: float | None = None,
             name="mtl",
         )
         lr = config.train.learning_rate if learning_rate is None else learning_rate
-        # float16: wrapped in loss scaling
-        model.compile(optimizer=keras.optimizers.Adam(lr),
-                      **step_options(config.train, steps_per_epoch))
+        # Keras's Adam through TensorFlow's fused kernel; float16: wrapped in loss scaling
+        model.compile(optimizer=FusedAdam(lr), **step_options(config.train, steps_per_epoch))
     return model
 
 

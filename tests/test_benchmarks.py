@@ -158,6 +158,43 @@ def test_train_budget_reports_speed_and_epochs_per_variant(tmp_path, capsys):
     assert "| resnet18 | 64 | float32 |" in capsys.readouterr().out
 
 
+def test_step_profile_quick_times_the_phases(tmp_path, capsys):
+    from benchmarks.step_profile import PHASES, main as step_profile
+
+    out = tmp_path / "profile.json"
+    assert step_profile(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["variants"] == [*PHASES, "fit", "infer_1", "infer_batch"]
+    for clock in ("wall", "cpu"):
+        summary = result["summary"][clock]
+        assert all(_positive(summary["seconds"][v]["median"]) for v in result["variants"])
+        assert {f"{p}_share_of_fit" for p in PHASES} <= set(summary["ratios"])
+    shares = result["profile"]["top"]  # TensorFlow's profiler: op types of the fit step
+    assert shares and any("Conv2D" in t["type"] for t in shares)
+    assert sum(t["share"] for t in shares) + result["profile"]["other_share"] == pytest.approx(1)
+    assert "simd" in result["machine"]["cpu"] and result["loadavg"]["start"]
+    table = out.with_suffix(".md").read_text()
+    assert "| `fit` |" in table and "--quick run" in table
+    assert table in capsys.readouterr().out
+
+
+def test_fit_steps_times_whole_executions():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks.train_speed import fit_steps
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
+    data = tf.data.Dataset.from_tensor_slices((np.ones((8, 3)), np.ones((8, 1)))).batch(2).repeat()
+    timed = fit_steps(model, data, warmup=2, steps=4, batch=2)
+    assert len(timed["step_seconds"]) == 2 and _positive(timed["images_per_s"])
+    assert int(model.optimizer.iterations) == 6
+    with pytest.raises(ValueError, match="multiples of the model's steps_per_execution 2"):
+        fit_steps(model, data, warmup=1, steps=4, batch=2)
+
+
 def test_quick_run_has_every_section(quick_run):
     results, _, _ = quick_run
     assert results["quick"] is True

@@ -84,6 +84,18 @@ def test_arguments():
         peers.parse_args(["--size", "100"])
 
 
+def test_set_passes_train_settings_to_the_mtl_child_only():
+    args = peers.parse_args(["--quick", "--set", "train.jit_compile=true",
+                             "--set", "train.steps_per_execution=2"])
+    cmd = peers.child_command("mtl", args, flops=False)
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"] == [
+        "train.jit_compile=true", "train.steps_per_execution=2"]
+    assert "--set" not in peers.child_command("peer", args, flops=False)
+    assert peers.parse_args(["--quick"]).set == []
+    with pytest.raises(SystemExit):  # the networks must stay the same
+        peers.parse_args(["--set", "model.backbone=resnet34"])
+
+
 @needs_extra
 def test_quick_run_reports_both_sides_and_their_ratios(tmp_path):
     out = tmp_path / "peers.json"

@@ -161,3 +161,48 @@ def test_compiled_forward_with_xla_predicts_the_same(tiny):
         np.testing.assert_allclose(out[key], plain[key], rtol=1e-4, atol=1e-5)
     one = xla(x[:1])  # another batch size: compiled again, same values
     np.testing.assert_allclose(one["mask"], plain["mask"][:1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])  # amsgrad: Keras's own update, unfused
+def test_fused_adam_updates_as_keras_adam(amsgrad):
+    import keras
+    import tensorflow as tf
+
+    from mtl.model.optimizers import FusedAdam
+
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 4, 8), (8,), (16, 4)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[tf.constant(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+             for _ in range(3)]
+
+    def run(optimizer):
+        weights = [keras.Variable(w) for w in start]
+        step = tf.function(lambda g: optimizer.apply_gradients(zip(g, weights)))
+        for g in grads:
+            step(g)
+        return [np.asarray(w) for w in weights], optimizer
+
+    expected, _ = run(keras.optimizers.Adam(1e-2, amsgrad=amsgrad))
+    got, fused = run(FusedAdam(1e-2, amsgrad=amsgrad))
+    assert int(fused.iterations) == 3
+    for a, b, w in zip(expected, got, start):
+        assert not np.allclose(b, w)  # it did update
+        # float rounding (the kernel's order of operations): 1e-6 of steps of about 1e-2
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_models_save_and_load_with_fused_adam(tiny, tmp_path):
+    import keras
+
+    from mtl.model.optimizers import FusedAdam
+    from mtl.train import build_model
+
+    model = build_model(config())
+    assert isinstance(model.optimizer, FusedAdam)
+    model.fit(dataset(), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer, FusedAdam) and int(loaded.optimizer.iterations) == 1
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -16,6 +16,7 @@ import keras
 
 from mtl.distribute import cluster_role
 from mtl.model.losses import LOSS_TASKS, MultiTaskLoss, masked_mean
+from mtl.model import optimizers as _optimizers  # noqa: F401 - saved models name FusedAdam
 from mtl.model.network import NetworkSpec, build_network
 
 

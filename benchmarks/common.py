@@ -6,6 +6,7 @@ cheaply; :func:`machine_facts` imports it only to read versions and thread setti
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -166,3 +167,12 @@ def timed(fn, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - t0, out
+
+
+def write_results(out: str | Path, results: dict[str, Any], table: str) -> None:
+    """``results`` as JSON at ``out`` and ``table`` as Markdown beside it (``.md``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(table)
+    log(f"wrote {out} and {out.with_suffix('.md')}")

@@ -60,7 +60,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    ROOT, _cgroup_cpu_limit, _cpuinfo, git_revision, loadavg, log, stats,
+    ROOT, _cgroup_cpu_limit, _cpuinfo, git_revision, loadavg, log, stats, write_results,
 )
 
 SIDES = ("mtl", "peer")
@@ -628,11 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1))
-        out.with_suffix(".md").write_text(table)
-        log(f"wrote {out} and {out.with_suffix('.md')}")
+        write_results(args.out, results, table)
     return 0
 
 

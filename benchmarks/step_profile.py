@@ -63,7 +63,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import loadavg, log, machine_facts, stats  # noqa: E402
+from benchmarks.common import loadavg, log, machine_facts, stats, write_results  # noqa: E402
 from benchmarks.peers import (  # noqa: E402
     CLASSES, DECODER, HEAD_DROPOUT, HEAD_UNITS, LEARNING_RATE, random_batches,
 )
@@ -480,11 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1))
-        out.with_suffix(".md").write_text(table)
-        log(f"wrote {out} and {out.with_suffix('.md')}")
+        write_results(args.out, results, table)
     return 0
 
 

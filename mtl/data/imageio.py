@@ -25,30 +25,64 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """An image file -> (H, W) array (uint8 for 8-bit files, original values otherwise)."""
+def _pil_decode(path: Path, convert) -> tuple[np.ndarray | None, Exception | None]:
+    """``convert`` of the EXIF-upright PIL image of ``path``: (array, None); a multi-frame file
+    is refused; (None, error) for a TIFF PIL cannot read (tifffile takes over)."""
     from PIL import Image, ImageOps
 
-    path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 raise ImageReadError(f"{path}: holds {img.n_frames} frames, not a 2-D image "
                                      "(give a volume as NIfTI or DICOM)")
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return np.array(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            return np.array(img.convert("L"), dtype=np.uint8)
+            return convert(ImageOps.exif_transpose(img)), None
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError...
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff(path, exc)
-        raise ImageReadError(f"{path}: cannot read image ({describe_error(exc)})") from exc
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise ImageReadError(f"{path}: cannot read image ({describe_error(exc)})") from exc
+        return None, exc
+
+
+_RAW_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def _has_alpha(img) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def _on_black(img):
+    """An RGBA copy with transparent pixels composited onto black."""
+    from PIL import Image
+
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+
+
+def _gray_of(img) -> np.ndarray:
+    if img.mode in _RAW_MODES:
+        return np.array(img)
+    if _has_alpha(img):
+        img = _on_black(img)
+    return np.array(img.convert("L"), dtype=np.uint8)
+
+
+def _channels_of(img) -> np.ndarray:
+    if img.mode in _RAW_MODES + ("L",):
+        return np.array(img)
+    if _has_alpha(img):
+        return np.array(_on_black(img).convert("L" if img.mode == "LA" else "RGB"))
+    if img.mode in ("1", "P"):
+        return np.array(img.convert("RGB" if img.mode == "P" else "L"))
+    return np.array(img)  # RGB, CMYK, ... as stored
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """An image file -> (H, W) array (uint8 for 8-bit files, original values otherwise)."""
+    path = Path(path)
+    array, error = _pil_decode(path, _gray_of)
+    return array if error is None else _read_tiff(path, error)
 
 
 def read_channels(path: str | Path) -> np.ndarray:
@@ -56,32 +90,10 @@ def read_channels(path: str | Path) -> np.ndarray:
     stored (no luma, no copies): for models whose channels are MR sequences, e.g. the
     3-channel TIFF slices of the LGG set (pre-contrast, FLAIR, post-contrast). An alpha channel
     is composited onto black, as :func:`read_gray` does; a palette image is expanded."""
-    from PIL import Image, ImageOps
-
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                raise ImageReadError(f"{path}: holds {img.n_frames} frames, not a 2-D image "
-                                     "(give a volume as NIfTI or DICOM)")
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
-                return np.array(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                grey = img.mode == "LA"
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-                return np.array(img.convert("L" if grey else "RGB"))
-            if img.mode in ("1", "P"):
-                return np.array(img.convert("RGB" if img.mode == "P" else "L"))
-            return np.array(img)  # RGB, CMYK, ... as stored
-    except ImageReadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError...
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise ImageReadError(f"{path}: cannot read image ({describe_error(exc)})") from exc
-        first_error = exc
+    array, first_error = _pil_decode(path, _channels_of)
+    if first_error is None:
+        return array
     try:  # TIFFs PIL cannot open (float, 16-bit multi-sample, planar) through tifffile
         import tifffile
 

@@ -1,4 +1,6 @@
-"""Shared helpers: statistics over repeats, machine facts, peak memory, logging to stderr.
+"""Shared helpers: statistics over repeats, machine facts, peak memory, logging to stderr, and
+the parts the scripts share (their parser and --quick defaults, the command line, the note on a
+busy machine, the lines under a table, printing and writing the results).
 
 Nothing here imports TensorFlow at module level, so child processes and the report can use it
 cheaply; :func:`machine_facts` imports it only to read versions and thread settings.
@@ -6,10 +8,12 @@ cheaply; :func:`machine_facts` imports it only to read versions and thread setti
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -176,3 +180,92 @@ def write_results(out: str | Path, results: dict[str, Any], table: str) -> None:
     out.write_text(json.dumps(results, indent=1))
     out.with_suffix(".md").write_text(table)
     log(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+# ----------------------------------------------------------------- the scripts' shared parts
+
+
+def publish(results: dict[str, Any], table: str, out: str | Path | None) -> None:
+    """Print ``table``; with ``out``, write both there (:func:`write_results`)."""
+    print(table)
+    if out:
+        write_results(out, results, table)
+
+
+def script_parser(script: str, description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The parser of ``python benchmarks/<script>``, with its ``--quick`` flag."""
+    parser = argparse.ArgumentParser(prog=f"python benchmarks/{script}", description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def add_int_options(parser: argparse.ArgumentParser, full: dict[str, Any],
+                    helps: dict[str, str]) -> None:
+    """An integer option ``--NAME`` per entry of ``helps``, its help ending in its default in
+    ``full`` (the value it takes when left out, see :func:`parse_with_defaults`)."""
+    for name, text in helps.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
+                            help=f"{text} (default {full[name]})")
+
+
+def parse_with_defaults(parser: argparse.ArgumentParser, argv: list[str] | None,
+                        quick: dict[str, Any], full: dict[str, Any]) -> argparse.Namespace:
+    """``argv`` parsed; each option left out (None) takes its value from ``quick`` under
+    ``--quick``, from ``full`` otherwise."""
+    args = parser.parse_args(argv)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def require_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, minimum: int,
+                     *names: str) -> None:
+    """Exit through ``parser.error`` naming the first option of ``names`` below ``minimum``."""
+    for name in names:
+        if getattr(args, name) < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be >= {minimum}")
+
+
+def script_command(script: str, argv: list[str]) -> str:
+    """The command line that ran ``benchmarks/<script>`` with ``argv``, quoted for a shell."""
+    return " ".join(["python", f"benchmarks/{script}", *(shlex.quote(a) for a in argv)])
+
+
+def results_head(what: str, script: str, argv: list[str], started: Any,
+                 args: argparse.Namespace, settings: Iterable[str], **more: Any) -> dict[str, Any]:
+    """The opening of a script's results: what it measures, its command line, when it started
+    (a datetime), whether ``--quick``, and the ``settings`` named (from ``args``) with ``more``."""
+    return {"what": what, "command": script_command(script, argv),
+            "date": started.isoformat(timespec="seconds"), "quick": bool(args.quick),
+            "settings": {k: getattr(args, k) for k in settings} | more}
+
+
+def busy_note(load: list[float] | None, cpus: int, consequence: str) -> str | None:
+    """Where the 1-minute load average at the start was above half the usable CPUs: a note that
+    the machine was busy, and ``consequence``; None otherwise."""
+    if not load or load[0] <= cpus / 2:
+        return None
+    return (f"The machine was busy (1-minute load {load[0]:.2f} at the start on {cpus} CPUs): "
+            f"{consequence}")
+
+
+def table_footer(results: dict[str, Any], details: str, busy_consequence: str) -> list[str]:
+    """The lines under a script's table: what produced it (command, date, commit, CPU, usable
+    CPUs from ``results``' command, date and machine, then ``details``), the load average at
+    start and end, and where it was busy at the start, :func:`busy_note` in bold."""
+    machine, cpu, load = results["machine"], results["machine"]["cpu"], results["loadavg"]
+    lines = ["", (
+        f"`{results['command']}` on {results['date'][:10]}, commit {machine['git'].get('commit')}"
+        f"{' (work tree modified)' if machine['git'].get('dirty') else ''}; {cpu.get('model')} "
+        f"(SIMD: {', '.join(cpu.get('simd', [])) or 'unknown'}), {machine['cpus_usable']} usable "
+        f"CPUs, {details}; load average {load['start']} at start, {load['end']} at end.")]
+    busy = busy_note(load["start"], machine["cpus_usable"], busy_consequence)
+    if busy:
+        lines += ["", f"**{busy}**"]
+    return lines

@@ -41,7 +41,7 @@ def inputs_for(model_path: Path, split: str, limit: int) -> tuple[np.ndarray, st
     """Prepared network inputs (at most ``limit``) from ``split`` of the model's run data, as
     ``mtl evaluate`` picks them: the run folder's config and saved splits, else phantoms."""
     from mtl.data.pipeline import SampleEncoder, make_dataset, open_sources, plan_split
-    from mtl.evaluate.runner import assign_eval_split, config_for
+    from mtl.evaluate.evaluation import assign_eval_split, config_for
     from mtl.infer.predict import load_model
 
     run_dir = model_path.parent if (model_path.parent / "config.yaml").is_file() else None

@@ -121,11 +121,12 @@ def write_volume(path: Path, size: int, n_slices: int) -> Path:
     for k in range(n_slices):
         volume[:, :, k] = np.round(distinct[k % len(distinct)] * (4.0 + 0.01 * k)).astype(np.int16)
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    img = nib.Nifti1Image(volume, affine)
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    header = nib.Nifti1Header()  # int16 in mm, qform and sform the scanner's (code 1)
+    header.set_data_dtype(np.int16)
+    header.set_xyzt_units("mm")
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    nib.save(nib.Nifti1Image(volume, affine, header), str(path))
     return path
 
 

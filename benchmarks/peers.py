@@ -46,7 +46,6 @@ import importlib.util
 import json
 import math
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -60,7 +59,9 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    ROOT, _cgroup_cpu_limit, _cpuinfo, git_revision, loadavg, log, stats, write_results,
+    ROOT, _cgroup_cpu_limit, _cpuinfo, add_int_options, git_revision, loadavg, log,
+    parse_with_defaults, publish, require_at_least, results_head, script_parser, stats,
+    table_footer,
 )
 
 SIDES = ("mtl", "peer")
@@ -121,6 +122,34 @@ def random_batches(n_batches: int, batch: int, size: int, seed: int = 0) -> list
     return out
 
 
+def mtl_config(size: int, batch: int, backbone: str, overrides: dict[str, Any] | None = None):
+    """The network both sides build, as an mtl config (1 channel, :data:`DECODER`, the heads,
+    float32, Adam at :data:`LEARNING_RATE`), with further ``overrides`` (``train.*``)."""
+    from mtl.config import load_config
+
+    config = load_config(None, {
+        "data.image_size": size, "data.channels": 1, "train.batch_size": batch,
+        "model.backbone": backbone, "model.decoder_filters": list(DECODER),
+        "model.head_units": HEAD_UNITS, "model.head_dropout": HEAD_DROPOUT,
+        "train.precision": "float32", "train.learning_rate": LEARNING_RATE, **(overrides or {}),
+    })
+    if len(config.data.classes) != CLASSES:
+        raise RuntimeError(f"mtl's default class list changed: {config.data.classes}")
+    return config
+
+
+def mtl_inputs(batch: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(image, targets, sample weights) of a :func:`random_batches` batch as mtl's pipeline
+    makes them: presence, type and mask labelled, no box, no pixel spacing."""
+    n = len(batch["image"])
+    targets = {"presence": batch["presence"], "type": batch["type"].astype(np.int32),
+               "mask": batch["mask"], "box": np.zeros_like(batch["mask"]),
+               "spacing": np.full((n, 2), np.nan, np.float32)}
+    weights = {k: np.ones(n, np.float32) for k in ("presence", "type", "mask")}
+    weights["box"] = np.zeros(n, np.float32)
+    return batch["image"], targets, weights
+
+
 class Phases:
     """Wall and CPU seconds of a child's phases (import, build, tracing, ...), for the JSON:
     where a child's time goes besides the timed figures."""
@@ -145,19 +174,36 @@ def _latencies(fn: Callable[[], Any], repeats: int) -> list[float]:
     return times
 
 
-def _infer_figures(call1: Callable[[], Any], call_batch: Callable[[], Any], batch: int,
-                   latency_repeats: int, throughput_repeats: int) -> dict[str, Any]:
+def _infer_figures(predict: Callable[[Any], Any], images: Any, args: argparse.Namespace,
+                   phases: Phases) -> dict[str, Any]:
+    """Batch-1 latency and batch throughput of ``predict`` on the first image and the first
+    ``--batch`` images of ``images``, after 3 untimed calls of each; marks the phase "infer"."""
+    x1, xb = images[:1], images[: args.batch]
     for _ in range(3):  # warm-up: tracing, primitive creation, both shapes
-        call1()
-        call_batch()
-    lat = _latencies(call1, latency_repeats)
-    thr = _latencies(call_batch, throughput_repeats)
+        predict(x1)
+        predict(xb)
+    lat = _latencies(lambda: predict(x1), args.latency_repeats)
+    thr = _latencies(lambda: predict(xb), args.throughput_repeats)
+    phases.mark("infer")
     return {
         "batch1_seconds": lat,
         "batch1_ms": float(np.median(lat) * 1000),
         "batch_seconds": thr,
-        "batch_images_per_s": float(batch / np.median(thr)),
+        "batch_images_per_s": float(args.batch / np.median(thr)),
     }
+
+
+def _child_result(args: argparse.Namespace, phases: Phases, figures: dict[str, Any],
+                  count: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """A child's result: ``figures`` (side, what, training and inference figures, versions,
+    threads); with ``--flops``, its FLOPs and parameters from ``count()`` (the phase "flops");
+    the seconds of its phases."""
+    out = dict(figures)
+    if args.flops:
+        out["flops"], out["parameters"] = count()
+        phases.mark("flops")
+    out["phase_seconds"] = phases.seconds
+    return out
 
 
 # --------------------------------------------------------------------------- the mtl child
@@ -171,32 +217,19 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.flops import model_flops
     from benchmarks.train_speed import fit_steps
-    from mtl.config import load_config, parse_override
+    from mtl.config import parse_override
     from mtl.model.inference import compiled_forward
     from mtl.train import build_model
 
     phases.mark("import")
-    config = load_config(None, {
-        "data.image_size": args.size, "data.channels": 1, "train.batch_size": args.batch,
-        "model.backbone": args.backbone, "model.decoder_filters": list(DECODER),
-        "model.head_units": HEAD_UNITS, "model.head_dropout": HEAD_DROPOUT,
-        "train.precision": "float32", "train.learning_rate": LEARNING_RATE,
-        **dict(parse_override(o) for o in args.set),  # train.* only (parse_args)
-    })
-    if len(config.data.classes) != CLASSES:
-        raise RuntimeError(f"mtl's default class list changed: {config.data.classes}")
+    config = mtl_config(args.size, args.batch, args.backbone,
+                        dict(parse_override(o) for o in args.set))  # train.* only (parse_args)
     keras.utils.set_random_seed(0)
     model = build_model(config)
     phases.mark("build")
     batches = random_batches(args.warmup + args.steps, args.batch, args.size)
     stacked = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    n = len(stacked["image"])
-    targets = {"presence": stacked["presence"], "type": stacked["type"].astype(np.int32),
-               "mask": stacked["mask"], "box": np.zeros_like(stacked["mask"]),
-               "spacing": np.full((n, 2), np.nan, np.float32)}
-    weights = {k: np.ones(n, np.float32) for k in ("presence", "type", "mask")}
-    weights["box"] = np.zeros(n, np.float32)
-    data = (tf.data.Dataset.from_tensor_slices((stacked["image"], targets, weights))
+    data = (tf.data.Dataset.from_tensor_slices(mtl_inputs(stacked))
             .batch(args.batch, drop_remainder=True).cache().repeat())
 
     # whole executions where train.steps_per_execution is N > 1: steps rounded up to multiples
@@ -208,13 +241,23 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
                       batch=args.batch)
     phases.mark("train_timed")
 
-    forward = compiled_forward(model, args.size, 1)
-    x1 = batches[0]["image"][:1]
-    xb = np.concatenate([b["image"] for b in batches])[: args.batch]
-    infer = _infer_figures(lambda: forward(x1), lambda: forward(xb), args.batch,
-                           args.latency_repeats, args.throughput_repeats)
-    phases.mark("infer")
-    out: dict[str, Any] = {
+    infer = _infer_figures(compiled_forward(model, args.size, 1), stacked["image"], args, phases)
+
+    def count() -> tuple[dict[str, Any], dict[str, Any]]:
+        counted = model_flops(model.net, (args.size, args.size, 1))
+        flops = {
+            "method": "benchmarks/flops.py: " + counted["method"]
+                      + "; conv_dense = its Conv2D/Dense layer count",
+            "forward_per_image": counted["forward_flops_per_image"],
+            "forward_per_image_conv_dense": int(round(
+                counted["analytic_forward_gflop_per_image"] * 1e9)),
+            "by_op": counted["profiler_by_op_type"],
+        }
+        size_of = lambda ws: int(sum(int(np.prod(w.shape)) for w in ws))  # noqa: E731
+        return flops, {"trainable": size_of(model.net.trainable_weights),
+                       "batchnorm_statistics": size_of(model.net.non_trainable_weights)}
+
+    return _child_result(args, phases, {
         "side": "mtl",
         "what": f"mtl.train.build_model: segmentation-models Unet({args.backbone}), decoder "
                 f"{list(DECODER)}, presence/type heads; model.fit; train.precision float32"
@@ -227,23 +270,7 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
         "threads": {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                     "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "note": "0: TensorFlow's default, one thread per usable core"},
-    }
-    if args.flops:
-        counted = model_flops(model.net, (args.size, args.size, 1))
-        out["flops"] = {
-            "method": "benchmarks/flops.py: " + counted["method"]
-                      + "; conv_dense = its Conv2D/Dense layer count",
-            "forward_per_image": counted["forward_flops_per_image"],
-            "forward_per_image_conv_dense": int(round(
-                counted["analytic_forward_gflop_per_image"] * 1e9)),
-            "by_op": counted["profiler_by_op_type"],
-        }
-        count = lambda ws: int(sum(int(np.prod(w.shape)) for w in ws))  # noqa: E731
-        out["parameters"] = {"trainable": count(model.net.trainable_weights),
-                             "batchnorm_statistics": count(model.net.non_trainable_weights)}
-        phases.mark("flops")
-    out["phase_seconds"] = phases.seconds
-    return out
+    }, count)
 
 
 # --------------------------------------------------------------------------- the peer child
@@ -330,8 +357,6 @@ def child_peer(args: argparse.Namespace) -> dict[str, Any]:
     phases.mark("train_timed")
 
     net.eval()
-    x1 = batches[0]["image"][:1]
-    xb = torch.cat([b["image"] for b in batches])[: args.batch]
 
     def predict(x):
         with torch.inference_mode():
@@ -340,10 +365,29 @@ def child_peer(args: argparse.Namespace) -> dict[str, Any]:
                     "type": torch.softmax(z_type, dim=-1).numpy(),
                     "mask": torch.sigmoid(z_mask).numpy()}
 
-    infer = _infer_figures(lambda: predict(x1), lambda: predict(xb), args.batch,
-                           args.latency_repeats, args.throughput_repeats)
-    phases.mark("infer")
-    out: dict[str, Any] = {
+    infer = _infer_figures(predict, torch.cat([b["image"] for b in batches]), args, phases)
+
+    def count() -> tuple[dict[str, Any], dict[str, Any]]:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x = torch.zeros(1, 1, args.size, args.size)
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            net(x)
+        by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+        flops = {
+            "method": "torch.utils.flop_counter.FlopCounterMode over the eval forward pass, "
+                      "batch 1 (convolutions and matrix products)",
+            "forward_per_image": int(counter.get_total_flops()),
+            "forward_per_image_conv_dense": int(counter.get_total_flops()),
+            "by_op": by_op,
+        }
+        return flops, {
+            "trainable": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+            "batchnorm_statistics": int(sum(b.numel() for name, b in net.named_buffers()
+                                            if name.endswith(("running_mean", "running_var")))),
+        }
+
+    return _child_result(args, phases, {
         "side": "peer",
         "what": f"MONAI FlexibleUNet({args.backbone}, in_channels=1, out_channels=1, "
                 f"decoder_channels={DECODER}, pretrained=False) + presence/type heads on the "
@@ -355,29 +399,7 @@ def child_peer(args: argparse.Namespace) -> dict[str, Any]:
         "threads": {"torch_intra_op": torch.get_num_threads(),
                     "torch_inter_op": torch.get_num_interop_threads(),
                     "mkldnn": bool(torch.backends.mkldnn.is_available())},
-    }
-    if args.flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        x = torch.zeros(1, 1, args.size, args.size)
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            net(x)
-        by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
-        out["flops"] = {
-            "method": "torch.utils.flop_counter.FlopCounterMode over the eval forward pass, "
-                      "batch 1 (convolutions and matrix products)",
-            "forward_per_image": int(counter.get_total_flops()),
-            "forward_per_image_conv_dense": int(counter.get_total_flops()),
-            "by_op": by_op,
-        }
-        out["parameters"] = {
-            "trainable": int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
-            "batchnorm_statistics": int(sum(b.numel() for name, b in net.named_buffers()
-                                            if name.endswith(("running_mean", "running_var")))),
-        }
-        phases.mark("flops")
-    out["phase_seconds"] = phases.seconds
-    return out
+    }, count)
 
 
 # --------------------------------------------------------------------------- the parent
@@ -518,43 +540,25 @@ def markdown(results: dict[str, Any]) -> str:
         if p:
             lines.append(f"| {label} | {p['mtl']:,} | {p['peer']:,} | {p['mtl_over_peer']:.3f} "
                          "(count, not speed) |")
-    st, m = results["settings"], results["machine"]
-    v = results["versions"]
-    lines.append("")
-    lines.append(
-        f"`{results['command']}` on {results['date'][:10]}, commit {m['git'].get('commit')}"
-        f"{' (work tree modified)' if m['git'].get('dirty') else ''}; {m['cpu'].get('model')} "
-        f"(SIMD: {', '.join(m['cpu'].get('simd', [])) or 'unknown'}), {m['cpus_usable']} usable "
-        f"CPUs, torch threads {st['threads']}; {st['backbone']} U-Net, {st['size']} px, 1 channel, "
+    st, v = results["settings"], results["versions"]
+    lines += table_footer(results, (
+        f"torch threads {st['threads']}; {st['backbone']} U-Net, {st['size']} px, 1 channel, "
         f"decoder {list(DECODER)}, batch {st['batch']}, float32; medians over {st['rounds']} "
         f"interleaved rounds of {st['steps']} timed training steps; TensorFlow "
         f"{(v.get('mtl') or {}).get('tensorflow')}, torch {(v.get('peer') or {}).get('torch')}, "
-        f"MONAI {(v.get('peer') or {}).get('monai')}; load average {results['loadavg']['start']} "
-        f"at start, {results['loadavg']['end']} at end.")
-    start = results["loadavg"]["start"]
-    if start and start[0] > m["cpus_usable"] / 2:
-        lines.append("")
-        lines.append(f"**The machine was busy (1-minute load {start[0]:.2f} at the start on "
-                     f"{m['cpus_usable']} CPUs): these timings are not meaningful.**")
+        f"MONAI {(v.get('peer') or {}).get('monai')}"), "these timings are not meaningful.")
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python benchmarks/peers.py",
-        description="mtl against the same network in PyTorch/MONAI: training images/s, "
-                    "inference latency and throughput, FLOPs and parameters, in one run.")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes, 1 round: proves the script runs, measures nothing")
-    p.add_argument("--size", type=int, help=f"image size in px (default {FULL['size']})")
-    p.add_argument("--batch", type=int, help=f"training and throughput batch (default {FULL['batch']})")
-    p.add_argument("--steps", type=int, help=f"timed training steps per round (default {FULL['steps']})")
-    p.add_argument("--warmup", type=int, help=f"training steps excluded before them (default {FULL['warmup']})")
-    p.add_argument("--rounds", type=int, help=f"interleaved mtl/peer rounds (default {FULL['rounds']})")
-    p.add_argument("--latency-repeats", type=int,
-                   help=f"batch-1 calls per round (default {FULL['latency_repeats']})")
-    p.add_argument("--throughput-repeats", type=int,
-                   help=f"full-batch calls per round (default {FULL['throughput_repeats']})")
+    p = script_parser("peers.py", "mtl against the same network in PyTorch/MONAI: training "
+                      "images/s, inference latency and throughput, FLOPs and parameters, in one "
+                      "run.", "tiny sizes, 1 round: proves the script runs, measures nothing")
+    add_int_options(p, FULL, {
+        "size": "image size in px", "batch": "training and throughput batch",
+        "steps": "timed training steps per round", "warmup": "training steps excluded before them",
+        "rounds": "interleaved mtl/peer rounds", "latency_repeats": "batch-1 calls per round",
+        "throughput_repeats": "full-batch calls per round"})
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: the CPUs this process may use)")
     p.add_argument("--backbone", default="resnet18",
@@ -567,20 +571,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  "table goes next to it with .md. Without it only the table is printed")
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = parse_with_defaults(p, argv, QUICK, FULL)
     if args.threads is None:
         args.threads = usable_cpus()
     if args.size % 32:
         p.error(f"--size must be a multiple of 32, got {args.size}")
-    for key in ("batch", "steps", "rounds", "latency_repeats", "throughput_repeats", "threads"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
+    require_at_least(p, args, 1, "batch", "steps", "rounds", "latency_repeats",
+                     "throughput_repeats", "threads")
+    require_at_least(p, args, 0, "warmup")
     for override in args.set:
         if not override.startswith("train.") or "=" not in override:
             p.error(f"--set {override}: only train.KEY=VALUE settings (the networks stay the same)")
@@ -610,14 +608,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks/peers.py: {exc}", file=sys.stderr)
         return 1
     results = {
-        "what": "mtl against MONAI FlexibleUNet + the same heads in PyTorch, side by side",
-        "command": "python benchmarks/peers.py" + "".join(f" {shlex.quote(a)}" for a in argv),
-        "date": started.isoformat(timespec="seconds"),
-        "quick": bool(args.quick),
-        "settings": {k: getattr(args, k) for k in (
-            "size", "batch", "steps", "warmup", "rounds", "latency_repeats", "throughput_repeats",
-            "threads", "backbone", "set")} | {"decoder": list(DECODER), "precision": "float32",
-                                       "order": [f"{r['side']}{r['round'] + 1}" for r in runs]},
+        **results_head(
+            "mtl against MONAI FlexibleUNet + the same heads in PyTorch, side by side",
+            "peers.py", argv, started, args,
+            ("size", "batch", "steps", "warmup", "rounds", "latency_repeats",
+             "throughput_repeats", "threads", "backbone", "set"),
+            decoder=list(DECODER), precision="float32",
+            order=[f"{r['side']}{r['round'] + 1}" for r in runs]),
         "machine": {"cpu": _cpuinfo(), "cpus_usable": usable_cpus(),
                     "cgroup_cpu_limit": _cgroup_cpu_limit(), "git": git_revision(),
                     "python": sys.version.split()[0]},
@@ -625,10 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         **summarise(runs),
         "runs": runs,
     }
-    table = markdown(results)
-    print(table)
-    if args.out:
-        write_results(args.out, results, table)
+    publish(results, markdown(results), args.out)
     return 0
 
 

@@ -16,7 +16,6 @@ import argparse
 import atexit
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -49,12 +48,11 @@ FULL = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python benchmarks/run.py",
-        description="Benchmarks of mtl: training throughput (real pipeline vs in-memory vs "
-                    "naive), FLOP efficiency, inference latency, peak memory.")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes and steps (~1 min): proves the script runs, measures nothing")
+    from benchmarks.common import comma_list, parse_with_defaults, require_at_least, script_parser
+
+    p = script_parser("run.py", "Benchmarks of mtl: training throughput (real pipeline vs "
+                      "in-memory vs naive), FLOP efficiency, inference latency, peak memory.",
+                      "tiny sizes and steps (~1 min): proves the script runs, measures nothing")
     p.add_argument("--out", help="results JSON (default benchmarks/results/<timestamp>.json); "
                                  "the Markdown table goes next to it with .md")
     p.add_argument("--config", default="experiments/demo.yaml",
@@ -87,12 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-steps", type=int, help="training steps for peak RSS (5)")
     p.add_argument("--conv-shape", help="N,H,W,C input of the conv peak probe (16,64,64,128)")
     p.add_argument("--child-timeout", type=float, help="seconds per memory child process (1800)")
-    args = p.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args = parse_with_defaults(p, argv, QUICK, FULL)
+    sections = comma_list(args.sections)
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
         p.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
@@ -100,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.conv_shape = tuple(int(v) for v in str(args.conv_shape).split(","))
     if len(args.conv_shape) != 4:
         p.error("--conv-shape must be N,H,W,C")
-    if args.repeats < 1 or args.steps < 1 or args.warmup_steps < 0:
-        p.error("--repeats and --steps must be >= 1, --warmup-steps >= 0")
+    require_at_least(p, args, 1, "repeats", "steps")
+    require_at_least(p, args, 0, "warmup_steps")
     return args
 
 
@@ -114,15 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     model_path = args.model
     os.chdir(ROOT)  # relative data roots in experiment files are relative to the project
 
-    from benchmarks.common import log, loadavg, machine_facts
+    from benchmarks.common import busy_note, log, loadavg, machine_facts, script_command
     from benchmarks.fixtures import describe_config, make_infer_inputs, resolve_config
     from benchmarks.report import efficiency, markdown
 
-    command = "python benchmarks/run.py" + (" " + shlex.join(argv if argv is not None
-                                                           else sys.argv[1:]))
     results: dict[str, Any] = {
         "schema": "mtl-benchmarks/1",
-        "command": command.strip(),
+        "command": script_command("run.py", sys.argv[1:] if argv is None else argv),
         "started": started.isoformat(timespec="seconds"),
         "quick": bool(args.quick),
         "loadavg": {"start": loadavg()},
@@ -133,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(f"mtl benchmarks ({'quick' if args.quick else 'full'}): {', '.join(args.sections)}")
     results["machine"] = machine_facts()
-    cpus = results["machine"].get("cpus_usable") or 1
-    if results["loadavg"]["start"] and results["loadavg"]["start"][0] > 0.5 * cpus:
-        results["notes"].append(
-            f"machine busy at start (1-min load average {results['loadavg']['start'][0]:.2f} on "
-            f"{cpus} CPUs): absolute figures are unreliable, ratios less so")
+    busy = busy_note(results["loadavg"]["start"], results["machine"].get("cpus_usable") or 1,
+                     "absolute figures are unreliable, ratios less so")
+    if busy:
+        results["notes"].append(busy)
 
     resolved = resolve_config(config_path, args.overrides, args.quick)
     config = resolved.load()

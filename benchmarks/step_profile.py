@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -63,9 +62,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import loadavg, log, machine_facts, stats, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_int_options, comma_list, loadavg, log, machine_facts, parse_with_defaults, publish,
+    require_at_least, results_head, script_parser, stats, table_footer,
+)
 from benchmarks.peers import (  # noqa: E402
-    CLASSES, DECODER, HEAD_DROPOUT, HEAD_UNITS, LEARNING_RATE, random_batches,
+    DECODER, LEARNING_RATE, mtl_config, mtl_inputs, random_batches,
 )
 
 PHASES = ("forward", "forward_loss", "gradients", "step_no_metrics")
@@ -84,36 +86,12 @@ QUICK = {"size": 32, "batch": 2, "steps": 1, "rounds": 1, "warmup_rounds": 0, "s
          "profile": "fit", "variants": ",".join((*PHASES, "fit", "infer_1", "infer_batch"))}
 
 
-def config_for(size: int, batch: int, backbone: str, **train: Any):
-    """benchmarks/peers.py's mtl network as an mtl config, with ``train.*`` overrides."""
-    from mtl.config import load_config
-
-    config = load_config(None, {
-        "data.image_size": size, "data.channels": 1, "train.batch_size": batch,
-        "model.backbone": backbone, "model.decoder_filters": list(DECODER),
-        "model.head_units": HEAD_UNITS, "model.head_dropout": HEAD_DROPOUT,
-        "train.precision": "float32", "train.learning_rate": LEARNING_RATE,
-        **{f"train.{k}": v for k, v in train.items()},
-    })
-    if len(config.data.classes) != CLASSES:
-        raise RuntimeError(f"mtl's default class list changed: {config.data.classes}")
-    return config
-
-
 def training_data(batches: list[dict[str, Any]]):
     """(image, targets, sample weights) batches as mtl's pipeline makes them, every task
     labelled: a list of tensors and a repeating tf.data.Dataset of the same batches."""
     import tensorflow as tf
 
-    out = []
-    for b in batches:
-        n = len(b["image"])
-        targets = {"presence": b["presence"], "type": b["type"].astype(np.int32),
-                   "mask": b["mask"], "box": np.zeros_like(b["mask"]),
-                   "spacing": np.full((n, 2), np.nan, np.float32)}
-        weights = {k: np.ones(n, np.float32) for k in ("presence", "type", "mask")}
-        weights["box"] = np.zeros(n, np.float32)
-        out.append(tf.nest.map_structure(tf.convert_to_tensor, (b["image"], targets, weights)))
+    out = [tf.nest.map_structure(tf.convert_to_tensor, mtl_inputs(b)) for b in batches]
     dataset = tf.data.Dataset.from_tensor_slices(
         tf.nest.map_structure(lambda *xs: tf.stack(xs), *out)).cache().repeat()
     return out, dataset
@@ -172,7 +150,8 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
         """build_model's model; XLA only where asked for (auto would turn it on on GPUs)."""
         train.setdefault("jit_compile", False)
         keras.utils.set_random_seed(0)
-        return build_model(config_for(args.size, args.batch, args.backbone, **train))
+        return build_model(mtl_config(args.size, args.batch, args.backbone,
+                                      {f"train.{k}": v for k, v in train.items()}))
 
     def fit_call(model, steps_per_call: int) -> tuple[Callable[[], None], float]:
         """A call of the model's train function, after an untimed fit (its seconds)."""
@@ -377,39 +356,24 @@ def markdown(results: dict[str, Any]) -> str:
                       f"left out):", "", "| op type | share |", "| --- | --- |"]
         lines += [f"| {t['type']} | {100 * t['share']:.1f}% |" for t in prof["top"]]
         lines.append(f"| other | {100 * prof['other_share']:.1f}% |")
-    cpu_info = m["cpu"]
-    load = results["loadavg"]
-    lines += ["", (
-        f"`{results['command']}` on {results['date'][:10]}, commit {m['git'].get('commit')}"
-        f"{' (work tree modified)' if m['git'].get('dirty') else ''}; {cpu_info.get('model')} "
-        f"(SIMD: {', '.join(cpu_info.get('simd', [])) or 'unknown'}), {m['cpus_usable']} usable "
-        f"CPUs, TensorFlow {m['versions']['tensorflow']} (intra-op threads "
+    lines += table_footer(results, (
+        f"TensorFlow {m['versions']['tensorflow']} (intra-op threads "
         f"{m['threads']['tf_intra_op'] or 'default'}), nice {st['nice']}; {st['backbone']} U-Net, "
         f"{st['size']} px, batch {st['batch']}, float32; medians over {st['rounds']} "
-        f"interleaved rounds of {st['steps']} calls; load average {load['start']} at start, "
-        f"{load['end']} at end.")]
-    if load["start"] and load["start"][0] > m["cpus_usable"] / 2:
-        lines += ["", f"**The machine was busy (1-minute load {load['start'][0]:.2f} on "
-                      f"{m['cpus_usable']} CPUs): absolute times are inflated; compare only the "
-                      "ratios, taken per round, CPU time first.**"]
+        f"interleaved rounds of {st['steps']} calls"),
+        "absolute times are inflated; compare only the ratios, taken per round, CPU time first.")
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python benchmarks/step_profile.py",
-        description="Where mtl's training step spends its time, and what XLA, "
-                    "steps_per_execution and metrics change; one process, interleaved.")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes, 1 round, the phases, fit and plain inference: proves the "
-                        "script runs, measures nothing")
-    p.add_argument("--size", type=int, help=f"image size in px (default {FULL['size']})")
-    p.add_argument("--batch", type=int, help=f"batch (default {FULL['batch']})")
-    p.add_argument("--steps", type=int, help=f"timed calls per variant per round (default {FULL['steps']})")
-    p.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL['rounds']})")
-    p.add_argument("--warmup-rounds", type=int,
-                   help=f"untimed rounds first (default {FULL['warmup_rounds']})")
-    p.add_argument("--spe", type=int, help=f"steps_per_execution of fit_spe (default {FULL['spe']})")
+    p = script_parser("step_profile.py", "Where mtl's training step spends its time, and what "
+                      "XLA, steps_per_execution and metrics change; one process, interleaved.",
+                      "tiny sizes, 1 round, the phases, fit and plain inference: proves the "
+                      "script runs, measures nothing")
+    add_int_options(p, FULL, {
+        "size": "image size in px", "batch": "batch", "steps": "timed calls per variant per round",
+        "rounds": "interleaved rounds", "warmup_rounds": "untimed rounds first",
+        "spe": "steps_per_execution of fit_spe"})
     p.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)} (default all)")
     p.add_argument("--profile", help="variant to run under TensorFlow's profiler after the rounds "
                                      f"(default {FULL['profile']}; 'none' skips it)")
@@ -417,12 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--out", help="results JSON; the Markdown table goes next to it (.md). "
                                  "Without it only the table is printed")
-    args = p.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args = parse_with_defaults(p, argv, QUICK, FULL)
+    names = comma_list(args.variants)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown or not names:
         p.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; "
@@ -434,11 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--profile {args.profile}: not among --variants")
     if args.size % 32:
         p.error(f"--size must be a multiple of 32, got {args.size}")
-    for key in ("batch", "steps", "rounds", "spe", "profile_steps"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be >= 1")
-    if args.warmup_rounds < 0:
-        p.error("--warmup-rounds must be >= 0")
+    require_at_least(p, args, 1, "batch", "steps", "rounds", "spe", "profile_steps")
+    require_at_least(p, args, 0, "warmup_rounds")
     return args
 
 
@@ -460,14 +417,12 @@ def main(argv: list[str] | None = None) -> int:
             prof = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"profile failed: {prof['error']}")
     results = {
-        "what": "mtl's training step by phase, and candidate speed-ups, in one process",
-        "command": "python benchmarks/step_profile.py" + "".join(f" {shlex.quote(a)}" for a in argv),
-        "date": started.isoformat(timespec="seconds"),
-        "quick": bool(args.quick),
-        "settings": {k: getattr(args, k) for k in (
-            "size", "batch", "steps", "rounds", "warmup_rounds", "spe", "backbone", "profile",
-            "profile_steps")}
-        | {"decoder": list(DECODER), "precision": "float32", "nice": os.nice(0)},
+        **results_head(
+            "mtl's training step by phase, and candidate speed-ups, in one process",
+            "step_profile.py", argv, started, args,
+            ("size", "batch", "steps", "rounds", "warmup_rounds", "spe", "backbone", "profile",
+             "profile_steps"),
+            decoder=list(DECODER), precision="float32", nice=os.nice(0)),
         "variants": list(variants),
         "variant_info": {n: {k: v for k, v in d.items() if k != "call"} for n, d in variants.items()},
         "machine": machine_facts(),
@@ -477,10 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": prof,
     }
     results["machine"]["cpus_usable"] = results["machine"].get("cpus_usable") or os.cpu_count()
-    table = markdown(results)
-    print(table)
-    if args.out:
-        write_results(args.out, results, table)
+    publish(results, markdown(results), args.out)
     return 0
 
 

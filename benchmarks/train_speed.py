@@ -91,7 +91,8 @@ def fit_steps(model, dataset, *, warmup: int, steps: int, batch: int) -> dict[st
 def _naive_dataset(sources, plan, encoder, batch: int, element_spec):
     import tensorflow as tf
 
-    from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS
+    from mtl.data.pipeline import INFO_KEYS
+    from mtl.tasks import TASK_NAMES
 
     n_batches = len(plan) // batch
 
@@ -106,8 +107,8 @@ def _naive_dataset(sources, plan, encoder, batch: int, element_spec):
                 targets.append(t)
                 weights.append(w)
             yield (np.stack(images),
-                   {k: np.stack([t[k] for t in targets]) for k in TARGET_KEYS + INFO_KEYS},
-                   {k: np.stack([w[k] for w in weights]) for k in TARGET_KEYS})
+                   {k: np.stack([t[k] for t in targets]) for k in TASK_NAMES + INFO_KEYS},
+                   {k: np.stack([w[k] for w in weights]) for k in TASK_NAMES})
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=element_spec)
     options = tf.data.Options()

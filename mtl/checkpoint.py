@@ -38,6 +38,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from mtl.files import is_temporary, sync_path
+
 log = logging.getLogger(__name__)
 
 PENDING = ".pending"
@@ -52,13 +54,7 @@ _UNWEIGHED = {"config.json", "metadata.json"}
 
 
 def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # e.g. a directory on a file system that cannot sync one
-        pass
-    finally:
-        os.close(fd)
+    sync_path(path)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -161,9 +157,9 @@ def recover(run_dir: Path) -> str | None:
     Returns one line saying what was done, or None when nothing was pending."""
     run_dir = Path(run_dir)
     pending = run_dir / PENDING
-    # temporary files of single-file writes (and of older mtl versions' checkpoints)
-    stale = sorted(p.name for p in run_dir.glob("*.tmp*") if p.is_file()
-                   and (p.name.endswith(".tmp") or p.name.endswith(".tmp.keras")))
+    # temporary files of single-file writes (mtl.files; and of older mtl versions' checkpoints)
+    stale = sorted(p.name for p in run_dir.iterdir() if is_temporary(p.name) and p.is_file()) \
+        if run_dir.is_dir() else []
     for name in stale:
         _remove(run_dir / name)
     removed = f"; removed unfinished temporary files {', '.join(stale)}" if stale else ""

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from mtl.model.network import NetworkSpec
+from mtl.model.network import Architecture, NetworkSpec
 from mtl.precision import PRECISIONS
+from mtl.tasks import default_weights
 
 DEFAULT_CLASSES = ["no_tumor", "glioma", "meningioma", "pituitary"]
 
@@ -94,14 +95,10 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    backbone: str = "resnet18"
-    encoder_weights: str | None = None
-    decoder_filters: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
-    decoder_block_type: str = "upsampling"
-    head_units: int = 256
-    head_dropout: float = 0.3
-    bn_momentum: float | None = None
+class ModelConfig(Architecture):
+    """The network's fields (:class:`mtl.model.network.Architecture`: backbone, decoder, heads,
+    bn_momentum) and how training runs it."""
+
     #: with more than one replica, BatchNormalization uses moments all-reduced over replicas
     #: (same statistics on every worker; better estimates from small per-replica batches)
     sync_batchnorm: bool = True
@@ -109,9 +106,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"presence": 1.0, "type": 1.0, "mask": 1.0, "box": 0.0}
-    )
+    #: per task of mtl.tasks.TASKS (presence 1, type 1, mask 1, box 0 by default)
+    weights: dict[str, float] = field(default_factory=default_weights)
     uncertainty: bool = False
     dice_smooth: float = 1.0
     #: "image": soft Dice per image, averaged; "batch": one Dice over the batch (see losses)
@@ -175,19 +171,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def network_spec(self) -> NetworkSpec:
-        m = self.model
-        return NetworkSpec(
-            backbone=m.backbone,
-            input_size=self.data.image_size,
-            channels=self.data.channels,
-            classes=list(self.data.classes),
-            encoder_weights=m.encoder_weights,
-            decoder_filters=list(m.decoder_filters),
-            decoder_block_type=m.decoder_block_type,
-            head_units=m.head_units,
-            head_dropout=m.head_dropout,
-            bn_momentum=m.bn_momentum,
-        )
+        return NetworkSpec(**self.model.architecture(), input_size=self.data.image_size,
+                           channels=self.data.channels, classes=list(self.data.classes))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -254,10 +239,11 @@ class Config:
                                   f"data.channels={self.data.channels}")
             if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
                 raise ConfigError(f"data.channel_names must be distinct non-empty names, got {names}")
-        unknown_tasks = sorted(set(self.loss.weights) - {"presence", "type", "mask", "box"})
+        known_tasks = list(default_weights())
+        unknown_tasks = sorted(set(self.loss.weights) - set(known_tasks))
         if unknown_tasks:
             raise ConfigError(f"loss.weights: unknown task(s) {', '.join(unknown_tasks)}; "
-                              "known: presence, type, mask, box")
+                              f"known: {', '.join(known_tasks)}")
         for task, weight in self.loss.weights.items():
             if not (math.isfinite(weight) and weight >= 0):
                 raise ConfigError(f"loss.weights.{task} must be >= 0, got {weight}")

@@ -17,32 +17,32 @@ Both ``.keras`` files carry the model card (:mod:`mtl.model.card`); when trainin
 presence and type temperatures are fitted on the validation split and stored in them
 (:mod:`mtl.model.calibration`).
 
-Every file is written atomically (temporary file, then rename); the files of one epoch
-(history.csv, last.keras, best.keras, state.json) are committed together (:mod:`mtl.checkpoint`),
-so a run killed at any moment resumes from its last finished epoch with ``--resume``, exactly as
-if it had not stopped.
+The folder, its naming and the formats of its files belong to :class:`mtl.runfolder.RunFolder`.
+Every file is written atomically (:mod:`mtl.files`); the files of one epoch (history.csv,
+last.keras, best.keras, state.json) are committed together (:mod:`mtl.checkpoint`), so a run
+killed at any moment resumes from its last finished epoch with ``--resume``, exactly as if it had
+not stopped.
+
+:func:`train` tells the story in steps: :func:`open_run` (the run folder and where a resume
+starts), :func:`training_data` (datasets, splits, summary), :func:`training_model` (new or
+resumed), :func:`input_pipelines`, :func:`fit` and :func:`finish` (calibration, metrics.json).
+The ``mtl train`` command is :mod:`mtl.train_command`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import keras
 
-from mtl.checkpoint import (
-    EpochCommit, committed, reconcile, recover, restore_resume_state, resume_state,
-)
+from mtl.checkpoint import EpochCommit, reconcile, recover, restore_resume_state, resume_state
 from mtl.config import Config, ConfigError, load_config
 from mtl.data.pipeline import (
     LoadErrors,
@@ -61,80 +61,19 @@ from mtl.distribute import (
     cluster_role, distributed_dataset, make_strategy, scaling, synchronize_batchnorm,
 )
 from mtl.data.copies import check_groups_together, link_copies, split_jointly
-from mtl.data.splits import check_no_leak, match_case_ids, split_records
+from mtl.data.splits import match_case_ids, split_records
 from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
 from mtl.model.optimizers import FusedAdam
-from mtl.plots import plot_history
+from mtl.figures import plot_history
 from mtl.precision import resolve_precision
+from mtl.runfolder import (  # noqa: F401 - read_state, append_history...: imported from here too
+    CONFIG, DATA_SUMMARY, HISTORY, METRICS, SPLITS, STATE, ResumeError, RunFolder,
+    append_history, check_history, describe, history_text, json_text, new_run_dir, read_history,
+    read_state, splits_entry,
+)
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- run folder
-
-
-def new_run_dir(runs_dir: str | Path, name: str) -> Path:
-    """``runs/<name>``, or ``<name>2``, ``<name>3``... so no run is ever overwritten."""
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 10_000):
-        path = runs_dir / (name if k == 1 else f"{name}{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"too many runs named {name!r} in {runs_dir}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-class ResumeError(ConfigError):
-    """A run folder that cannot be continued; the message names the file and what to do."""
-
-
-def read_state(run_dir: Path) -> dict[str, Any]:
-    path = committed(run_dir, "state.json")
-    if not path.is_file():
-        return {"epoch": 0, "best": None}
-    try:
-        state = json.loads(path.read_text())
-        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or state["epoch"] < 0:
-            raise ValueError("no epoch count in it")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResumeError(f"{path}: cannot resume, the file is damaged ({describe(exc)}); "
-                          "history.csv and last.keras say how far the run got") from None
-    return state
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an exception: its text, else its type."""
-    text = " ".join(str(exc).split())
-    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
-
-
-def check_history(path: Path) -> list[dict[str, Any]]:
-    """history.csv of a run to resume: rows numbered 1, 2, 3... with numeric losses."""
-    try:
-        rows = read_history(path)
-    except (csv.Error, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ResumeError(f"{path}: cannot resume, the file is damaged ({describe(exc)})") from None
-    for i, row in enumerate(rows, start=1):
-        if row.get("epoch") != i or not isinstance(row.get("loss"), (int, float)):
-            raise ResumeError(f"{path}: cannot resume, row {i} is damaged (expected epoch {i} "
-                              f"with a numeric loss, got {str(row)[:120]})")
-    return rows
 
 
 # --------------------------------------------------------------------------- splits
@@ -149,9 +88,9 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
     (:mod:`mtl.data.copies`). Returns the copy counts for ``data_summary.json``: found now, or
     on resume those the run's ``data_summary.json`` recorded (None when linking is off).
     """
-    path = run_dir / "splits.json"
-    source_path = (saved_in or run_dir) / "splits.json"
-    saved = json.loads(source_path.read_text()) if reuse and source_path.is_file() else None
+    folder, saved_folder = RunFolder(run_dir), RunFolder(saved_in or run_dir)
+    source_path = saved_folder / SPLITS
+    saved = saved_folder.read_splits() if reuse else None
     copies: dict[str, Any] | None = None
     if saved is not None:
         unknown = [s.name for s in sources if not (
@@ -166,9 +105,9 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
             if missing:  # e.g. items skipped as unreadable since the run started
                 log.warning("%s: %d case id(s) of the saved splits are no longer in the data, "
                             "e.g. %s", source.name, len(missing), missing[:5])
-        summary_path = (saved_in or run_dir) / "data_summary.json"
-        if summary_path.is_file():  # the counts found when the run started
-            copies = json.loads(summary_path.read_text()).get("_near_copies")
+        recorded = saved_folder.read_json(DATA_SUMMARY)
+        if recorded is not None:  # the counts found when the run started
+            copies = recorded.get("_near_copies")
     elif config.data.link_copies:
         links = link_copies(sources)
         parts = split_jointly(sources, links, config.data.split, seed=config.seed)
@@ -182,22 +121,8 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
     else:
         for source in sources:
             source.splits = split_records(source.records, config.data.split, seed=config.seed)
-    out: dict[str, Any] = {}
-    for source in sources:
-        check_no_leak(source.records, source.splits)
-        out[source.name] = {
-            "format": source.config.format,
-            "root": source.config.root,
-            "patients": {
-                split: len({source.records[i].patient_id for i in idx})
-                for split, idx in source.splits.items()
-            },
-            "case_ids": {
-                split: [source.records[i].case_id for i in idx]
-                for split, idx in source.splits.items()
-            },
-        }
-    write_atomic(path, json.dumps(out, indent=1))
+    folder.write_splits({s.name: splits_entry(s.config.format, s.config.root, s.records, s.splits)
+                         for s in sources})
     return copies
 
 
@@ -247,6 +172,7 @@ class RunRecorder(keras.callbacks.Callback):
                  keep: list[keras.callbacks.Callback] | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
+        self.folder = RunFolder(run_dir)
         self.epochs = epochs
         self.monitor = monitor
         self.mode = mode
@@ -259,7 +185,7 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.state.get("epoch"):  # resuming: the generators and counters of that epoch
             missing = restore_resume_state(self.model, self.keep, self.state.get("resume"),
-                                           str(self.run_dir / "state.json"))
+                                           str(self.folder / STATE))
             for line in missing:
                 log.warning("resume is not exact: %s", line)
 
@@ -289,11 +215,11 @@ class RunRecorder(keras.callbacks.Callback):
             )
         improved = self._improved(float(value))
         best = float(value) if improved else self.best
-        rows = [r for r in read_history(self.run_dir / "history.csv") if int(r["epoch"]) < done]
+        rows = [r for r in self.folder.history() if int(r["epoch"]) < done]
         # cumulative optimizer steps after each epoch: which epoch a last.keras holds
         steps = (list(self.state.get("optimizer_steps") or []) + [None] * done)[:epoch]
         commit = EpochCommit(self.run_dir, done)
-        commit.text("history.csv", history_text(rows + [row]))
+        commit.text(HISTORY, history_text(rows + [row]))
         commit.model("last.keras", self.model)
         last = commit.fingerprint("last.keras")
         if improved:
@@ -305,58 +231,17 @@ class RunRecorder(keras.callbacks.Callback):
                  "files": {"last.keras": last, "best.keras": last if improved
                            else (self.state.get("files") or {}).get("best.keras")},
                  "resume": resume_state(self.model, self.keep)}
-        commit.text("state.json", json.dumps(state, indent=1))
+        commit.text(STATE, json_text(state))
         commit.commit()
         self.best, self.state = best, state
-        plot_history(self.run_dir / "history.csv", self.run_dir / "plots" / "curves.png")
+        plot_history(self.folder / HISTORY, self.folder / "plots" / "curves.png")
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        state = read_state(self.run_dir)
+        state = self.folder.read_state()
         if self.model.stop_training and state.get("epoch", 0) < self.epochs:
             # early stopping: the run is finished unless it is resumed with more epochs
             state["stopped_early"] = True
-            write_atomic(self.run_dir / "state.json", json.dumps(state, indent=1))
-
-
-def history_text(rows: list[dict[str, Any]]) -> str:
-    """history.csv's text for ``rows`` (columns: every key, in order of first appearance)."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-def append_history(path: Path, row: dict[str, Any]) -> None:
-    rows = read_history(path)
-    rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
-    write_atomic(path, history_text(rows))
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """history.csv as rows of numbers; ``epoch`` counts from 1 (files written when it counted
-    from 0 are shifted on reading, so a resumed old run continues with the right numbers)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    if rows and rows[0].get("epoch") == 0:
-        for row in rows:
-            row["epoch"] += 1
-    return rows
-
-
-def _number(text: str | None) -> int | float | str | None:
-    """A history.csv cell: int, float, None for an empty cell, else the text."""
-    if text is None or text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+            self.folder.write_state(state)
 
 
 def _finite(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -390,7 +275,7 @@ def finished(run_dir: Path, state: dict[str, Any]) -> bool:
     """Whether the end of training (calibration, metrics.json) was done for the state's epoch:
     a run killed during it is finished again on resume."""
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = RunFolder(run_dir).read_json(METRICS) or {}
         return (metrics.get("epochs_done") == state.get("epoch")
                 and metrics.get("best_epoch") == state.get("best_epoch"))
     except (OSError, ValueError, AttributeError):
@@ -466,6 +351,46 @@ def step_options(train: Any, steps_per_epoch: int | None = None) -> dict[str, An
     return {"jit_compile": train.jit_compile, "steps_per_execution": spe}
 
 
+@dataclass
+class Start:
+    """Where a training session reads and writes, and the epoch it continues from."""
+
+    run: RunFolder  # the run folder (a new run's non-chief worker: its scratch folder)
+    out: RunFolder  # where this process writes: the run folder, or a non-chief's scratch folder
+    resume: bool
+    chief: bool
+    state: dict[str, Any]  # state.json of the run resumed; {"epoch": 0, "best": None} when new
+    stopped: bool  # it stopped early and is not resumed with more epochs
+
+    @property
+    def epoch(self) -> int:
+        """Epochs done: training continues with the next."""
+        return int(self.state["epoch"])
+
+
+@dataclass
+class TrainingData:
+    """The run's datasets, opened, checked and split, and the batch arithmetic of the strategy."""
+
+    sources: list[Source]
+    scale: Any  # mtl.distribute.scaling: replicas, global batch, learning rate
+    steps: int  # steps per epoch
+    card: dict[str, Any]  # the model card the datasets make
+    skipped_at_preflight: list[Any]
+    errors: LoadErrors  # items that failed to load while training
+
+
+@dataclass
+class Pipelines:
+    """The tf.data input of the fit, from the epoch the run continues with."""
+
+    train: Any
+    val: Any | None
+    val_steps: int | None
+    fitting: bool  # False: every epoch is done, only the end of training is redone
+    monitor: str  # train.monitor, less its val_ prefix when there is no validation
+
+
 def train(
     config: Config,
     *,
@@ -479,135 +404,205 @@ def train(
     Under a multi-worker strategy every worker runs this; only the chief writes the run folder,
     the others write to a scratch folder ``<runs_dir>/.workers/<name>-worker<i>``.
     """
+    # first: MultiWorkerMirroredStrategy needs a fresh runtime
+    strategy = make_strategy(config.train.strategy)
+    start = open_run(config, run_dir, resume)
+    if already_finished(config, start):
+        return TrainResult(start.run.path, start.epoch, start.state.get("best"),
+                           start.state.get("best_epoch"), start.run.history())
+    keras.utils.set_random_seed(config.seed + start.epoch)
+    data = training_data(config, start, strategy, verbose)
+    model, start = training_model(config, start, data, strategy)
+    pipelines = input_pipelines(config, start, data, strategy)
+    seconds = fit(config, start, data, pipelines, model, verbose, extra_callbacks)
+    return finish(config, start, data, pipelines, model, seconds)
+
+
+def open_run(config: Config, run_dir: Path | None, resume: bool) -> Start:
+    """A new run folder (named after the run, with config.yaml), or on resume ``run_dir``,
+    recovered from an interrupted epoch commit and checked; a non-chief worker writes to a
+    scratch folder instead."""
     t = config.train
-    strategy = make_strategy(t.strategy)  # first: MultiWorkerMirroredStrategy needs a fresh runtime
     role = cluster_role()
     if resume:
-        if run_dir is None or not (run_dir / "config.yaml").is_file():
+        if run_dir is None or not (Path(run_dir) / CONFIG).is_file():
             raise ConfigError(f"--resume needs an existing run folder with config.yaml: {run_dir}")
         if role.is_chief:  # an epoch commit cut short by a kill: finish or discard it
             note = recover(run_dir)
             if note:
                 log.warning(note)
-    state = read_state(run_dir) if resume else {"epoch": 0, "best": None}
-    if resume:
-        check_history(committed(run_dir, "history.csv"))
+        run = RunFolder(run_dir)
+        state = run.read_state()
+        run.checked_history()
+    else:
+        state = {"epoch": 0, "best": None}
     if role.is_chief:
         if not resume:
-            run_dir = new_run_dir(t.runs_dir, config.name)
-            write_atomic(run_dir / "config.yaml", config.to_yaml())
-        write_dir = run_dir
+            run = RunFolder.create(t.runs_dir, config.name)
+            run.write_text(CONFIG, config.to_yaml())
+        out = run
     else:
-        write_dir = Path(t.runs_dir) / ".workers" / f"{config.name}-worker{role.task_index}"
-        write_dir.mkdir(parents=True, exist_ok=True)
+        out = RunFolder.scratch(
+            Path(t.runs_dir) / ".workers" / f"{config.name}-worker{role.task_index}")
         if not resume:  # the chief's folder name is not known here: it is only read on resume
-            run_dir = write_dir
-    initial_epoch = int(state["epoch"])
-    stopped = state.get("stopped_early") and t.epochs <= state.get("epochs_planned", t.epochs)
-    if (initial_epoch >= t.epochs or stopped) and finished(run_dir, state):
-        log.info("run %s already finished (%d epochs%s)", run_dir, initial_epoch,
-                 ", stopped early" if stopped else "")
-        return TrainResult(run_dir, initial_epoch, state.get("best"), state.get("best_epoch"),
-                           read_history(run_dir / "history.csv"))
+            run = out
+    stopped = bool(state.get("stopped_early") and t.epochs <= state.get("epochs_planned", t.epochs))
+    return Start(run, out, resume, role.is_chief, state, stopped)
 
-    keras.utils.set_random_seed(config.seed + initial_epoch)
+
+def already_finished(config: Config, start: Start) -> bool:
+    """Whether a resumed run has nothing left to do: every epoch (or it stopped early) and the
+    end of training done."""
+    done = start.epoch >= config.train.epochs or start.stopped
+    if done and finished(start.run.path, start.state):
+        log.info("run %s already finished (%d epochs%s)", start.run.path, start.epoch,
+                 ", stopped early" if start.stopped else "")
+        return True
+    return False
+
+
+def training_data(config: Config, start: Start, strategy: Any, verbose: int | str) -> TrainingData:
+    """The strategy's batch and learning-rate scaling (distribution.json), the datasets opened,
+    checked and split (splits.json, data_summary.json) and the model card they make."""
+    t = config.train
     scale = scaling(strategy, t.batch_size, t.learning_rate, t.lr_scaling)
     log.info("distribution: %s", scale.to_dict())
-    write_atomic(write_dir / "distribution.json", json.dumps(
-        {**scale.to_dict(), "precision": resolve_precision(t.precision)}, indent=1))
+    start.out.write_json("distribution.json",
+                         {**scale.to_dict(), "precision": resolve_precision(t.precision)})
     sources = open_sources(config)
     skipped_at_preflight = (
-        preflight(sources, config.data.on_error, progress=verbose not in (0, 2) and role.is_chief)
+        preflight(sources, config.data.on_error, progress=verbose not in (0, 2) and start.chief)
         if config.data.preflight else []
     )
-    copies = assign_splits(sources, config, write_dir, reuse=resume, saved_in=run_dir)
-    summary_data = data_summary(sources, copies)
-    write_atomic(write_dir / "data_summary.json", json.dumps(summary_data, indent=1))
-    card = training_card(config.name, summary_data, {s.name: s.config.format for s in sources},
+    copies = assign_splits(sources, config, start.out.path, reuse=start.resume,
+                           saved_in=start.run.path)
+    summary = data_summary(sources, copies)
+    start.out.write_json(DATA_SUMMARY, summary)
+    card = training_card(config.name, summary, {s.name: s.config.format for s in sources},
                          list(config.data.classes))
-
     steps = t.steps_per_epoch or steps_per_epoch(sources, "train", scale.global_batch)
-    last_path = committed(run_dir, "last.keras") if resume else None
-    if resume and initial_epoch and not last_path.is_file():
-        raise ResumeError(f"{run_dir / 'last.keras'}: cannot resume, the checkpoint of epoch "
-                          f"{initial_epoch} is missing; best.keras may still be usable, or "
+    return TrainingData(sources, scale, steps, card, skipped_at_preflight, LoadErrors())
+
+
+def training_model(config: Config, start: Start, data: TrainingData, strategy: Any
+                   ) -> tuple[keras.Model, Start]:
+    """The model to train, carrying the card: a resumed run's last.keras, else a new one. On
+    resume, the run folder is checked against the epoch the loaded weights hold (the returned
+    start continues from that epoch)."""
+    t = config.train
+    last = start.run.committed("last.keras")
+    if start.resume and start.epoch and not last.is_file():
+        raise ResumeError(f"{start.run / 'last.keras'}: cannot resume, the checkpoint of epoch "
+                          f"{start.epoch} is missing; best.keras may still be usable, or "
                           "start a new run")
     with strategy.scope(), precision_policy(t.precision):
-        if resume and last_path.is_file():
-            try:
-                model = keras.models.load_model(last_path)
-            except Exception as exc:  # noqa: BLE001 - zip, HDF5 and Keras errors alike
-                raise ResumeError(f"{run_dir / 'last.keras'}: cannot resume, the checkpoint "
-                                  f"cannot be loaded ({describe(exc)}); best.keras may still "
-                                  "be usable, or start a new run") from None
-            # this run's train.jit_compile and steps_per_execution, not those saved with the
-            # model; the same optimizer, so its state carries on
-            model.compile(optimizer=model.optimizer, **step_options(t, steps))
+        if start.resume and last.is_file():
+            model = load_checkpoint(last, start.run / "last.keras", t, data.steps)
         else:
-            model = build_model(config, learning_rate=scale.learning_rate, steps_per_epoch=steps)
+            model = build_model(config, learning_rate=data.scale.learning_rate,
+                                steps_per_epoch=data.steps)
     # every file saved from here carries the card; temperatures are fitted when training ends
-    model.card, model.calibration = card, None
-    if resume:
-        # which epoch the saved weights have seen (state.json may be from an older mtl that
-        # did not commit an epoch's files together, or edited), then state.json, best.keras
-        # and history.csv checked against it and repaired from history.csv
-        held = held_epoch(model, state, steps) if last_path.is_file() else 0
-        if role.is_chief:
-            state, note = reconcile(run_dir, state, read_history(run_dir / "history.csv"), held,
-                                    t.monitor, t.monitor_mode, history_text)
-            if note:
-                log.warning(note)
-        elif held != initial_epoch:
-            state = {**state, "epoch": held, "resume": None}
-        if held != initial_epoch:
-            initial_epoch = held
-            keras.utils.set_random_seed(config.seed + initial_epoch)
-    errors = LoadErrors()
-    fitting = initial_epoch < t.epochs and not stopped  # else only the end of training is redone
-    train_plan = plan_training(sources, seed=config.seed, steps=steps,
-                               batch_size=scale.global_batch,
-                               epochs=range(initial_epoch, t.epochs if fitting else initial_epoch + 1))
+    model.card, model.calibration = data.card, None
+    if start.resume:
+        start = held_start(config, start, model, data.steps, last.is_file())
+    return model, start
+
+
+def load_checkpoint(path: Path, shown: Path, train: Any, steps: int) -> keras.Model:
+    """last.keras of a run to resume, compiled with this run's ``train.jit_compile`` and
+    ``steps_per_execution`` (not those saved with it) and the same optimizer, so its state
+    carries on; ``shown``: the name errors give the file."""
+    try:
+        model = keras.models.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - zip, HDF5 and Keras errors alike
+        raise ResumeError(f"{shown}: cannot resume, the checkpoint cannot be loaded "
+                          f"({describe(exc)}); best.keras may still be usable, or start a new "
+                          "run") from None
+    model.compile(optimizer=model.optimizer, **step_options(train, steps))
+    return model
+
+
+def held_start(config: Config, start: Start, model: keras.Model, steps: int, loaded: bool
+               ) -> Start:
+    """The start of a resumed run at the epoch the loaded weights have seen (state.json may be
+    from an older mtl that did not commit an epoch's files together, or edited): the chief
+    checks state.json, best.keras and history.csv against it and repairs them from history.csv."""
+    held = held_epoch(model, start.state, steps) if loaded else 0
+    state = start.state
+    if start.chief:
+        state, note = reconcile(start.run.path, state, start.run.history(), held,
+                                config.train.monitor, config.train.monitor_mode, history_text)
+        if note:
+            log.warning(note)
+    elif held != start.epoch:
+        state = {**state, "epoch": held, "resume": None}
+    if held != start.epoch:
+        keras.utils.set_random_seed(config.seed + held)
+    return replace(start, state=state)
+
+
+def input_pipelines(config: Config, start: Start, data: TrainingData, strategy: Any) -> Pipelines:
+    """The training pipeline from the epoch the run continues with (the plan of an epoch is a
+    function of the seed and the epoch) and the validation pipeline."""
+    t = config.train
+    # not fitting: only the end of training is redone
+    fitting = start.epoch < t.epochs and not start.stopped
+    train_plan = plan_training(data.sources, seed=config.seed, steps=data.steps,
+                               batch_size=data.scale.global_batch,
+                               epochs=range(start.epoch, t.epochs if fitting else start.epoch + 1))
     encoder = SampleEncoder(config, augment=True, cache=config.data.cache)
 
     def build_train(shard: int, shards: int, batch: int):
-        return make_dataset(sources, train_plan.shard(shard, shards), encoder, batch_size=batch,
-                            on_error=config.data.on_error,
+        return make_dataset(data.sources, train_plan.shard(shard, shards), encoder,
+                            batch_size=batch, on_error=config.data.on_error,
                             num_parallel_calls=config.data.num_parallel_calls,
-                            workers=config.data.workers, errors=errors)
+                            workers=config.data.workers, errors=data.errors)
 
     train_ds = distributed_dataset(strategy, build_train, t.batch_size)
-    val_plan = plan_split(sources, "val")
-    val_ds, val_steps = None, t.val_steps
+    val_ds, val_steps = validation_pipeline(config, data, strategy)
+    monitor = t.monitor if val_ds is not None or not t.monitor.startswith("val_") else t.monitor[4:]
+    return Pipelines(train_ds, val_ds, val_steps, fitting, monitor)
+
+
+def validation_pipeline(config: Config, data: TrainingData, strategy: Any
+                        ) -> tuple[Any | None, int | None]:
+    """(the validation pipeline, its steps), or (None, ...) without validation. Distributed,
+    every replica sees equal batches and every worker the same number of steps."""
+    t, scale = config.train, data.scale
+    val_plan = plan_split(data.sources, "val")
+    val_steps = t.val_steps
     distributed = scale.replicas > 1 or scale.workers > 1
     if distributed:
-        # every replica must see equal batches and every worker the same number of steps
         full = len(val_plan) // scale.global_batch
         if full == 0 and len(val_plan):
             log.warning("validation split (%d items) is smaller than one global batch (%d): "
                         "no validation", len(val_plan), scale.global_batch)
         val_steps = min(val_steps or full, full)
-    if len(val_plan) and (val_steps or not distributed):
-        val_encoder = SampleEncoder(config, augment=False)
+    if not (len(val_plan) and (val_steps or not distributed)):
+        return None, val_steps
+    encoder = SampleEncoder(config, augment=False)
 
-        def build_val(shard: int, shards: int, batch: int):
-            ds = make_dataset(sources, val_plan.shard(shard, shards), val_encoder, batch_size=batch,
-                              on_error=config.data.on_error, drop_remainder=distributed,
-                              num_parallel_calls=config.data.num_parallel_calls,
-                              workers=config.data.workers, errors=errors)
-            if val_steps:
-                ds = ds.take(val_steps * (scale.replicas // scale.workers) if distributed else val_steps)
-            return ds.cache() if config.data.cache_val else ds
+    def build_val(shard: int, shards: int, batch: int):
+        ds = make_dataset(data.sources, val_plan.shard(shard, shards), encoder, batch_size=batch,
+                          on_error=config.data.on_error, drop_remainder=distributed,
+                          num_parallel_calls=config.data.num_parallel_calls,
+                          workers=config.data.workers, errors=data.errors)
+        if val_steps:
+            ds = ds.take(val_steps * (scale.replicas // scale.workers) if distributed else val_steps)
+        return ds.cache() if config.data.cache_val else ds
 
-        val_ds = distributed_dataset(strategy, build_val, t.batch_size)
-    monitor = t.monitor if val_ds is not None or not t.monitor.startswith("val_") else t.monitor[4:]
+    return distributed_dataset(strategy, build_val, t.batch_size), val_steps
 
-    if scale.replicas > 1 and config.model.sync_batchnorm:
-        log.info("synchronized BatchNormalization in %d layers", synchronize_batchnorm(model))
 
+def run_callbacks(config: Config, start: Start, learning_rate: float, monitor: str
+                  ) -> list[keras.callbacks.Callback]:
+    """The learning-rate schedule, early stopping and, after them, the run recorder: it saves
+    their decisions and restores their counters on resume."""
+    t = config.train
     callbacks: list[keras.callbacks.Callback] = []
     if t.lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(
-            partial(cosine_learning_rate, base=scale.learning_rate, epochs=t.epochs,
+            partial(cosine_learning_rate, base=learning_rate, epochs=t.epochs,
                     min_fraction=t.lr_min_fraction)))
     elif t.reduce_lr_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -616,45 +611,63 @@ def train(
     if t.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
-    # after the schedulers: it saves their decisions and restores their counters on resume
-    callbacks.append(RunRecorder(write_dir, monitor, t.monitor_mode,
-                                 state.get("best") if resume else None, t.epochs,
-                                 state=state if resume else None, keep=list(callbacks)))
-    callbacks += extra_callbacks or []
+    callbacks.append(RunRecorder(start.out.path, monitor, t.monitor_mode,
+                                 start.state.get("best") if start.resume else None, t.epochs,
+                                 state=start.state if start.resume else None,
+                                 keep=list(callbacks)))
+    return callbacks
 
+
+def fit(config: Config, start: Start, data: TrainingData, pipelines: Pipelines,
+        model: keras.Model, verbose: int | str,
+        extra_callbacks: list[keras.callbacks.Callback] | None) -> float:
+    """``model.fit`` over the epochs left, the run recorder committing each; returns seconds."""
+    t = config.train
+    if data.scale.replicas > 1 and config.model.sync_batchnorm:
+        log.info("synchronized BatchNormalization in %d layers", synchronize_batchnorm(model))
+    callbacks = run_callbacks(config, start, data.scale.learning_rate, pipelines.monitor)
+    callbacks += extra_callbacks or []
     started = time.perf_counter()
-    if fitting:
+    if pipelines.fitting:
         model.fit(
-            train_ds,
-            validation_data=val_ds,
-            validation_steps=val_steps if val_ds is not None else None,
+            pipelines.train,
+            validation_data=pipelines.val,
+            validation_steps=pipelines.val_steps if pipelines.val is not None else None,
             epochs=t.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
+            initial_epoch=start.epoch,
+            steps_per_epoch=data.steps,
             callbacks=callbacks,
             verbose=verbose,
             shuffle=False,  # the epoch plan already fixes the order
         )
-    elapsed = time.perf_counter() - started
-    state = read_state(write_dir)
-    history = read_history(write_dir / "history.csv")
-    calibration = finish_run_models(write_dir, model, sources, config, card, history, state,
-                                    validated=val_ds is not None)
+    return time.perf_counter() - started
+
+
+def finish(config: Config, start: Start, data: TrainingData, pipelines: Pipelines,
+           model: keras.Model, seconds: float) -> TrainResult:
+    """The end of training: temperatures fitted and cards written into both models
+    (:func:`finish_run_models`), then metrics.json."""
+    out = start.out
+    state = out.read_state()
+    history = out.history()
+    calibration = finish_run_models(out.path, model, data.sources, config, data.card, history,
+                                    state, validated=pipelines.val is not None)
     summary = {
         "epochs_done": state["epoch"],
-        "monitor": monitor,
+        "monitor": pipelines.monitor,
         "best": state.get("best"),
         "best_epoch": state.get("best_epoch"),
         "last": _finite(history[-1]) if history else None,
-        "distribution": scale.to_dict(),
-        "train_seconds_this_session": round(elapsed, 1),
+        "distribution": data.scale.to_dict(),
+        "train_seconds_this_session": round(seconds, 1),
         "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
         # each skipped item once (adapters also list their load failures in adapter.skipped)
-        **skip_report(sources, skipped_at_preflight, errors.items),
+        **skip_report(data.sources, data.skipped_at_preflight, data.errors.items),
         "calibration": calibration,
     }
-    write_atomic(write_dir / "metrics.json", json.dumps(summary, indent=1))
-    return TrainResult(write_dir, state["epoch"], state.get("best"), state.get("best_epoch"), history)
+    out.write_json(METRICS, summary)
+    return TrainResult(out.path, state["epoch"], state.get("best"), state.get("best_epoch"),
+                       history)
 
 
 def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -665,9 +678,9 @@ def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     fixed = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("train.")]
     if fixed:
         raise ConfigError(f"--resume accepts only train.* overrides (e.g. --epochs); got {fixed}")
-    config = load_config(run_dir / "config.yaml", overrides)
+    config = load_config(run_dir / CONFIG, overrides)
     if cluster_role().is_chief:
-        write_atomic(run_dir / "config.yaml", config.to_yaml())
+        RunFolder(run_dir).write_text(CONFIG, config.to_yaml())
     return config
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,44 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA.resolve()} does not exist")
     return SHARED_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def scan_real_dataset(shared_data: Path) -> Callable[..., Any]:
+    """scan(folder, adapter class, title) -> the adapter over ``shared_data/folder`` after one
+    cold ``records()`` (every image read into the temporary feature cache), its seconds kept as
+    ``adapter.scan_seconds``; skips the test where the folder is absent."""
+    def scan(folder: str, adapter_class: type, title: str) -> Any:
+        root = shared_data / folder
+        if not root.is_dir():
+            pytest.skip(f"real {title} data not available at {root}")
+        adapter = adapter_class(root)
+        started = time.perf_counter()
+        adapter.records()
+        adapter.scan_seconds = time.perf_counter() - started
+        return adapter
+
+    return scan
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[..., Any]]:
+    """make(predictor=None, **create_app options) -> (test client, app) of ``mtl serve``, by
+    default around the fake perfect segmenter (tests/test_serve_support.py). After the test
+    every app made is closed, and none may have left a temporary file behind."""
+    from test_serve_support import make_client
+
+    apps = []
+
+    def make(predictor=None, **options):
+        test_client, app = make_client(predictor, **options)
+        apps.append(app)
+        return test_client, app
+
+    yield make
+    for app in apps:
+        assert not list(app.state.service.temp_root.iterdir()), "temporary files left behind"
+        app.state.service.close()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -281,15 +281,9 @@ def test_empty_folders(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_br35h(shared_data: Path) -> Br35hAdapter:
-    root = shared_data / "br35h"
-    if not root.is_dir():
-        pytest.skip(f"real Br35H data not available at {root}")
-    adapter = Br35hAdapter(root)
-    started = time.perf_counter()
-    adapter.records()  # cold: reads every image's features into the (temporary) cache
-    adapter.scan_seconds = time.perf_counter() - started  # type: ignore[attr-defined]
-    return adapter
+def real_br35h(scan_real_dataset) -> Br35hAdapter:
+    """Scanned once, cold: every image's features read into the (temporary) cache."""
+    return scan_real_dataset("br35h", Br35hAdapter, "Br35H")
 
 
 def identical_hash_pairs(records: list[Record]) -> list[tuple[int, int]]:

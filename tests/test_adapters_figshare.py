@@ -400,15 +400,9 @@ def test_layout_option(mat_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_figshare(shared_data: Path) -> FigshareAdapter:
-    root = shared_data / "figshare-cheng"
-    if not root.is_dir():
-        pytest.skip(f"real figshare data not available at {root}")
-    adapter = FigshareAdapter(root)
-    started = time.perf_counter()
-    adapter.records()  # cold: reads every thumbnail into the (temporary) cache
-    adapter.scan_seconds = time.perf_counter() - started  # type: ignore[attr-defined]
-    return adapter
+def real_figshare(scan_real_dataset) -> FigshareAdapter:
+    """Scanned once, cold: every thumbnail read into the (temporary) cache."""
+    return scan_real_dataset("figshare-cheng", FigshareAdapter, "figshare")
 
 
 def test_real_figshare_counts(real_figshare: FigshareAdapter) -> None:

@@ -55,3 +55,59 @@ def test_incomplete_card_is_rejected(tmp_path: Path) -> None:
         load_cards(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_cards(tmp_path / "absent")
+
+
+def _fake_package(site: Path) -> Path:
+    package = site / "mtl"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    return package
+
+
+def _card(folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = "".join(f"{key}: x\n" for key in CARD_KEYS if key != "name")
+    (folder / f"{name}.yaml").write_text(f"name: {name}\n{keys}")
+
+
+def test_installed_package_reads_its_own_cards(tmp_path: Path, monkeypatch) -> None:
+    """A wheel installs the cards as mtl/datasets/; a ``datasets`` folder beside the package in
+    site-packages is another distribution's (e.g. Hugging Face's), never the cards."""
+    import mtl
+
+    site = tmp_path / "site-packages"
+    package = _fake_package(site)
+    _card(package / "datasets", "installed")
+    _card(site / "datasets", "someone_elses")
+    monkeypatch.setattr(mtl, "__file__", str(package / "__init__.py"))
+    assert default_cards_dir() == package / "datasets"
+    assert list(load_cards()) == ["installed"]
+
+
+def test_checkout_reads_the_repository_cards(tmp_path: Path, monkeypatch) -> None:
+    import mtl
+
+    package = _fake_package(tmp_path / "repo")
+    (tmp_path / "repo" / "setup.cfg").write_text("[metadata]\nname = mtl\n")
+    _card(tmp_path / "repo" / "datasets", "checkout")
+    monkeypatch.setattr(mtl, "__file__", str(package / "__init__.py"))
+    assert default_cards_dir() == tmp_path / "repo" / "datasets"
+    assert list(load_cards()) == ["checkout"]
+    (tmp_path / "repo" / "setup.cfg").unlink()  # not a project root: not the cards
+    with pytest.raises(FileNotFoundError, match="dataset card folder not found"):
+        load_cards()
+
+
+def test_build_puts_the_cards_in_the_package(tmp_path: Path) -> None:
+    """setup.py/setup.cfg ship datasets/*.yaml as package data, mtl/datasets/*.yaml (what a
+    wheel holds; building one takes too long for a test, build_py is its package part)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib",
+                           str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shipped = sorted(p.name for p in (tmp_path / "mtl" / "datasets").glob("*.yaml"))
+    assert shipped == sorted(p.name for p in (root / "datasets").glob("*.yaml"))
+    assert load_cards(tmp_path / "mtl" / "datasets") == load_cards(root / "datasets")

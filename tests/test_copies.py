@@ -222,7 +222,7 @@ def test_resume_refuses_a_changed_set_of_datasets(two_datasets, tmp_path: Path) 
 
 def test_evaluation_finds_the_joint_split_however_the_dataset_is_listed(
         two_datasets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtl.evaluate.runner import assign_eval_split
+    from mtl.evaluate.evaluation import assign_eval_split
 
     a, b = two_datasets
     config = _config(a, b)

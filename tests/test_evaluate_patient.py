@@ -13,9 +13,10 @@ from sklearn import metrics as skm
 
 from mtl.cli import main
 from mtl.evaluate.patient import (
-    aggregate_patients, patient_auc, patient_bootstrap, patient_labels, patient_level,
-    tumor_probabilities,
+    aggregate_patients, patient_auc, patient_bootstrap, patient_dice, patient_labels,
+    patient_level, tumor_probabilities,
 )
+from mtl.evaluate.metrics import MaskScores, mask_scores
 from mtl.evaluate.predict import SplitPredictions
 
 from test_adapters_figshare import MAT_CODE, mat_arrays, write_cheng_mat
@@ -171,9 +172,37 @@ def test_evaluate_writes_the_patient_level_section(tiny_phantom_run, tmp_path: P
     assert dice["n_tumor_slices"] == 7 and dice["n_patients"] == 4
     assert dice["geometry"] == "source image"
     assert dice["dice_mean"] == pytest.approx(metrics["by_dataset"]["figshare"]["mask"]["dice_mean"])
+    pooled = dice["patient_dice"]
+    assert pooled["n_patients"] == 4 and set(pooled["per_patient"]) == {"P1", "P2", "P3", "P4"}
+    assert 0 <= pooled["mean"] <= 1 and pooled["ci95"] is not None
     report = (out / "report.md").read_text()
     assert "## Patient level" in report and "rest on 4 patients" in report
+    assert "Dice per patient, all its slices pooled" in report
     assert "figshare#1: not scored per patient" in report
     assert "per-patient ROC-AUC, figshare" in result.output
     plot = out / "plots" / "patient_roc_figshare.png"
     assert plot.stat().st_size > 5000 and "plots/patient_roc_figshare.png" in metrics["plots"]
+
+
+def test_patient_dice_pools_the_pixels_of_every_slice() -> None:
+    """Per-patient (volumetric) Dice: overlaps and pixel counts summed over a patient's
+    slices, false-positive pixels on its tumor-free slices included."""
+    truth = np.zeros((4, 10, 10), np.float32)
+    prob = np.zeros((4, 10, 10), np.float32)
+    truth[0, :5, :] = 1          # p1 slice 0: 50 true pixels ...
+    prob[0, :5, :5] = 1          # ... 25 predicted, all inside: slice Dice 2*25/75
+    prob[1, :2, :] = 1           # p1 slice 1: tumor-free, 20 false-positive pixels
+    truth[2, :, :1] = 1          # p2: 10 true pixels, nothing predicted
+    prob[3, 0, :3] = 1           # p3: tumor-free only -> left out
+    scores = mask_scores(truth, prob, np.full((4, 2), np.nan))
+    assert scores.dice[0] == pytest.approx(2 * 25 / 75)
+    ids, values = patient_dice(["a/p1", "a/p1", "a/p2", "a/p3"], scores)
+    assert ids == ["a/p1", "a/p2"]
+    assert values == pytest.approx([2 * 25 / (50 + 25 + 20), 0.0])
+    # the same scores under a mask rule that empties slice 1: its false positives go
+    kept = scores.withhold(np.array([True, False, True, True]))
+    assert patient_dice(["a/p1", "a/p1", "a/p2", "a/p3"], kept)[1][0] == pytest.approx(2 * 25 / 75)
+    # true pixel counts not recorded (older scores): no pooled Dice rather than a wrong one
+    old = MaskScores(scores.tumor, scores.dice, scores.iou, scores.hd95, scores.pred_pixels,
+                     scores.pixel_area)
+    assert patient_dice(["a/p1", "a/p1", "a/p2", "a/p3"], old) is None

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mtl.config import Config, DataConfig, SourceConfig
-from mtl.data.pipeline import TARGET_KEYS, open_sources, plan_split
+from mtl.data.pipeline import TASK_NAMES, open_sources, plan_split
 from mtl.data.preprocess import letterbox, letterbox_info
 from mtl.evaluate.predict import SplitPredictions, source_geometry_scores
 from mtl.evaluate.report import score
@@ -103,7 +103,7 @@ def test_score_reports_per_type_and_tumor_free_pixels(sources) -> None:
         "box": np.zeros((n, S, S, 1), np.float32),
         "spacing": np.full((n, 2), np.nan, np.float32),
     }
-    weights = {k: np.ones(n, np.float32) for k in TARGET_KEYS}
+    weights = {k: np.ones(n, np.float32) for k in TASK_NAMES}
     weights["box"][:] = 0
     outputs = {"presence": targets["presence"].copy(), "mask": probs,
                "type": np.eye(len(CLASSES))[targets["type"]]}

@@ -129,7 +129,7 @@ def test_history_counts_epochs_from_1_and_metrics_json_holds_numbers(tiny_run):
 
 
 def test_the_best_value_names_its_metric(tiny_run):
-    from mtl.cli import best_line
+    from mtl.train_command import best_line
 
     line = best_line(tiny_run)
     monitor = json.loads((tiny_run.run_dir / "state.json").read_text())["monitor"]
@@ -140,7 +140,7 @@ def test_the_best_value_names_its_metric(tiny_run):
 def test_an_old_0_based_history_is_read_1_based_and_resumes_in_order(tmp_path, monkeypatch):
     """Runs written before epochs counted from 1: reading shifts them; the next epoch appended
     after a resume follows on; the plot's x axis starts at 1 for both kinds of file."""
-    import mtl.plots as plots
+    import mtl.figures as plots
     from mtl.train import append_history, read_history
 
     path = tmp_path / "history.csv"

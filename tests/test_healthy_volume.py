@@ -241,3 +241,19 @@ def test_cli_rejects_a_missing_healthy_volume_before_work(tiny_model_path, tmp_p
         "--out", str(tmp_path / "ev"), "--healthy-volume", str(tmp_path / "nope.nii.gz")])
     assert result.exit_code != 0 and "nope.nii.gz: no such file" in result.output
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_model_of_several_mr_sequences_is_refused_naming_them(volume):
+    """A healthy volume is one grey volume: a model that reads three named sequences (the LGG
+    grade model) is refused before any slice is predicted, never fed a grey copy."""
+    sequences = {**PREPROCESSING, "channels": 3,
+                 "channel_names": ["pre-contrast", "flair", "post-contrast"]}
+    predictor = Recording(forward=constant_forward(0.1, 0.0), preprocessing=sequences,
+                          classes=CLASSES)
+    with pytest.raises(HealthyVolumeError, match="3 MR sequences .pre-contrast, flair, post-contrast."):
+        healthy_volume_check(predictor, volume, progress=False)
+    assert predictor.seen == []
+    # one named channel is still one grey volume: checked as before
+    single = fake_predictor(0.1, 0.0)
+    single.preprocessing = {**PREPROCESSING, "channel_names": ["t1ce"]}
+    assert healthy_volume_check(single, volume, progress=False)["overall"]["called_tumor"] == 0

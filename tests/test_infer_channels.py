@@ -130,7 +130,7 @@ def test_infer_of_an_lgg_slice_reproduces_what_evaluate_scores(seq_model, predic
     """`mtl infer` on each 3-channel LGG TIFF gives the presence probability, the grade
     probabilities and the mask (pixels, Dice against the dataset's mask) that `mtl evaluate`
     computes for that slice (mtl.evaluate.predict.predict_split, which evaluate scores)."""
-    import mtl.evaluate.runner as runner
+    import mtl.evaluate.evaluation as runner
     from mtl.evaluate.metrics import score_mask
     from PIL import Image
 
@@ -338,3 +338,22 @@ def test_grey_models_read_colour_images_as_before(tiny_model_path, tmp_path):  #
     path = save_png(tmp_path / "colour.png", image)
     case = load_case(discover([path])[0][0])
     assert case.slices.shape == (1, SIZE, SIZE) and case.channel_names is None
+
+
+def test_evaluate_refuses_a_healthy_volume_check_of_a_sequence_model_before_predicting(
+        seq_model, lgg, tmp_path, monkeypatch):
+    """`mtl evaluate --healthy-volume` on a model of three MR sequences: one grey healthy
+    volume cannot feed it, so it is refused naming the sequences, before the split is run."""
+    from mtl.cli import main
+    from mtl.evaluate import evaluation
+
+    def never(*args, **kwargs):
+        raise AssertionError("the split was predicted before the refusal")
+
+    monkeypatch.setattr(evaluation, "predict_split", never)
+    volume = save_nifti(tmp_path / "healthy.nii.gz", np.ones((8, 8, 8), np.float32), np.eye(4))
+    result = CliRunner().invoke(main, ["evaluate", str(seq_model), "--data", f"lgg={lgg[0]}",
+                                       "--split", "all", "--healthy-volume", str(volume)])
+    assert result.exit_code != 0
+    assert "3 MR sequences (pre-contrast, flair, post-contrast)" in result.output
+    assert "Traceback" not in result.output

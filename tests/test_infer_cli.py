@@ -19,6 +19,7 @@ from test_infer_support import (  # noqa: F401 - tiny_model_path is a fixture
     TUMOR,
     fake_forward,
     head_volume,
+    invoke_infer as _invoke,
     make_dicom_series,
     oblique_las_affine,
     save_nifti,
@@ -32,13 +33,6 @@ from test_infer_support import (  # noqa: F401 - tiny_model_path is a fixture
 @pytest.fixture
 def perfect_network(monkeypatch):
     monkeypatch.setattr(Predictor, "_model_forward", lambda self, x: fake_forward(x))
-
-
-def _invoke(*args):
-    result = CliRunner().invoke(infer, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def _rows(out):

@@ -226,3 +226,31 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
     (folder / "negative_dim.nii").write_bytes(bytes(negative))
     expected["negative_dim.nii"] = "broken NIfTI header"
     return expected
+
+
+def invoke_infer(*args: object):
+    """``mtl infer ARGS`` through click's CliRunner; an exception other than the exit is raised
+    (so a test sees its traceback), the result returned otherwise."""
+    from click.testing import CliRunner
+
+    from mtl.infer.command import infer
+
+    result = CliRunner().invoke(infer, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def nifti_header(dims: tuple[int, ...], bitpix: int = 32, datatype: int = 16) -> bytearray:
+    """A little-endian single-file NIfTI-1 header (348 bytes) + 4-byte extension flag, for
+    volumes that are only a header: 1 mm voxels, data from byte 352 (float32 by default)."""
+    import struct
+
+    head = bytearray(352)
+    struct.pack_into("<i", head, 0, 348)
+    struct.pack_into("<8h", head, 40, len(dims), *dims, *([1] * (7 - len(dims))))
+    struct.pack_into("<hh", head, 70, datatype, bitpix)
+    struct.pack_into("<8f", head, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", head, 108, 352.0)
+    head[344:348] = b"n+1\x00"
+    return head

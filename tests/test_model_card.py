@@ -7,14 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from mtl.infer.command import infer
 from mtl.infer.predict import Predictor, load_model
 from mtl.model.card import (
     DEMO_WARNING, NO_CARD, card_line, read_card, read_model_config, training_card,
     update_model_config,
 )
+from test_infer_support import invoke_infer as _infer
 from test_infer_support import save_png, tiny_model_path, tumor_image  # noqa: F401 - fixture
 
 
@@ -22,13 +21,6 @@ from test_infer_support import save_png, tiny_model_path, tumor_image  # noqa: F
 def phantom_run(tiny_phantom_run):
     """A tiny model trained on phantoms only (the suite's shared run, see conftest.py)."""
     return tiny_phantom_run.run_dir
-
-
-def _infer(*args):
-    result = CliRunner().invoke(infer, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def test_trained_model_files_carry_the_card(phantom_run):

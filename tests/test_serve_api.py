@@ -17,10 +17,10 @@ from mtl.serve.app import LOOPBACK_HOSTS
 from mtl.serve.results import ResultStore, StoredResult
 from mtl.serve.uploads import Limits
 from test_infer_support import make_dicom_series, save_nifti, tumor_image
+from test_infer_support import nifti_header as _nifti_header
 from test_serve_support import (
     box_area,
     image_bytes,
-    make_client,
     png_array,
     slow_forward,
     fake_predictor,
@@ -32,41 +32,13 @@ BOX = (10, 20, 30, 45)  # 150 px
 
 
 @pytest.fixture
-def serve_app():
-    """make(**create_app options) -> (test client, app); checks no temporary file is left."""
-    apps = []
-
-    def make(predictor=None, **options):
-        test_client, app = make_client(predictor, **options)
-        apps.append(app)
-        return test_client, app
-
-    yield make
-    for app in apps:
-        assert not list(app.state.service.temp_root.iterdir()), "temporary files left behind"
-        app.state.service.close()
-
-
-@pytest.fixture
-def client(serve_app):
+def client(serve_app):  # serve_app: tests/conftest.py
     return serve_app()[0]
 
 
 def _post(client, content: bytes, filename: str = "scan.png", **form):
     return client.post("/predict", files={"file": (filename, content, "application/octet-stream")},
                        data=form)
-
-
-def _nifti_header(dims: tuple[int, ...], bitpix: int = 32, datatype: int = 16) -> bytearray:
-    """A little-endian single-file NIfTI-1 header (348 bytes) + 4-byte extension flag."""
-    head = bytearray(352)
-    struct.pack_into("<i", head, 0, 348)
-    struct.pack_into("<8h", head, 40, len(dims), *dims, *([1] * (7 - len(dims))))
-    struct.pack_into("<hh", head, 70, datatype, bitpix)
-    struct.pack_into("<8f", head, 76, 1, 1, 1, 1, 1, 1, 1, 1)
-    struct.pack_into("<f", head, 108, 352.0)
-    head[344:348] = b"n+1\x00"
-    return head
 
 
 # --------------------------------------------------------------------------- page and schema

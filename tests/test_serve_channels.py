@@ -12,7 +12,7 @@ from mtl.data.preprocess import preprocessing_spec
 from mtl.infer.predict import Predictor
 from mtl.serve.uploads import REQUEST_FIXED_BYTES, Limits
 from test_infer_support import CLASSES, fake_forward, save_nifti, tumor_image
-from test_serve_support import box_area, image_bytes, make_client
+from test_serve_support import box_area, image_bytes
 
 NAMES = ["pre-contrast", "flair", "post-contrast"]
 BOX = (10, 20, 30, 45)
@@ -43,19 +43,10 @@ def sequences(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture
-def serve(request):
-    """make(predictor, **create_app options) -> (client, app); no temporary file left."""
-    apps = []
-
-    def make(predictor=None, **options):
-        client, app = make_client(predictor or sequence_predictor(), **options)
-        apps.append(app)
-        return client, app
-
-    yield make
-    for app in apps:
-        assert not list(app.state.service.temp_root.iterdir()), "temporary files left behind"
-        app.state.service.close()
+def serve(serve_app):
+    """make(predictor, **create_app options) -> (client, app), the sequence predictor by
+    default (tests/conftest.py's serve_app: no temporary file left)."""
+    return lambda predictor=None, **options: serve_app(predictor or sequence_predictor(), **options)
 
 
 def _files(arrays: dict[str, np.ndarray], fmt: str = "PNG") -> dict[str, tuple]:

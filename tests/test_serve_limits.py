@@ -29,9 +29,9 @@ from mtl.serve.uploads import (
     Limits,
     request_cost,
 )
-from test_infer_support import fake_forward, make_dicom_series, tumor_image
+from test_infer_support import fake_forward, make_dicom_series, nifti_header, tumor_image
 from test_serve_command import _capture
-from test_serve_support import image_bytes, make_client, png_array, tumor_png
+from test_serve_support import image_bytes, png_array, tumor_png
 
 
 def _post(client, content: bytes, filename: str = "scan.png", headers=None, **form):
@@ -40,17 +40,9 @@ def _post(client, content: bytes, filename: str = "scan.png", headers=None, **fo
 
 
 @pytest.fixture
-def make_app():
-    apps = []
-
-    def make(predictor=None, **options):
-        client, app = make_client(predictor, **options)
-        apps.append(app)
-        return client, app
-
-    yield make
-    for app in apps:
-        app.state.service.close()
+def make_app(serve_app):
+    """tests/conftest.py's serve_app: apps closed after the test, no temporary file left."""
+    return serve_app
 
 
 @pytest.fixture
@@ -82,14 +74,7 @@ def _png_header_only(width: int, height: int, color_type: int = 2) -> bytes:
 
 
 def _nifti_header(dims: tuple[int, ...], bitpix: int, datatype: int) -> bytes:
-    head = bytearray(352)
-    struct.pack_into("<i", head, 0, 348)
-    struct.pack_into("<8h", head, 40, len(dims), *dims, *([1] * (7 - len(dims))))
-    struct.pack_into("<hh", head, 70, datatype, bitpix)
-    struct.pack_into("<8f", head, 76, 1, 1, 1, 1, 1, 1, 1, 1)
-    struct.pack_into("<f", head, 108, 352.0)
-    head[344:348] = b"n+1\x00"
-    return bytes(head)
+    return bytes(nifti_header(dims, bitpix, datatype))
 
 
 # --------------------------------------------------------------------------- 1. overlay memory

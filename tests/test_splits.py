@@ -14,10 +14,9 @@ from mtl.data.splits import (
     allocate_folds,
     check_no_leak,
     indices_for_case_ids,
-    load_splits,
-    save_splits,
     split_records,
 )
+from mtl.runfolder import RunFolder, splits_entry
 
 
 def make_records(
@@ -134,17 +133,17 @@ def test_check_no_leak_names_leaked_patients() -> None:
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    """splits.json in the one format a run folder has (what ``mtl train`` writes)."""
     records = make_records(30)
     splits = split_records(records, seed=0)
-    info = {"dataset": "toy", "seed": 0}
-    path = save_splits(tmp_path / "out" / "splits.json", records, splits, info=info)
+    folder = RunFolder.create(tmp_path, "out")
+    path = folder.write_splits({"toy": splits_entry("toy", "data/toy", records, splits)})
     content = json.loads(path.read_text())
-    assert content["info"] == {"dataset": "toy", "seed": 0}
+    assert (content["toy"]["format"], content["toy"]["root"]) == ("toy", "data/toy")
     for name, indices in splits.items():
-        part = content["splits"][name]
-        assert part["n_cases"] == len(indices)
-        assert part["n_patients"] == len({records[i].patient_id for i in indices})
-    loaded = load_splits(path)
+        assert len(content["toy"]["case_ids"][name]) == len(indices)
+        assert content["toy"]["patients"][name] == len({records[i].patient_id for i in indices})
+    loaded = folder.read_splits()["toy"]["case_ids"]
     assert loaded == {name: [records[i].case_id for i in v] for name, v in splits.items()}
     assert indices_for_case_ids(records, loaded) == splits
 
@@ -152,10 +151,10 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 def test_save_refuses_leaks_and_load_rejects_junk(tmp_path: Path) -> None:
     records = make_records(5, seed=2)
     with pytest.raises(ValueError, match="leak"):
-        save_splits(tmp_path / "s.json", records, {"train": [0, 1], "test": [0]})
-    (tmp_path / "junk.json").write_text('{"hello": 1}')
+        splits_entry("toy", None, records, {"train": [0, 1], "test": [0]})
+    (tmp_path / "splits.json").write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="not a splits file"):
-        load_splits(tmp_path / "junk.json")
+        RunFolder(tmp_path).read_splits()
     with pytest.raises(ValueError, match="not in the records"):
         indices_for_case_ids(records, {"train": ["nope"]})
 

@@ -1,5 +1,9 @@
 """Dataset cards: one YAML file per supported dataset, in the repository's ``datasets/`` folder.
 
+The cards are package data too: a built wheel carries them as ``mtl/datasets/*.yaml`` (setup.py
+maps the package ``mtl.datasets`` onto the repository's ``datasets/``), so ``mtl data list``
+works from an installed package as from a checkout (:func:`cards_dir_candidates`).
+
 Each card names its adapter and says where the data comes from, under which licence, how it
 looks on disk, which tasks it labels and how patients are identified. ``mtl data list`` prints
 :func:`format_card_table` of :func:`load_cards`.
@@ -29,13 +33,27 @@ CARD_KEYS = (
 )
 
 
-def default_cards_dir() -> Path:
-    """``datasets/`` next to the ``mtl`` package (a source checkout or editable install)."""
-    package = Path(mtl.__file__).resolve().parent
-    for candidate in (package.parent / "datasets", package / "datasets"):
+def cards_dir_candidates(package: Path | None = None) -> list[Path]:
+    """Where the cards may be, first found wins: ``mtl/datasets/`` inside the package (an
+    installed wheel), then ``datasets/`` beside it where that is the project's root (a source
+    checkout or an editable install; a ``datasets`` folder beside an installed package in
+    site-packages is some other distribution's, not the cards)."""
+    package = Path(mtl.__file__).resolve().parent if package is None else Path(package)
+    candidates = [package / "datasets"]
+    root = package.parent
+    if (root / "setup.py").is_file() or (root / "setup.cfg").is_file():
+        candidates.append(root / "datasets")
+    return candidates
+
+
+def default_cards_dir(package: Path | None = None) -> Path:
+    """The first folder of :func:`cards_dir_candidates` that exists (the last one where none
+    does, so that the error names it)."""
+    candidates = cards_dir_candidates(package)
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    return package.parent / "datasets"
+    return candidates[-1]
 
 
 def read_card(path: Path) -> dict[str, Any]:

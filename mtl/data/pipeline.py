@@ -9,8 +9,9 @@ global interpreter lock does not serialise. This module imports TensorFlow only 
 dataset, so worker processes start without it.
 
 Each element is ``(image, targets, weights)``: ``targets`` and ``weights`` are dicts keyed by
-``presence``, ``type``, ``mask`` and ``box``; a weight of 0 marks a label the sample lacks, and
-the target under it is an unused placeholder that the loss multiplies by that 0.
+the tasks of :data:`mtl.tasks.TASKS` (``presence``, ``type``, ``mask``, ``box``), each encoded
+and shaped as its table entry says; a weight of 0 marks a label the sample lacks, and the target
+under it is an unused placeholder that the loss multiplies by that 0.
 """
 
 from __future__ import annotations
@@ -33,15 +34,22 @@ from mtl.data.preprocess import (
     box_to_mask, check_channels, letterbox, prepare_image, preprocessing_spec,
 )
 from mtl.data.sample import Sample
+from mtl import tasks
+from mtl.tasks import TASK_NAMES, Labels, target_specs
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-TARGET_KEYS = ("presence", "type", "mask", "box")
-#: targets that carry information for metrics only, never for the loss
-INFO_KEYS = ("spacing",)
+#: targets that carry information for metrics only, never for the loss: (shape, dtype)
+INFO_SPECS = {"spacing": ((2,), "float32")}  # mm per network pixel (row, col), NaN if unknown
+INFO_KEYS = tuple(INFO_SPECS)
+
+
+def element_specs(image_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (shape, dtype)}`` of one item's targets, in the order TASK_NAMES + INFO_KEYS."""
+    return {**target_specs(image_size), **INFO_SPECS}
 
 
 @dataclass
@@ -321,20 +329,14 @@ class SampleEncoder:
             out = aug(image=image.copy(), mask=mask.copy(), box=box.copy())
             image, mask, box = out["image"], out["mask"], out["box"]
             image = np.clip(image, 0.0, 1.0)
-        label = p.label
-        targets = {
-            "presence": np.array([p.presence or 0], np.float32),
-            "type": np.int32(self.classes.index(label) if label is not None else 0),
-            "mask": mask.astype(np.float32).reshape(self.size, self.size, 1),
-            "box": box.astype(np.float32).reshape(self.size, self.size, 1),
-            "spacing": p.spacing.copy(),
-        }
-        weights = {
-            "presence": np.float32(p.presence is not None),
-            "type": np.float32(label is not None),
-            "mask": np.float32(p.has_mask),
-            "box": np.float32(p.use_box),
-        }
+        labels = Labels(p.presence,
+                        self.classes.index(p.label) if p.label is not None else None,
+                        mask, p.has_mask, box, p.use_box)
+        targets, weights = {}, {}
+        for task in tasks.TASKS:
+            targets[task.name], labelled = task.encode(labels)
+            weights[task.name] = np.float32(labelled)
+        targets["spacing"] = p.spacing.copy()
         image = image.astype(np.float32).reshape(self.size, self.size, self.channels)
         return image, targets, weights
 
@@ -344,12 +346,9 @@ class SampleEncoder:
     def blank(self) -> tuple[np.ndarray, dict, dict]:
         """A zero-weight placeholder for an item skipped at load time (on_error='skip')."""
         s, c = self.size, self.channels
-        targets = {
-            "presence": np.zeros(1, np.float32), "type": np.int32(0),
-            "mask": np.zeros((s, s, 1), np.float32), "box": np.zeros((s, s, 1), np.float32),
-            "spacing": np.full(2, np.nan, np.float32),
-        }
-        return np.zeros((s, s, c), np.float32), targets, {k: np.float32(0) for k in TARGET_KEYS}
+        targets = {k: np.zeros(shape, dtype) for k, (shape, dtype) in target_specs(s).items()}
+        targets["spacing"] = np.full(2, np.nan, np.float32)
+        return np.zeros((s, s, c), np.float32), targets, {k: np.float32(0) for k in TASK_NAMES}
 
 
 # --------------------------------------------------------------------------- plans
@@ -523,19 +522,18 @@ def make_dataset(
 
     errors = errors if errors is not None else LoadErrors()
     s, c = encoder.size, encoder.channels
+    specs = element_specs(s)  # in the order of TASK_NAMES + INFO_KEYS
     if workers > 0:
         def generate():
             for image, targets, weights in encode_in_processes(sources, encoder, plan, workers,
                                                               on_error, errors):
-                yield (image, {k: targets[k] for k in TARGET_KEYS + INFO_KEYS},
-                       {k: weights[k] for k in TARGET_KEYS})
+                yield (image, {k: targets[k] for k in TASK_NAMES + INFO_KEYS},
+                       {k: weights[k] for k in TASK_NAMES})
 
         signature = (
             tf.TensorSpec((s, s, c), tf.float32),
-            {"presence": tf.TensorSpec((1,), tf.float32), "type": tf.TensorSpec((), tf.int32),
-             "mask": tf.TensorSpec((s, s, 1), tf.float32), "box": tf.TensorSpec((s, s, 1), tf.float32),
-             "spacing": tf.TensorSpec((2,), tf.float32)},
-            {k: tf.TensorSpec((), tf.float32) for k in TARGET_KEYS},
+            {k: tf.TensorSpec(shape, dtype) for k, (shape, dtype) in specs.items()},
+            {k: tf.TensorSpec((), tf.float32) for k in TASK_NAMES},
         )
         ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
         return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
@@ -544,21 +542,21 @@ def make_dataset(
         image, targets, weights = _settle(
             load_item(sources, encoder, int(src), int(item), int(aug_seed)), on_error, errors,
             encoder)
-        return (image, *(targets[k] for k in TARGET_KEYS + INFO_KEYS),
-                *(weights[k] for k in TARGET_KEYS))
+        return (image, *(targets[k] for k in TASK_NAMES + INFO_KEYS),
+                *(weights[k] for k in TASK_NAMES))
 
-    out_types = [tf.float32, tf.float32, tf.int32, tf.float32, tf.float32, tf.float32]
-    out_types += [tf.float32] * len(TARGET_KEYS)
-    shapes = [(s, s, c), (1,), (), (s, s, 1), (s, s, 1), (2,)] + [()] * len(TARGET_KEYS)
-    n_targets = len(TARGET_KEYS) + len(INFO_KEYS)
+    out_types = [tf.float32] + [tf.as_dtype(dtype) for _, dtype in specs.values()]
+    out_types += [tf.float32] * len(TASK_NAMES)
+    shapes = [(s, s, c)] + [shape for shape, _ in specs.values()] + [()] * len(TASK_NAMES)
+    n_targets = len(TASK_NAMES) + len(INFO_KEYS)
 
     def tf_load(src, item, aug_seed):
         flat = tf.numpy_function(load, [src, item, aug_seed], out_types, stateful=False)
         for tensor, shape in zip(flat, shapes):
             tensor.set_shape(shape)
         image, *rest = flat
-        targets = dict(zip(TARGET_KEYS + INFO_KEYS, rest[:n_targets]))
-        weights = dict(zip(TARGET_KEYS, rest[n_targets:]))
+        targets = dict(zip(TASK_NAMES + INFO_KEYS, rest[:n_targets]))
+        weights = dict(zip(TASK_NAMES, rest[n_targets:]))
         return image, targets, weights
 
     ds = tf.data.Dataset.from_tensor_slices((plan.source, plan.item, plan.aug_seed))

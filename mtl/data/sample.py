@@ -24,7 +24,8 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-TASKS = ("presence", "type", "mask")
+from mtl.tasks import TASKS
+
 NO_TUMOR = "no_tumor"
 
 
@@ -74,9 +75,6 @@ def make_sample(
 
 
 def labelled_tasks(sample: Sample) -> dict[str, bool]:
-    """Which tasks this sample labels: {"presence": bool, "type": bool, "mask": bool}."""
-    return {
-        "presence": sample["presence"] is not None,
-        "type": sample["label"] is not None,
-        "mask": sample["mask"] is not None,
-    }
+    """Which tasks this sample labels: {"presence": bool, "type": bool, "mask": bool}, one per
+    task of :data:`mtl.tasks.TASKS` with a sample field of its own."""
+    return {t.name: sample[t.sample_key] is not None for t in TASKS if t.sample_key is not None}

@@ -7,21 +7,16 @@ small folds with scikit-learn's ``StratifiedGroupKFold`` and the folds are then 
 splits in proportion to ``fractions``; with few groups the proportions are only approximate, but
 the patient separation always holds.
 
-The JSON written by :func:`save_splits` looks like::
-
-    {"format": "mtl-splits/1", "n_records": 2603, "info": {...},
-     "splits": {"train": {"n_cases": 1822, "n_patients": 92, "strata": {"glioma": 850, ...},
-                          "case_ids": ["1", "2", ...]}, "val": {...}, "test": {...}}}
+Splits are saved as case ids per split in a run folder's ``splits.json``
+(:func:`mtl.runfolder.splits_entry`, :meth:`mtl.runfolder.RunFolder.read_splits`);
+:func:`match_case_ids` turns them back into indices.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
@@ -29,7 +24,6 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from mtl.data.adapters.base import Record
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
-FORMAT = "mtl-splits/1"
 #: most folds the groups are dealt into (finer fractions cost scan time, not accuracy)
 MAX_FOLDS = 40
 #: a fold count whose fractions are this close to the requested ones is good enough
@@ -176,59 +170,11 @@ def check_no_leak(records: Sequence[Record], splits: Mapping[str, Sequence[int]]
         raise ValueError(f"splits leak {len(leaked)} patient(s): {shown}")
 
 
-def split_summary(records: Sequence[Record], indices: Sequence[int]) -> dict[str, Any]:
-    chosen = [records[i] for i in indices]
-    return {
-        "n_cases": len(chosen),
-        "n_patients": len({r.patient_id for r in chosen}),
-        "strata": dict(sorted(Counter(r.stratum for r in chosen).items())),
-    }
-
-
-def save_splits(
-    path: str | Path,
-    records: Sequence[Record],
-    splits: Mapping[str, Sequence[int]],
-    info: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write the splits as JSON (case ids and counts per split); refuses leaking splits.
-
-    ``info`` (e.g. dataset name, seed, fractions) is stored as given.
-    """
-    check_no_leak(records, splits)
-    content = {
-        "format": FORMAT,
-        "n_records": len(records),
-        "info": dict(info or {}),
-        "splits": {
-            name: {
-                **split_summary(records, indices),
-                "case_ids": [records[i].case_id for i in indices],
-            }
-            for name, indices in splits.items()
-        },
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
-    return path
-
-
-def load_splits(path: str | Path) -> dict[str, list[str]]:
-    """Read a file written by :func:`save_splits`: {split name: case ids}."""
-    path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-        splits = content["splits"]
-        return {name: [str(c) for c in part["case_ids"]] for name, part in splits.items()}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: not a splits file ({type(err).__name__}: {err})") from None
-
-
 def indices_for_case_ids(
     records: Sequence[Record], case_splits: Mapping[str, Sequence[str]]
 ) -> dict[str, list[int]]:
-    """Turn {split: case ids} (from :func:`load_splits`) back into indices into ``records``.
+    """Turn {split: case ids} (a splits.json entry's ``case_ids``) back into indices into
+    ``records``.
 
     Raises ValueError naming case ids that are not among the records.
     """

@@ -56,6 +56,18 @@ def mni152_path() -> Path:
     return path
 
 
+def check_grey_model(model: Any) -> None:
+    """Refuse a model that reads named MR sequences: a healthy volume is one grey volume, and a
+    grey copy in every channel is never made (:mod:`mtl.data.preprocess`). ``model`` is a
+    loaded mtl model or a :class:`~mtl.infer.predict.Predictor`."""
+    names = (getattr(model, "preprocessing", None) or {}).get("channel_names") or []
+    if len(names) > 1:
+        raise HealthyVolumeError(
+            f"--healthy-volume: this model reads {len(names)} MR sequences ({', '.join(names)}) "
+            "and a healthy volume is one grey volume; the check runs only on models with one "
+            "grey input channel")
+
+
 def resolve_healthy_volume(spec: str | Path) -> Path:
     """``mni152`` -> the template in nilearn; otherwise an existing NIfTI file."""
     if str(spec).strip().lower() == MNI152:
@@ -162,6 +174,7 @@ def healthy_volume_check(
 
     if orientation not in ("upright", "native"):
         raise ValueError(f"orientation must be 'upright' or 'native', got {orientation!r}")
+    check_grey_model(model)
     predictor = model if isinstance(model, Predictor) else Predictor(
         model, threshold=threshold, batch_size=batch_size)
     path = Path(path)
@@ -229,6 +242,6 @@ def format_summary(result: dict[str, Any]) -> str:
             f"{overall['slices_checked']} slices called tumor ({planes})")
 
 
-__all__ = ["MNI152", "HealthyVolumeError", "PLANES", "check_healthy_volumes", "check_model_file",
-           "content_slices", "format_summary", "healthy_volume_check", "mni152_path",
+__all__ = ["MNI152", "HealthyVolumeError", "PLANES", "check_grey_model", "check_healthy_volumes",
+           "check_model_file", "content_slices", "format_summary", "healthy_volume_check", "mni152_path",
            "reference_intensity", "resolve_healthy_volume", "summarize"]

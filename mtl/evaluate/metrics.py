@@ -84,7 +84,10 @@ def type_metrics(truth: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -
 
 
 def dice_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two binary masks; both empty scores 1 (nothing to find, nothing found)."""
+    """Dice and IoU of two binary masks; both empty scores 1 (nothing to find, nothing found).
+
+    Kept apart from the tensor Dice (``mtl.model.losses.dice``, whose ``smooth=0, empty=1`` is
+    this convention): evaluation scores NumPy masks of any size without importing TensorFlow."""
     t, p = truth.ravel().astype(bool), pred.ravel().astype(bool)
     return (
         float(skm.f1_score(t, p, zero_division=1.0)),
@@ -119,7 +122,8 @@ class MaskScores:
     ``tumor`` marks images whose true mask has a tumor; ``dice``, ``iou`` and ``hd95`` are
     NaN on the others (and HD95 also where the prediction is empty); ``pred_pixels`` counts
     predicted tumor pixels; ``pixel_area`` is mm^2 per pixel (NaN where unknown); ``hd95_unit``
-    says whether HD95 is in mm or pixels.
+    says whether HD95 is in mm or pixels; ``true_pixels`` counts true tumor pixels (NaN where
+    not recorded), so Dice can be pooled over a patient's slices (:meth:`overlap`).
     """
 
     tumor: np.ndarray
@@ -131,10 +135,19 @@ class MaskScores:
     hd95_unit: str = "px"
     #: False where the image could not be scored (then left out of every summary)
     scored: np.ndarray | None = None
+    true_pixels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.scored is None:
             self.scored = np.ones(len(self.tumor), bool)
+        if self.true_pixels is None:
+            self.true_pixels = np.where(self.tumor, np.nan, 0.0)
+
+    def overlap(self) -> np.ndarray:
+        """Pixels both true and predicted, per image, from Dice and the two pixel counts
+        (Dice = 2|T&P| / (|T| + |P|)); 0 on tumor-free images, NaN where not recorded."""
+        total = self.pred_pixels + self.true_pixels
+        return np.where(self.tumor, np.nan_to_num(self.dice) * total / 2, 0.0)
 
     def __len__(self) -> int:
         return len(self.tumor)
@@ -143,7 +156,7 @@ class MaskScores:
         keep = np.asarray(keep)
         return MaskScores(self.tumor[keep], self.dice[keep], self.iou[keep], self.hd95[keep],
                           self.pred_pixels[keep], self.pixel_area[keep], self.hd95_unit,
-                          self.scored[keep])
+                          self.scored[keep], self.true_pixels[keep])
 
     def withhold(self, keep: np.ndarray) -> "MaskScores":
         """The scores had the prediction been emptied where ``keep`` is False (a mask rule):
@@ -151,7 +164,7 @@ class MaskScores:
         drop = ~np.asarray(keep, bool)
         out = MaskScores(self.tumor.copy(), self.dice.copy(), self.iou.copy(), self.hd95.copy(),
                          self.pred_pixels.copy(), self.pixel_area.copy(), self.hd95_unit,
-                         self.scored.copy())
+                         self.scored.copy(), self.true_pixels.copy())
         out.dice[drop & self.tumor] = 0.0
         out.iou[drop & self.tumor] = 0.0
         out.hd95[drop] = np.nan
@@ -163,7 +176,7 @@ class MaskScores:
         """``n`` unscored images (``scored`` False)."""
         nan = np.full(n, np.nan)
         return cls(np.zeros(n, bool), nan.copy(), nan.copy(), nan.copy(), np.zeros(n, np.int64),
-                   nan.copy(), hd95_unit, np.zeros(n, bool))
+                   nan.copy(), hd95_unit, np.zeros(n, bool), nan.copy())
 
 
 def score_mask(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | None
@@ -197,6 +210,7 @@ def mask_scores(truth: np.ndarray, prob: np.ndarray, spacing: np.ndarray,
     for i, (t, p, sp) in enumerate(zip(truth, pred, spacing)):
         out.tumor[i], out.dice[i], out.iou[i], out.hd95[i], out.pred_pixels[i] = score_mask(
             t, p, sp if in_mm else None)
+        out.true_pixels[i] = int(t.sum())
     out.pixel_area[:] = np.prod(spacing, axis=1)
     return out
 

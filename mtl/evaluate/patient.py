@@ -19,7 +19,10 @@ report says so): it has no patient-level truth.
 Scores per dataset: accuracy and ROC-AUC over patients (two tumor classes: the AUC of the
 second class's probability, e.g. P(G3); more: the one-vs-rest macro AUC over the classes the
 patients have), each with a percentile bootstrap 95% CI that resamples patients
-(:func:`patient_bootstrap`), and next to them the slice-level Dice on the dataset's tumor slices.
+(:func:`patient_bootstrap`), and next to them the slice-level Dice on the dataset's tumor slices
+and the patient-level Dice (:func:`patient_dice`: one Dice per patient over all its evaluated
+slices, tumor-free ones included, i.e. a volumetric Dice when the slices form a volume, the unit
+published LGG results such as Buda et al. 2019 report).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from mtl.data.sample import NO_TUMOR
-from mtl.evaluate.metrics import cluster_bootstrap_ci, mask_metrics, summarise_masks
+from mtl.evaluate.metrics import MaskScores, cluster_bootstrap_ci, mask_scores, summarise_masks
 from mtl.evaluate.predict import SplitPredictions
 
 #: a patient whose presence weights sum below this gets the plain mean of its slices
@@ -164,35 +167,70 @@ def patient_roc(truth: np.ndarray, probs: np.ndarray, classes: list[str]
 # --------------------------------------------------------------------------- per dataset
 
 
+def patient_dice(patients: np.ndarray | list[str], scores: MaskScores
+                 ) -> tuple[list[str], np.ndarray] | None:
+    """One Dice per patient over all its slices: 2 sum|T&P| / (sum|T| + sum|P|), pooling the
+    pixels of every slice (predicted pixels on tumor-free slices count against it). Patients
+    without a true tumor pixel are left out. None when the true pixel counts were not
+    recorded."""
+    tumor = np.asarray(scores.tumor, bool)
+    true = np.where(tumor, scores.true_pixels, 0.0)
+    if np.isnan(true).any():
+        return None
+    patients = np.asarray(patients)
+    overlap, pred = scores.overlap(), np.asarray(scores.pred_pixels, float)
+    ids, values = [], []
+    for patient in sorted(set(patients.tolist())):
+        here = patients == patient
+        t, p, o = true[here].sum(), pred[here].sum(), overlap[here].sum()
+        if t > 0:
+            ids.append(patient)
+            values.append(2 * o / (t + p))
+    return ids, np.asarray(values, float)
+
+
 def _slice_dice(pred: SplitPredictions, in_dataset: np.ndarray, threshold: float,
                 mask_rule: str, n_resamples: int, seed: int) -> dict[str, Any] | None:
     """Dice over the dataset's tumor slices, as the overall mask metrics score them (source
-    image geometry, ``mask_rule`` applied), with a CI resampling patients."""
+    image geometry, ``mask_rule`` applied), with a CI resampling patients; beside it the
+    per-patient Dice (:func:`patient_dice`) with a CI over patients."""
     w, t = pred.weights, pred.targets
     labelled = in_dataset & (w["mask"] > 0)
     patients = np.asarray(pred.patient_ids)
+    per_patient = len(patients) == len(labelled)
     if pred.native is not None:
-        native = pred.native_under(mask_rule, threshold)
-        sel = labelled & native.scored
-        summary = summarise_masks(native.select(sel), threshold)
-        tumor = sel & native.tumor
-        dice, geometry = native.dice[tumor], "source image"
+        scores, geometry = pred.native_under(mask_rule, threshold), "source image"
+        sel = labelled & scores.scored
+        scores = scores.select(sel)
     else:
         sel = labelled
         if not sel.any():
             return None
-        summary = mask_metrics(t["mask"][sel], pred.outputs["mask"][sel], t["spacing"][sel],
-                               threshold)
-        tumor = sel & (t["mask"].reshape(len(sel), -1).max(1) > 0.5)
-        dice, geometry = np.asarray(summary["per_image_dice"]), "network input"
+        scores, geometry = mask_scores(t["mask"][sel], pred.outputs["mask"][sel],
+                                       t["spacing"][sel], threshold), "network input"
+    patients = patients[sel] if per_patient else patients
+    summary = summarise_masks(scores, threshold)
+    tumor = scores.tumor.astype(bool)
     if not tumor.any():
         return None
+    dice = scores.dice[tumor]
     ci = (cluster_bootstrap_ci(np.mean, dice, groups=patients[tumor], n_resamples=n_resamples,
-                               seed=seed) if len(patients) == len(tumor) else None)
-    return {"dice_mean": summary["dice_mean"], "dice_median": summary["dice_median"],
-            "n_tumor_slices": int(tumor.sum()),
-            "n_patients": int(len(set(patients[tumor].tolist()))) if len(patients) else None,
-            "dice_ci95": list(ci) if ci else None, "geometry": geometry, "mask_rule": mask_rule}
+                               seed=seed) if per_patient else None)
+    out = {"dice_mean": summary["dice_mean"], "dice_median": summary["dice_median"],
+           "n_tumor_slices": int(tumor.sum()),
+           "n_patients": int(len(set(patients[tumor].tolist()))) if len(patients) else None,
+           "dice_ci95": list(ci) if ci else None, "geometry": geometry, "mask_rule": mask_rule}
+    pooled = patient_dice(patients, scores) if per_patient else None
+    if pooled is not None and len(pooled[1]):
+        ids, values = pooled
+        pci = cluster_bootstrap_ci(np.mean, values, groups=np.asarray(ids),
+                                   n_resamples=n_resamples, seed=seed)
+        out["patient_dice"] = {
+            "rule": "one Dice per patient pooling the pixels of all its evaluated slices",
+            "mean": float(values.mean()), "median": float(np.median(values)),
+            "ci95": list(pci) if pci else None, "n_patients": len(ids),
+            "per_patient": {i.split("/", 1)[-1]: float(v) for i, v in zip(ids, values)}}
+    return out
 
 
 def _pct(x: float) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from mtl.evaluate.metrics import dice_iou
 from mtl.evaluate.patient import plot_name
 from mtl.evaluate.predict import SplitPredictions
-from mtl.plots import plt, save_figure
+from mtl.figures import plt, save_figure
 
 
 def roc_plot(roc: dict[str, list[float]], auc: float | None, threshold: float, path: Path) -> Path:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from mtl.config import Config
-from mtl.data.pipeline import INFO_KEYS, TARGET_KEYS, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
+from mtl.data.pipeline import INFO_KEYS, TASK_NAMES, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
 from mtl.data.preprocess import letterbox_info, unletterbox
 from mtl.evaluate.metrics import MaskScores, score_mask
 from mtl.model.calibration import temperatures
@@ -105,12 +105,13 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
         pred = prob > threshold  # as mtl infer decides a mask pixel
         in_px = score_mask(truth, pred, None)
         in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
-        rows.append((j, in_px, in_mm, spacing))
+        rows.append((j, in_px, in_mm, spacing, int(np.count_nonzero(truth > 0))))
     # HD95 in mm only when every tumor item has a spacing, else in source pixels
-    use_mm = bool(rows) and all(mm is not None for _, px, mm, _ in rows if px[0])
+    use_mm = bool(rows) and all(mm is not None for _, px, mm, *_ in rows if px[0])
     out = MaskScores.empty(len(plan), "mm" if use_mm else "source px")
-    for j, in_px, in_mm, spacing in rows:
+    for j, in_px, in_mm, spacing, n_true in rows:
         out.scored[j] = True
+        out.true_pixels[j] = n_true
         scored = in_mm if use_mm and in_mm is not None else in_px
         out.tumor[j], out.dice[j], out.iou[j], out.hd95[j], out.pred_pixels[j] = scored
         out.pixel_area[j] = float(np.prod(spacing[:2])) if spacing is not None else np.nan
@@ -137,8 +138,8 @@ def predict_split(
         num_parallel_calls=config.data.num_parallel_calls, workers=config.data.workers,
         errors=errors,
     )
-    targets = {k: [] for k in TARGET_KEYS + INFO_KEYS}
-    weights = {k: [] for k in TARGET_KEYS}
+    targets = {k: [] for k in TASK_NAMES + INFO_KEYS}
+    weights = {k: [] for k in TASK_NAMES}
     outputs: dict[str, list[np.ndarray]] = {}
     images = []
     forward = compiled_forward(model, config.data.image_size, config.data.channels)
@@ -147,9 +148,9 @@ def predict_split(
     for x, y, w in ds:
         pred = forward(x.numpy())
         images.append(x.numpy())
-        for k in TARGET_KEYS + INFO_KEYS:
+        for k in TASK_NAMES + INFO_KEYS:
             targets[k].append(y[k].numpy())
-        for k in TARGET_KEYS:
+        for k in TASK_NAMES:
             weights[k].append(w[k].numpy())
         for k, v in pred.items():
             outputs.setdefault(k, []).append(v)

@@ -11,13 +11,13 @@ import numpy as np
 from mtl.evaluate import plots
 from mtl.evaluate.metrics import bootstrap_ci as item_bootstrap_ci
 from mtl.evaluate.metrics import (
-    box_metrics, calibration, cluster_bootstrap_ci, mask_metrics, presence_metrics, roc_points,
-    summarise_masks, type_metrics,
+    calibration, cluster_bootstrap_ci, mask_metrics, roc_points, summarise_masks,
 )
 from mtl.data.sample import NO_TUMOR
 from mtl.evaluate.patient import patient_level
 from mtl.evaluate.predict import SplitPredictions
-from mtl.train import write_atomic
+from mtl.tasks import TASKS
+from mtl.files import write_text as write_atomic
 
 #: equal-width confidence bins of the expected calibration error
 ECE_BINS = 15
@@ -29,40 +29,29 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5,
     exports them under ``mask_rule``."""
     out: dict[str, Any] = {"n_items": len(pred.case_ids)}
     w, t, o = pred.weights, pred.targets, pred.outputs
-    sel = w["presence"] > 0
-    if sel.any():
-        truth, prob = t["presence"][sel].ravel(), o["presence"][sel].ravel()
-        out["presence"] = presence_metrics(truth, prob, threshold)
-        out["presence"]["calibration"] = calibration(prob, truth, n_bins=ECE_BINS)
-        raw = o.get("presence_uncalibrated", o["presence"])[sel].ravel()
-        out["presence"]["ece"] = {
-            "before_calibration": calibration(raw, truth, n_bins=ECE_BINS)["ece"],
-            "after_calibration": out["presence"]["calibration"]["ece"],
-            "n_bins": ECE_BINS, "temperature": pred.temperatures.get("presence", 1.0)}
-    sel = w["type"] > 0
-    if sel.any():
-        truth, probs = t["type"][sel], o["type"][sel]
-        out["type"] = type_metrics(truth, probs, classes)
-        out["type"]["calibration"] = calibration(probs.max(1), probs.argmax(1) == truth,
-                                                 n_bins=ECE_BINS)
-        raw = o.get("type_uncalibrated", o["type"])[sel]
-        out["type"]["ece"] = {
-            "before_calibration": calibration(raw.max(1), raw.argmax(1) == truth,
-                                              n_bins=ECE_BINS)["ece"],
-            "after_calibration": out["type"]["calibration"]["ece"],
-            "n_bins": ECE_BINS, "temperature": pred.temperatures.get("type", 1.0)}
-    sel = w["mask"] > 0
-    if sel.any():
-        network = mask_metrics(t["mask"][sel], o["mask"][sel], t["spacing"][sel], threshold)
-        if pred.native is None:
-            out["mask"] = {**network, "geometry": "network input"}
-        else:
+    for task in TASKS:
+        sel = w[task.name] > 0
+        if not sel.any():
+            continue
+        truth, output = t[task.name][sel], o[task.output][sel]
+        scores = task.score(truth, output, threshold=threshold, classes=classes,
+                            spacing=t["spacing"][sel])
+        if task.confidence is not None:  # a probability head, calibrated by a temperature
+            scores["calibration"] = calibration(*task.confidence(truth, output), n_bins=ECE_BINS)
+            raw = o.get(f"{task.output}_uncalibrated", o[task.output])[sel]
+            scores["ece"] = {
+                "before_calibration": calibration(*task.confidence(truth, raw),
+                                                  n_bins=ECE_BINS)["ece"],
+                "after_calibration": scores["calibration"]["ece"],
+                "n_bins": ECE_BINS, "temperature": pred.temperatures.get(task.name, 1.0)}
+        if task.name != "mask":
+            out[task.name] = scores
+        elif pred.native is None:  # masks at network size only
+            out["mask"] = {**scores, "geometry": "network input"}
+        else:  # the masks as exported, and the network-size figures beside them
             out.update(source_geometry_masks(pred, classes, threshold, mask_rule))
-            out["mask_network_input"] = {k: v for k, v in network.items()
+            out["mask_network_input"] = {k: v for k, v in scores.items()
                                          if not k.startswith("per_image")}
-    sel = w["box"] > 0
-    if sel.any():
-        out["box"] = box_metrics(t["box"][sel], o["mask"][sel], threshold)
     return out
 
 
@@ -359,18 +348,22 @@ def patient_markdown(section: dict[str, Any]) -> list[str]:
     datasets = section.get("datasets", {})
     if datasets:
         lines += ["| dataset | patients | accuracy (95% CI) | ROC-AUC (95% CI) | AUC resamples "
-                  "used | slice Dice on tumor slices (95% CI) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "used | slice Dice on tumor slices (95% CI) | Dice per patient, all its slices "
+                  "pooled (95% CI) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for name, p in datasets.items():
             counts = ", ".join(f"{v} {k}" for k, v in p["n_patients_per_class"].items())
             d = p.get("slice_dice")
             dice = ("n/a" if not d else f"{_fmt(d['dice_mean'])}{_ci(d, 'dice_ci95')} "
                     f"({d['n_tumor_slices']} slices, {d['n_patients']} patients)")
+            pd_ = (d or {}).get("patient_dice")
+            pooled = ("n/a" if not pd_ else f"{_fmt(pd_['mean'])}{_ci(pd_, 'ci95')}, median "
+                      f"{_fmt(pd_['median'])} ({pd_['n_patients']} patients)")
             lines.append(
                 f"| {name} | {p['n_patients']} ({counts}) | {_fmt(p['accuracy'], True)}"
                 f"{_ci(p, 'accuracy_ci95', True)} | {_fmt(p['roc_auc'])}{_ci(p, 'roc_auc_ci95')}"
                 f" [{p['roc_auc_of']}] | {p['roc_auc_resamples_used']}/{p['n_resamples']} | "
-                f"{dice} |")
+                f"{dice} | {pooled} |")
         lines.append("")
         for name, p in datasets.items():
             lines.append(p["summary"])

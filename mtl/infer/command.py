@@ -15,45 +15,46 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 
 
-def _spacing(ctx: click.Context, param: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    try:
-        parts = [float(v) for v in value.replace("x", ",").split(",")]
-        if len(parts) == 1:
-            parts = parts * 2
-        if len(parts) != 2 or min(parts) <= 0:
-            raise ValueError
-    except ValueError:
-        raise click.BadParameter("give ROW_MM,COL_MM (or one value), e.g. 0.5,0.5") from None
-    return tuple(parts)
+def checked(parse):
+    """A click callback from a check of :mod:`mtl.infer.core` (ValueError -> a usage error)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
-def _formats(ctx: click.Context, param: click.Parameter, value: str | None):
-    from mtl.infer.runner import parse_formats
+def _spacing(value: str | None):
+    from mtl.infer.core import parse_spacing
 
-    try:
-        return parse_formats(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return parse_spacing(value)
 
 
-def _axis(ctx: click.Context, param: click.Parameter, value: str):
-    from mtl.infer.readers import format_axis
+def threshold_value(value: float | None):
+    from mtl.infer.core import check_threshold
 
-    try:
-        return format_axis(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return check_threshold(value, "the threshold")
 
 
-def _sequences(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
-    from mtl.infer.readers import parse_channel_option
+def _formats(value: str | None):
+    from mtl.infer.formats import parse_formats
 
-    try:
-        return tuple(parse_channel_option(v) for v in values)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return parse_formats(value)
+
+
+def _axis(value: str):
+    from mtl.infer.core import parse_axis
+
+    return parse_axis(value)
+
+
+def _sequences(values: tuple[str, ...]):
+    from mtl.infer.channels import parse_channel_option
+
+    return tuple(parse_channel_option(v) for v in values)
 
 
 #: ``--mask-rule`` of ``mtl infer``, ``mtl serve`` and ``mtl evaluate``
@@ -68,14 +69,15 @@ mask_rule_option = click.option(
 @click.command("infer", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("inputs", nargs=-1, type=click.Path())
-@click.option("--input", "sequences", multiple=True, metavar="NAME=FILE", callback=_sequences,
+@click.option("--input", "sequences", multiple=True, metavar="NAME=FILE",
+              callback=checked(_sequences),
               help="Models whose input channels are MR sequences: one file per sequence, "
                    "repeated (e.g. --input flair=a.nii.gz --input t1ce=b.nii.gz; names as the "
                    "model records them), read as images, NIfTI, NRRD or DICOM; they must share "
                    "one geometry and are stacked in the model's order into one case.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Output folder: findings.csv and one sub-folder per case.")
-@click.option("--format", "formats", callback=_formats, metavar="LIST",
+@click.option("--format", "formats", callback=checked(_formats), metavar="LIST",
               help="Mask formats, comma-separated: png, nifti, nrrd, dicom-seg "
                    "(default: PNG for images, NIfTI for NIfTI, NRRD for NRRD, DICOM SEG for "
                    "DICOM).")
@@ -85,10 +87,11 @@ mask_rule_option = click.option(
               show_default=True, help="Volumes: overlay the slices with tumor, or every slice.")
 @click.option("--explain", is_flag=True, help="Grad-CAM heat map of the type head beside the overlay.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.5, show_default=True,
+              default=0.5, show_default=True, callback=checked(threshold_value),
               help="Tumor probability threshold for mask pixels (and presence, unless "
                    "--presence-threshold).")
 @click.option("--presence-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              callback=checked(threshold_value),
               help="Threshold of the presence decision (default: --threshold).")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation (average with the "
                                           "mirrored input's prediction).")
@@ -97,10 +100,10 @@ mask_rule_option = click.option(
               help="Keep only the largest connected tumor region per case (3-D for volumes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
-@click.option("--axis", default="axial", show_default=True, callback=_axis,
+@click.option("--axis", default="axial", show_default=True, callback=checked(_axis),
               help="NIfTI/NRRD slicing axis: axial, coronal, sagittal (from the affine) or "
                    "0, 1, 2.")
-@click.option("--pixel-spacing", callback=_spacing, metavar="ROW_MM,COL_MM",
+@click.option("--pixel-spacing", callback=checked(_spacing), metavar="ROW_MM,COL_MM",
               help="Pixel spacing of 2-D image inputs, for areas in mm².")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--progress/--no-progress", default=None,
@@ -122,9 +125,10 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
     TIFF/PNG, as the LGG set ships it), or one file per sequence with --input NAME=FILE; a
     grey image or a single volume is refused, naming the sequences it needs.
     """
+    from mtl.infer.discovery import discover
+    from mtl.infer.formats import format_refusals
     from mtl.infer.predict import ModelError, Predictor
-    from mtl.infer.readers import discover
-    from mtl.infer.runner import InferOptions, format_refusals, run
+    from mtl.infer.runner import InferOptions, run
     from mtl.infer.writers import OutputExistsError
     from mtl.model.card import card_line, model_card
 
@@ -140,7 +144,7 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
                                    "--force to overwrite or choose another --out")
     if sequences:  # wrong, repeated or missing names: refused before the model is loaded
         from mtl.data.preprocess import channel_names
-        from mtl.infer.readers import channel_item
+        from mtl.infer.channels import channel_item
         from mtl.model.card import read_model_config
 
         try:

@@ -20,14 +20,15 @@ are never reduced: they stay in the input's geometry.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from mtl.data.orientation import View, view_for
-from mtl.infer.writers import atomic_write
+from mtl.infer.writers import write_bytes
 
 FILL_RGBA = (1.0, 0.1, 0.1, 0.38)
 OUTLINE = "yellow"
@@ -162,8 +163,13 @@ def _panel_size(shape: tuple[int, int], view: View, long_side_in: float = 5.0) -
     return w * scale, h * scale
 
 
-def render_overlay(
-    path: str | Path,
+def render_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray | None, *,
+                   force: bool = False, **options: Any) -> Path:
+    """:func:`overlay_png` written to ``path`` (atomically; ``force``: over an existing file)."""
+    return write_bytes(path, overlay_png(image, mask, **options), force=force)
+
+
+def overlay_png(
     image: np.ndarray,
     mask: np.ndarray | None,
     *,
@@ -171,9 +177,8 @@ def render_overlay(
     view: View = View(),
     heat: np.ndarray | None = None,
     heat_title: str = "Grad-CAM",
-    force: bool = False,
     model_line: str | None = None,
-) -> Path:
+) -> bytes:
     """One PNG: the slice with the mask outline and fill, a text header; with ``heat``, a second
     panel showing the Grad-CAM heat map over the slice. ``model_line`` (the model card's one
     line, :func:`mtl.model.card.card_line`) goes into the footer and the PNG's ``Model`` text."""
@@ -206,9 +211,13 @@ def render_overlay(
                  family=None if bold else "monospace")
     fig.text(0.99, 0.06 / total_h, FOOTER, color="0.6", fontsize=9, ha="right", va="bottom")
     _model_footer(fig, model_rows, 0.25, total_h)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="black",
-                                                      metadata=_png_text(model_line)),
-                        force=force)
+    return _png_bytes(fig, model_line)
+
+
+def _png_bytes(fig: Any, model_line: str | None) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor="black", metadata=_png_text(model_line))
+    return buffer.getvalue()
 
 
 #: footer rows of the model card's line: font (pt) and row height (inches)
@@ -241,8 +250,14 @@ def _png_text(model_line: str | None) -> dict[str, str] | None:
     return {"Model": model_line.encode("latin-1", "replace").decode("latin-1")}
 
 
-def render_contact_sheet(
-    path: str | Path,
+def render_contact_sheet(path: str | Path, images: Sequence[np.ndarray],
+                         masks: Sequence[np.ndarray], captions: Sequence[str], *,
+                         force: bool = False, **options: Any) -> Path:
+    """:func:`contact_sheet_png` written to ``path`` (atomically)."""
+    return write_bytes(path, contact_sheet_png(images, masks, captions, **options), force=force)
+
+
+def contact_sheet_png(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
     captions: Sequence[str],
@@ -250,9 +265,8 @@ def render_contact_sheet(
     title: str,
     view: View = View(),
     max_cells: int = 36,
-    force: bool = False,
     model_line: str | None = None,
-) -> Path:
+) -> bytes:
     """A grid of slices with their masks, one caption each. More than ``max_cells`` slices are
     subsampled evenly (the title says so)."""
     from matplotlib.figure import Figure
@@ -286,10 +300,9 @@ def render_contact_sheet(
              fontweight="bold")
     fig.text(0.99, 0.05 / fig_h, FOOTER, color="0.6", fontsize=7, ha="right", va="bottom")
     _model_footer(fig, model_rows, 0.22, fig_h)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="black",
-                                                      metadata=_png_text(model_line)),
-                        force=force)
+    return _png_bytes(fig, model_line)
 
 
-__all__ = ["DRAW_MAX_SIDE", "View", "display_factor", "for_display", "reduce_any", "reduce_mean",
-           "render_contact_sheet", "render_overlay", "view_for", "window"]
+__all__ = ["DRAW_MAX_SIDE", "View", "contact_sheet_png", "display_factor", "for_display",
+           "overlay_png", "reduce_any", "reduce_mean", "render_contact_sheet", "render_overlay",
+           "view_for", "window"]

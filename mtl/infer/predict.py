@@ -99,6 +99,19 @@ def apply_mask_rule(mask: np.ndarray, presence: np.ndarray, rule: str,
     return out, np.where(confirmed, 0, pixels)
 
 
+def check_threshold(value: float | None, name: str = "threshold") -> float | None:
+    """A probability threshold strictly between 0 and 1 (None passes); ValueError otherwise."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+    return value
+
+
 def is_constant(image: np.ndarray) -> bool:
     finite = np.asarray(image)[np.isfinite(image)]
     return finite.size == 0 or float(finite.min()) == float(finite.max())
@@ -140,15 +153,11 @@ class Predictor:
         self.classes = list(classes or model.classes)
         self.forward = forward or self._model_forward
         self._graph: Forward | None = None
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.threshold = float(threshold)
-        self.presence_threshold = self.threshold if presence_threshold is None else float(
-            presence_threshold)
-        if not 0.0 < self.presence_threshold < 1.0:
-            raise ValueError(f"presence_threshold must be in (0, 1), got {presence_threshold}")
+        self.threshold = check_threshold(threshold, "threshold")
+        self.presence_threshold = (self.threshold if presence_threshold is None else
+                                   check_threshold(presence_threshold, "presence_threshold"))
         if mask_rule not in MASK_RULES:
             raise ValueError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {mask_rule!r}")
         self.mask_rule = mask_rule
@@ -232,4 +241,5 @@ class Predictor:
 
 
 __all__ = ["MASK_RULES", "CasePrediction", "Forward", "ModelError", "Predictor",
-           "apply_mask_rule", "is_constant", "keep_largest_component", "load_model"]
+           "apply_mask_rule", "check_threshold", "is_constant", "keep_largest_component",
+           "load_model"]

@@ -35,43 +35,32 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtl.infer.findings import case_findings, csv_row, mask_rule_note
-from mtl.model.card import provenance
-from mtl.infer.predict import CasePrediction, Predictor
 from mtl.data.preprocess import channel_names
-from mtl.infer.readers import Case, InputError, InputItem, channel_item, discover, load_case
-from mtl.infer.writers import (
-    OutputExistsError,
-    write_csv,
-    write_dicom_seg,
-    write_json,
-    write_mask_nifti,
-    write_mask_nifti_affine,
-    write_mask_nrrd,
-    write_mask_nrrd_affine,
-    write_mask_png,
+from mtl.infer.case import InputError, InputItem
+from mtl.infer.channels import channel_item
+from mtl.infer.core import CaseAnalysis, analyse_case, check_threshold, parse_spacing, record_bytes
+from mtl.infer.discovery import discover
+from mtl.infer.findings import csv_row
+from mtl.infer.formats import (  # noqa: F401 - parse_formats, format_refusals: imported from here
+    MASK_FORMAT_NAMES,
+    check_formats,
+    format_refusals,
+    parse_formats,
+    slice_tag,
 )
+from mtl.infer.predict import Predictor
+from mtl.infer.writers import OutputExistsError, write_bytes, write_csv
+from mtl.model.card import provenance
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("png", "nifti", "nrrd", "dicom-seg")
-NATIVE_FORMAT = {"image": "png", "nifti": "nifti", "nrrd": "nrrd", "dicom": "dicom-seg"}
+#: the mask formats of ``--format``
+FORMATS = MASK_FORMAT_NAMES
 #: per-slice output files a --force rerun replaces (stale ones from an earlier run are removed)
 PER_SLICE_PATTERNS = ("overlay_slice_*.png", "gradcam_slice_*.png", "mask_slices/slice_*.png")
 #: the other files ``mtl infer`` writes into a case folder
 CASE_FILES = ("findings.json", "mask.png", "mask.nii.gz", "mask.nrrd", "seg.dcm", "overlay.png",
               "gradcam.png", "contact_sheet.png")
-#: mask formats a kind of input can never give: asking for them is refused before any work
-#: (``None``: every kind); what only the file itself can rule out is reported per case
-FORMAT_KINDS: dict[str, tuple[str, ...] | None] = {
-    "png": None,
-    "nifti": ("nifti", "dicom", "nrrd"),  # needs a 3-D geometry
-    "nrrd": ("nifti", "dicom", "nrrd"),  # needs a 3-D geometry
-    "dicom-seg": ("dicom",),  # needs the source DICOM series
-}
-FORMAT_NEEDS = {"nifti": "a volume (a 2-D image has no 3-D geometry)",
-                "nrrd": "a volume (a 2-D image has no 3-D geometry)",
-                "dicom-seg": "a DICOM series to reference"}
 
 
 @dataclass
@@ -88,10 +77,11 @@ class InferOptions:
     force: bool = False
 
     def __post_init__(self) -> None:
+        """The options' checks (:mod:`mtl.infer.core`); ValueError naming the bad one."""
         if self.formats is not None:
-            unknown = sorted(set(self.formats) - set(FORMATS))
-            if unknown:
-                raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+            check_formats(sorted(set(self.formats)))
+        self.presence_threshold = check_threshold(self.presence_threshold, "presence_threshold")
+        self.pixel_spacing = parse_spacing(self.pixel_spacing)
         if self.overlay_slices not in ("tumor", "all"):
             raise ValueError(f"overlay_slices must be 'tumor' or 'all', got {self.overlay_slices!r}")
 
@@ -124,47 +114,6 @@ class RunResult:
     def not_written(self) -> list[str]:
         """"<case>: <what was not written and why>" for every requested output not written."""
         return [f"{c.name}: {note}" for c in self.cases for note in c.not_written]
-
-
-def parse_formats(text: str | None) -> tuple[str, ...] | None:
-    """"png,nifti" -> ("png", "nifti"); empty/None -> None (native)."""
-    if not text:
-        return None
-    values = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
-    aliases = {"nii": "nifti", "nii.gz": "nifti", "seg": "dicom-seg", "dicomseg": "dicom-seg",
-               "dicom": "dicom-seg", "nhdr": "nrrd"}
-    values = tuple(aliases.get(v, v) for v in values)
-    unknown = [v for v in values if v not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    return values
-
-
-def format_refusals(items: Sequence[InputItem], formats: Sequence[str] | None) -> list[str]:
-    """Why requested mask formats cannot be written for some inputs (empty: all can).
-
-    Decided from the inputs' kinds alone, so ``mtl infer`` refuses before any work starts.
-    """
-    problems = []
-    for fmt in formats or ():
-        kinds = FORMAT_KINDS.get(fmt)
-        if kinds is None:
-            continue
-        unfit = [item for item in items if item.kind not in kinds]
-        if unfit:
-            shown = ", ".join(f"{item.source} ({item.kind})" for item in unfit[:5])
-            more = f" and {len(unfit) - 5} more" if len(unfit) > 5 else ""
-            problems.append(f"--format {fmt} needs {FORMAT_NEEDS.get(fmt, ' or '.join(kinds))}; "
-                            f"it cannot be written for {shown}{more}")
-    return problems
-
-
-def _slice_tag(index: int, n: int) -> str:
-    return f"slice_{index:0{max(3, len(str(n - 1)))}d}"
-
-
-def _fmt(p: float | None, digits: int = 2) -> str:
-    return "n/a" if p is None or not np.isfinite(p) else f"{p:.{digits}f}"
 
 
 class CaseWriter:
@@ -251,32 +200,20 @@ def infer_case(
     """Read, predict and write one input. Raises InputError / OutputExistsError / others."""
     folder = out / item.name
     check_case_folder(folder, options.force)
-    case = load_case(item, axis=options.axis, pixel_spacing=options.pixel_spacing,
-                     channels=channel_names(predictor.preprocessing))
-    presence_threshold = (predictor.presence_threshold if options.presence_threshold is None
-                          else options.presence_threshold)
-    try:
-        pred = predictor.predict(case.slices, presence_threshold=presence_threshold)
-    except ValueError as exc:
-        raise InputError(f"{item.source}: {exc}") from exc
-    mask_native = case.to_native(pred.mask)
-    findings = case_findings(
-        mask=mask_native, presence=pred.presence, type_probs=pred.type_probs,
-        classes=predictor.classes, presence_threshold=presence_threshold,
-        slice_axis=case.slice_axis, affine=case.affine, orientation_known=case.orientation_known,
-        spacing=case.spacing, image=case.native_image() if case.orientation_known else None,
-    )
-    findings["mask_rule"] = mask_rule_note(pred, predictor.mask_rule)
-    record = findings_record(item, case, findings, predictor, options, presence_threshold, model_info)
+    analysis = analyse_case(item, predictor, axis=options.axis,
+                            pixel_spacing=options.pixel_spacing,
+                            presence_threshold=options.presence_threshold, model_info=model_info)
+    record = analysis.record
     writer = CaseWriter(folder, options.force)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        _write_masks(writer, case, pred, mask_native, options, record)
+        for mask in analysis.mask_files(options.formats):
+            writer(write_bytes, mask.name, mask.data)
         if options.overlay or options.explain:
-            _write_pictures(writer, case, pred, findings, options, gradcam,
+            _write_pictures(writer, analysis, options, gradcam,
                             model_line=record["model"].get("card_line"))
         record["outputs"] = [str(p.relative_to(folder)) for p in writer.written] + ["findings.json"]
-        writer(write_json, "findings.json", record)
+        writer(write_bytes, "findings.json", record_bytes(record))
         if options.force:
             writer.remove_stale()
     except BaseException:
@@ -286,163 +223,22 @@ def infer_case(
                       outputs=list(writer.written), not_written=list(record.get("not_written", [])))
 
 
-def findings_record(item: InputItem, case: Case, findings: dict[str, Any], predictor: Predictor,
-            options: InferOptions, presence_threshold: float,
-            model_info: dict[str, Any] | None) -> dict[str, Any]:
-    orientation = None
-    if case.orientation_known and case.affine is not None:
-        from nibabel.orientations import aff2axcodes
+def _write_pictures(writer: CaseWriter, analysis: CaseAnalysis, options: InferOptions,
+                    gradcam: Any, model_line: str | None = None) -> None:
+    from mtl.infer import overlay  # looked up here: tests replace its renderers
+    from mtl.infer.core import area_text, drawn_on
 
-        orientation = "".join(aff2axcodes(case.affine))
-    record = {
-        "case": item.name,
-        "source": (str(item.source) if not case.channel_sources else
-                   "; ".join(f"{n}={p}" for n, p in case.channel_sources.items())),
-        "kind": case.kind,
-        "status": "ok",
-        "input": {
-            "shape": list(case.native_shape),
-            "n_slices": case.n_slices,
-            "slice_axis": case.slice_axis,
-            "spacing_mm": list(case.spacing) if case.spacing else None,
-            "orientation": orientation,
-            "affine_ras_mm": case.affine.round(6).tolist() if case.affine is not None else None,
-            "index_order": {"image": "row, col", "nifti": "i, j, k (file array order)",
-                            "nrrd": "i, j, k (file axis order, fastest first)",
-                            "dicom": "slice, row, col"}[case.kind],
-        },
-        "settings": {
-            "threshold": predictor.threshold,
-            "presence_threshold": presence_threshold,
-            "flip_tta": predictor.tta,
-            "largest_component": predictor.largest_component,
-            "mask_rule": predictor.mask_rule,
-        },
-        "model": model_info or {"classes": predictor.classes,
-                                "preprocessing": predictor.preprocessing,
-                                **provenance(predictor.model)},
-        "findings": findings,
-        "warnings": list(case.warnings),
-        "disclaimer": "research software output; not a medical device, not a diagnosis",
-    }
-    if case.channel_names:  # the MR sequences the network saw, and the one pictures show
-        record["input"]["channels"] = list(case.channel_names)
-        record["input"]["overlay_channel"] = case.display_name
-        if case.channel_sources:
-            record["input"]["files"] = dict(case.channel_sources)
-    return record
-
-
-def drawn_on(case: Case) -> str | None:
-    """"drawn on flair (input: pre-contrast, flair, post-contrast)" for a case of named
-    sequences, None otherwise: said on every overlay."""
-    if not case.channel_names:
-        return None
-    return f"drawn on {case.display_name} (input: {', '.join(case.channel_names)})"
-
-
-def _write_masks(writer: CaseWriter, case: Case, pred: CasePrediction, mask_native: np.ndarray,
-                 options: InferOptions, record: dict[str, Any]) -> None:
-    formats = options.formats or (NATIVE_FORMAT[case.kind],)
-    requested = options.formats is not None  # else each kind's native format, if it can be given
-    before = len(writer.written)
-    for fmt in formats:
-        if fmt == "png":
-            if case.kind == "image":
-                writer(write_mask_png, "mask.png", pred.mask[0])
-            else:
-                native_slices = case.native_slices(pred.mask)  # the file's array order
-                for i in range(case.n_slices):
-                    writer(write_mask_png, f"mask_slices/{_slice_tag(i, case.n_slices)}.png",
-                           native_slices[i])
-        elif fmt == "nifti":
-            if case.kind == "nifti":
-                writer(write_mask_nifti, "mask.nii.gz", mask_native, case.nifti)
-            elif case.kind == "dicom" and case.affine is not None:
-                writer(write_mask_nifti_affine, "mask.nii.gz", pred.mask, case.affine)
-            elif case.kind == "nrrd" and case.affine is not None:
-                writer(write_mask_nifti_affine, "mask.nii.gz", mask_native, case.affine)
-            else:
-                _not_written(record, f"nifti mask not written: a {case.kind} input has no "
-                                     "3-D geometry")
-        elif fmt == "nrrd":
-            if case.kind == "nrrd" and case.nrrd is not None:
-                writer(write_mask_nrrd, "mask.nrrd", mask_native, case.nrrd)
-            elif case.kind in ("nifti", "dicom") and case.affine is not None:
-                writer(write_mask_nrrd_affine, "mask.nrrd", mask_native, case.affine)
-            else:
-                _not_written(record, f"nrrd mask not written: a {case.kind} input has no "
-                                     "3-D geometry")
-        elif fmt == "dicom-seg":
-            if case.kind == "dicom" and case.orientation_known:
-                # inherited values invalid in a SEG are repaired or left out, and said so
-                writer(write_dicom_seg, "seg.dcm", pred.mask, case.datasets,
-                       notes=record["warnings"])
-            elif requested:
-                _not_written(record, "dicom-seg not written: it needs a DICOM series with "
-                                     "position and orientation")
-    if len(writer.written) == before and case.is_volume:
-        # no mask in patient geometry could be written: the mask in the pixel grid, said so
-        native_slices = case.native_slices(pred.mask)
-        for i in range(case.n_slices):
-            writer(write_mask_png, f"mask_slices/{_slice_tag(i, case.n_slices)}.png",
-                   native_slices[i])
-        what = "DICOM SEG" if case.kind == "dicom" else "mask volume"
-        note = (f"no {what} written: {_no_geometry(case)}; the mask was written in the pixel "
-                f"grid instead, mask_slices/slice_*.png ({case.n_slices} slice(s), 0/255, the "
-                "source images' rows and columns, no patient coordinates)")
-        record["warnings"].append(note)
-        record["mask_in_pixel_grid"] = True
-
-
-def _no_geometry(case: Case) -> str:
-    """Why a volume has no patient geometry for its mask, in words."""
-    if case.kind == "dicom" and case.datasets:
-        first = case.datasets[0]
-        lacking = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-                   if getattr(first, k, None) is None]
-        if lacking:
-            return f"the DICOM has no {'/'.join(lacking)}"
-    return "the input has no position and orientation in patient space"
-
-
-def _not_written(record: dict[str, Any], note: str) -> None:
-    """A requested output this case cannot give: in findings.json, and for the exit status."""
-    record["warnings"].append(note)
-    record.setdefault("not_written", []).append(note)
-
-
-def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
-                    findings: dict[str, Any], options: InferOptions, gradcam: Any,
-                    model_line: str | None = None) -> None:
-    from mtl.data.orientation import display_view
-    from mtl.infer.overlay import render_contact_sheet, render_overlay
-
+    case, pred, findings = analysis.case, analysis.prediction, analysis.findings
     classes = list(findings["type"]["probabilities"])
     label = findings["type"]["label"]
-    presence = findings["presence"]
     tumor = findings["tumor"]
-    px_mm2 = findings["pixel_area_mm2"]
-    view = display_view(case)
-    if case.kind == "image" and case.spacing:
-        view = type(view)(pixel_aspect=case.spacing[0] / case.spacing[1])
-
-    def area(n_px: int) -> str:
-        return f"{n_px} px" + (f" = {n_px * px_mm2:.1f} mm²" if px_mm2 is not None else "")
-
-    def type_line(probs: Sequence[float]) -> str:
-        return "  ".join(f"{c} {_fmt(p)}" for c, p in zip(classes, probs))
-
-    decision = "YES" if presence["decision"] else "no"
-    head = (f"{case.name}: {label} ({_fmt(findings['type']['probabilities'][label])})   "
-            f"tumor {decision} (p={_fmt(presence['probability'])})")
-    channel_line = drawn_on(case)
-    if case.kind == "image":
+    view = analysis.view
+    if not case.is_volume:
         chosen = [0]
     elif options.overlay_slices == "all":
         chosen = list(range(case.n_slices))
     else:
-        chosen = list(tumor["slices"]) or [int(np.nanargmax(np.nan_to_num(pred.presence, nan=-1)))]
+        chosen = list(tumor["slices"]) or [analysis.default_slice]
     heat_maps: dict[int, np.ndarray] = {}
     if options.explain:
         if gradcam is None:
@@ -451,39 +247,28 @@ def _write_pictures(writer: CaseWriter, case: Case, pred: CasePrediction,
         maps = gradcam.slice_maps([case.slices[i] for i in run], classes.index(label))
         heat_maps = dict(zip(run, maps))
     for i in chosen:
-        n_px = int(pred.mask[i].sum())
-        if case.kind == "image":
-            lines = [head, "type: " + type_line(pred.type_probs[i]),
-                     f"tumor area {area(n_px)}"]
-            name = ""
-        else:
-            vol = tumor["volume_ml"]
-            lines = [head + (f"   volume {vol:.2f} mL" if vol is not None else ""),
-                     f"slice {i + 1}/{case.n_slices}: presence {_fmt(pred.presence[i])}  "
-                     + type_line(pred.type_probs[i]),
-                     f"tumor area on this slice {area(n_px)}"
-                     + (f"   hemisphere {tumor['hemisphere']['side']}"
-                        if tumor.get("hemisphere") else "")]
-            name = "_" + _slice_tag(i, case.n_slices)
-        if channel_line:
-            lines.append(channel_line)
+        lines = analysis.overlay_lines(i)
+        name = "_" + slice_tag(i, case.n_slices) if case.is_volume else ""
         if options.overlay:
-            writer(render_overlay, f"overlay{name}.png", case.shown(i), pred.mask[i],
+            writer(overlay.render_overlay, f"overlay{name}.png", case.shown(i), pred.mask[i],
                    lines=lines, view=view, model_line=model_line)
         if options.explain and i in heat_maps:
-            writer(render_overlay, f"gradcam{name}.png", case.shown(i), pred.mask[i],
+            writer(overlay.render_overlay, f"gradcam{name}.png", case.shown(i), pred.mask[i],
                    lines=lines, view=view, heat=heat_maps[i], heat_title=f"Grad-CAM: {label}",
                    model_line=model_line)
     if options.overlay and case.is_volume and tumor["slices"]:
         slices = tumor["slices"]
+        px_mm2 = findings["pixel_area_mm2"]
         # counted from 1, as people count slices (file names keep the 0-based array index)
-        captions = [f"slice {i + 1}: {area(int(pred.mask[i].sum()))}" for i in slices]
+        captions = [f"slice {i + 1}: {area_text(int(pred.mask[i].sum()), px_mm2)}"
+                    for i in slices]
+        channel_line = drawn_on(case.channel_names, case.display_name)
         title = (f"{case.name}: {label}, tumor on {len(slices)} slice(s)"
                  + (f", {tumor['volume_ml']:.2f} mL" if tumor["volume_ml"] is not None else "")
                  + (f"; {channel_line}" if channel_line else ""))
-        writer(render_contact_sheet, "contact_sheet.png", [case.shown(i) for i in slices],
-               [pred.mask[i] for i in slices], captions, title=title, view=view,
-               model_line=model_line)
+        writer(overlay.render_contact_sheet, "contact_sheet.png",
+               [case.shown(i) for i in slices], [pred.mask[i] for i in slices], captions,
+               title=title, view=view, model_line=model_line)
 
 
 def run(

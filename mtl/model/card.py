@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from mtl.files import atomic_write
 
 #: format of the built-in synthetic demo data
 DEMO_FORMATS = ("phantoms",)
@@ -215,8 +216,8 @@ def update_model_config(path: str | Path, **fields: Any) -> None:
     """Set ``fields`` (e.g. ``card=...``, ``calibration=...``) in the model config of a
     ``.keras`` file, copying the weights unchanged; atomic (temporary file, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.stem + ".card.tmp.keras")
-    try:
+
+    def rewrite(tmp: Path) -> None:
         with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
             for info in src.infolist():
                 if info.filename == "config.json":
@@ -228,9 +229,8 @@ def update_model_config(path: str | Path, **fields: Any) -> None:
                     with src.open(info) as fin, dst.open(info, "w", force_zip64=big) as fout:
                         while chunk := fin.read(1 << 24):
                             fout.write(chunk)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, rewrite, force=True)
 
 
 __all__ = ["DEMO_WARNING", "NO_CARD", "card_line", "card_metrics", "finish_run_models",

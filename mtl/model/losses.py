@@ -5,7 +5,7 @@ weight (1 labelled, 0 missing) multiplies the per-sample loss, and the sum is di
 number of labelled samples in the batch. A batch with no labelled sample for a task contributes
 exactly 0 to that task, with zero gradient. Nothing is ever compared with a made-up target.
 
-Task losses:
+Task losses (each declared with its task in :data:`mtl.tasks.TASKS`; Dice is :func:`dice`):
 
 - presence: binary cross-entropy;
 - type: sparse categorical cross-entropy over the class list;
@@ -27,7 +27,11 @@ from __future__ import annotations
 import tensorflow as tf
 import keras
 
-LOSS_TASKS = ("presence", "type", "mask", "box")
+from mtl import tasks
+from mtl.tasks import default_weights
+# the per-task losses live with their task in the table (mtl.tasks); imported here by name too
+from mtl.tasks import mask_dice_bce  # noqa: F401
+
 _EPS = 1e-7
 
 
@@ -38,49 +42,37 @@ def masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
 
 
-def presence_bce(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Per-sample BCE, (B, 1) x (B, 1) -> (B,)."""
-    return keras.losses.binary_crossentropy(
-        tf.reshape(tf.cast(y_true, tf.float32), [-1, 1]), tf.reshape(y_pred, [-1, 1])
-    )
+def dice(y_true: tf.Tensor, y_pred: tf.Tensor, *, smooth: float = 1.0,
+         axis: tuple[int, ...] | None = (1, 2, 3), empty: float | None = None) -> tf.Tensor:
+    """The one Dice coefficient on tensors: the loss's, the batch loss's and the training metric's.
 
-
-def type_ce(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Per-sample cross-entropy, (B,) int class index x (B, K) probabilities -> (B,)."""
-    return keras.losses.sparse_categorical_crossentropy(tf.reshape(y_true, [-1]), y_pred)
+    (B, H, W, 1) x (B, H, W, 1): ``axis=(1, 2, 3)`` gives one Dice per image (B,), ``axis=None``
+    one over the whole batch. ``empty=None``: the smoothed (soft) Dice
+    ``(2|T.P| + smooth) / (|T| + |P| + smooth)``; ``empty=e``: ``(2|T.P| + smooth) /
+    max(|T| + |P| + smooth, 1)``, and ``e`` where both are empty (the hard metric, on 0/1 masks,
+    ``smooth=0``). Evaluation scores NumPy masks with ``mtl.evaluate.metrics.dice_iou``.
+    """
+    y_true = tf.cast(y_true, tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    inter = tf.reduce_sum(y_true * y_pred, axis=axis)
+    total = tf.reduce_sum(y_true, axis=axis) + tf.reduce_sum(y_pred, axis=axis)
+    if empty is None:
+        return (2.0 * inter + smooth) / (total + smooth)
+    return tf.where(total > 0, (2.0 * inter + smooth) / tf.maximum(total + smooth, 1.0), empty)
 
 
 def soft_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor, smooth: float = 1.0) -> tf.Tensor:
     """Per-image soft Dice loss, (B, H, W, 1) x (B, H, W, 1) -> (B,)."""
-    y_true = tf.cast(y_true, tf.float32)
-    axes = [1, 2, 3]
-    inter = tf.reduce_sum(y_true * y_pred, axis=axes)
-    total = tf.reduce_sum(y_true, axis=axes) + tf.reduce_sum(y_pred, axis=axes)
-    return 1.0 - (2.0 * inter + smooth) / (total + smooth)
-
-
-def mask_dice_bce(y_true: tf.Tensor, y_pred: tf.Tensor, smooth: float = 1.0) -> tf.Tensor:
-    """Per-image Dice + mean pixel BCE -> (B,)."""
-    y_true = tf.cast(y_true, tf.float32)
-    bce = tf.reduce_mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=[1, 2])
-    return soft_dice_loss(y_true, y_pred, smooth) + bce
+    return 1.0 - dice(y_true, y_pred, smooth=smooth)
 
 
 def batch_soft_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor, weights: tf.Tensor,
                          smooth: float = 1.0) -> tf.Tensor:
     """One soft Dice loss over every labelled pixel of the batch (weights (B,) select images)."""
     w = tf.reshape(tf.cast(weights, tf.float32), [-1, 1, 1, 1])
-    y_true = tf.cast(y_true, tf.float32) * w
-    y_pred = y_pred * w
-    inter = tf.reduce_sum(y_true * y_pred)
-    total = tf.reduce_sum(y_true) + tf.reduce_sum(y_pred)
     labelled = tf.cast(tf.reduce_sum(weights) > 0, tf.float32)
-    return labelled * (1.0 - (2.0 * inter + smooth) / (total + smooth))
-
-
-def outside_box(box: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Per-image mean predicted tumor probability outside the box (box = 1 inside) -> (B,)."""
-    return tf.reduce_mean(y_pred * (1.0 - tf.cast(box, tf.float32)), axis=[1, 2, 3])
+    return labelled * (1.0 - dice(tf.cast(y_true, tf.float32) * w, y_pred * w, smooth=smooth,
+                                  axis=None))
 
 
 @keras.saving.register_keras_serializable(package="mtl")
@@ -100,10 +92,10 @@ class MultiTaskLoss(keras.layers.Layer):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        defaults = {"presence": 1.0, "type": 1.0, "mask": 1.0, "box": 0.0}
+        defaults = default_weights()
         unknown = set(weights or {}) - set(defaults)
         if unknown:
-            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {LOSS_TASKS}")
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; known: {tuple(defaults)}")
         self.task_weights = {**defaults, **(weights or {})}
         self.uncertainty = bool(uncertainty)
         self.dice_smooth = float(dice_smooth)
@@ -113,37 +105,27 @@ class MultiTaskLoss(keras.layers.Layer):
         # one learned log-variance per task; created always so checkpoints have one layout
         self.log_vars = self.add_weight(
             name="log_vars",
-            shape=(len(LOSS_TASKS),),
+            shape=(len(tasks.TASKS),),
             initializer="zeros",
             trainable=self.uncertainty,
         )
 
     def task_losses(self, y_true: dict, y_pred: dict, sample_weight: dict) -> dict[str, tf.Tensor]:
-        per_sample = {
-            "presence": lambda: presence_bce(y_true["presence"], y_pred["presence"]),
-            "type": lambda: type_ce(y_true["type"], y_pred["type"]),
-            "mask": lambda: mask_dice_bce(y_true["mask"], y_pred["mask"], self.dice_smooth),
-            "box": lambda: outside_box(y_true["box"], y_pred["mask"]),
-        }
-        if self.dice == "batch":
-            def batch_mask_loss():
-                t = tf.cast(y_true["mask"], tf.float32)
-                bce = tf.reduce_mean(keras.losses.binary_crossentropy(t, y_pred["mask"]), axis=[1, 2])
-                return masked_mean(bce, sample_weight["mask"]) + batch_soft_dice_loss(
-                    t, y_pred["mask"], sample_weight["mask"], self.dice_smooth)
-        losses = {
-            task: masked_mean(fn(), sample_weight[task])
-            for task, fn in per_sample.items()
-            if task in y_true and self.task_weights[task] > 0
-            and not (task == "mask" and self.dice == "batch")
-        }
-        if self.dice == "batch" and "mask" in y_true and self.task_weights["mask"] > 0:
-            losses["mask"] = batch_mask_loss()
+        """``{task: masked loss}`` for each task of the table that ``y_true`` labels and whose
+        weight is > 0."""
+        losses = {}
+        for task in tasks.TASKS:
+            if task.name not in y_true or self.task_weights[task.name] <= 0:
+                continue
+            truth, pred, weights = y_true[task.name], y_pred[task.output], sample_weight[task.name]
+            whole = task.batch_loss(truth, pred, weights, self) if task.batch_loss else None
+            losses[task.name] = (whole if whole is not None
+                                 else masked_mean(task.loss(truth, pred, self), weights))
         return losses
 
     def combine(self, losses: dict[str, tf.Tensor], sample_weight: dict) -> tf.Tensor:
         total = tf.constant(0.0)
-        for i, task in enumerate(LOSS_TASKS):
+        for i, task in enumerate(t.name for t in tasks.TASKS):
             if task not in losses:
                 continue
             term = losses[task]

@@ -15,18 +15,15 @@ import tensorflow as tf
 import keras
 
 from mtl.distribute import cluster_role
-from mtl.model.losses import LOSS_TASKS, MultiTaskLoss, masked_mean
+from mtl.model.losses import MultiTaskLoss, dice, masked_mean
 from mtl.model import optimizers as _optimizers  # noqa: F401 - saved models name FusedAdam
 from mtl.model.network import NetworkSpec, build_network
+from mtl import tasks
 
 
 def hard_dice(y_true: tf.Tensor, y_pred: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
     """Per-image Dice of the thresholded prediction, (B, H, W, 1) -> (B,); empty vs empty = 1."""
-    y_true = tf.cast(y_true > 0.5, tf.float32)
-    y_hat = tf.cast(y_pred > threshold, tf.float32)
-    inter = tf.reduce_sum(y_true * y_hat, axis=[1, 2, 3])
-    total = tf.reduce_sum(y_true, axis=[1, 2, 3]) + tf.reduce_sum(y_hat, axis=[1, 2, 3])
-    return tf.where(total > 0, 2.0 * inter / tf.maximum(total, 1.0), 1.0)
+    return dice(y_true > 0.5, y_pred > threshold, smooth=0.0, empty=1.0)
 
 
 def _reducible_across_workers(logs: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +40,8 @@ def _reducible_across_workers(logs: dict[str, Any]) -> dict[str, Any]:
 
 @keras.saving.register_keras_serializable(package="mtl")
 class MultiTaskModel(keras.Model):
-    """Shared encoder + presence / type / mask heads, trained under a masked multi-task loss."""
+    """Shared encoder + the heads of :data:`mtl.tasks.TASKS`, trained under a masked multi-task
+    loss, with each task's masked metric."""
 
     def __init__(
         self,
@@ -65,13 +63,13 @@ class MultiTaskModel(keras.Model):
         self.net = build_network(self.spec)
         self.multitask_loss = MultiTaskLoss(**(loss or {}), name="multitask_loss", dtype="float32")
         self.task_loss_trackers = {
-            t: keras.metrics.Mean(name=f"{t}_loss")
-            for t in LOSS_TASKS
-            if self.multitask_loss.task_weights[t] > 0
+            t.name: keras.metrics.Mean(name=f"{t.name}_loss")
+            for t in tasks.TASKS
+            if self.multitask_loss.task_weights[t.name] > 0
         }
-        self.presence_acc = keras.metrics.Mean(name="presence_acc")
-        self.type_acc = keras.metrics.Mean(name="type_acc")
-        self.dice = keras.metrics.Mean(name="dice")
+        #: each task's training metric (presence_acc, type_acc, dice), by task
+        self.task_metrics = {t.name: keras.metrics.Mean(name=t.metric[0])
+                             for t in tasks.TASKS if t.metric is not None}
 
     @property
     def classes(self) -> list[str]:
@@ -116,20 +114,10 @@ class MultiTaskModel(keras.Model):
         return total / replicas if replicas > 1 else total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        sw = sample_weight
-        correct = tf.cast(
-            tf.equal(tf.reshape(y_pred["presence"], [-1]) > 0.5, tf.reshape(y["presence"], [-1]) > 0.5),
-            tf.float32,
-        )
-        self.presence_acc.update_state(correct, sample_weight=sw["presence"])
-        predicted = tf.argmax(y_pred["type"], axis=-1, output_type=tf.int32)
-        correct = tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y["type"], [-1]), tf.int32)), tf.float32)
-        self.type_acc.update_state(correct, sample_weight=sw["type"])
-        # Dice over labelled images that hold a tumor; empty images are scored in `mtl evaluate`
-        has_tumor = tf.cast(tf.reduce_max(y["mask"], axis=[1, 2, 3]) > 0.5, tf.float32)
-        self.dice.update_state(
-            hard_dice(y["mask"], y_pred["mask"]), sample_weight=sw["mask"] * has_tumor
-        )
+        for t in tasks.TASKS:
+            if t.metric is not None:
+                values, weights = t.metric[1](y[t.name], y_pred[t.output], sample_weight[t.name])
+                self.task_metrics[t.name].update_state(values, sample_weight=weights)
         return self.get_metrics_result()
 
     def get_config(self) -> dict[str, Any]:

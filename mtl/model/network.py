@@ -7,30 +7,30 @@
 - ``mask``: (B, H, W, 1) sigmoid tumor probability per pixel, from the U-Net decoder.
 
 The presence and type heads read the encoder's deepest feature map through global average and
-max pooling, so all three tasks train the same encoder.
+max pooling, so all three tasks train the same encoder. The heads are the builders of the task
+table (:data:`mtl.tasks.HEADS`); this module builds the encoder, decoder and the shared features
+they read: ``pooled`` (the pooled, dropped-out, dense encoder features) and ``decoder`` (the
+U-Net's per-pixel probability).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
+
+from mtl import tasks
 
 if TYPE_CHECKING:  # keras (and TensorFlow) load only to build: NetworkSpec is part of the config
     import keras
 
-OUTPUTS = ("presence", "type", "mask")
-
 
 @dataclass
-class NetworkSpec:
-    """Everything needed to rebuild the network; stored inside the saved model."""
+class Architecture:
+    """The network's own fields: the config's ``model`` section (:class:`mtl.config.ModelConfig`
+    adds training options) and, with the data's size, channels and classes, a
+    :class:`NetworkSpec`. Declared here only."""
 
     backbone: str = "resnet18"
-    input_size: int = 128
-    channels: int = 1
-    classes: list[str] = field(
-        default_factory=lambda: ["no_tumor", "glioma", "meningioma", "pituitary"]
-    )
     encoder_weights: str | None = None
     decoder_filters: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     decoder_block_type: str = "upsampling"
@@ -39,6 +39,25 @@ class NetworkSpec:
     #: BatchNormalization momentum for every BN layer; null keeps the backbone's (0.99).
     #: Lower values (0.9) let short runs on small data validate sensibly.
     bn_momentum: float | None = None
+
+    def architecture(self) -> dict:
+        """This object's :class:`Architecture` fields (lists copied)."""
+        return {f.name: _copy(getattr(self, f.name)) for f in fields(Architecture)}
+
+
+def _copy(value):
+    return list(value) if isinstance(value, list) else value
+
+
+@dataclass
+class NetworkSpec(Architecture):
+    """Everything needed to rebuild the network; stored inside the saved model."""
+
+    input_size: int = 128
+    channels: int = 1
+    classes: list[str] = field(
+        default_factory=lambda: ["no_tumor", "glioma", "meningioma", "pituitary"]
+    )
 
     def __post_init__(self) -> None:
         if self.input_size % 32:
@@ -70,19 +89,17 @@ def build_network(spec: NetworkSpec) -> keras.Model:
     )
     shared = keras.layers.Dropout(spec.head_dropout, name="head_dropout")(pooled)
     shared = keras.layers.Dense(spec.head_units, activation="relu", name="head_dense")(shared)
-    # outputs in float32 under mixed precision too: sigmoid/softmax and the loss need its range
-    presence = keras.layers.Dense(1, activation="sigmoid", name="presence", dtype="float32")(shared)
-    type_probs = keras.layers.Dense(len(spec.classes), activation="softmax", name="type",
-                                    dtype="float32")(shared)
     if spec.bn_momentum is not None:
         for layer in unet.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = spec.bn_momentum
+    # outputs in float32 under mixed precision too: sigmoid/softmax and the loss need its range
     for layer in unet.layers[-2:]:  # segmentation-models' final 1x1 conv and its sigmoid
         layer.dtype_policy = "float32"
-    mask = keras.layers.Identity(name="mask", dtype="float32")(unet.output)
+    features = {"pooled": shared, "decoder": unet.output}
+    outputs = {task.output: task.head(task.output, features, spec) for task in tasks.HEADS}
     return keras.Model(
         unet.input,
-        {"presence": presence, "type": type_probs, "mask": mask},
+        outputs,
         name=f"mtl_{spec.backbone}",
     )

@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import mtl
 from mtl.data.preprocess import channel_names
 from mtl.infer.predict import Predictor
-from mtl.infer.readers import display_channel
+from mtl.infer.channels import display_channel
 from mtl.serve.results import ID_PATTERN, ResultStore, StoredResult
 from mtl.serve.service import BadRequest, Service
 from mtl.serve.uploads import (
@@ -565,11 +565,15 @@ def create_app(
         return Response(content, media_type=media_type, headers={
             "content-disposition": f'{disposition}; filename="{filename}"'})
 
-    def _slice(result: StoredResult, index: int) -> int:
+    def _slice_png(result_id: str, index: int, draw: Callable[[StoredResult, int], bytes],
+                   what: str, inline: bool = False) -> Response:
+        """The PNG ``draw`` makes of slice ``index`` of a result (404: no such slice)."""
+        result = _result(result_id)
         if not 0 <= index < result.n_slices:
             raise HTTPException(404, f"no slice {index}: the case has slices 0 to "
                                      f"{result.n_slices - 1}")
-        return index
+        return _file(draw(result, index), "image/png", f"{result.name}_{what}_{index:03d}.png",
+                     inline=inline)
 
     id_param = PathParam(description="The id returned by POST /predict.", max_length=64)
 
@@ -591,18 +595,12 @@ def create_app(
     @app.get("/results/{result_id}/slices/{index}/overlay.png", response_class=Response,
              summary="Overlay of one slice", responses={200: png, **NOT_FOUND})
     def slice_overlay(index: int, result_id: str = id_param) -> Response:
-        result = _result(result_id)
-        index = _slice(result, index)
-        return _file(service.overlay_png(result, index), "image/png",
-                     f"{result.name}_overlay_{index:03d}.png", inline=True)
+        return _slice_png(result_id, index, service.overlay_png, "overlay", inline=True)
 
     @app.get("/results/{result_id}/slices/{index}/mask.png", response_class=Response,
              summary="Mask of one slice (0/255 PNG)", responses={200: png, **NOT_FOUND})
     def slice_mask(index: int, result_id: str = id_param) -> Response:
-        result = _result(result_id)
-        index = _slice(result, index)
-        return _file(service.slice_mask_png(result, index), "image/png",
-                     f"{result.name}_mask_{index:03d}.png")
+        return _slice_png(result_id, index, service.slice_mask_png, "mask")
 
     @app.get("/results/{result_id}/{file_name}", response_class=Response,
              summary="findings.json, mask.png, mask.nii.gz, mask.nrrd or seg.dcm of a result",

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from mtl.infer.command import mask_rule_option
+from mtl.infer.command import checked, mask_rule_option, threshold_value
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
@@ -126,7 +126,8 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning",
               type=click.FloatRange(0, min_open=True),
               help="How long a result can be downloaded.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.5, show_default=True, help="Tumor probability threshold (mask and "
+              default=0.5, show_default=True, callback=checked(threshold_value),
+              help="Tumor probability threshold (mask and "
                                                    "presence decision).")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation.")
 @mask_rule_option

@@ -1,14 +1,14 @@
-"""One upload -> one stored result, with the same steps as ``mtl infer`` (no web code here).
+"""One upload -> one stored result, through the per-case core of ``mtl infer`` (no web code here).
 
 Steps: :func:`~mtl.serve.uploads.stage_upload` (type by content, limits, a server-owned file),
-:func:`mtl.infer.readers.load_case`, :meth:`mtl.infer.predict.Predictor.predict` (the one
-model, called under a lock so requests never share a network call),
-:func:`mtl.infer.findings.case_findings`, the findings record of ``mtl infer`` and its mask
-writers; overlays are drawn on request by :func:`mtl.infer.overlay.render_overlay`.
+then :func:`mtl.infer.core.analyse_case`, what ``mtl infer`` runs per input (read, predict
+under a lock so requests never share a network call, findings, the findings record), and the
+mask downloads of :meth:`~mtl.infer.core.CaseAnalysis.downloads`, made in memory; overlays are
+drawn on request by :func:`mtl.infer.overlay.overlay_png`.
 
-The writers and the overlay renderer write files; here they write into a private temporary
-folder of the server, and the bytes are kept in memory. Every temporary file of a request is
-gone when the request ends, and the memory it used is handed back (:func:`release_memory`).
+Only the upload itself is written to disk (the readers read files): into a private temporary
+folder of the server, gone when the request ends. The memory a request used is handed back
+(:func:`release_memory`).
 """
 
 from __future__ import annotations
@@ -30,33 +30,26 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 import numpy as np
 
 from mtl.data.preprocess import channel_names
-from mtl.infer.findings import case_findings, mask_rule_note
-from mtl.infer.predict import Predictor
-from mtl.infer.readers import (
-    InputError,
-    InputItem,
-    display_channel,
-    format_axis,
-    load_case,
-    refuse_single_volume,
-    safe_name,
+from mtl.infer.case import InputError, InputItem
+from mtl.infer.channels import display_channel, refuse_single_volume
+from mtl.infer.core import (
+    DISCLAIMER,
+    analyse_case,
+    drawn_on,
+    is_volume_kind,
+    overlay_lines,
+    parse_axis as check_axis,
+    parse_spacing as check_spacing,
+    record_bytes,
 )
-from mtl.infer.runner import InferOptions, findings_record
+from mtl.infer.discovery import safe_name
+from mtl.infer.formats.image import png_mask_bytes
+from mtl.infer.predict import Predictor, check_threshold
 from mtl.model.card import provenance
-from mtl.infer.writers import (
-    write_dicom_seg,
-    write_json,
-    write_mask_nifti,
-    write_mask_nifti_affine,
-    write_mask_nrrd,
-    write_mask_png,
-)
 from mtl.serve.results import Download, PackedMask, ResultStore, StoredResult, display_slices
 from mtl.serve.uploads import FILE_NAMES, Limits, UploadRejected, detect, share, stage_upload
 
 log = logging.getLogger(__name__)
-
-DISCLAIMER = "research software output; not a medical device, not a diagnosis"
 
 
 class BadRequest(Exception):
@@ -82,24 +75,18 @@ def display_name(filename: str | None) -> str:
 
 
 def parse_spacing(text: str | None) -> tuple[float, float] | None:
-    """"0.5" or "0.5,0.4" (row, column mm) -> a pair; empty -> None."""
-    if text is None or not str(text).strip():
-        return None
+    """"0.5" or "0.5,0.4" (row, column mm) -> a pair; empty -> None; 400 otherwise
+    (:func:`mtl.infer.core.parse_spacing`)."""
     try:
-        parts = [float(v) for v in str(text).replace("x", ",").split(",")]
-        if len(parts) == 1:
-            parts *= 2
-        if len(parts) != 2 or not all(np.isfinite(parts)) or min(parts) <= 0:
-            raise ValueError
-    except ValueError:
-        raise BadRequest(400, "pixel_spacing: give ROW_MM,COL_MM or one value in mm, "
-                              "e.g. 0.5,0.5") from None
-    return (parts[0], parts[1])
+        return check_spacing(text)
+    except ValueError as exc:
+        raise BadRequest(400, f"pixel_spacing: {exc}") from None
 
 
 def parse_axis(text: str | None) -> int | str:
+    """An axis option (:func:`mtl.infer.core.parse_axis`); 400 otherwise."""
     try:
-        return format_axis(text or "axial")
+        return check_axis(text or "axial")
     except ValueError as exc:
         raise BadRequest(400, f"axis: {exc}") from None
 
@@ -135,10 +122,6 @@ def form_hint(names: Sequence[str]) -> str:
     return "one upload per sequence in the form fields " + ", ".join(names)
 
 
-def _fmt(p: float | None) -> str:
-    return "n/a" if p is None or not np.isfinite(p) else f"{p:.2f}"
-
-
 class Service:
     """The model (one :class:`Predictor`, loaded once), the limits and the result store.
 
@@ -164,7 +147,7 @@ class Service:
         self.limits = limits
         self.store = store if store is not None else ResultStore()
         self.presence_threshold = (predictor.presence_threshold if presence_threshold is None
-                                   else float(presence_threshold))
+                                   else check_threshold(presence_threshold, "presence_threshold"))
         self.model_info = {"path": model_name, "classes": list(predictor.classes),
                            "preprocessing": dict(predictor.preprocessing),
                            **provenance(predictor.model)}
@@ -188,17 +171,6 @@ class Service:
 
     def close(self) -> None:
         shutil.rmtree(self.temp_root, ignore_errors=True)
-
-    # ------------------------------------------------------------------ files via temp folders
-
-    def _file_bytes(self, write: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> bytes:
-        """Run a writer of :mod:`mtl.infer` into a private temporary folder; return the bytes."""
-        folder = Path(tempfile.mkdtemp(dir=self.temp_root))
-        try:
-            path = write(folder / name, *args, **kwargs)
-            return Path(path).read_bytes()
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ analysis
 
@@ -314,66 +286,40 @@ class Service:
         try:
             try:
                 item, detected, labels = self._stage(uploads, folder, name)
-                case = load_case(item, axis=axis_value, pixel_spacing=spacing,
-                                 channels=self.channels,
-                                 hint=form_hint(self.channels) if self.channels else None)
+                analysis = analyse_case(
+                    item, self.predictor, axis=axis_value, pixel_spacing=spacing,
+                    presence_threshold=self.presence_threshold, model_info=self.model_info,
+                    hint=form_hint(self.channels) if self.channels else None, label=shown,
+                    lock=self._predict_lock)
             except UploadRejected as exc:
                 raise BadRequest(exc.status, exc.message) from None
             except InputError as exc:
                 raise BadRequest(400, _hide_paths(str(exc), folder, labels or shown)) from None
-            slices = case.slices  # may map the temp file: used only inside this block
-            try:
-                with self._predict_lock:
-                    pred = self.predictor.predict(slices,
-                                                  presence_threshold=self.presence_threshold)
-            except ValueError as exc:
-                raise BadRequest(400, f"{shown}: {exc}") from None
-            mask_native = case.to_native(pred.mask)
-            findings = case_findings(
-                mask=mask_native, presence=pred.presence, type_probs=pred.type_probs,
-                classes=self.predictor.classes, presence_threshold=self.presence_threshold,
-                slice_axis=case.slice_axis, affine=case.affine,
-                orientation_known=case.orientation_known, spacing=case.spacing,
-                image=case.native_image() if case.orientation_known else None,
-            )
-            findings["mask_rule"] = mask_rule_note(pred, self.predictor.mask_rule)
-            options = InferOptions(axis=axis_value, pixel_spacing=spacing)
-            record = findings_record(item, case, findings, self.predictor, options,
-                             self.presence_threshold, self.model_info)
+            case, pred, record = analysis.case, analysis.prediction, analysis.record
             record["source"] = shown
             record["detected_type"] = detected
-            record["disclaimer"] = DISCLAIMER
             if case.channel_sources:  # client file names, never the server's paths
                 record["input"]["files"] = {s: _client_name(f) for s, _d, f in uploads}
             record["warnings"] = [_hide_paths(w, folder, labels or shown)
                                   for w in record["warnings"]]
-            files = self._masks(name, case, pred, mask_native, notes=record["warnings"])
+            files = {mask.name: Download(mask.data, mask.media_type, f"{name}_{mask.name}")
+                     for mask in analysis.downloads()}
             # kept for overlays: the slices as they are drawn (small), the mask bit-packed;
-            # named sequences: the one overlays are drawn on
+            # named sequences: the one overlays are drawn on (case.slices may map the
+            # temporary file: used only inside this block)
             shown_slices, factor = display_slices(case.shown_slices())
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-        from mtl.data.orientation import View, display_view
-
-        view = display_view(case)
-        if case.kind == "image" and case.spacing:
-            view = View(pixel_aspect=case.spacing[0] / case.spacing[1])
-        tumor = findings["tumor"]
-        if case.kind == "image":
-            default = 0
-        elif tumor["largest_slice"] is not None:
-            default = int(tumor["largest_slice"])
-        else:
-            default = int(np.nanargmax(np.where(pred.evaluated, pred.presence, -np.inf)))
+        findings, default = analysis.findings, analysis.default_slice
         result = StoredResult(name=name, kind=case.kind, payload={}, files=files,
                               slices=shown_slices, mask=PackedMask(pred.mask),
                               presence=pred.presence, type_probs=pred.type_probs,
-                              findings=findings, view=view, default_slice=default,
+                              findings=findings, view=analysis.view, default_slice=default,
                               upright=case.upright, display_factor=factor)
         record["outputs"] = sorted(files) + ["findings.json", "overlay.png"]
-        files["findings.json"] = Download(self._file_bytes(write_json, "findings.json", record),
-                                          "application/json", f"{name}_findings.json")
+        files["findings.json"] = Download(record_bytes(record), "application/json",
+                                          f"{name}_findings.json")
         px_mm2 = findings["pixel_area_mm2"]
         result.payload = {
             "id": result.id,
@@ -393,74 +339,22 @@ class Service:
         result.payload["expires_in_seconds"] = round(self.store.expires_in(result))
         return result
 
-    def _masks(self, name: str, case: Any, pred: Any, mask_native: np.ndarray,
-               notes: list[str] | None = None) -> dict[str, Download]:
-        """The mask downloads: as ``mtl infer`` writes them for this kind of input (PNG, NIfTI,
-        and for DICOM with position and orientation a DICOM SEG referencing the upload)."""
-        files: dict[str, Download] = {}
-        notes = [] if notes is None else notes
-        if case.kind == "nifti":
-            files["mask.nii.gz"] = Download(
-                self._file_bytes(write_mask_nifti, "mask.nii.gz", mask_native, case.nifti),
-                "application/gzip", f"{name}_mask.nii.gz")
-        elif case.kind == "nrrd":  # as mtl infer: a NRRD label volume in the input's geometry
-            files["mask.nrrd"] = Download(
-                self._file_bytes(write_mask_nrrd, "mask.nrrd", mask_native, case.nrrd),
-                "application/octet-stream", f"{name}_mask.nrrd")
-        else:  # an image, or a one-file DICOM "series": one slice
-            files["mask.png"] = Download(self._file_bytes(write_mask_png, "mask.png", pred.mask[0]),
-                                         "image/png", f"{name}_mask.png")
-            if case.kind == "dicom" and case.affine is not None:
-                files["mask.nii.gz"] = Download(
-                    self._file_bytes(write_mask_nifti_affine, "mask.nii.gz", pred.mask,
-                                     case.affine),
-                    "application/gzip", f"{name}_mask.nii.gz")
-            if case.kind == "dicom" and case.orientation_known:
-                try:
-                    files["seg.dcm"] = Download(
-                        self._file_bytes(write_dicom_seg, "seg.dcm", pred.mask, case.datasets,
-                                         notes=notes),
-                        "application/dicom", f"{name}_seg.dcm")
-                except Exception as exc:  # noqa: BLE001 - the other downloads still work
-                    log.warning("DICOM SEG of %s failed", name, exc_info=True)
-                    notes.append(f"no DICOM SEG download: it could not be made ({exc})")
-            elif case.kind == "dicom":
-                notes.append("no DICOM SEG download: the DICOM file has no position and "
-                             "orientation")
-        return files
-
     # ------------------------------------------------------------------ pictures
 
     def overlay_lines(self, result: StoredResult, index: int) -> list[str]:
-        """The text above an overlay, as ``mtl infer --overlay`` writes it."""
-        f = result.findings
-        classes = list(f["type"]["probabilities"])
-        label = f["type"]["label"]
-        presence = f["presence"]
-        tumor = f["tumor"]
-        px_mm2 = f["pixel_area_mm2"]
-        n_px = int(result.mask[index].sum())
-        area = f"{n_px} px" + (f" = {n_px * px_mm2:.1f} mm²" if px_mm2 is not None else "")
-        types = "  ".join(f"{c} {_fmt(p)}" for c, p in zip(classes, result.type_probs[index]))
-        head = (f"{result.name}: {label} ({_fmt(f['type']['probabilities'][label])})   "
-                f"tumor {'YES' if presence['decision'] else 'no'} "
-                f"(p={_fmt(presence['probability'])})")
+        """The text above an overlay, as ``mtl infer --overlay`` writes it
+        (:func:`mtl.infer.core.overlay_lines`)."""
         inp = result.payload.get("input") or {}
-        drawn = ([f"drawn on {inp['overlay_channel']} (input: {', '.join(inp['channels'])})"]
-                 if inp.get("channels") else [])
-        if result.kind == "image":
-            return [head, "type: " + types, f"tumor area {area}", *drawn]
-        volume = tumor["volume_ml"]
-        side = (tumor.get("hemisphere") or {}).get("side")
-        return [head + (f"   volume {volume:.2f} mL" if volume is not None else ""),
-                f"slice {index + 1}/{result.n_slices}: presence "
-                f"{_fmt(result.presence[index])}  {types}",
-                f"tumor area on this slice {area}" + (f"   hemisphere {side}" if side else ""),
-                *drawn]
+        return overlay_lines(result.findings, name=result.name,
+                             volume=is_volume_kind(result.kind), index=index,
+                             n_slices=result.n_slices, presence=result.presence[index],
+                             type_probs=result.type_probs[index],
+                             tumor_px=int(result.mask[index].sum()),
+                             drawn=drawn_on(inp.get("channels"), inp.get("overlay_channel")))
 
     def overlay_png(self, result: StoredResult, index: int | None = None) -> bytes:
         """The overlay of one slice (the default slice if None), drawn once per result."""
-        from mtl.infer.overlay import reduce_any, render_overlay
+        from mtl.infer.overlay import overlay_png, reduce_any
 
         index = result.default_slice if index is None else int(index)
 
@@ -469,10 +363,9 @@ class Service:
                 try:
                     # the stored slice is at drawing size already; the mask is reduced alike
                     mask = reduce_any(result.mask[index], result.display_factor)
-                    return self._file_bytes(render_overlay, "overlay.png", result.slices[index],
-                                            mask, lines=self.overlay_lines(result, index),
-                                            view=result.view,
-                                            model_line=self.model_info["card_line"])
+                    return overlay_png(result.slices[index], mask,
+                                       lines=self.overlay_lines(result, index), view=result.view,
+                                       model_line=self.model_info["card_line"])
                 finally:
                     release_memory()
 
@@ -484,7 +377,7 @@ class Service:
             mask = result.mask[index : index + 1]
             if result.upright is not None and result.upright.moves_pixels:
                 mask = result.upright.invert_stack(mask)
-            return self._file_bytes(write_mask_png, "mask.png", mask[0])
+            return png_mask_bytes(mask[0])
 
 
 def links(result_id: str, files: dict[str, Download]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from mtl.infer.readers import InputItem
+from mtl.infer.case import InputItem
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"

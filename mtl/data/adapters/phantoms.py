@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +42,7 @@ from scipy import ndimage
 
 from mtl.data.adapters.base import Adapter, DataError, Record
 from mtl.data.sample import NO_TUMOR, Sample
+from mtl.files import atomic_write
 
 KINDS = ("glioma", "meningioma", "pituitary")
 FOV_MM = 240.0  # simulated field of view; pixel spacing is FOV_MM / size
@@ -466,13 +466,9 @@ def write_example_slice(path: str | Path, kind: str = "meningioma", index: int =
     writes ``runs/demo/example_slice.png``). Its seed is none the demo trains on."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = render_phantom(EXAMPLE_SEED, index, size, kind).image
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    pixels = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return atomic_write(path, lambda tmp: pixels.save(tmp, format="PNG"), force=True)
 
 
 def phantom_samples(n: int, size: int = 128, seed: int = 0, **kw: Any) -> list[Sample]:

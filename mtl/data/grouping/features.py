@@ -12,7 +12,6 @@ by path, size and modification time: never inside the dataset folder, which may 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,8 @@ from typing import Any
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps
+
+from mtl.files import atomic_write
 
 #: environment variable that overrides the cache folder
 CACHE_ENV = "MTL_CACHE_DIR"
@@ -180,19 +181,14 @@ class _FeatureCache:
         for key, row in self.rows.items():
             if _file_key(Path(key.split("\t", 1)[0])) == key:
                 keep[key] = row
-        tmp_name = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                dir=self.path.parent, prefix=".features-", suffix=".npz", delete=False
-            ) as tmp:
-                tmp_name = tmp.name
-                np.savez(tmp, keys=np.array(list(keep), dtype=str),
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, keys=np.array(list(keep), dtype=str),
                          **stack_features(list(keep.values())))
-            os.replace(tmp_name, self.path)
+
+        try:
+            atomic_write(self.path, write, force=True)
         except OSError as err:
-            if tmp_name is not None:
-                Path(tmp_name).unlink(missing_ok=True)
             warnings.warn(f"cannot write the image feature cache {self.path}: {err}", stacklevel=3)
 
 

@@ -1,8 +1,8 @@
-"""Plots written into run folders (matplotlib, Agg backend: no display needed)."""
+"""Figures written into run folders: training curves, and :func:`save_figure` for every figure
+mtl writes (matplotlib, Agg backend: no display needed)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from mtl.files import atomic_write  # noqa: E402
 
 # panels of the training-curve figure: (title, metric names without the val_ prefix)
 CURVE_PANELS = (
@@ -49,11 +51,8 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path | None:
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
     """tight_layout, write atomically (temporary file, then rename), close."""
-    path = Path(path)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), force=True)
+    finally:
+        plt.close(fig)

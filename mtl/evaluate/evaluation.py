@@ -1,9 +1,9 @@
-"""``mtl evaluate``: resolve a run or model and the data, predict, score, write a report."""
+"""What ``mtl evaluate`` does: resolve a run or model and the data, predict, score, write a
+report (the command itself: :mod:`mtl.evaluate.command`)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,13 @@ import keras
 from mtl.config import Config, ConfigError, SourceConfig, load_config
 from mtl.data.pipeline import Source, open_source
 from mtl.data.splits import match_case_ids, split_records
-from mtl.evaluate.healthy import healthy_volume_check, resolve_healthy_volume
+from mtl.evaluate.healthy import check_grey_model, healthy_volume_check, resolve_healthy_volume
 from mtl.evaluate.predict import predict_split
 from mtl.infer.predict import Predictor
 from mtl.model.card import card_line, card_metrics, model_card, update_model_config
+from mtl.model.multitask import MultiTaskModel  # noqa: F401 - registers the class that saved models name
 from mtl.evaluate.report import evaluate_predictions
-from mtl.train import new_run_dir
+from mtl.runfolder import CONFIG, SPLITS, RunFolder, read_splits
 
 
 def resolve_model(target: str | Path, weights: str = "best") -> tuple[Path, Path | None]:
@@ -31,7 +32,7 @@ def resolve_model(target: str | Path, weights: str = "best") -> tuple[Path, Path
         return model_path, target
     if target.suffix == ".keras" and target.is_file():
         parent = target.parent
-        return target, parent if (parent / "config.yaml").is_file() else None
+        return target, parent if (parent / CONFIG).is_file() else None
     raise ConfigError(f"not a run folder or a .keras model file: {target}")
 
 
@@ -59,13 +60,11 @@ def config_for(model: keras.Model, run_dir: Path | None) -> Config:
         "data.channel_names": pre.get("channel_names"),
         "model.backbone": model.spec.backbone,
     }
-    return load_config(run_dir / "config.yaml" if run_dir is not None else None, stored)
+    return load_config(run_dir / CONFIG if run_dir is not None else None, stored)
 
 
 def _saved_splits(run_dir: Path | None) -> dict[str, Any]:
-    if run_dir is None or not (run_dir / "splits.json").is_file():
-        return {}
-    return json.loads((run_dir / "splits.json").read_text())
+    return (read_splits(run_dir / SPLITS) if run_dir is not None else None) or {}
 
 
 def _same_root(a: str | None, b: str | None) -> bool:
@@ -117,6 +116,19 @@ def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config:
             "train on: copies of its training items are not excluded)")
 
 
+def open_eval_sources(config: Config, run_dir: Path | None, split: str
+                      ) -> tuple[list[Source], dict[str, str]]:
+    """The config's datasets opened, each with ``split`` assigned (:func:`assign_eval_split`,
+    the run's saved split where it has one); returns (sources, how each split was obtained)."""
+    saved = _saved_splits(run_dir)
+    sources, how = [], {}
+    for i, sc in enumerate(config.data.sources):
+        source = open_source(sc, config.data.on_error, config.data.classes, i)
+        how[source.name] = assign_eval_split(source, split, saved, config)
+        sources.append(source)
+    return sources, how
+
+
 def evaluate(
     target: str | Path,
     *,
@@ -140,17 +152,14 @@ def evaluate(
     model_path, run_dir = resolve_model(target, weights)
     healthy_paths = [resolve_healthy_volume(v) for v in healthy_volumes or []]  # fail early
     model = keras.models.load_model(model_path)
+    if healthy_paths:
+        check_grey_model(model)  # before minutes of prediction, not after
     config = config_for(model, run_dir)
     if data:
         config.data.sources = [s for spec in data for s in parse_data_spec(spec)]
     if on_error:
         config.data = replace(config.data, on_error=on_error)
-    saved = _saved_splits(run_dir)
-    sources, how = [], {}
-    for i, sc in enumerate(config.data.sources):
-        source = open_source(sc, config.data.on_error, config.data.classes, i)
-        how[source.name] = assign_eval_split(source, split, saved, config)
-        sources.append(source)
+    sources, how = open_eval_sources(config, run_dir, split)
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
                          tta=tta)
     predictor = Predictor(model, threshold=threshold, tta=tta, mask_rule=mask_rule,
@@ -163,7 +172,8 @@ def evaluate(
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
     else:
-        out_dir = new_run_dir(run_dir if run_dir is not None else Path("runs"), f"eval-{split}")
+        out_dir = RunFolder.create(run_dir if run_dir is not None else Path("runs"),
+                                   f"eval-{split}").path
     context = {
         "model": str(model_path),
         "split": split,

@@ -1,0 +1,59 @@
+"""``mtl data``: list the dataset cards, inspect a dataset folder.
+
+Registered on the ``mtl`` group in :mod:`mtl.cli` with ``main.add_command(data)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+#: where ``mtl data inspect`` writes its mosaic unless --out says otherwise
+INSPECT_DIR = Path("runs") / "inspect"
+
+
+def safe_file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "dataset"
+
+
+@click.group()
+def data() -> None:
+    """Supported datasets: list their cards, inspect a folder."""
+
+
+@data.command("list")
+def data_list() -> None:
+    """Show the dataset cards in datasets/."""
+    from mtl.data.cards import format_card_table, load_cards
+
+    click.echo(format_card_table(load_cards()))
+
+
+@data.command("inspect")
+@click.argument("name")
+@click.argument("path", required=False)
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Mosaic PNG (default: runs/inspect/<name>_mosaic.png, beside the run folders).")
+@click.option("-n", "n_samples", type=int, default=16, show_default=True, help="Samples in the mosaic.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Adapter option, e.g. --option modalities=[flair,t1ce] (repeatable).")
+@click.option("--skip-bad", is_flag=True, help="Skip and count unreadable items instead of stopping.")
+def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
+    """Count labels per task in a dataset folder and write a mosaic of samples with masks."""
+    import json
+
+    from mtl.config import ConfigError, parse_override
+    from mtl.data.adapters import DataError, get_adapter
+    from mtl.data.inspect import summarize, write_mosaic
+
+    try:
+        opts = dict(parse_override(o) for o in options)
+        adapter = get_adapter(name, path, on_error="skip" if skip_bad else "raise", **opts)
+        summary = summarize(adapter)
+        out_path = Path(out) if out else INSPECT_DIR / f"{safe_file_name(name)}_mosaic.png"
+        write_mosaic(adapter, out_path, n=n_samples)
+    except (ConfigError, DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(summary, indent=1, default=str))
+    click.echo(f"mosaic: {out_path.resolve()}")

@@ -293,3 +293,13 @@ def test_consecutive_similarity(duplicates_folder: dict[str, Path]) -> None:
     assert similarity[0] == pytest.approx(1.0)
     assert similarity[1] < 0.9 and similarity[2] < 0.9
     assert np.isnan(similarity[3])
+
+
+def test_the_feature_cache_is_readable_by_its_owner_only(
+    duplicates_folder: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache names the user's image files: written 0600, as a private temporary file."""
+    monkeypatch.setenv("MTL_CACHE_DIR", str(tmp_path / "cache"))
+    image_features(list(duplicates_folder.values()))
+    (cache,) = (tmp_path / "cache").glob("image-features-*.npz")
+    assert cache.stat().st_mode & 0o777 == 0o600

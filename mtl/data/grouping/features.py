@@ -181,8 +181,9 @@ class _FeatureCache:
         for key, row in self.rows.items():
             if _file_key(Path(key.split("\t", 1)[0])) == key:
                 keep[key] = row
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
+
+        def write(tmp: Path) -> None:  # private to the user, as the cache names their files
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
                 np.savez(fh, keys=np.array(list(keep), dtype=str),
                          **stack_features(list(keep.values())))
 

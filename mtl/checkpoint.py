@@ -38,7 +38,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from mtl.files import is_temporary, sync_path
+from mtl.files import is_temporary, json_text, sync_path
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def reconcile(run_dir: Path, state: dict[str, Any], history: list[dict[str, Any]
     commit.text("history.csv", write_history(rows))
     if copy_best:
         _copy(run_dir / "last.keras", commit._add("best.keras"))
-    commit.text("state.json", json.dumps(new_state, indent=1))
+    commit.text("state.json", json_text(new_state))
     commit.commit()
     return new_state, f"{run_dir}: repaired from history.csv: " + "; ".join(problems)
 

@@ -2,10 +2,13 @@
 
 A file is written to a hidden temporary name in its destination folder (``.tmp-<hex>-<name>``,
 keeping the name's suffixes, so writers that infer the format from the name work) and then moved
-into place in one step, so a crash never leaves a half-written file under the real name. With
-``sync`` the data is flushed to disk before the move (what a checkpoint needs to survive a power
-cut). Without ``force`` the move is a hard link that fails if the destination exists (no race
-between check and write).
+into place in one step, so a crash never leaves a half-written file under the real name.
+Without ``force`` the move is a hard link that fails if the destination exists (no race between
+check and write). (A checkpoint's files are also synced to disk: :mod:`mtl.checkpoint` stages and
+commits them with its own file operations, and uses :func:`sync_path` from here.)
+
+:func:`json_text` is the format of every JSON file mtl writes (one-space indent, NumPy values
+and paths through :func:`json_default`); :func:`write_json` writes it.
 
 A process killed mid-write can leave a temporary file behind; :func:`is_temporary` recognises
 the names (and those of older mtl versions, ``<name>.tmp`` and ``<stem>.tmp.keras``) so a run
@@ -53,12 +56,12 @@ def is_temporary(name: str) -> bool:
             or name.endswith(".tmp.keras"))
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, force: bool = False,
-                 sync: bool = False) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, force: bool = False
+                 ) -> Path:
     """Call ``write(tmp)`` on a temporary path next to ``path``, then move it into place.
 
     The temporary file is removed if writing fails. Raises OutputExistsError if ``path`` exists
-    and ``force`` is false. ``sync``: fsync the file before the move and the folder after it.
+    and ``force`` is false.
     """
     path = Path(path)
     if path.exists() and not force:
@@ -67,8 +70,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, force: bool
     tmp = temporary_name(path)
     try:
         write(tmp)
-        if sync:
-            sync_path(tmp)
         if force:
             os.replace(tmp, path)
         else:
@@ -80,34 +81,35 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, force: bool
                 if path.exists():
                     raise OutputExistsError(f"{path}: exists; use --force to overwrite") from None
                 os.replace(tmp, path)
-        if sync:
-            sync_path(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
 
 
-def write_bytes(path: str | Path, data: bytes, *, force: bool = False,
-                sync: bool = False) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data), force=force, sync=sync)
+def write_bytes(path: str | Path, data: bytes, *, force: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), force=force)
 
 
-def write_text(path: str | Path, text: str, *, force: bool = True, sync: bool = False) -> Path:
+def write_text(path: str | Path, text: str, *, force: bool = True) -> Path:
     """``text`` (UTF-8) to ``path``, atomically; replaces an existing file unless ``force`` is
     false."""
-    return write_bytes(path, text.encode("utf-8"), force=force, sync=sync)
-
-
-def write_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
-    text = json.dumps(obj, indent=1, default=json_default, allow_nan=False) + "\n"
     return write_bytes(path, text.encode("utf-8"), force=force)
 
 
-def save_model(model: Any, path: str | Path, *, force: bool = True, sync: bool = False) -> Path:
-    """``model.save`` to a ``.keras`` path, atomically (the temporary name ends in ``.keras``
-    too, as Keras requires)."""
-    return atomic_write(path, lambda tmp: model.save(tmp), force=force, sync=sync)
+def json_text(obj: Any, *, allow_nan: bool = True) -> str:
+    """The text of mtl's JSON files: one-space indent, NumPy values and paths as
+    :func:`json_default` makes them, no final newline; ``allow_nan`` false: NaN and infinities
+    raise ValueError instead of being written as ``NaN``."""
+    return json.dumps(obj, indent=1, default=json_default, allow_nan=allow_nan)
+
+
+def write_json(path: str | Path, obj: Any, *, force: bool = False, allow_nan: bool = False,
+               newline: bool = True) -> Path:
+    """:func:`json_text` of ``obj`` to ``path``, atomically, ending in a newline unless
+    ``newline`` is false; see :func:`atomic_write` for ``force``."""
+    text = json_text(obj, allow_nan=allow_nan)
+    return write_text(path, text + "\n" if newline else text, force=force)
 
 
 def json_default(value: Any) -> Any:
@@ -124,5 +126,4 @@ def json_default(value: Any) -> Any:
 
 
 __all__ = ["OutputExistsError", "TMP_PREFIX", "atomic_write", "is_temporary", "json_default",
-           "save_model", "sync_path", "temporary_name", "write_bytes", "write_json",
-           "write_text"]
+           "json_text", "sync_path", "temporary_name", "write_bytes", "write_json", "write_text"]

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from mtl.checkpoint import committed
 from mtl.config import ConfigError
-from mtl.files import save_model, write_text
+from mtl.files import write_json, write_text
 
 CONFIG = "config.yaml"
 STATE = "state.json"
@@ -60,11 +60,6 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"too many runs named {name!r} in {runs_dir}")
-
-
-def json_text(obj: Any) -> str:
-    """The text of a run folder's JSON files (one-space indent, no trailing newline)."""
-    return json.dumps(obj, indent=1)
 
 
 # --------------------------------------------------------------------------- history.csv
@@ -216,15 +211,28 @@ class RunFolder:
         return write_text(self.path / name, text)
 
     def write_json(self, name: str, obj: Any) -> Path:
-        return write_text(self.path / name, json_text(obj))
+        """``name`` in the run folder's JSON format (:func:`mtl.files.json_text`: no final
+        newline, NaN allowed), replacing the file."""
+        return write_json(self.path / name, obj, force=True, allow_nan=True, newline=False)
 
     def read_json(self, name: str) -> Any:
         """The JSON file ``name``, None when it does not exist."""
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save_model(self, name: str, model: Any) -> Path:
-        return save_model(model, self.path / name)
+    def read_data_summary(self) -> dict[str, Any] | None:
+        """data_summary.json of a run to resume (the near-copy counts found when it started),
+        None when it does not exist; ResumeError names a damaged one."""
+        path = self.path / DATA_SUMMARY
+        try:
+            summary = self.read_json(DATA_SUMMARY)
+            if summary is not None and not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ResumeError(f"{path}: cannot resume, the file is damaged ({describe(exc)}); "
+                              "delete it to resume without the near-copy counts it "
+                              "recorded") from None
+        return summary
 
     # ---- state.json, history.csv, splits.json
     def read_state(self) -> dict[str, Any]:
@@ -240,9 +248,6 @@ class RunFolder:
         """The committed history.csv, checked for a resume (:func:`check_history`)."""
         return check_history(self.committed(HISTORY))
 
-    def append_history(self, row: dict[str, Any]) -> None:
-        append_history(self.path / HISTORY, row)
-
     def read_splits(self) -> dict[str, dict[str, Any]] | None:
         return read_splits(self.path / SPLITS)
 
@@ -253,5 +258,5 @@ class RunFolder:
 
 __all__ = ["CONFIG", "DATA_SUMMARY", "HISTORY", "METRICS", "ResumeError", "RunFolder", "SPLITS",
            "STATE", "append_history", "check_history", "describe", "history_text",
-           "json_text", "new_run_dir", "read_history", "read_splits", "read_state",
+           "new_run_dir", "read_history", "read_splits", "read_state",
            "splits_entry"]

@@ -66,11 +66,11 @@ from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
 from mtl.model.optimizers import FusedAdam
 from mtl.figures import plot_history
+from mtl.files import json_text
 from mtl.precision import resolve_precision
-from mtl.runfolder import (  # noqa: F401 - read_state, append_history...: imported from here too
-    CONFIG, DATA_SUMMARY, HISTORY, METRICS, SPLITS, STATE, ResumeError, RunFolder,
-    append_history, check_history, describe, history_text, json_text, new_run_dir, read_history,
-    read_state, splits_entry,
+from mtl.runfolder import (
+    CONFIG, DATA_SUMMARY, HISTORY, METRICS, SPLITS, STATE, ResumeError, RunFolder, describe,
+    history_text, splits_entry,
 )
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
             if missing:  # e.g. items skipped as unreadable since the run started
                 log.warning("%s: %d case id(s) of the saved splits are no longer in the data, "
                             "e.g. %s", source.name, len(missing), missing[:5])
-        recorded = saved_folder.read_json(DATA_SUMMARY)
+        recorded = saved_folder.read_data_summary()
         if recorded is not None:  # the counts found when the run started
             copies = recorded.get("_near_copies")
     elif config.data.link_copies:
@@ -684,5 +684,4 @@ def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     return config
 
 
-__all__ = ["ResumeError", "TrainResult", "build_model", "new_run_dir", "resume_config",
-           "step_options", "train"]
+__all__ = ["TrainResult", "build_model", "resume_config", "step_options", "train"]

@@ -22,7 +22,8 @@ import pytest
 
 from mtl import checkpoint
 from mtl.checkpoint import fingerprint, history_best, reconcile, recover
-from mtl.train import RunRecorder, held_epoch, history_text, read_history
+from mtl.runfolder import history_text, read_history
+from mtl.train import RunRecorder, held_epoch
 
 STEPS = 2  # optimizer steps per epoch
 

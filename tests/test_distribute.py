@@ -14,7 +14,7 @@ import pytest
 
 from mtl.config import ConfigError, load_config
 from mtl.distribute import cluster_role, make_strategy
-from mtl.train import read_history
+from mtl.runfolder import read_history
 
 TINY = [
     "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=8",

@@ -20,7 +20,8 @@ import pytest
 
 from mtl import checkpoint
 from mtl.config import load_config
-from mtl.train import read_history, train
+from mtl.runfolder import read_history
+from mtl.train import train
 
 
 def test_dropout_generators_and_callback_counters_are_restored(tmp_path, monkeypatch):

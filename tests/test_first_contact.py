@@ -141,7 +141,7 @@ def test_an_old_0_based_history_is_read_1_based_and_resumes_in_order(tmp_path, m
     """Runs written before epochs counted from 1: reading shifts them; the next epoch appended
     after a resume follows on; the plot's x axis starts at 1 for both kinds of file."""
     import mtl.figures as plots
-    from mtl.train import append_history, read_history
+    from mtl.runfolder import append_history, read_history
 
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,val_loss,seconds\n0,1.5,1.6,10.0\n1,1.2,1.4,9.5\n")

@@ -123,3 +123,82 @@ def test_path_mask_writers_refuse_a_name_of_another_layout(tmp_path):
     with pytest.raises(ValueError, match=r"\.nrrd"):
         write_mask_nrrd_affine(tmp_path / "m.nhdr", mask, np.eye(4))
     assert write_mask_nifti_affine(tmp_path / "m.nii.gz", mask, np.eye(4)).is_file()
+
+
+# --------------------------------------------------------------------------- one file per format
+
+
+class _FakeFormat(Format):
+    """A format mtl does not have: only in the registry patched by ``fake_format``."""
+
+    kind, what, suffixes = "fake", "a fake volume", (".fk", ".fk.gz")
+    mask_format, mask_name, media_type = "fake-mask", "mask.fk", "application/x-fake"
+    mask_label, downloads, download_title = "fake mask", ("fake-mask",), "FAKE"
+    link_key, file_types = "fake_mask", "FAKE .fk"
+
+    def write_bytes(self, case, stack, native, notes) -> bytes:
+        raise RuntimeError("no fake writer")
+
+
+@pytest.fixture
+def fake_format(monkeypatch):
+    """The registry with a fake format first (what adding one module and one entry does)."""
+    import mtl.infer.formats as formats
+
+    fake = _FakeFormat()
+    registry = (fake, *formats.REGISTRY)
+    monkeypatch.setattr(formats, "REGISTRY", registry)
+    monkeypatch.setattr(formats, "FORMATS", {f.kind: f for f in registry})
+    monkeypatch.setattr(formats, "MASK_FORMATS", {f.mask_format: f for f in registry})
+    return fake
+
+
+def test_the_json_link_keys_are_the_registrys_and_the_api_schemas():
+    from mtl.infer.formats import link_formats
+    from mtl.serve.app import MaskLinks
+
+    formats = link_formats()
+    assert list(formats) == ["png", "nifti", "nrrd", "dicom_seg"]  # what the web page reads
+    assert set(formats) == set(MaskLinks.model_fields)  # a new format needs its schema field
+    assert [k for k, f in formats.items() if f.mask_link] == ["png", "nifti", "nrrd"]
+
+
+def test_a_format_in_the_registry_reaches_runner_server_and_discovery(fake_format, tmp_path):
+    """Nothing outside the format's class and its registry entry names its files, suffixes
+    or link key."""
+    from types import SimpleNamespace
+
+    from mtl.infer.core import CaseAnalysis
+    from mtl.infer.discovery import discover
+    from mtl.infer.runner import case_files, earlier_outputs
+    from mtl.serve.service import display_name, links
+
+    # mtl infer --force: the format's mask is one of a case folder's known outputs
+    assert {"mask.fk", "mask.png", "seg.dcm", "findings.json"} <= set(case_files())
+    (tmp_path / "mask.fk").write_bytes(b"old")
+    (tmp_path / "other.txt").write_text("kept")
+    assert earlier_outputs(tmp_path) == [tmp_path / "mask.fk"]
+    # discovery claims its suffix and names it among the supported files
+    (tmp_path / "a.fk").write_bytes(b"?")
+    (tmp_path / "b.xyz").write_text("?")
+    items, failures = discover([tmp_path / "a.fk", tmp_path / "b.xyz"])
+    assert [(i.name, i.kind) for i in items] == [("a", "fake")]
+    assert "(expected FAKE .fk, PNG, JPEG" in dict(failures)[str(tmp_path / "b.xyz")]
+    assert parse_formats("fake-mask,png") == ("fake-mask", "png")
+    # the server: the upload's name loses the longest suffix; the result links its mask
+    assert display_name("scan.FK.gz") == display_name("scan.fk") == "scan"
+    assert display_name("brain.nii.gz") == display_name("x/brain.dicom") == "brain"
+    got = links("r1", {"mask.fk": None, "mask.nii.gz": None})
+    assert got["masks"] == {"fake_mask": "/results/r1/mask.fk", "png": None,
+                            "nifti": "/results/r1/mask.nii.gz", "nrrd": None, "dicom_seg": None}
+    assert got["mask"] == "/results/r1/mask.fk"  # first in the registry
+    # a download that fails: an error, unless the format says it is optional (as the SEG)
+    record = {"warnings": []}
+    analysis = CaseAnalysis(SimpleNamespace(name="c"), SimpleNamespace(format=fake_format),
+                            SimpleNamespace(mask=np.zeros((1, 2, 2), np.uint8)), 0.5,
+                            np.zeros((2, 2), np.uint8), {}, record, None, 0)
+    with pytest.raises(RuntimeError, match="no fake writer"):
+        analysis.downloads()
+    fake_format.optional_download = True  # an instance attribute: the class is left as it is
+    assert analysis.downloads() == []
+    assert record["warnings"] == ["no FAKE download: it could not be made (no fake writer)"]

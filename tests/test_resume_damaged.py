@@ -44,3 +44,17 @@ def test_history_rows_out_of_order_are_refused(finished_run, tmp_path):
     path.write_text("\n".join([lines[0], lines[1].replace("1,", "7,", 1)]) + "\n")
     result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--epochs", "3", "-q"])
     assert result.exit_code == 1 and "row 1 is damaged" in result.output, result.output
+
+
+def test_a_damaged_data_summary_is_named_in_one_line(finished_run, tmp_path):
+    """data_summary.json is read on resume for the near-copy counts the run started with
+    (other damage: tests/test_runfolder.py)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "data_summary.json").write_bytes(b'{"_near_copies": {"cross')
+    result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--epochs", "3", "-q"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert f"{run_dir / 'data_summary.json'}: cannot resume, the file is damaged" in errors[0]
+    assert "Traceback" not in result.output

@@ -54,6 +54,38 @@ def test_run_folders_are_named_and_never_reused(tmp_path):
     assert first.read_state() == {"epoch": 0, "best": None} and first.read_splits() is None
 
 
+def test_one_json_writer_for_run_folders_and_outputs(tmp_path):
+    """The run folder's JSON and mtl.files.write_json have one format (indent, NumPy values);
+    the run folder replaces its files and writes no final newline, write_json keeps both."""
+    import numpy as np
+
+    from mtl.files import json_text, write_json
+
+    obj = {"n": np.int64(3), "x": np.float32(0.5), "a": np.arange(2)}
+    folder = RunFolder(tmp_path)
+    folder.write_json("m.json", obj)
+    folder.write_json("m.json", obj)
+    write_json(tmp_path / "o.json", obj)
+    with pytest.raises(OutputExistsError):
+        write_json(tmp_path / "o.json", obj)
+    text = '{\n "n": 3,\n "x": 0.5,\n "a": [\n  0,\n  1\n ]\n}'
+    assert (tmp_path / "m.json").read_text() == json_text(obj) == text
+    assert (tmp_path / "o.json").read_text() == json_text(obj) + "\n"
+
+
+@pytest.mark.parametrize("damage", [b'{"_near_copies": {', b"\xff\xfe\x00", b"[1, 2]"])
+def test_a_damaged_data_summary_is_a_resume_error_naming_it(tmp_path, damage):
+    from mtl.runfolder import ResumeError
+
+    folder = RunFolder(tmp_path)
+    assert folder.read_data_summary() is None
+    (tmp_path / "data_summary.json").write_bytes(damage)
+    with pytest.raises(ResumeError, match="data_summary.json: cannot resume, the file is damaged"):
+        folder.read_data_summary()
+    folder.write_json("data_summary.json", {"_near_copies": {"split_groups": 2}})
+    assert folder.read_data_summary() == {"_near_copies": {"split_groups": 2}}
+
+
 def test_an_old_run_folder_reads_and_resumes(tiny_phantom_run, tmp_path, caplog):
     """A run folder in the shapes mtl wrote before RunFolder (state.json without the commit
     fields, a 0-based history.csv, splits.json as train wrote it, temporary files of the old

@@ -16,7 +16,8 @@ import pytest
 from mtl.config import ConfigError, load_config
 from mtl.data.pipeline import open_sources
 from mtl.evaluate.predict import dice_per_image, predict_split
-from mtl.train import cosine_learning_rate, read_history, resume_config, train
+from mtl.runfolder import read_history
+from mtl.train import cosine_learning_rate, resume_config, train
 
 from conftest import LEARNING as TINY  # tiny networks that learn within a few epochs
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from mtl.data.sample import NO_TUMOR
 from mtl.evaluate.patient import patient_level
 from mtl.evaluate.predict import SplitPredictions
 from mtl.tasks import TASKS
-from mtl.files import write_text as write_atomic
+from mtl.files import write_json, write_text
 
 #: equal-width confidence bins of the expected calibration error
 ECE_BINS = 15
@@ -176,15 +175,9 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
     roc = roc_points(pred.targets["presence"][sel], pred.outputs["presence"][sel]) if sel.any() else None
     written = plots.write_all(pred, result, roc, classes, out_dir / "plots", threshold)
     result["plots"] = [str(p.relative_to(out_dir)) for p in written]
-    write_atomic(out_dir / "metrics.json", json.dumps(result, indent=1, default=_json_default))
-    write_atomic(out_dir / "report.md", render_markdown(result))
+    write_json(out_dir / "metrics.json", result, force=True, allow_nan=True, newline=False)
+    write_text(out_dir / "report.md", render_markdown(result))
     return result
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    raise TypeError(type(x))
 
 
 def _fmt(x: Any, pct: bool = False) -> str:

@@ -115,8 +115,9 @@ class CaseAnalysis:
     def downloads(self) -> list[MaskFile]:
         """The masks ``mtl serve`` offers for this kind of upload (``Format.downloads``), one
         file each under its format's name. One that does not apply is left out and, where its
-        format says so, noted in ``record["warnings"]``; a DICOM SEG that fails to build is
-        left out with a note (the others still work); any other failure is an error."""
+        format says so, noted in ``record["warnings"]``; one of a format with
+        ``optional_download`` (the DICOM SEG) that fails to build is left out with a note (the
+        others still work); any other failure is an error."""
         case, notes = self.case, self.record["warnings"]
         files: list[MaskFile] = []
         for name in case.format.downloads:
@@ -129,7 +130,7 @@ class CaseAnalysis:
             try:
                 made = writer.write_mask(case, self.prediction.mask, self.mask_native, notes)
             except Exception as exc:  # noqa: BLE001 - the other downloads still work
-                if name != "dicom-seg":
+                if not writer.optional_download:
                     raise
                 log.warning("%s of %s failed", writer.download_title, self.name, exc_info=True)
                 notes.append(f"no {writer.download_title} download: it could not be made ({exc})")

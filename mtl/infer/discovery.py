@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from mtl.data.imageio import describe_error
 from mtl.infer.case import InputItem
-from mtl.infer.formats import format_for_path, named_like_input
+from mtl.infer.formats import format_for_path, named_like_input, supported_files
 from mtl.infer.formats.dicom import dicom_stem, group_series, series_name
 
 
@@ -72,9 +72,8 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[InputItem], list[tuple[
         if what == "file":
             fmt = format_for_path(path)
             if fmt is None:
-                failures.append((str(path), "unsupported file type (expected PNG, JPEG, TIFF, "
-                                            "BMP, NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr or "
-                                            "DICOM)"))
+                failures.append((str(path),
+                                 f"unsupported file type (expected {supported_files()})"))
             elif fmt.groups_series:
                 series, bad = group_series([path])
                 failures += bad

@@ -45,6 +45,7 @@ from mtl.infer.formats import (  # noqa: F401 - parse_formats, format_refusals: 
     MASK_FORMAT_NAMES,
     check_formats,
     format_refusals,
+    mask_names,
     parse_formats,
     slice_tag,
 )
@@ -58,9 +59,12 @@ log = logging.getLogger(__name__)
 FORMATS = MASK_FORMAT_NAMES
 #: per-slice output files a --force rerun replaces (stale ones from an earlier run are removed)
 PER_SLICE_PATTERNS = ("overlay_slice_*.png", "gradcam_slice_*.png", "mask_slices/slice_*.png")
-#: the other files ``mtl infer`` writes into a case folder
-CASE_FILES = ("findings.json", "mask.png", "mask.nii.gz", "mask.nrrd", "seg.dcm", "overlay.png",
-              "gradcam.png", "contact_sheet.png")
+
+
+def case_files() -> tuple[str, ...]:
+    """The other files ``mtl infer`` writes into a case folder: findings.json, each format's
+    mask (:func:`~mtl.infer.formats.mask_names`) and the pictures."""
+    return ("findings.json", *mask_names(), "overlay.png", "gradcam.png", "contact_sheet.png")
 
 
 @dataclass
@@ -153,7 +157,7 @@ def earlier_outputs(folder: Path) -> list[Path]:
     what its ``findings.json`` lists under ``outputs`` (only plain files inside ``folder``)."""
     if folder.is_symlink() or not folder.is_dir():
         return []
-    names = set(CASE_FILES)
+    names = set(case_files())
     try:
         listed = json.loads((folder / "findings.json").read_text(encoding="utf-8")).get("outputs")
     except (OSError, ValueError, AttributeError):

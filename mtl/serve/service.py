@@ -43,6 +43,7 @@ from mtl.infer.core import (
     record_bytes,
 )
 from mtl.infer.discovery import safe_name
+from mtl.infer.formats import input_suffixes, link_formats
 from mtl.infer.formats.image import png_mask_bytes
 from mtl.infer.predict import Predictor, check_threshold
 from mtl.model.card import provenance
@@ -62,11 +63,12 @@ class BadRequest(Exception):
 
 
 def display_name(filename: str | None) -> str:
-    """A short safe name from the client's file name, for titles and download names only."""
+    """A short safe name from the client's file name, for titles and download names only:
+    without the longest suffix a format reads (:func:`~mtl.infer.formats.input_suffixes`) or
+    ``.gz``."""
     base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     lower = base.lower()
-    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm",
-                   ".dicom", ".nrrd", ".gz"):
+    for suffix in sorted({*input_suffixes(), ".gz"}, key=lambda s: (-len(s), s)):
         if lower.endswith(suffix):
             base = base[: -len(suffix)]
             break
@@ -381,16 +383,17 @@ class Service:
 
 
 def links(result_id: str, files: dict[str, Download]) -> dict[str, Any]:
+    """A result's links; ``masks``: one per format (:func:`~mtl.infer.formats.link_formats`),
+    None where the result has no such mask."""
     base = f"/results/{result_id}"
-    masks = {"png": f"{base}/mask.png" if "mask.png" in files else None,
-             "nifti": f"{base}/mask.nii.gz" if "mask.nii.gz" in files else None,
-             "dicom_seg": f"{base}/seg.dcm" if "seg.dcm" in files else None,
-             "nrrd": f"{base}/mask.nrrd" if "mask.nrrd" in files else None}
+    formats = link_formats()
+    masks = {key: f"{base}/{f.mask_name}" if f.mask_name in files else None
+             for key, f in formats.items()}
     return {
         "self": base,
         "findings": f"{base}/findings.json",
         # the input's own mask format: PNG for images (and one-file DICOM), else the volume's
-        "mask": masks["png"] or masks["nifti"] or masks["nrrd"],
+        "mask": next((masks[k] for k, f in formats.items() if f.mask_link and masks[k]), None),
         "masks": masks,
         "overlay": f"{base}/overlay.png",
         "slice_overlay": f"{base}/slices/{{index}}/overlay.png",

@@ -12,7 +12,15 @@ dicom     a series of single-frame images      ``dicom-seg``: seg.dcm      ``Dic
 Each class reads its kind into a :class:`~mtl.infer.case.Case` and writes its mask format from
 any case that carries the geometry it needs (a NIfTI mask from a DICOM series' affine, say),
 as nnU-Net v2's ``imageio`` does. Adding a format is one module here and one entry in
-:data:`REGISTRY`.
+:data:`REGISTRY`: what the rest of mtl says per format is read from the classes (the suffixes
+discovery claims, ``--format`` names, the mask file names a ``--force`` rerun replaces, the
+server's downloads, its ``links.masks`` keys and the suffixes it strips from an upload's name).
+Still outside: ``mtl serve`` accepts an upload by its content (:mod:`mtl.serve.uploads`:
+magic bytes and size checks per type), the API schema (``MaskLinks`` in :mod:`mtl.serve.app`)
+names each ``links.masks`` key, :mod:`mtl.infer.discovery` groups DICOM files into series,
+:func:`mtl.data.orientation.view_for` leaves DICOM slices as stored, and a format that carries
+its own header to its mask keeps it in a field of :class:`~mtl.infer.case.Case` (as ``nifti``,
+``nrrd`` and ``datasets`` do).
 """
 
 from __future__ import annotations
@@ -84,6 +92,31 @@ def check_formats(values: Sequence[str]) -> None:
         raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(MASK_FORMAT_NAMES)}")
 
 
+# the next four read REGISTRY when called, not at import (a registry patched in a test is seen)
+
+
+def mask_names() -> tuple[str, ...]:
+    """The mask file names the formats write into a case folder, in registry order."""
+    return tuple(dict.fromkeys(f.mask_name for f in REGISTRY))
+
+
+def input_suffixes() -> tuple[str, ...]:
+    """Every file name suffix a format reads (lower case), longest first."""
+    return tuple(sorted({s for f in REGISTRY for s in f.suffixes}, key=lambda s: (-len(s), s)))
+
+
+def link_formats() -> dict[str, Format]:
+    """``mtl serve``: a result's ``links.masks`` key -> the format of that mask, in registry
+    order (:attr:`Format.link_key`)."""
+    return {f.link_key or f.mask_format: f for f in REGISTRY}
+
+
+def supported_files() -> str:
+    """"PNG, JPEG, TIFF, BMP, NIfTI .nii/.nii.gz, ... or DICOM": what the formats read."""
+    names = [f.file_types for f in REGISTRY if f.file_types]
+    return " or ".join(filter(None, (", ".join(names[:-1]), *names[-1:])))
+
+
 def format_refusals(items: Sequence[InputItem], formats: Sequence[str] | None) -> list[str]:
     """Why requested mask formats cannot be written for some inputs (empty: all can).
 
@@ -104,5 +137,6 @@ def format_refusals(items: Sequence[InputItem], formats: Sequence[str] | None) -
 
 
 __all__ = ["FORMATS", "Format", "MASK_FORMATS", "MASK_FORMAT_NAMES", "MaskFile", "REGISTRY",
-           "check_formats", "format_for_path", "format_of", "format_refusals", "kind_of",
-           "mask_writer", "named_like_input", "parse_formats", "slice_tag"]
+           "check_formats", "format_for_path", "format_of", "format_refusals", "input_suffixes",
+           "kind_of", "link_formats", "mask_names", "mask_writer", "named_like_input",
+           "parse_formats", "slice_tag", "supported_files"]

@@ -68,6 +68,15 @@ class Format:
     #: a case of this kind cannot give its mask (None: nothing is said)
     download_title: str = ""
     missing_download: str | None = None
+    #: ``mtl serve``: a failure to make this mask leaves its download out with a note (the
+    #: others still work) rather than failing the request
+    optional_download: bool = False
+    #: ``mtl serve``: the mask's key in a result's ``links.masks`` (empty: ``mask_format``), and
+    #: whether it may be the result's ``links.mask`` (the first present, in registry order)
+    link_key: str = ""
+    mask_link: bool = True
+    #: the files of this kind in the message that refuses an unsupported file ("PNG, JPEG")
+    file_types: str = ""
     #: what a volume of this kind goes without when no mask in patient geometry can be written
     geometry_mask: str = "mask volume"
     #: files of this kind are grouped into one case per series (DICOM)

@@ -397,6 +397,10 @@ class DicomFormat(Format):
     downloads = ("png", "nifti", "dicom-seg")
     download_title = "DICOM SEG"
     missing_download = "the DICOM file has no position and orientation"
+    optional_download = True  # a SEG that fails to build leaves the PNG and NIfTI downloads
+    #: "dicom_seg" in ``links.masks``; never ``links.mask`` (a one-file upload's is its PNG)
+    link_key, mask_link = "dicom_seg", False
+    file_types = "DICOM"
     geometry_mask = "DICOM SEG"
     groups_series = True
 

@@ -55,6 +55,7 @@ class ImageFormat(Format):
     mask_label = "png mask"
     downloads = ("png",)
     download_title = "PNG"
+    file_types = "PNG, JPEG, TIFF, BMP"
 
     def read(self, item: InputItem, *, axis: int | str = "axial",
              pixel_spacing: tuple[float, float] | None = None) -> Case:

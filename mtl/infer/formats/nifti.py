@@ -180,6 +180,7 @@ class NiftiFormat(LabelVolumeFormat):
     index_order = "i, j, k (file array order)"
     mask_name, media_type, mask_label = "mask.nii.gz", "application/gzip", "nifti mask"
     downloads, download_title = ("nifti",), "NIfTI"
+    file_types = "NIfTI .nii/.nii.gz"
     load = staticmethod(load_nifti_case)
 
     def named_like(self, path: Path) -> bool:

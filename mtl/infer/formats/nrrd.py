@@ -217,6 +217,7 @@ class NrrdFormat(LabelVolumeFormat):
     index_order = "i, j, k (file axis order, fastest first)"
     mask_name, mask_label = "mask.nrrd", "nrrd mask"
     downloads, download_title = ("nrrd",), "NRRD"
+    file_types = "NRRD .nrrd/.nhdr"
     load = staticmethod(load_nrrd_case)
 
     def write_bytes(self, case: Case, stack: np.ndarray, native: np.ndarray,

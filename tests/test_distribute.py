@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+import mtl.model.multitask  # noqa: F401 - registers MultiTaskModel for keras.models.load_model
 from mtl.config import ConfigError, load_config
 from mtl.distribute import cluster_role, make_strategy
 from mtl.runfolder import read_history
@@ -21,6 +22,14 @@ TINY = [
     "data.sources=[{format: phantoms, options: {n: 96, size: 64}}]",
     "train.batch_size=4", "train.steps_per_epoch=3", "train.reduce_lr_patience=null",
 ]
+
+#: the environment of the training subprocesses: one thread in each of TensorFlow's pools (and
+#: oneDNN's). The two workers share 2 cores (CI), and TensorFlow's
+#: default of a thread per core in every pool of every process oversubscribes them (idle pool
+#: threads spin); steps on batches of 4 tiny images gain nothing from a second thread. Only the
+#: speed changes: the workers still synchronise every step, and the assertions are the same
+ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+              "OMP_NUM_THREADS": "1"}
 
 
 TWO_CPU_REPLICAS = """
@@ -131,7 +140,7 @@ def run_cluster(tmp_path, args, tag):
     procs = []
     try:
         for index in range(2):
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **ONE_THREAD,
                    "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
             log = open(tmp_path / f"{tag}-worker{index}.log", "w")
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))

@@ -19,7 +19,7 @@ import yaml
 
 from mtl.model.network import Architecture, NetworkSpec
 from mtl.precision import PRECISIONS
-from mtl.tasks import default_weights
+from mtl.tasks import DICE_MODES, default_weights
 
 DEFAULT_CLASSES = ["no_tumor", "glioma", "meningioma", "pituitary"]
 
@@ -110,7 +110,8 @@ class LossConfig:
     weights: dict[str, float] = field(default_factory=default_weights)
     uncertainty: bool = False
     dice_smooth: float = 1.0
-    #: "image": soft Dice per image, averaged; "batch": one Dice over the batch (see losses)
+    #: "image": soft Dice per image, averaged; "batch": one Dice over the batch; "batch+image":
+    #: both, the per-image term over tumor images only (mtl.tasks.DICE_MODES, see losses)
     dice: str = "image"
 
 
@@ -204,8 +205,9 @@ class Config:
                               f"got {self.train.steps_per_execution}")
         if self.train.lr_scaling not in ("linear", "none"):
             raise ConfigError("train.lr_scaling must be 'linear' or 'none'")
-        if self.loss.dice not in ("image", "batch"):
-            raise ConfigError("loss.dice must be 'image' or 'batch'")
+        if self.loss.dice not in DICE_MODES:
+            raise ConfigError(f"loss.dice must be one of {', '.join(DICE_MODES)}, "
+                              f"not {self.loss.dice!r}")
         if self.train.lr_schedule not in ("plateau", "cosine"):
             raise ConfigError(f"train.lr_schedule must be 'plateau' or 'cosine', "
                               f"not {self.train.lr_schedule!r}")

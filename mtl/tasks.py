@@ -122,18 +122,31 @@ def mask_dice_bce(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
     return soft_dice_loss(y_true, y_pred, smooth) + pixel_bce(y_true, y_pred)
 
 
+#: the mask loss's Dice term (``loss.dice``): "image" per image, averaged; "batch" one Dice over
+#: the batch's labelled pixels; "batch+image" the batch Dice plus the per-image Dice averaged
+#: over the labelled images that hold tumor pixels (a missed small tumor costs its image a whole
+#: Dice point, not its share of the batch's pixels)
+DICE_MODES: tuple[str, ...] = ("image", "batch", "batch+image")
+
+
 def _mask_batch_loss(y_true: Any, y_pred: Any, weights: Any, options: Any) -> Any:
     """With ``dice="batch"``: one soft Dice over the labelled pixels of the batch, plus the
-    masked mean of the per-image BCE; None (per-image Dice) otherwise."""
-    if options.dice != "batch":
+    masked mean of the per-image BCE; ``"batch+image"`` adds the per-image soft Dice averaged
+    over the labelled images with tumor pixels; None (per-image Dice) otherwise."""
+    if options.dice not in ("batch", "batch+image"):
         return None
     import tensorflow as tf
 
-    from mtl.model.losses import batch_soft_dice_loss, masked_mean
+    from mtl.model.losses import batch_soft_dice_loss, masked_mean, soft_dice_loss
 
     t = tf.cast(y_true, tf.float32)
-    return masked_mean(pixel_bce(t, y_pred), weights) + batch_soft_dice_loss(
+    loss = masked_mean(pixel_bce(t, y_pred), weights) + batch_soft_dice_loss(
         t, y_pred, weights, options.dice_smooth)
+    if options.dice == "batch+image":
+        tumor = tf.cast(tf.reduce_sum(t, axis=[1, 2, 3]) > 0, tf.float32)
+        loss += masked_mean(soft_dice_loss(t, y_pred, options.dice_smooth),
+                            tf.reshape(tf.cast(weights, tf.float32), [-1]) * tumor)
+    return loss
 
 
 def outside_box(box: Any, y_pred: Any, options: Any = None) -> Any:

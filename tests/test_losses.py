@@ -142,3 +142,25 @@ def test_batch_dice_option():
     assert float(none["mask"]) == 0.0
     with pytest.raises(ValueError, match="dice"):
         MultiTaskLoss(dice="volume")
+
+
+def test_batch_plus_image_dice_option():
+    rng = np.random.default_rng(6)
+    y_true, logits = batch(rng)
+    y_true["mask"] = tf.concat([y_true["mask"][:2], tf.zeros_like(y_true["mask"][2:])], 0)
+    assert float(tf.reduce_sum(y_true["mask"][0])) > 0 and float(tf.reduce_sum(y_true["mask"][1])) > 0
+    w = ones(mask=[1.0, 0.0, 1.0, 1.0])
+    _, parts = MultiTaskLoss(dice="batch+image")(y_true, predict(logits), w)
+    _, batch_only = MultiTaskLoss(dice="batch")(y_true, predict(logits), w)
+    # by hand: the batch loss + the per-image Dice of image 0, the one labelled image with tumor
+    # (image 1 has tumor but no label; images 2 and 3 are tumor-free)
+    t = y_true["mask"].numpy()[0]
+    p = predict(logits)["mask"].numpy()[0]
+    image = 1 - (2 * (t * p).sum() + 1) / (t.sum() + p.sum() + 1)
+    assert float(parts["mask"]) == pytest.approx(float(batch_only["mask"]) + image, rel=1e-4)
+    # no labelled tumor image: the per-image term is exactly 0, the batch term stays
+    _, free = MultiTaskLoss(dice="batch+image")(y_true, predict(logits),
+                                                ones(mask=[0.0, 0.0, 1.0, 1.0]))
+    _, free_batch = MultiTaskLoss(dice="batch")(y_true, predict(logits),
+                                                ones(mask=[0.0, 0.0, 1.0, 1.0]))
+    assert float(free["mask"]) == pytest.approx(float(free_batch["mask"]), rel=1e-6)

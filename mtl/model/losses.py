@@ -13,7 +13,9 @@ Task losses (each declared with its task in :data:`mtl.tasks.TASKS`; Dice is :fu
   tumor has an all-background target and counts: its Dice term is ~0 only when the prediction
   is empty too). ``dice="batch"``: one Dice over all labelled pixels of the batch (nnU-Net's
   batch Dice), so tumor-free images count through their false-positive pixels without each
-  one pulling hard towards an empty prediction;
+  one pulling hard towards an empty prediction. ``dice="batch+image"``: the batch Dice plus
+  the per-image Dice averaged over the labelled images with tumor pixels (tumor-free images
+  count through the batch term only);
 - box (optional, weight 0 by default): for samples whose location is known only as a box, the
   mean predicted tumor probability outside the box, so box-only data can still teach location.
 
@@ -99,8 +101,8 @@ class MultiTaskLoss(keras.layers.Layer):
         self.task_weights = {**defaults, **(weights or {})}
         self.uncertainty = bool(uncertainty)
         self.dice_smooth = float(dice_smooth)
-        if dice not in ("image", "batch"):
-            raise ValueError(f"dice must be 'image' or 'batch', got {dice!r}")
+        if dice not in tasks.DICE_MODES:
+            raise ValueError(f"dice must be one of {tasks.DICE_MODES}, got {dice!r}")
         self.dice = dice
         # one learned log-variance per task; created always so checkpoints have one layout
         self.log_vars = self.add_weight(

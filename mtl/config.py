@@ -241,6 +241,11 @@ class Config:
                                   f"data.channels={self.data.channels}")
             if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
                 raise ConfigError(f"data.channel_names must be distinct non-empty names, got {names}")
+        stages = len(self.model.decoder_filters)
+        if not 0 <= self.model.deep_supervision < stages:
+            raise ConfigError(f"model.deep_supervision must be between 0 and {stages - 1} (the "
+                              f"decoder's stages below the last), got "
+                              f"{self.model.deep_supervision}")
         known_tasks = list(default_weights())
         unknown_tasks = sorted(set(self.loss.weights) - set(known_tasks))
         if unknown_tasks:

@@ -61,6 +61,7 @@ def test_yaml_then_overrides(tmp_path):
          r"data.sources\[0\].format: unknown dataset format 'dicomdir'"),
         ("data.image_size=-64", "data.image_size must be a positive multiple of 32"),
         ("data.split={train: 0.9, val: 0.2, test: -0.1}", "data.split.test must be in"),
+        ("model.deep_supervision=5", "model.deep_supervision must be between 0 and 4"),
         ("loss.dice=volume", r"loss.dice must be one of image, batch, batch\+image, not 'volume'"),
     ],
 )

@@ -164,3 +164,25 @@ def test_batch_plus_image_dice_option():
     _, free_batch = MultiTaskLoss(dice="batch")(y_true, predict(logits),
                                                 ones(mask=[0.0, 0.0, 1.0, 1.0]))
     assert float(free["mask"]) == pytest.approx(float(free_batch["mask"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("dice", ["image", "batch"])
+def test_deep_supervision_weighs_coarse_masks_by_stage(dice):
+    rng = np.random.default_rng(7)
+    y_true, logits = batch(rng)
+    coarse = tf.sigmoid(tf.constant(rng.normal(size=(B, S, S, 2)), tf.float32))
+    y_true["box"] = tf.concat([tf.ones((B, S, S // 2, 1)), tf.zeros((B, S, S // 2, 1))], 2)
+    w = ones(mask=[1.0, 0.0, 1.0, 1.0])
+    loss = MultiTaskLoss(dice=dice, weights={"box": 1.0})
+    pred = predict(logits)
+    _, plain = loss(y_true, pred, w)
+    _, deep = loss(y_true, {**pred, "mask_aux": coarse}, w)
+    _, first = loss(y_true, {**pred, "mask": coarse[..., :1]}, w)
+    _, second = loss(y_true, {**pred, "mask": coarse[..., 1:]}, w)
+    expected = (float(plain["mask"]) + 0.5 * float(first["mask"])
+                + 0.25 * float(second["mask"])) / 1.75
+    assert float(deep["mask"]) == pytest.approx(expected, rel=1e-5)
+    assert float(deep["presence"]) == pytest.approx(float(plain["presence"]))
+    # the box task reads the main mask only
+    assert float(deep["box"]) > 0.1
+    assert float(deep["box"]) == pytest.approx(float(plain["box"]))

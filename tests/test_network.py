@@ -81,3 +81,40 @@ def test_save_and_load_give_equal_outputs(tmp_path, backbone):
     assert loaded.preprocessing == {"image_size": 64, "channels": 1}
     assert loaded.multitask_loss.uncertainty is True
     assert loaded.multitask_loss.task_weights["mask"] == 2.0
+
+
+def test_deep_supervision_adds_coarse_masks_that_inference_leaves_out(tmp_path):
+    from mtl.model.inference import compiled_forward
+
+    spec = {"input_size": 64, "channels": 1, "classes": CLASSES, "head_units": 8,
+            "decoder_filters": [16, 16, 8, 8, 8], "deep_supervision": 2}
+    model = MultiTaskModel(spec, loss={"dice": "batch"},
+                           preprocessing={"image_size": 64, "channels": 1})
+    rng = np.random.default_rng(2)
+    x = rng.random((2, 64, 64, 1), dtype=np.float32)
+    out = model(x)
+    assert set(out) == {"presence", "type", "mask", "mask_aux"}
+    aux = keras.ops.convert_to_numpy(out["mask_aux"])
+    assert aux.shape == (2, 64, 64, 2) and aux.min() >= 0.0 and aux.max() <= 1.0
+    # finest first: stage 3 (32 px) feeds the first map, stage 2 (16 px) the second
+    assert tuple(model.net.get_layer("mask_aux1_conv").input.shape[1:3]) == (32, 32)
+    assert tuple(model.net.get_layer("mask_aux2_conv").input.shape[1:3]) == (16, 16)
+    assert "mask_aux" not in compiled_forward(model, 64, 1)(x)
+    # one training step moves the coarse heads (the loss reads them), and the file keeps them
+    y = {"presence": np.ones((2, 1), np.float32), "type": np.array([1, 2], np.int32),
+         "mask": (rng.random((2, 64, 64, 1)) > 0.8).astype(np.float32),
+         "box": np.zeros((2, 64, 64, 1), np.float32)}
+    w = {"presence": np.ones(2, np.float32), "type": np.ones(2, np.float32),
+         "mask": np.ones(2, np.float32), "box": np.zeros(2, np.float32)}
+    kernel = keras.ops.convert_to_numpy(model.net.get_layer("mask_aux2_conv").kernel).copy()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, sample_weight=w, epochs=1, batch_size=2, verbose=0)
+    assert not np.allclose(kernel, keras.ops.convert_to_numpy(
+        model.net.get_layer("mask_aux2_conv").kernel))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.spec.deep_supervision == 2
+    np.testing.assert_allclose(loaded.predict(x, verbose=0)["mask_aux"],
+                               model.predict(x, verbose=0)["mask_aux"], atol=1e-6)
+    with pytest.raises(ValueError, match="deep_supervision must be between 0 and 4"):
+        NetworkSpec(deep_supervision=5)

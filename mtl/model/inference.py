@@ -7,6 +7,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from mtl.model.network import AUX_OUTPUT
+
 #: a batch of network inputs (B, S, S, C) -> {"presence": (B, 1), "type": (B, K), "mask": (B, S, S, 1)}
 Forward = Callable[[np.ndarray], Mapping[str, Any]]
 
@@ -19,8 +21,8 @@ def _with_logits(net: Any) -> Any:
     names = {layer.name for layer in net.layers}
     if not {"head_dense", "presence", "type"} <= names or not isinstance(net.output, dict):
         return None
-    return keras.Model(net.inputs, {**net.output,
-                                    "features": net.get_layer("head_dense").output})
+    outputs = {k: v for k, v in net.output.items() if k != AUX_OUTPUT}  # training only
+    return keras.Model(net.inputs, {**outputs, "features": net.get_layer("head_dense").output})
 
 
 def compiled_forward(model: Any, image_size: int, channels: int,

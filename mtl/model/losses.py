@@ -16,6 +16,9 @@ Task losses (each declared with its task in :data:`mtl.tasks.TASKS`; Dice is :fu
   one pulling hard towards an empty prediction. ``dice="batch+image"``: the batch Dice plus
   the per-image Dice averaged over the labelled images with tumor pixels (tumor-free images
   count through the batch term only);
+- deep supervision (``model.deep_supervision`` k > 0): the network's ``mask_aux`` output
+  holds k coarser masks; the mask loss becomes ``(L_0 + sum_j 2^-j L_j) / (1 + sum_j 2^-j)``
+  with ``L_j`` the same mask loss on stage j's mask (nnU-Net's weighting);
 - box (optional, weight 0 by default): for samples whose location is known only as a box, the
   mean predicted tumor probability outside the box, so box-only data can still teach location.
 
@@ -30,6 +33,7 @@ import tensorflow as tf
 import keras
 
 from mtl import tasks
+from mtl.model.network import AUX_OUTPUT
 from mtl.tasks import default_weights
 # the per-task losses live with their task in the table (mtl.tasks); imported here by name too
 from mtl.tasks import mask_dice_bce  # noqa: F401
@@ -119,11 +123,21 @@ class MultiTaskLoss(keras.layers.Layer):
         for task in tasks.TASKS:
             if task.name not in y_true or self.task_weights[task.name] <= 0:
                 continue
-            truth, pred, weights = y_true[task.name], y_pred[task.output], sample_weight[task.name]
-            whole = task.batch_loss(truth, pred, weights, self) if task.batch_loss else None
-            losses[task.name] = (whole if whole is not None
-                                 else masked_mean(task.loss(truth, pred, self), weights))
+            truth, weights = y_true[task.name], sample_weight[task.name]
+            losses[task.name] = self._task_loss(task, truth, y_pred[task.output], weights)
+            coarse = y_pred.get(AUX_OUTPUT) if task.name == task.output == "mask" else None
+            if coarse is not None:  # deep supervision: stage j weighs 2^-j, normalised
+                total, norm = losses[task.name], 1.0
+                for j in range(coarse.shape[-1]):
+                    total += 0.5 ** (j + 1) * self._task_loss(task, truth, coarse[..., j:j + 1],
+                                                             weights)
+                    norm += 0.5 ** (j + 1)
+                losses[task.name] = total / norm
         return losses
+
+    def _task_loss(self, task, truth, pred, weights) -> tf.Tensor:
+        whole = task.batch_loss(truth, pred, weights, self) if task.batch_loss else None
+        return whole if whole is not None else masked_mean(task.loss(truth, pred, self), weights)
 
     def combine(self, losses: dict[str, tf.Tensor], sample_weight: dict) -> tf.Tensor:
         total = tf.constant(0.0)

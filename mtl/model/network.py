@@ -4,7 +4,10 @@
 
 - ``presence``: (B, 1) sigmoid probability that the slice holds a tumor;
 - ``type``: (B, n_classes) softmax over the configured class list (e.g. no_tumor, glioma, ...);
-- ``mask``: (B, H, W, 1) sigmoid tumor probability per pixel, from the U-Net decoder.
+- ``mask``: (B, H, W, 1) sigmoid tumor probability per pixel, from the U-Net decoder;
+- ``mask_aux`` (only with ``deep_supervision`` > 0): (B, H, W, k), the tumor probability
+  predicted from each of the decoder's k coarser stages (finest first), upsampled to the input
+  size. Only the loss reads it (deep supervision); inference leaves it out.
 
 The presence and type heads read the encoder's deepest feature map through global average and
 max pooling, so all three tasks train the same encoder. The heads are the builders of the task
@@ -39,6 +42,10 @@ class Architecture:
     #: BatchNormalization momentum for every BN layer; null keeps the backbone's (0.99).
     #: Lower values (0.9) let short runs on small data validate sensibly.
     bn_momentum: float | None = None
+    #: deep supervision: how many of the decoder's coarser stages (the finest k below the last)
+    #: also predict the mask while training (a 1x1 convolution, upsampled to the input size);
+    #: 0 is off. The loss weighs stage j's mask loss by 2^-j (nnU-Net's scheme).
+    deep_supervision: int = 0
 
     def architecture(self) -> dict:
         """This object's :class:`Architecture` fields (lists copied)."""
@@ -66,6 +73,33 @@ class NetworkSpec(Architecture):
             raise ValueError(f"channels must be >= 1, got {self.channels}")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must list >= 2 distinct names, got {self.classes}")
+        if not 0 <= self.deep_supervision < len(self.decoder_filters):
+            raise ValueError(f"deep_supervision must be between 0 and "
+                             f"{len(self.decoder_filters) - 1} (the decoder's stages below the "
+                             f"last), got {self.deep_supervision}")
+
+
+#: the network output that holds the deep-supervision masks (:func:`_coarse_masks`)
+AUX_OUTPUT = "mask_aux"
+
+
+def _coarse_masks(unet: keras.Model, spec: NetworkSpec) -> keras.KerasTensor:
+    """(B, S, S, k): a sigmoid mask from each of the ``spec.deep_supervision`` decoder stages
+    below the last (finest first), each a 1x1 convolution of the stage's features upsampled
+    bilinearly to the input size."""
+    import keras
+
+    last = len(spec.decoder_filters) - 1
+    maps = []
+    for level in range(1, spec.deep_supervision + 1):
+        stage = unet.get_layer(f"decoder_stage{last - level}b_relu").output
+        factor = spec.input_size // int(stage.shape[1])
+        logit = keras.layers.Conv2D(1, 1, name=f"{AUX_OUTPUT}{level}_conv")(stage)
+        maps.append(keras.layers.UpSampling2D(factor, interpolation="bilinear",
+                                              name=f"{AUX_OUTPUT}{level}_up")(logit))
+    joined = maps[0] if len(maps) == 1 else keras.layers.Concatenate(
+        name=f"{AUX_OUTPUT}_concat")(maps)
+    return keras.layers.Activation("sigmoid", name=AUX_OUTPUT, dtype="float32")(joined)
 
 
 def build_network(spec: NetworkSpec) -> keras.Model:
@@ -98,6 +132,8 @@ def build_network(spec: NetworkSpec) -> keras.Model:
         layer.dtype_policy = "float32"
     features = {"pooled": shared, "decoder": unet.output}
     outputs = {task.output: task.head(task.output, features, spec) for task in tasks.HEADS}
+    if spec.deep_supervision:
+        outputs[AUX_OUTPUT] = _coarse_masks(unet, spec)
     return keras.Model(
         unet.input,
         outputs,

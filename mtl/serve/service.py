@@ -68,7 +68,7 @@ def display_name(filename: str | None) -> str:
     ``.gz``."""
     base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     lower = base.lower()
-    for suffix in sorted({*input_suffixes(), ".gz"}, key=lambda s: (-len(s), s)):
+    for suffix in input_suffixes(".gz"):
         if lower.endswith(suffix):
             base = base[: -len(suffix)]
             break

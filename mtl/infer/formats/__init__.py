@@ -100,9 +100,10 @@ def mask_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f.mask_name for f in REGISTRY))
 
 
-def input_suffixes() -> tuple[str, ...]:
-    """Every file name suffix a format reads (lower case), longest first."""
-    return tuple(sorted({s for f in REGISTRY for s in f.suffixes}, key=lambda s: (-len(s), s)))
+def input_suffixes(*extra: str) -> tuple[str, ...]:
+    """Every file name suffix a format reads (lower case) and ``extra``, longest first."""
+    return tuple(sorted({*extra, *(s for f in REGISTRY for s in f.suffixes)},
+                        key=lambda s: (-len(s), s)))
 
 
 def link_formats() -> dict[str, Format]:

@@ -160,7 +160,7 @@ def machine_facts() -> dict[str, Any]:
         "env": {k: os.environ.get(k) for k in (
             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
             "TF_ENABLE_ONEDNN_OPTS", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "KMP_AFFINITY",
-            "KMP_BLOCKTIME", "MALLOC_ARENA_MAX", "LD_PRELOAD")},
+            "KMP_BLOCKTIME", "MALLOC_ARENA_MAX", "LD_PRELOAD", *ISA_CAPS)},
     }
     facts["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
     facts["git"] = git_revision()
@@ -255,6 +255,24 @@ def busy_note(load: list[float] | None, cpus: int, consequence: str) -> str | No
             f"{consequence}")
 
 
+#: environment variables that cap the instruction set the libraries' kernels use, so an
+#: AVX-512 CPU can stand in for an AVX2-only one (oneDNN, used by TensorFlow and PyTorch;
+#: PyTorch's own ATen kernels; MKL; OpenBLAS). Not a real AVX2 machine: caches, memory and cores
+#: stay this CPU's.
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+            "OPENBLAS_CORETYPE")
+
+
+def isa_cap_note(env: dict[str, str | None]) -> str:
+    """"instruction set capped (ONEDNN_MAX_CPU_ISA=AVX2, ...): ..." when ``env`` caps it; ""."""
+    caps = [f"{k}={env[k]}" for k in ISA_CAPS if env.get(k)]
+    if not caps:
+        return ""
+    return (f"Instruction set capped ({', '.join(caps)}): an emulation of a CPU without those "
+            "instructions on this one, not a measurement on such a CPU (caches, memory and cores "
+            "are this CPU's).")
+
+
 def table_footer(results: dict[str, Any], details: str, busy_consequence: str) -> list[str]:
     """The lines under a script's table: what produced it (command, date, commit, CPU, usable
     CPUs from ``results``' command, date and machine, then ``details``), the load average at
@@ -265,6 +283,9 @@ def table_footer(results: dict[str, Any], details: str, busy_consequence: str) -
         f"{' (work tree modified)' if machine['git'].get('dirty') else ''}; {cpu.get('model')} "
         f"(SIMD: {', '.join(cpu.get('simd', [])) or 'unknown'}), {machine['cpus_usable']} usable "
         f"CPUs, {details}; load average {load['start']} at start, {load['end']} at end.")]
+    capped = isa_cap_note(machine.get("threads", {}).get("env", {}))
+    if capped:
+        lines += ["", f"**{capped}**"]
     busy = busy_note(load["start"], machine["cpus_usable"], busy_consequence)
     if busy:
         lines += ["", f"**{busy}**"]

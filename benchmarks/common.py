@@ -160,8 +160,9 @@ def machine_facts() -> dict[str, Any]:
         "env": {k: os.environ.get(k) for k in (
             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
             "TF_ENABLE_ONEDNN_OPTS", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "KMP_AFFINITY",
-            "KMP_BLOCKTIME", "MALLOC_ARENA_MAX", "LD_PRELOAD", *ISA_CAPS)},
+            "KMP_BLOCKTIME", "MALLOC_ARENA_MAX", "LD_PRELOAD")},
     }
+    facts["isa_caps"] = isa_caps()
     facts["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
     facts["git"] = git_revision()
     return facts
@@ -263,6 +264,11 @@ ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTION
             "OPENBLAS_CORETYPE")
 
 
+def isa_caps() -> dict[str, str]:
+    """The :data:`ISA_CAPS` this process's environment sets."""
+    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
 def isa_cap_note(env: dict[str, str | None]) -> str:
     """"instruction set capped (ONEDNN_MAX_CPU_ISA=AVX2, ...): ..." when ``env`` caps it; ""."""
     caps = [f"{k}={env[k]}" for k in ISA_CAPS if env.get(k)]
@@ -283,7 +289,7 @@ def table_footer(results: dict[str, Any], details: str, busy_consequence: str) -
         f"{' (work tree modified)' if machine['git'].get('dirty') else ''}; {cpu.get('model')} "
         f"(SIMD: {', '.join(cpu.get('simd', [])) or 'unknown'}), {machine['cpus_usable']} usable "
         f"CPUs, {details}; load average {load['start']} at start, {load['end']} at end.")]
-    capped = isa_cap_note(machine.get("threads", {}).get("env", {}))
+    capped = isa_cap_note(machine.get("isa_caps") or {})
     if capped:
         lines += ["", f"**{capped}**"]
     busy = busy_note(load["start"], machine["cpus_usable"], busy_consequence)

@@ -59,7 +59,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    ROOT, _cgroup_cpu_limit, _cpuinfo, add_int_options, git_revision, loadavg, log,
+    ROOT, _cgroup_cpu_limit, _cpuinfo, add_int_options, git_revision, isa_caps, loadavg, log,
     parse_with_defaults, publish, require_at_least, results_head, script_parser, stats,
     table_footer,
 )
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             order=[f"{r['side']}{r['round'] + 1}" for r in runs]),
         "machine": {"cpu": _cpuinfo(), "cpus_usable": usable_cpus(),
                     "cgroup_cpu_limit": _cgroup_cpu_limit(), "git": git_revision(),
-                    "python": sys.version.split()[0]},
+                    "python": sys.version.split()[0], "isa_caps": isa_caps()},
         "loadavg": {"start": load_start, "end": loadavg()},
         **summarise(runs),
         "runs": runs,

@@ -280,10 +280,9 @@ def test_footer_says_when_the_instruction_set_was_capped():
     results = {"command": "python benchmarks/peers.py", "date": "2026-11-29T17:00:00",
                "loadavg": {"start": [0.1, 0.1, 0.1], "end": [0.2, 0.2, 0.2]},
                "machine": {"git": {"commit": "abc"}, "cpu": {"model": "Xeon", "simd": ["avx2"]},
-                           "cpus_usable": 2, "threads": {"env": {"ONEDNN_MAX_CPU_ISA": None}}}}
+                           "cpus_usable": 2, "isa_caps": {}}}
     assert "capped" not in "\n".join(table_footer(results, "float32", "x"))
-    results["machine"]["threads"]["env"] = {"ONEDNN_MAX_CPU_ISA": "AVX2",
-                                            "ATEN_CPU_CAPABILITY": "avx2"}
+    results["machine"]["isa_caps"] = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     footer = "\n".join(table_footer(results, "float32", "x"))
     assert "Instruction set capped (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)" in footer
     assert "emulation" in footer and isa_cap_note({}) == ""

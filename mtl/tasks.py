@@ -133,7 +133,7 @@ def _mask_batch_loss(y_true: Any, y_pred: Any, weights: Any, options: Any) -> An
     """With ``dice="batch"``: one soft Dice over the labelled pixels of the batch, plus the
     masked mean of the per-image BCE; ``"batch+image"`` adds the per-image soft Dice averaged
     over the labelled images with tumor pixels; None (per-image Dice) otherwise."""
-    if options.dice not in ("batch", "batch+image"):
+    if options.dice == "image":  # the other DICE_MODES start from the batch Dice
         return None
     import tensorflow as tf
 

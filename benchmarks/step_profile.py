@@ -23,8 +23,10 @@ random images with disc masks held in memory (``peers.random_batches``). Variant
   ``fit_no_metrics`` (``compute_metrics`` returns the trackers without updating accuracy and
   Dice), ``fit_keras_adam`` (Keras's own Adam instead of mtl's ``FusedAdam``);
 - inference through ``mtl.model.inference.compiled_forward`` (what ``mtl infer`` / ``serve``
-  / ``evaluate`` run): ``infer_1`` (batch 1), ``infer_batch`` (``--batch``), and the same with
-  ``jit_compile=True`` (``infer_1_xla``, ``infer_batch_xla``).
+  / ``evaluate`` run, batch norm folded into the convolutions: :mod:`mtl.model.folding`):
+  ``infer_1`` (batch 1), ``infer_batch`` (``--batch``), the same with ``jit_compile=True``
+  (``infer_1_xla``, ``infer_batch_xla``) and without the folding (``infer_1_unfolded``,
+  ``infer_batch_unfolded``: the network as trained).
 
 Each variant first runs once untimed (its first call's seconds, tracing and XLA compilation
 included, are kept as ``first_call_seconds``), then all once more (``--warmup-rounds``): the first
@@ -72,7 +74,10 @@ from benchmarks.peers import (  # noqa: E402
 
 PHASES = ("forward", "forward_loss", "gradients", "step_no_metrics")
 TRAIN_CANDIDATES = ("fit_xla", "fit_spe", "fit_no_metrics", "fit_keras_adam")
-INFER = ("infer_1", "infer_batch", "infer_1_xla", "infer_batch_xla")
+INFER = ("infer_1", "infer_batch", "infer_1_xla", "infer_batch_xla", "infer_1_unfolded",
+         "infer_batch_unfolded")
+#: inference variant suffix -> compiled_forward options
+INFER_MODES = {"": {}, "_xla": {"jit_compile": True}, "_unfolded": {"fold": False}}
 VARIANTS = (*PHASES, "fit", *TRAIN_CANDIDATES, *INFER)
 XLA = ("fit_xla", "infer_1_xla", "infer_batch_xla")
 #: wall-clock time, and this process's CPU time (all threads)
@@ -83,7 +88,8 @@ FULL = {"size": 128, "batch": 16, "steps": 3, "rounds": 3, "warmup_rounds": 1, "
 #: --quick: proves the script runs end to end; measures nothing. One model: each candidate
 #: costs another build and trace, and XLA compilation takes minutes on a busy 2-core machine
 QUICK = {"size": 32, "batch": 2, "steps": 1, "rounds": 1, "warmup_rounds": 0, "spe": 2,
-         "profile": "fit", "variants": ",".join((*PHASES, "fit", "infer_1", "infer_batch"))}
+         "profile": "fit", "variants": ",".join((*PHASES, "fit", "infer_1", "infer_batch",
+                                                 "infer_1_unfolded"))}
 
 
 def training_data(batches: list[dict[str, Any]]):
@@ -204,11 +210,11 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
                           "steps_per_execution": int(model.steps_per_execution)}
     x1 = batches[0]["image"][:1]
     xb = batches[0]["image"]
-    for xla in (False, True):
-        wanted = [n for n in INFER if n in names and n.endswith("_xla") == xla]
+    for suffix, options in INFER_MODES.items():
+        wanted = [n for n in (f"infer_1{suffix}", f"infer_batch{suffix}") if n in names]
         if not wanted:
             continue
-        forward = compiled_forward(base, args.size, 1, jit_compile=xla)
+        forward = compiled_forward(base, args.size, 1, **options)
         for name in wanted:
             x = x1 if name.startswith("infer_1") else xb
             started = time.perf_counter()
@@ -268,6 +274,8 @@ def summarise_clock(times: dict[str, list[list[float]]]) -> dict[str, Any]:
     for name in ("infer_1", "infer_batch"):
         ratio(f"{name}_xla_speedup", name, f"{name}_xla",
               f"{name} seconds / {name}_xla seconds (> 1: XLA faster)")
+        ratio(f"{name}_fold_speedup", f"{name}_unfolded", name,
+              f"{name}_unfolded seconds / {name} seconds (> 1: folding batch norm faster)")
     return out
 
 
@@ -326,6 +334,9 @@ def _relation(name: str, ratios: dict[str, Any]) -> str:
     if name.endswith("_xla"):
         r = med(f"{name[:-4]}_xla_speedup")
         return f"{r:.2f}x {name[:-4]}" if r is not None else ""
+    if name.endswith("_unfolded"):
+        r = med(f"{name[:-9]}_fold_speedup")
+        return f"{name[:-9]} {r:.2f}x faster" if r is not None else ""
     return "1 (reference)" if name == "fit" else ""
 
 
@@ -347,7 +358,8 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_relation(name, cpu['ratios'])} | {first:.1f} |")
     lines += ["", "Ratios are per round, median over rounds: phases as a share of `fit`'s time; "
                   "candidates as `fit` time / their time (> 1: faster); `*_xla` inference as "
-                  "plain time / XLA time. CPU time is this process's (all threads): the work "
+                  "plain time / XLA time; `*_unfolded` (batch norm not folded) as its time / "
+                  "the folded time. CPU time is this process's (all threads): the work "
                   "done, which a busy machine inflates less than the wall time."]
     prof = results.get("profile")
     if prof and "top" in prof:

@@ -1,0 +1,114 @@
+"""Batch norm folded into the convolution before it, for inference.
+
+In inference a batch-norm layer is a fixed affine map per channel,
+``y = gamma * (x - mean) / sqrt(variance + epsilon) + beta``. Where it reads a convolution's
+output and nothing else does, the map can be moved into the convolution's kernel and bias:
+with ``s = gamma / sqrt(variance + epsilon)``, the kernel's output channels are scaled by
+``s`` and the bias becomes ``(bias - mean) * s + beta``. The network then computes the same
+function (up to float rounding) with one op fewer per pair.
+
+Why it matters: TensorFlow fuses a convolution, its batch norm and the ReLU after it into one
+oneDNN convolution whose batch norm runs as "binary" post-ops. On CPUs without AVX-512,
+oneDNN runs such convolutions through its GEMM path, where those post-ops are slow: at batch 1,
+the reference network's convolutions took ten times their batch-16 time per image with the
+kernels capped to AVX2 (``benchmarks/step_profile.py``; README, Performance). A folded
+convolution has a bias and a ReLU, which that path does fast, and there is no batch norm
+left to compute on any CPU or GPU.
+
+Only for inference: training needs the batch statistics and the layers' own variables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def foldable_pairs(net: Any) -> dict[str, str]:
+    """{convolution layer name: batch-norm layer name} of the pairs :func:`fold_batchnorm`
+    folds: a ``Conv2D`` without activation, channels last, called once, whose only consumer is
+    a channels-last ``BatchNormalization`` called once (any subclass: mtl's fused one too)."""
+    import keras
+
+    pairs: dict[str, str] = {}
+    for layer in getattr(net, "layers", []):
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        if layer.axis not in (-1, 3) or layer.synchronized or layer.renorm:
+            continue
+        inputs = layer._inbound_nodes[0].input_tensors
+        if len(inputs) != 1:
+            continue
+        conv = inputs[0]._keras_history.operation
+        if (
+            type(conv) is keras.layers.Conv2D
+            and len(conv._inbound_nodes) == 1
+            and len(conv._outbound_nodes) == 1
+            and conv.data_format == "channels_last"
+            and conv.activation is keras.activations.linear
+        ):
+            pairs[conv.name] = layer.name
+    return pairs
+
+
+def folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
+    """[kernel, bias] of the convolution ``conv`` followed by the batch norm ``bn`` in
+    inference (computed in float64, returned in the variables' dtypes)."""
+    kernel = np.asarray(conv.kernel.numpy(), np.float64)
+    channels = kernel.shape[-1]
+    bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else np.zeros(channels)
+    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones(channels)
+    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else np.zeros(channels)
+    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
+    variance = np.asarray(bn.moving_variance.numpy(), np.float64)
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    dtype = conv.kernel.numpy().dtype
+    return [(kernel * scale).astype(dtype), ((bias - mean) * scale + beta).astype(dtype)]
+
+
+def _identity_layer(name: str) -> Any:
+    """A layer named ``name`` that returns its input: a folded batch norm's place in the
+    graph (it takes the batch norm's call arguments, ``training`` and ``mask``)."""
+    import keras
+
+    class FoldedBatchNorm(keras.layers.Layer):
+        def call(self, inputs, training=None, mask=None):
+            return inputs
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return FoldedBatchNorm(name=name)
+
+
+def fold_batchnorm(net: Any) -> Any:
+    """An inference-only copy of the functional Keras model ``net`` in which every pair of
+    :func:`foldable_pairs` is one convolution with a bias (the batch norm becomes a layer of the same
+    name that returns its input); other layers are copies with the same weights. Returns ``net``
+    itself where nothing folds (no pair, or not a functional model)."""
+    import keras
+
+    pairs = foldable_pairs(net)
+    if not pairs or not hasattr(net, "_nodes_by_depth"):
+        return net
+    norms = set(pairs.values())
+
+    def clone(layer: Any) -> Any:
+        if layer.name in norms:
+            return _identity_layer(layer.name)
+        config = layer.get_config()
+        if layer.name in pairs:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    folded = keras.models.clone_model(net, clone_function=clone)
+    for layer in folded.layers:
+        if not layer.weights:  # the input layer too, which the clone names anew
+            continue
+        source = net.get_layer(layer.name)
+        if layer.name in pairs:
+            layer.set_weights(folded_weights(source, net.get_layer(pairs[layer.name])))
+        elif layer.name not in norms:
+            layer.set_weights(source.get_weights())
+    return folded

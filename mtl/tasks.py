@@ -243,6 +243,10 @@ class Task:
     #: for the calibration report of a probability head: ``(truth, probs) -> (confidence,
     #: correct)`` per item; None: not calibrated
     confidence: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    #: the network output holding coarser predictions of this task, one per channel (deep
+    #: supervision, present only when the network has it): each is scored by the same loss and
+    #: channel j weighs 2^-(j+1) beside the main output's 1 (:class:`mtl.model.losses`); None: none
+    coarse_output: str | None = None
 
 
 TASKS: tuple[Task, ...] = (
@@ -269,6 +273,7 @@ TASKS: tuple[Task, ...] = (
         encode=lambda lab: (_pixels(lab.mask), lab.has_mask),
         spec=lambda size: ((size, size, 1), "float32"),
         metric=("dice", _mask_dice), score=_score_mask, batch_loss=_mask_batch_loss,
+        coarse_output="mask_aux",
     ),
     Task(  # location known only as a box: the mask head's probability outside it
         name="box", output="mask", head=None,

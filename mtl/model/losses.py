@@ -16,8 +16,8 @@ Task losses (each declared with its task in :data:`mtl.tasks.TASKS`; Dice is :fu
   one pulling hard towards an empty prediction. ``dice="batch+image"``: the batch Dice plus
   the per-image Dice averaged over the labelled images with tumor pixels (tumor-free images
   count through the batch term only);
-- deep supervision (``model.deep_supervision`` k > 0): the network's ``mask_aux`` output
-  holds k coarser masks; the mask loss becomes ``(L_0 + sum_j 2^-j L_j) / (1 + sum_j 2^-j)``
+- deep supervision (``model.deep_supervision`` k > 0): the network's ``mask_aux`` output (the
+  mask task's ``coarse_output`` in :mod:`mtl.tasks`) holds k coarser masks; the mask loss becomes ``(L_0 + sum_j 2^-j L_j) / (1 + sum_j 2^-j)``
   with ``L_j`` the same mask loss on stage j's mask (nnU-Net's weighting);
 - box (optional, weight 0 by default): for samples whose location is known only as a box, the
   mean predicted tumor probability outside the box, so box-only data can still teach location.
@@ -33,7 +33,6 @@ import tensorflow as tf
 import keras
 
 from mtl import tasks
-from mtl.model.network import AUX_OUTPUT
 from mtl.tasks import default_weights
 # the per-task losses live with their task in the table (mtl.tasks); imported here by name too
 from mtl.tasks import mask_dice_bce  # noqa: F401
@@ -125,7 +124,7 @@ class MultiTaskLoss(keras.layers.Layer):
                 continue
             truth, weights = y_true[task.name], sample_weight[task.name]
             losses[task.name] = self._task_loss(task, truth, y_pred[task.output], weights)
-            coarse = y_pred.get(AUX_OUTPUT) if task.name == task.output == "mask" else None
+            coarse = y_pred.get(task.coarse_output) if task.coarse_output else None
             if coarse is not None:  # deep supervision: stage j weighs 2^-j, normalised
                 total, norm = losses[task.name], 1.0
                 for j in range(coarse.shape[-1]):

@@ -80,7 +80,7 @@ class NetworkSpec(Architecture):
 
 
 #: the network output that holds the deep-supervision masks (:func:`_coarse_masks`)
-AUX_OUTPUT = "mask_aux"
+AUX_OUTPUT = tasks.task("mask").coarse_output
 
 
 def _coarse_masks(unet: keras.Model, spec: NetworkSpec) -> keras.KerasTensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
 
 
@@ -29,8 +30,6 @@ def foldable_pairs(net: Any) -> dict[str, str]:
     """{convolution layer name: batch-norm layer name} of the pairs :func:`fold_batchnorm`
     folds: a ``Conv2D`` without activation, channels last, called once, whose only consumer is
     a channels-last ``BatchNormalization`` called once (any subclass: mtl's fused one too)."""
-    import keras
-
     pairs: dict[str, str] = {}
     for layer in getattr(net, "layers", []):
         if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
@@ -55,7 +54,8 @@ def foldable_pairs(net: Any) -> dict[str, str]:
 def folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
     """[kernel, bias] of the convolution ``conv`` followed by the batch norm ``bn`` in
     inference (computed in float64, returned in the variables' dtypes)."""
-    kernel = np.asarray(conv.kernel.numpy(), np.float64)
+    stored = conv.kernel.numpy()
+    kernel = stored.astype(np.float64)
     channels = kernel.shape[-1]
     bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else np.zeros(channels)
     gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones(channels)
@@ -63,32 +63,26 @@ def folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
     mean = np.asarray(bn.moving_mean.numpy(), np.float64)
     variance = np.asarray(bn.moving_variance.numpy(), np.float64)
     scale = gamma / np.sqrt(variance + bn.epsilon)
-    dtype = conv.kernel.numpy().dtype
-    return [(kernel * scale).astype(dtype), ((bias - mean) * scale + beta).astype(dtype)]
+    return [(kernel * scale).astype(stored.dtype),
+            ((bias - mean) * scale + beta).astype(stored.dtype)]
 
 
-def _identity_layer(name: str) -> Any:
-    """A layer named ``name`` that returns its input: a folded batch norm's place in the
-    graph (it takes the batch norm's call arguments, ``training`` and ``mask``)."""
-    import keras
+class FoldedBatchNorm(keras.layers.Layer):
+    """A folded batch norm's place in the graph: returns its input (it takes the batch norm's
+    call arguments, ``training`` and ``mask``). Inference only, never saved."""
 
-    class FoldedBatchNorm(keras.layers.Layer):
-        def call(self, inputs, training=None, mask=None):
-            return inputs
+    def call(self, inputs, training=None, mask=None):
+        return inputs
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-    return FoldedBatchNorm(name=name)
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 def fold_batchnorm(net: Any) -> Any:
     """An inference-only copy of the functional Keras model ``net`` in which every pair of
-    :func:`foldable_pairs` is one convolution with a bias (the batch norm becomes a layer of the same
-    name that returns its input); other layers are copies with the same weights. Returns ``net``
-    itself where nothing folds (no pair, or not a functional model)."""
-    import keras
-
+    :func:`foldable_pairs` is one convolution with a bias (the batch norm becomes a
+    :class:`FoldedBatchNorm` of the same name); other layers are copies with the same weights.
+    Returns ``net`` itself where nothing folds (no pair, or not a functional model)."""
     pairs = foldable_pairs(net)
     if not pairs or not hasattr(net, "_nodes_by_depth"):
         return net
@@ -96,7 +90,7 @@ def fold_batchnorm(net: Any) -> Any:
 
     def clone(layer: Any) -> Any:
         if layer.name in norms:
-            return _identity_layer(layer.name)
+            return FoldedBatchNorm(name=layer.name)
         config = layer.get_config()
         if layer.name in pairs:
             config["use_bias"] = True

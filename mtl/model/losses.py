@@ -17,8 +17,9 @@ Task losses (each declared with its task in :data:`mtl.tasks.TASKS`; Dice is :fu
   the per-image Dice averaged over the labelled images with tumor pixels (tumor-free images
   count through the batch term only);
 - deep supervision (``model.deep_supervision`` k > 0): the network's ``mask_aux`` output (the
-  mask task's ``coarse_output`` in :mod:`mtl.tasks`) holds k coarser masks; the mask loss becomes ``(L_0 + sum_j 2^-j L_j) / (1 + sum_j 2^-j)``
-  with ``L_j`` the same mask loss on stage j's mask (nnU-Net's weighting);
+  mask task's ``coarse_output`` in :mod:`mtl.tasks`) holds k coarser masks; the mask loss
+  becomes ``(L_0 + sum_j 2^-j L_j) / (1 + sum_j 2^-j)`` with ``L_j`` the same mask loss on
+  stage j's mask (nnU-Net's weighting);
 - box (optional, weight 0 by default): for samples whose location is known only as a box, the
   mean predicted tumor probability outside the box, so box-only data can still teach location.
 

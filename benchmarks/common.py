@@ -3,7 +3,9 @@ the parts the scripts share (their parser and --quick defaults, the command line
 busy machine, the lines under a table, printing and writing the results).
 
 Nothing here imports TensorFlow at module level, so child processes and the report can use it
-cheaply; :func:`machine_facts` imports it only to read versions and thread settings.
+cheaply; :func:`machine_facts` imports it only to read versions and thread settings. It imports
+``mtl`` first, so every benchmark runs TensorFlow with the CPU kernels mtl chooses
+(:mod:`mtl.kernels`: oneDNN's, also on AVX2-only CPUs).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+import mtl  # noqa: F401 - before TensorFlow: its CPU kernels as mtl's users get them
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +132,8 @@ def machine_facts() -> dict[str, Any]:
     import tensorflow as tf
     import keras
 
+    from mtl.kernels import onednn_enabled
+
     facts: dict[str, Any] = {"cpu": _cpuinfo()}
     facts["os_cpu_count"] = os.cpu_count()
     try:
@@ -163,6 +169,7 @@ def machine_facts() -> dict[str, Any]:
             "KMP_BLOCKTIME", "MALLOC_ARENA_MAX", "LD_PRELOAD")},
     }
     facts["isa_caps"] = isa_caps()
+    facts["onednn"] = onednn_enabled()
     facts["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
     facts["git"] = git_revision()
     return facts
@@ -279,6 +286,13 @@ def isa_cap_note(env: dict[str, str | None]) -> str:
             "are this CPU's).")
 
 
+def kernel_note(machine: dict[str, Any]) -> str:
+    """``"TensorFlow's oneDNN kernels on/off, "`` where the results recorded it."""
+    if machine.get("onednn") is None:
+        return ""
+    return f"TensorFlow's oneDNN kernels {'on' if machine['onednn'] else 'off'}, "
+
+
 def table_footer(results: dict[str, Any], details: str, busy_consequence: str) -> list[str]:
     """The lines under a script's table: what produced it (command, date, commit, CPU, usable
     CPUs from ``results``' command, date and machine, then ``details``), the load average at
@@ -288,7 +302,7 @@ def table_footer(results: dict[str, Any], details: str, busy_consequence: str) -
         f"`{results['command']}` on {results['date'][:10]}, commit {machine['git'].get('commit')}"
         f"{' (work tree modified)' if machine['git'].get('dirty') else ''}; {cpu.get('model')} "
         f"(SIMD: {', '.join(cpu.get('simd', [])) or 'unknown'}), {machine['cpus_usable']} usable "
-        f"CPUs, {details}; load average {load['start']} at start, {load['end']} at end.")]
+        f"CPUs, {kernel_note(machine)}{details}; load average {load['start']} at start, {load['end']} at end.")]
     capped = isa_cap_note(machine.get("isa_caps") or {})
     if capped:
         lines += ["", f"**{capped}**"]

@@ -212,12 +212,14 @@ def _child_result(args: argparse.Namespace, phases: Phases, figures: dict[str, A
 def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
     phases = Phases()
     os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+    import mtl  # noqa: F401 - before TensorFlow, as the mtl command imports it (mtl.kernels)
     import keras
     import tensorflow as tf
 
     from benchmarks.flops import model_flops
     from benchmarks.train_speed import fit_steps
     from mtl.config import parse_override
+    from mtl.kernels import onednn_enabled
     from mtl.model.inference import compiled_forward
     from mtl.train import build_model
 
@@ -267,6 +269,7 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
         "train_step_seconds": train["step_seconds"],
         **infer,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "onednn": onednn_enabled(),
         "threads": {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                     "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "note": "0: TensorFlow's default, one thread per usable core"},
@@ -617,7 +620,10 @@ def main(argv: list[str] | None = None) -> int:
             order=[f"{r['side']}{r['round'] + 1}" for r in runs]),
         "machine": {"cpu": _cpuinfo(), "cpus_usable": usable_cpus(),
                     "cgroup_cpu_limit": _cgroup_cpu_limit(), "git": git_revision(),
-                    "python": sys.version.split()[0], "isa_caps": isa_caps()},
+                    "python": sys.version.split()[0], "isa_caps": isa_caps(),
+                    # TensorFlow's CPU kernels in the mtl child (mtl.kernels)
+                    "onednn": next((r.get("onednn") for r in runs
+                                    if r["side"] == "mtl"), None)},
         "loadavg": {"start": load_start, "end": loadavg()},
         **summarise(runs),
         "runs": runs,

@@ -24,9 +24,12 @@ random images with disc masks held in memory (``peers.random_batches``). Variant
   Dice), ``fit_keras_adam`` (Keras's own Adam instead of mtl's ``FusedAdam``);
 - inference through ``mtl.model.inference.compiled_forward`` (what ``mtl infer`` / ``serve``
   / ``evaluate`` run, batch norm folded into the convolutions: :mod:`mtl.model.folding`):
-  ``infer_1`` (batch 1), ``infer_batch`` (``--batch``), the same with ``jit_compile=True``
-  (``infer_1_xla``, ``infer_batch_xla``) and without the folding (``infer_1_unfolded``,
-  ``infer_batch_unfolded``: the network as trained).
+  ``infer_1`` (batch 1), ``infer_batch`` (``--batch``) with its defaults (``jit_compile="auto"``:
+  XLA below batch 4, the plain graph above); the same as a plain graph (``infer_1_graph``,
+  ``infer_batch_graph``: ``jit_compile=False``), with ``jit_compile=True`` (``infer_1_xla``,
+  ``infer_batch_xla``) and as a plain graph without the folding (``infer_1_unfolded``,
+  ``infer_batch_unfolded``: the network as trained). XLA, folding and the default are each
+  compared with the plain graph.
 
 Each variant first runs once untimed (its first call's seconds, tracing and XLA compilation
 included, are kept as ``first_call_seconds``), then all once more (``--warmup-rounds``): the first
@@ -74,10 +77,11 @@ from benchmarks.peers import (  # noqa: E402
 
 PHASES = ("forward", "forward_loss", "gradients", "step_no_metrics")
 TRAIN_CANDIDATES = ("fit_xla", "fit_spe", "fit_no_metrics", "fit_keras_adam")
-INFER = ("infer_1", "infer_batch", "infer_1_xla", "infer_batch_xla", "infer_1_unfolded",
-         "infer_batch_unfolded")
+INFER = ("infer_1", "infer_batch", "infer_1_graph", "infer_batch_graph", "infer_1_xla",
+         "infer_batch_xla", "infer_1_unfolded", "infer_batch_unfolded")
 #: inference variant suffix -> compiled_forward options
-INFER_MODES = {"": {}, "_xla": {"jit_compile": True}, "_unfolded": {"fold": False}}
+INFER_MODES = {"": {}, "_graph": {"jit_compile": False}, "_xla": {"jit_compile": True},
+               "_unfolded": {"fold": False, "jit_compile": False}}
 VARIANTS = (*PHASES, "fit", *TRAIN_CANDIDATES, *INFER)
 XLA = ("fit_xla", "infer_1_xla", "infer_batch_xla")
 #: wall-clock time, and this process's CPU time (all threads)
@@ -89,7 +93,7 @@ FULL = {"size": 128, "batch": 16, "steps": 3, "rounds": 3, "warmup_rounds": 1, "
 #: costs another build and trace, and XLA compilation takes minutes on a busy 2-core machine
 QUICK = {"size": 32, "batch": 2, "steps": 1, "rounds": 1, "warmup_rounds": 0, "spe": 2,
          "profile": "fit", "variants": ",".join((*PHASES, "fit", "infer_1", "infer_batch",
-                                                 "infer_1_unfolded"))}
+                                                 "infer_1_graph", "infer_1_unfolded"))}
 
 
 def training_data(batches: list[dict[str, Any]]):
@@ -272,10 +276,13 @@ def summarise_clock(times: dict[str, list[list[float]]]) -> dict[str, Any]:
     for name in TRAIN_CANDIDATES:
         ratio(f"{name}_speedup", "fit", name, f"fit seconds / {name} seconds (> 1: faster)")
     for name in ("infer_1", "infer_batch"):
-        ratio(f"{name}_xla_speedup", name, f"{name}_xla",
-              f"{name} seconds / {name}_xla seconds (> 1: XLA faster)")
-        ratio(f"{name}_fold_speedup", f"{name}_unfolded", name,
-              f"{name}_unfolded seconds / {name} seconds (> 1: folding batch norm faster)")
+        plain = f"{name}_graph"
+        ratio(f"{name}_xla_speedup", plain, f"{name}_xla",
+              f"{plain} seconds / {name}_xla seconds (> 1: XLA faster)")
+        ratio(f"{name}_fold_speedup", f"{name}_unfolded", plain,
+              f"{name}_unfolded seconds / {plain} seconds (> 1: folding batch norm faster)")
+        ratio(f"{name}_default_speedup", plain, name,
+              f"{plain} seconds / {name} seconds (> 1: the default, jit_compile auto, faster)")
     return out
 
 
@@ -333,10 +340,13 @@ def _relation(name: str, ratios: dict[str, Any]) -> str:
         return f"{r:.2f}x" if r is not None else ""
     if name.endswith("_xla"):
         r = med(f"{name[:-4]}_xla_speedup")
-        return f"{r:.2f}x {name[:-4]}" if r is not None else ""
+        return f"{r:.2f}x {name[:-4]}_graph" if r is not None else ""
     if name.endswith("_unfolded"):
         r = med(f"{name[:-9]}_fold_speedup")
-        return f"{name[:-9]} {r:.2f}x faster" if r is not None else ""
+        return f"{name[:-9]}_graph {r:.2f}x faster" if r is not None else ""
+    if name in ("infer_1", "infer_batch"):
+        r = med(f"{name}_default_speedup")
+        return f"{r:.2f}x {name}_graph" if r is not None else ""
     return "1 (reference)" if name == "fit" else ""
 
 
@@ -357,9 +367,10 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{1000 * cpu['seconds'][name]['median']:.1f} | "
                      f"{_relation(name, cpu['ratios'])} | {first:.1f} |")
     lines += ["", "Ratios are per round, median over rounds: phases as a share of `fit`'s time; "
-                  "candidates as `fit` time / their time (> 1: faster); `*_xla` inference as "
-                  "plain time / XLA time; `*_unfolded` (batch norm not folded) as its time / "
-                  "the folded time. CPU time is this process's (all threads): the work "
+                  "candidates as `fit` time / their time (> 1: faster); inference against the "
+                  "plain graph (`*_graph`): `*_xla` and the default (`infer_1`, `infer_batch`: "
+                  "XLA below batch 4) as plain time / their time, `*_unfolded` (batch norm not "
+                  "folded) as its time / the plain graph's. CPU time is this process's (all threads): the work "
                   "done, which a busy machine inflates less than the wall time."]
     prof = results.get("profile")
     if prof and "top" in prof:

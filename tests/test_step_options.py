@@ -153,7 +153,7 @@ def test_compiled_forward_with_xla_predicts_the_same(tiny):
 
     model = build_model(config())
     x = np.random.default_rng(1).random((3, SIZE, SIZE, 1), dtype=np.float32)
-    plain = compiled_forward(model, SIZE, 1)(x)
+    plain = compiled_forward(model, SIZE, 1, jit_compile=False)(x)
     xla = compiled_forward(model, SIZE, 1, jit_compile=True)
     out = xla(x)
     assert set(out) == set(plain)
@@ -161,6 +161,31 @@ def test_compiled_forward_with_xla_predicts_the_same(tiny):
         np.testing.assert_allclose(out[key], plain[key], rtol=1e-4, atol=1e-5)
     one = xla(x[:1])  # another batch size: compiled again, same values
     np.testing.assert_allclose(one["mask"], plain["mask"][:1], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_forward_auto_runs_small_batches_through_xla(tiny):
+    from mtl.model.inference import XLA_BELOW_BATCH, compiled_forward
+    from mtl.train import build_model
+
+    model = build_model(config())
+    x = np.random.default_rng(2).random((XLA_BELOW_BATCH + 1, SIZE, SIZE, 1), dtype=np.float32)
+    plain = compiled_forward(model, SIZE, 1, jit_compile=False)(x)
+    auto = compiled_forward(model, SIZE, 1)  # the default: "auto"
+    assert auto.xla_graph is not None and auto.graph is not auto.xla_graph
+    big = auto(x)
+    one = auto(x[:1])
+    few = auto(x[:XLA_BELOW_BATCH - 1])
+    # one trace each: the large batch in the plain graph, the small ones in the XLA graph
+    assert auto.graph.experimental_get_tracing_count() == 1
+    assert auto.xla_graph.experimental_get_tracing_count() == 1
+    for key in plain:
+        np.testing.assert_allclose(big[key], plain[key], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(one[key], plain[key][:1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(few[key], plain[key][:XLA_BELOW_BATCH - 1], rtol=1e-4,
+                                   atol=1e-5)
+    assert compiled_forward(model, SIZE, 1, jit_compile=False).xla_graph is None
+    with pytest.raises(ValueError, match="jit_compile must be auto"):
+        compiled_forward(model, SIZE, 1, jit_compile="always")
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])  # amsgrad: Keras's own update, unfused

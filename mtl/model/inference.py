@@ -25,8 +25,17 @@ def _with_logits(net: Any) -> Any:
     return keras.Model(net.inputs, {**outputs, "features": net.get_layer("head_dense").output})
 
 
+#: ``jit_compile="auto"``: batches smaller than this run through XLA, larger ones through the
+#: plain graph. XLA's gain shrinks as the batch grows, and each batch size compiles once (about
+#: 2.5 s). Measured with ``benchmarks/step_profile.py`` (README -> Performance): on a 2-core
+#: AVX2-only AMD EPYC with oneDNN's kernels, XLA over the plain graph 1.67x at batch 1, 1.26x at
+#: 2, 1.23x at 4 (1.10x in CPU time), 1.10x at 8 (0.96x in CPU time), 0.95x at 16; on an
+#: AVX-512 Xeon 1.09x at batch 1 and 0.82x at 16
+XLA_BELOW_BATCH = 4
+
+
 def compiled_forward(model: Any, image_size: int, channels: int,
-                     jit_compile: bool = False, fold: bool = True) -> Forward:
+                     jit_compile: bool | str = "auto", fold: bool = True) -> Forward:
     """The model's inference pass as one traced TensorFlow graph, for any batch size.
 
     Calling a Keras model eagerly dispatches its few hundred ops one by one from Python, which
@@ -44,7 +53,11 @@ def compiled_forward(model: Any, image_size: int, channels: int,
 
     ``jit_compile=True`` compiles the graph with XLA, once per batch size seen (same outputs up
     to float rounding, tested; ``benchmarks/step_profile.py`` measures it against the plain
-    graph).
+    graph). ``"auto"`` (the default) uses XLA for batches smaller than
+    :data:`XLA_BELOW_BATCH`, where it is faster (one slice: ``mtl serve``, ``mtl infer`` of a
+    2-D image), and the plain graph for larger ones, where XLA is slower on CPUs; the first
+    call of each small batch size compiles (about 2.5 s on a 2-core CPU). ``False`` never uses
+    XLA.
 
     ``fold=True`` (the default) runs a copy of the network with each batch norm that follows a
     convolution folded into that convolution's kernel and bias (:mod:`mtl.model.folding`): the
@@ -57,6 +70,10 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     from mtl.model.calibration import temperatures
     from mtl.model.folding import fold_batchnorm
 
+    if jit_compile not in ("auto", True, False):
+        raise ValueError(f"jit_compile must be auto, True or False, not {jit_compile!r}")
+    auto = jit_compile == "auto"
+
     net = getattr(model, "net", model)
     if fold:
         net = fold_batchnorm(net)
@@ -65,8 +82,7 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     extended = _with_logits(net)
 
     if extended is None:
-        @tf.function(input_signature=[spec], jit_compile=jit_compile)
-        def graph(x):
+        def body(x):
             return net(x, training=False)
     else:
         presence_head, type_head = net.get_layer("presence"), net.get_layer("type")
@@ -75,8 +91,7 @@ def compiled_forward(model: Any, image_size: int, channels: int,
             return tf.matmul(features, tf.cast(head.kernel, tf.float32)) + tf.cast(head.bias,
                                                                                    tf.float32)
 
-        @tf.function(input_signature=[spec], jit_compile=jit_compile)
-        def graph(x):
+        def body(x):
             out = extended(x, training=False)
             features = tf.cast(out.pop("features"), tf.float32)
             z_presence, z_type = logits(presence_head, features), logits(type_head, features)
@@ -90,10 +105,15 @@ def compiled_forward(model: Any, image_size: int, channels: int,
                 "type_uncalibrated": out["type"],
             }
 
+    graph = tf.function(body, input_signature=[spec], jit_compile=jit_compile is True)
+    xla_graph = tf.function(body, input_signature=[spec], jit_compile=True) if auto else None
+
     def forward(x: np.ndarray) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in graph(tf.convert_to_tensor(x, tf.float32)).items()}
+        fn = xla_graph if auto and len(x) < XLA_BELOW_BATCH else graph
+        return {k: v.numpy() for k, v in fn(tf.convert_to_tensor(x, tf.float32)).items()}
 
     forward.graph = graph  # type: ignore[attr-defined] - the tf.function, for inspection
+    forward.xla_graph = xla_graph  # type: ignore[attr-defined] - None unless "auto"
     return forward
 
 

@@ -155,6 +155,14 @@ def test_network_runs_as_one_graph_equal_to_the_eager_model_for_any_batch_size(t
     assert predictor._graph.xla_graph.experimental_get_tracing_count() == 1
 
 
+def test_warm_up_compiles_the_one_slice_path_before_any_request(tiny_model_path):
+    predictor = Predictor.from_file(tiny_model_path)
+    predictor.warm_up()
+    assert predictor._graph.xla_graph.experimental_get_tracing_count() == 1
+    predictor.run_network(np.random.default_rng(0).random((1, 64, 64, 1), dtype=np.float32))
+    assert predictor._graph.xla_graph.experimental_get_tracing_count() == 1  # no new trace
+
+
 def test_gradcam_maps_are_at_slice_size_and_in_unit_range(tiny_model_path):
     from mtl.infer.gradcam import GradCam
 

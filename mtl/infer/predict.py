@@ -179,6 +179,12 @@ class Predictor:
                                            self.preprocessing.get("channels", 1))
         return self._graph(x)
 
+    def warm_up(self) -> None:
+        """Build the inference graph and compile its one-slice path now (batch norm folding,
+        tracing, XLA: a few seconds on a CPU), so that the first request does not wait for it."""
+        size, channels = self.image_size, int(self.preprocessing.get("channels", 1))
+        self.run_network(np.zeros((1, size, size, channels), np.float32))
+
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """One raw slice -> network input (S, S, C) with the model's stored preprocessing."""
         return prepare_image(image, self.preprocessing)

@@ -165,6 +165,7 @@ def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_
                                             batch_size=batch_size, mask_rule=mask_rule)
         except ModelError as exc:
             raise click.ClickException(str(exc)) from None
+        predictor.warm_up()  # the first upload should not wait for tracing and compiling
         loopback = is_loopback(host, sock)
         limits = Limits(max_bytes=int(max_upload_mb * (1 << 20)),
                         max_pixels=int(max_megapixels * 1e6),

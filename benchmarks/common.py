@@ -302,7 +302,8 @@ def table_footer(results: dict[str, Any], details: str, busy_consequence: str) -
         f"`{results['command']}` on {results['date'][:10]}, commit {machine['git'].get('commit')}"
         f"{' (work tree modified)' if machine['git'].get('dirty') else ''}; {cpu.get('model')} "
         f"(SIMD: {', '.join(cpu.get('simd', [])) or 'unknown'}), {machine['cpus_usable']} usable "
-        f"CPUs, {kernel_note(machine)}{details}; load average {load['start']} at start, {load['end']} at end.")]
+        f"CPUs, {kernel_note(machine)}{details}; load average {load['start']} at start, "
+        f"{load['end']} at end.")]
     capped = isa_cap_note(machine.get("isa_caps") or {})
     if capped:
         lines += ["", f"**{capped}**"]

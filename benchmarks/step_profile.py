@@ -370,8 +370,9 @@ def markdown(results: dict[str, Any]) -> str:
                   "candidates as `fit` time / their time (> 1: faster); inference against the "
                   "plain graph (`*_graph`): `*_xla` and the default (`infer_1`, `infer_batch`: "
                   "XLA below batch 4) as plain time / their time, `*_unfolded` (batch norm not "
-                  "folded) as its time / the plain graph's. CPU time is this process's (all threads): the work "
-                  "done, which a busy machine inflates less than the wall time."]
+                  "folded) as its time / the plain graph's. CPU time is this process's (all "
+                  "threads): the work done, which a busy machine inflates less than the wall "
+                  "time."]
     prof = results.get("profile")
     if prof and "top" in prof:
         lines += ["", f"Op self-time shares of `{st['profile']}` (TensorFlow profiler, "

@@ -3,7 +3,7 @@
 TensorFlow turns its oneDNN kernels on by default only on x86 CPUs with AVX-512 VNNI / BF16 or
 AMX-class features; on an AVX2-only CPU it runs Eigen's convolutions instead. Measured on a
 2-core AMD EPYC with AVX2 only (README -> Performance, ``benchmarks/step_profile.py``), oneDNN's
-kernels train mtl's network 1.6x faster and infer a batch of 16 1.3x faster. Where TensorFlow
+kernels train mtl's network 1.5x faster and infer a batch of 16 1.2x faster. Where TensorFlow
 already turns them on, asking again changes nothing.
 
 :func:`prefer_onednn` runs when ``mtl`` is imported (``mtl/__init__.py``), because TensorFlow

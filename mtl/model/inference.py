@@ -28,8 +28,8 @@ def _with_logits(net: Any) -> Any:
 #: ``jit_compile="auto"``: batches smaller than this run through XLA, larger ones through the
 #: plain graph. XLA's gain shrinks as the batch grows, and each batch size compiles once (about
 #: 2.5 s). Measured with ``benchmarks/step_profile.py`` (README -> Performance): on a 2-core
-#: AVX2-only AMD EPYC with oneDNN's kernels, XLA over the plain graph 1.67x at batch 1, 1.26x at
-#: 2, 1.23x at 4 (1.10x in CPU time), 1.10x at 8 (0.96x in CPU time), 0.95x at 16; on an
+#: AVX2-only AMD EPYC with oneDNN's kernels, XLA over the plain graph 1.35-1.67x at batch 1, 1.26x
+#: at 2, 1.23x at 4 (1.10x in CPU time), 1.10x at 8 (0.96x in CPU time), 0.95x at 16; on an
 #: AVX-512 Xeon 1.09x at batch 1 and 0.82x at 16
 XLA_BELOW_BATCH = 4
 

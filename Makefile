@@ -18,7 +18,7 @@ demo: setup
 	$(VENV)/bin/mtl train --config experiments/demo.yaml
 	$(PY) -c "from mtl.data.adapters.phantoms import write_example_slice as w; print('example slice (synthetic):', w('runs/demo/example_slice.png'))"
 
-# two test processes with one TensorFlow thread each: 12.5-13.3 min instead of 17.4 min for one
+# two test processes with one TensorFlow thread each: 12.5-14 min instead of 17.4 min for one
 # process with two threads on a 2-core AVX2 CPU (README -> Tests)
 test: setup
 	TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2

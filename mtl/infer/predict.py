@@ -173,17 +173,20 @@ class Predictor:
     def image_size(self) -> int:
         return int(self.preprocessing["image_size"])
 
+    @property
+    def channels(self) -> int:
+        return int(self.preprocessing.get("channels", 1))
+
     def _model_forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self._graph is None:  # traced on first use, not at construction
-            self._graph = compiled_forward(self.model, self.image_size,
-                                           self.preprocessing.get("channels", 1))
+            self._graph = compiled_forward(self.model, self.image_size, self.channels)
         return self._graph(x)
 
     def warm_up(self) -> None:
         """Build the inference graph and compile its one-slice path now (batch norm folding,
         tracing, XLA: a few seconds on a CPU), so that the first request does not wait for it."""
-        size, channels = self.image_size, int(self.preprocessing.get("channels", 1))
-        self.run_network(np.zeros((1, size, size, channels), np.float32))
+        self.run_network(np.zeros((1, self.image_size, self.image_size, self.channels),
+                                  np.float32))
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """One raw slice -> network input (S, S, C) with the model's stored preprocessing."""

@@ -21,7 +21,10 @@ random images with disc masks held in memory (``peers.random_batches``). Variant
 - candidates, each its own model (same settings): ``fit_xla`` (``train.jit_compile: true``: XLA
   on the whole step), ``fit_spe`` (``train.steps_per_execution: --spe``; time per step),
   ``fit_no_metrics`` (``compute_metrics`` returns the trackers without updating accuracy and
-  Dice), ``fit_keras_adam`` (Keras's own Adam instead of mtl's ``FusedAdam``);
+  Dice), ``fit_keras_adam`` (Keras's own Adam instead of mtl's ``FusedAdam``),
+  ``fit_native_wgrad`` / ``fit_transposed_wgrad`` (``train.weight_gradient: native`` /
+  ``transposed``: TensorFlow's weight-gradient kernel for every convolution / a transposed
+  forward convolution for the wide ones; ``fit`` uses the default, ``auto``);
 - inference through ``mtl.model.inference.compiled_forward`` (what ``mtl infer`` / ``serve``
   / ``evaluate`` run, batch norm folded into the convolutions: :mod:`mtl.model.folding`):
   ``infer_1`` (batch 1), ``infer_batch`` (``--batch``) with its defaults (``jit_compile="auto"``:
@@ -76,7 +79,8 @@ from benchmarks.peers import (  # noqa: E402
 )
 
 PHASES = ("forward", "forward_loss", "gradients", "step_no_metrics")
-TRAIN_CANDIDATES = ("fit_xla", "fit_spe", "fit_no_metrics", "fit_keras_adam")
+TRAIN_CANDIDATES = ("fit_xla", "fit_spe", "fit_no_metrics", "fit_keras_adam", "fit_native_wgrad",
+                    "fit_transposed_wgrad")
 INFER = ("infer_1", "infer_batch", "infer_1_graph", "infer_batch_graph", "infer_1_xla",
          "infer_batch_xla", "infer_1_unfolded", "infer_batch_unfolded")
 #: inference variant suffix -> compiled_forward options
@@ -198,7 +202,8 @@ def build_variants(args: argparse.Namespace, names: list[str]) -> dict[str, dict
                           "first_call_seconds": time.perf_counter() - started}
     candidates = {"fit_xla": ({"jit_compile": True}, 1), "fit_spe": (
         {"steps_per_execution": args.spe}, args.spe), "fit_no_metrics": ({}, 1),
-        "fit_keras_adam": ({}, 1)}
+        "fit_keras_adam": ({}, 1), "fit_native_wgrad": ({"weight_gradient": "native"}, 1),
+        "fit_transposed_wgrad": ({"weight_gradient": "transposed"}, 1)}
     for name, (train, per_call) in candidates.items():
         if name not in names:
             continue

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mtl.model.network import Architecture, NetworkSpec
+from mtl.model.weight_gradient import WEIGHT_GRADIENTS
 from mtl.precision import PRECISIONS
 from mtl.tasks import DICE_MODES, default_weights
 
@@ -145,6 +146,13 @@ class TrainConfig:
     #: and batch-level callbacks then report every N steps. Reduced to the largest divisor of
     #: the steps per epoch, so epochs keep their batches
     steps_per_execution: int = 1
+    #: auto | transposed | native: how convolution weight gradients are computed in training.
+    #: transposed: as a forward convolution of the transposed tensors, for the stride-1
+    #: convolutions with >= 64 channels in and out (mtl.model.weight_gradient); native:
+    #: TensorFlow's own kernel. auto: transposed on x86-64 CPUs without AVX-512 and no GPU, where
+    #: it was measured faster, else native. Same results up to float rounding; the saved model
+    #: is the same either way
+    weight_gradient: str = "auto"
     #: null: one pass over the training split per epoch
     steps_per_epoch: int | None = None
     val_steps: int | None = None
@@ -200,6 +208,9 @@ class Config:
         if self.train.jit_compile not in ("auto", True, False):
             raise ConfigError(f"train.jit_compile must be auto, true or false, "
                               f"not {self.train.jit_compile!r}")
+        if self.train.weight_gradient not in WEIGHT_GRADIENTS:
+            raise ConfigError(f"train.weight_gradient must be one of "
+                              f"{', '.join(WEIGHT_GRADIENTS)}, not {self.train.weight_gradient!r}")
         if self.train.steps_per_execution < 1:
             raise ConfigError(f"train.steps_per_execution must be >= 1, "
                               f"got {self.train.steps_per_execution}")

@@ -65,6 +65,7 @@ from mtl.data.splits import match_case_ids, split_records
 from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
 from mtl.model.optimizers import FusedAdam
+from mtl.model.weight_gradient import use_weight_gradient
 from mtl.figures import plot_history
 from mtl.files import json_text
 from mtl.precision import resolve_precision
@@ -329,6 +330,7 @@ def build_model(config: Config, learning_rate: float | None = None,
                                              d.channel_names),
             name="mtl",
         )
+        use_weight_gradient(model, config.train.weight_gradient)
         lr = config.train.learning_rate if learning_rate is None else learning_rate
         # Keras's Adam through TensorFlow's fused kernel; float16: wrapped in loss scaling
         model.compile(optimizer=FusedAdam(lr), **step_options(config.train, steps_per_epoch))
@@ -518,6 +520,7 @@ def load_checkpoint(path: Path, shown: Path, train: Any, steps: int) -> keras.Mo
         raise ResumeError(f"{shown}: cannot resume, the checkpoint cannot be loaded "
                           f"({describe(exc)}); best.keras may still be usable, or start a new "
                           "run") from None
+    use_weight_gradient(model, train.weight_gradient)
     model.compile(optimizer=model.optimizer, **step_options(train, steps))
     return model
 

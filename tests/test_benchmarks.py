@@ -181,6 +181,28 @@ def test_step_profile_quick_times_the_phases(tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
+def test_weight_gradient_quick_times_both_ways_per_layer(tmp_path, capsys):
+    from benchmarks.weight_gradient import main as weight_gradient
+
+    out = tmp_path / "wgrad.json"
+    assert weight_gradient(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    shapes = result["shapes"]
+    names = {name for s in shapes for name in s["layers"]}
+    assert "stage1_unit2_conv2" in names and "conv0" not in names  # stride 2 is left out
+    assert all(s["kernel"][0] * s["kernel"][1] > 1 for s in shapes)
+    for s in shapes:
+        assert _positive(s["native_ms"]) and _positive(s["transposed_ms"]) and _positive(s["speedup"])
+        assert s["max_relative_difference"] < 1e-3  # both ways compute the same gradient
+        assert s["routed"] == (min(s["kernel"][2:]) >= 64)
+    assert any(s["routed"] for s in shapes) and not all(s["routed"] for s in shapes)
+    assert result["totals"]["routed_native_ms"] == pytest.approx(
+        sum(s["native_ms"] * len(s["layers"]) for s in shapes if s["routed"]))
+    table = out.with_suffix(".md").read_text()
+    assert "| stage1_unit2_conv2 (+3) |" in table and "--quick run" in table
+    assert table in capsys.readouterr().out
+
+
 def test_fit_steps_times_whole_executions():
     import keras
     import numpy as np

@@ -19,9 +19,10 @@ demo: setup
 	$(PY) -c "from mtl.data.adapters.phantoms import write_example_slice as w; print('example slice (synthetic):', w('runs/demo/example_slice.png'))"
 
 # two test processes with one TensorFlow thread each: 12.5-14 min instead of 17.4 min for one
-# process with two threads on a 2-core AVX2 CPU (README -> Tests)
+# process with two threads on a 2-core AVX2 CPU (README -> Tests); loadgroup: the tests that
+# read one shared training run (pytest.mark.xdist_group) go to one process, which trains it once
 test: setup
-	TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
+	TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

@@ -65,7 +65,7 @@ from mtl.data.splits import match_case_ids, split_records
 from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
 from mtl.model.optimizers import FusedAdam
-from mtl.model.weight_gradient import use_weight_gradient
+from mtl.model.weight_gradient import resolve_weight_gradient, use_weight_gradient
 from mtl.figures import plot_history
 from mtl.files import json_text
 from mtl.precision import resolve_precision
@@ -470,7 +470,8 @@ def training_data(config: Config, start: Start, strategy: Any, verbose: int | st
     scale = scaling(strategy, t.batch_size, t.learning_rate, t.lr_scaling)
     log.info("distribution: %s", scale.to_dict())
     start.out.write_json("distribution.json",
-                         {**scale.to_dict(), "precision": resolve_precision(t.precision)})
+                         {**scale.to_dict(), "precision": resolve_precision(t.precision),
+                          "weight_gradient": resolve_weight_gradient(t.weight_gradient)})
     sources = open_sources(config)
     skipped_at_preflight = (
         preflight(sources, config.data.on_error, progress=verbose not in (0, 2) and start.chief)

@@ -93,6 +93,7 @@ def test_strategy_names_are_checked():
     assert make_strategy("auto").num_replicas_in_sync == 1  # no GPUs, no TF_CONFIG here
 
 
+@pytest.mark.xdist_group("tiny_variant_run")
 def test_mirrored_runs_on_one_device(tiny_variant_run):
     """The suite's second tiny run (conftest.py) trains under MirroredStrategy on this one
     device (its first-epoch loss equals the default strategy's: tests/test_train.py)."""

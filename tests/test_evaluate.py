@@ -9,6 +9,10 @@ from click.testing import CliRunner
 from mtl.cli import main
 from mtl.model.card import read_card, read_model_config
 
+#: every test here reads conftest's learned_run: `make test` (--dist loadgroup) runs them on the
+#: pytest-xdist worker that trains it for tests/test_train.py, so it is trained once
+pytestmark = pytest.mark.xdist_group("learned_run")
+
 
 @pytest.fixture(scope="module")
 def run_dir(learned_run, tmp_path_factory):

@@ -99,6 +99,7 @@ def trained(learned_run):
     return learned_run
 
 
+@pytest.mark.xdist_group("learned_run")
 def test_run_folder_holds_everything(trained):
     _, result = trained
     for name in ("config.yaml", "splits.json", "data_summary.json", "history.csv",
@@ -111,6 +112,7 @@ def test_run_folder_holds_everything(trained):
     assert copies["split_groups"] >= 100
 
 
+@pytest.mark.xdist_group("learned_run")
 def test_training_lowers_the_loss(trained):
     _, result = trained
     losses = [float(r["loss"]) for r in result.history]
@@ -119,6 +121,7 @@ def test_training_lowers_the_loss(trained):
     assert min(val[-3:]) < val[0]
 
 
+@pytest.mark.xdist_group("learned_run")
 def test_held_out_dice_beats_chance(trained):
     config, result = trained
     model = keras.models.load_model(result.run_dir / "best.keras")
@@ -140,6 +143,7 @@ def test_held_out_dice_beats_chance(trained):
     assert dice > 0.4, f"held-out Dice {dice:.3f} (chance {chance:.3f})"
 
 
+@pytest.mark.xdist_group("tiny_variant_run")
 def test_seed_makes_runs_reproducible_with_worker_processes_and_a_cosine_schedule(
         tiny_phantom_run, tiny_variant_run):
     """A second run with the shared run's config (conftest.py) gives the same splits and the

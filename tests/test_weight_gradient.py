@@ -136,6 +136,11 @@ def test_a_routed_network_trains_the_same_gradients_and_saves_the_same_model(tmp
     np.testing.assert_allclose(loaded(x)["mask"], models[1](x)["mask"], atol=1e-6)
 
 
+def test_the_run_records_the_choice_auto_made(tiny_phantom_run):
+    recorded = json.loads((tiny_phantom_run.run_dir / "distribution.json").read_text())
+    assert recorded["weight_gradient"] == wg.resolve_weight_gradient("auto")
+
+
 def test_bfloat16_layers_keep_their_compute_dtype():
     layer = keras.layers.Conv2D(64, 3, padding="same", dtype="mixed_bfloat16")
     layer.build((None, 6, 6, 64))

@@ -8,8 +8,8 @@ convolution (``mtl.model.weight_gradient``), on the layers of benchmarks/peers.p
 Every stride-1 convolution with a kernel larger than 1x1 (the ones the transposed form can
 compute), one row per distinct shape (with how many layers share it): the kernel gradient for
 random input and output-gradient tensors of the layer's shapes at ``--batch``, each way in its
-own ``tf.function``, the two alternating within each of ``--rounds`` rounds of ``--steps``
-calls; a figure is the median over rounds of the per-round median, the ratio the median of the
+own ``tf.function``, the two back to back (which goes first alternates) in each of ``--rounds``
+rounds of ``--steps`` calls; a figure is the median over rounds of the per-round median, the ratio the median of the
 per-round ratios. ``routed`` says whether ``train.weight_gradient: transposed`` (and ``auto``
 where it picks it) sends the layer the transposed way (>= ``MIN_CHANNELS`` in and out). The
 whole training step, which is what counts, is ``python benchmarks/step_profile.py --variants
@@ -46,19 +46,15 @@ QUICK = {"size": 32, "batch": 2, "steps": 1, "rounds": 1}
 def conv_shapes(size: int, batch: int, backbone: str) -> list[dict[str, Any]]:
     """The distinct (input shape, kernel shape, padding) of the network's stride-1 convolutions
     with a kernel larger than 1x1, with their layer names and whether they are routed."""
-    import keras
-
     from mtl.model.weight_gradient import eligible
     from mtl.train import build_model
 
     model = build_model(mtl_config(size, batch, backbone, {"train.weight_gradient": "native"}))
     shapes: dict[tuple, dict[str, Any]] = {}
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if type(layer) is not keras.layers.Conv2D or tuple(layer.strides) != (1, 1):
+        if not eligible(layer, min_channels=1):  # the shapes the transposed form computes
             continue
         kernel = tuple(int(d) for d in layer.kernel.shape)
-        if kernel[0] * kernel[1] == 1:
-            continue
         key = (tuple(int(d) for d in layer.input.shape[1:]), kernel, layer.padding)
         entry = shapes.setdefault(key, {"input": list(key[0]), "kernel": list(kernel),
                                         "padding": layer.padding, "layers": [],
@@ -85,8 +81,8 @@ def time_shape(shape: dict[str, Any], batch: int, steps: int, rounds: int) -> di
     first = {name: fn(x, dy).numpy() for name, fn in ways.items()}
     scale = float(abs(first["native"]).max()) or 1.0
     per_round: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(rounds):
-        for name, fn in ways.items():
+    for round_index in range(rounds):  # which way goes first alternates between rounds
+        for name, fn in (list(ways.items())[::-1] if round_index % 2 else ways.items()):
             calls = []
             for _ in range(steps):
                 started = time.perf_counter()

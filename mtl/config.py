@@ -147,11 +147,11 @@ class TrainConfig:
     #: the steps per epoch, so epochs keep their batches
     steps_per_execution: int = 1
     #: auto | transposed | native: how convolution weight gradients are computed in training.
-    #: transposed: as a forward convolution of the transposed tensors, for the stride-1
-    #: convolutions with >= 64 channels in and out (mtl.model.weight_gradient); native:
-    #: TensorFlow's own kernel. auto: transposed on x86-64 CPUs without AVX-512 and no GPU, where
-    #: it was measured faster, else native. Same results up to float rounding; the saved model
-    #: is the same either way
+    #: transposed: as a forward convolution of the transposed tensors, for the plain stride-1
+    #: convolutions (no dilation or groups, kernel > 1x1) with >= 64 channels in and out
+    #: (mtl.model.weight_gradient); native: TensorFlow's own kernel. auto: transposed on x86-64
+    #: CPUs with AVX2 and without AVX-512 and no GPU, where it was measured faster, else native.
+    #: Same results up to float rounding; the saved model is the same either way
     weight_gradient: str = "auto"
     #: null: one pass over the training split per epoch
     steps_per_epoch: int | None = None

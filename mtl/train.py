@@ -512,9 +512,9 @@ def training_model(config: Config, start: Start, data: TrainingData, strategy: A
 
 
 def load_checkpoint(path: Path, shown: Path, train: Any, steps: int) -> keras.Model:
-    """last.keras of a run to resume, compiled with this run's ``train.jit_compile`` and
-    ``steps_per_execution`` (not those saved with it) and the same optimizer, so its state
-    carries on; ``shown``: the name errors give the file."""
+    """last.keras of a run to resume, compiled with this run's ``train.jit_compile``,
+    ``steps_per_execution`` and ``weight_gradient`` (not those saved with it) and the same
+    optimizer, so its state carries on; ``shown``: the name errors give the file."""
     try:
         model = keras.models.load_model(path)
     except Exception as exc:  # noqa: BLE001 - zip, HDF5 and Keras errors alike

@@ -63,19 +63,25 @@ def test_conv2d_in_a_graph_with_an_unknown_batch():
     np.testing.assert_allclose(grads(x, k), tape.gradient(loss, k), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize(("machine", "avx512", "gpus", "chosen"), [
-    ("x86_64", False, 0, "transposed"),  # measured faster: an AVX2-only AMD EPYC
-    ("x86_64", True, 0, "native"),       # oneDNN's direct NHWC kernels on AVX-512
-    ("x86_64", False, 1, "native"),      # cuDNN
-    ("aarch64", False, 0, "native"),
+AVX2 = {"avx", "avx2", "fma"}
+
+
+@pytest.mark.parametrize(("machine", "flags", "gpus", "chosen"), [
+    ("x86_64", AVX2, 0, "transposed"),                # measured faster: an AVX2-only AMD EPYC
+    ("AMD64", AVX2, 0, "transposed"),
+    ("x86_64", AVX2 | {"avx512f"}, 0, "native"),      # oneDNN's direct NHWC kernels on AVX-512
+    ("x86_64", AVX2, 1, "native"),                    # cuDNN
+    ("x86_64", {"avx", "sse4_2"}, 0, "native"),       # no AVX2: not measured
+    ("AMD64", set(), 0, "native"),                    # flags unknown (no /proc/cpuinfo)
+    ("aarch64", set(), 0, "native"),
 ])
-def test_auto_chooses_from_the_machine(machine, avx512, gpus, chosen):
-    assert wg.choose_weight_gradient(machine, avx512, gpus) == chosen
+def test_auto_chooses_from_the_machine(machine, flags, gpus, chosen):
+    assert wg.choose_weight_gradient(machine, frozenset(flags), gpus) == chosen
 
 
 def test_unknown_choice_is_refused():
     with pytest.raises(ValueError, match="weight_gradient must be one of auto, transposed, native"):
-        wg.resolve_weight_gradient("matmul")
+        wg.resolve_weight_gradient("matmul")  # not an option (matrix products per tap were tried)
     with pytest.raises(ConfigError, match="train.weight_gradient"):
         load_config(None, {"train.weight_gradient": "fast"})
     assert load_config(None, {}).train.weight_gradient == "auto"
@@ -110,19 +116,25 @@ def test_only_wide_stride_one_convolutions_are_routed_and_native_undoes_it():
     assert not _routed(model)
 
 
-def test_a_routed_network_trains_the_same_gradients_and_saves_the_same_model(tmp_path):
+def test_a_routed_network_trains_the_same_gradients_and_saves_the_same_model(tmp_path,
+                                                                          monkeypatch):
+    calls = []
+    original = wg.weight_gradient
+    monkeypatch.setattr(wg, "weight_gradient", lambda *a: calls.append(a[2]) or original(*a))
     x = tf.random.stateless_uniform((2, 32, 32, 1), seed=(0, 1))
     models, grads = [], []
     for choice in ("native", "transposed"):
         model = _network()
         before = json.dumps(model.get_config(), sort_keys=True, default=str)
-        wg.use_weight_gradient(model, choice)
+        routed = wg.use_weight_gradient(model, choice)
+        assert (routed > 0) == (choice == "transposed")
         assert json.dumps(model.get_config(), sort_keys=True, default=str) == before
         with tf.GradientTape() as tape:
             out = model(x, training=True)
             loss = tf.reduce_sum(out["mask"] ** 2) + tf.reduce_sum(out["presence"])
         grads.append(tape.gradient(loss, model.trainable_variables))
         models.append(model)
+    assert len(calls) == routed  # each routed layer's kernel gradient, once, the transposed way
     for native, transposed, variable in zip(*grads, models[0].trainable_variables):
         assert (native is None) == (transposed is None), variable.path
         if native is None:  # a head the loss does not read
@@ -136,20 +148,62 @@ def test_a_routed_network_trains_the_same_gradients_and_saves_the_same_model(tmp
     np.testing.assert_allclose(loaded(x)["mask"], models[1](x)["mask"], atol=1e-6)
 
 
+def _config(choice):
+    return load_config(None, {
+        "data.image_size": 32, "model.decoder_filters": [64, 32, 16, 8, 8],
+        "model.head_units": 8, "train.batch_size": 2, "train.weight_gradient": choice})
+
+
+@pytest.mark.filterwarnings("ignore:You are saving a model that has not yet been built")
+def test_build_model_and_resume_apply_the_option(tmp_path):
+    from mtl.train import build_model, load_checkpoint
+
+    native = build_model(_config("native"))
+    assert not _routed(native)
+    model = build_model(_config("transposed"))
+    assert _routed(model) == {layer.name for layer in model._flatten_layers(
+        include_self=False, recursive=True) if wg.eligible(layer)} != set()
+    path = tmp_path / "last.keras"
+    model.save(path)
+    resumed = load_checkpoint(path, path, _config("transposed").train, steps=1)
+    assert _routed(resumed) == _routed(model)
+    assert not _routed(load_checkpoint(path, path, _config("native").train, steps=1))
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")  # the heads: only the mask is trained
+def test_keras_fit_trains_through_the_transposed_gradients():
+    model = _network()
+    assert wg.use_weight_gradient(model, "transposed") > 0
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss={"mask": "mse"})
+    x = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    y = (x > 0.5).astype(np.float32)
+    kernel = model.get_layer("stage2_unit2_conv2").kernel
+    before = kernel.numpy()
+    history = model.fit(x, {"mask": y}, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert not np.allclose(kernel.numpy(), before)  # a routed layer's kernel was trained
+
+
 def test_the_run_records_the_choice_auto_made(tiny_phantom_run):
     recorded = json.loads((tiny_phantom_run.run_dir / "distribution.json").read_text())
     assert recorded["weight_gradient"] == wg.resolve_weight_gradient("auto")
 
 
-def test_bfloat16_layers_keep_their_compute_dtype():
-    layer = keras.layers.Conv2D(64, 3, padding="same", dtype="mixed_bfloat16")
-    layer.build((None, 6, 6, 64))
-    layer.convolution_op = lambda inputs, kernel: wg.conv2d(inputs, kernel, layer.padding)
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_layers_keep_their_compute_dtype_and_gradient(policy):
+    layers = [keras.layers.Conv2D(64, 3, padding="same", dtype=policy) for _ in range(2)]
+    for layer in layers:
+        layer.build((None, 6, 6, 64))
+    layers[1].set_weights(layers[0].get_weights())
+    layers[1].convolution_op = lambda inputs, kernel: wg.conv2d(inputs, kernel, "same")
     x = tf.random.stateless_normal((2, 6, 6, 64), seed=(2, 3))
-    with tf.GradientTape() as tape:
-        y = layer(x)
-        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
-    assert y.dtype == tf.bfloat16
-    grad = tape.gradient(loss, layer.kernel)
-    assert grad is not None and grad.shape == (3, 3, 64, 64)
-    assert np.isfinite(np.asarray(tf.cast(grad, tf.float32))).all()
+    grads = []
+    for layer in layers:
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        assert y.dtype == layer.compute_dtype != "float32"
+        grads.append(np.asarray(tape.gradient(loss, layer.kernel), np.float32))
+    assert np.isfinite(grads[1]).all()
+    scale = np.abs(grads[0]).max()
+    np.testing.assert_allclose(grads[1] / scale, grads[0] / scale, atol=5e-2)

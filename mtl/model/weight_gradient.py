@@ -10,13 +10,14 @@ which is itself a VALID forward convolution once the tensors are transposed: the
 ``dy`` as the filter (H_out, W_out, N, C_out); the result (C_in, kh, kw, C_out) is the kernel
 gradient transposed. On an AVX2-only CPU, oneDNN's weight-gradient kernel for the NHWC tensors
 TensorFlow hands it was the largest single cost of mtl's training step (46% of its op time,
-``benchmarks/results/step_profile-avx2.md``), 1.5-2x slower than its forward kernel on the same
-work. For the wide layers of a ResNet encoder (64-512 channels) the transposed forward
-convolution is 1.1-1.5x faster per layer; for narrow ones at high resolution (16 channels at
-128 px) about 2x slower. So :func:`use_weight_gradient` sends only the convolutions with at
-least :data:`MIN_CHANNELS` input and output channels this way, and only where that was measured
-to help (:func:`resolve_weight_gradient`: ``auto`` is on for x86-64 CPUs without AVX-512 and no
-GPU).
+``benchmarks/results/step_profile-avx2.md``). For the wide layers of a ResNet encoder (64-512
+channels) the transposed forward convolution is 1.4-1.6x faster per layer; for narrow ones at
+high resolution (16 channels at 64-128 px) 1.6-2.6x slower
+(``benchmarks/results/weight_gradient-avx2.md``). So :func:`use_weight_gradient` sends only the
+convolutions with at least :data:`MIN_CHANNELS` input and output channels this way, and only
+where that was measured to help (:func:`resolve_weight_gradient`: ``auto`` is on for x86-64 CPUs
+with AVX2 and without AVX-512, and no GPU; measured in float32 with oneDNN's kernels and
+without XLA).
 
 The forward pass and the input gradient stay TensorFlow's own ops (the ones its registered
 gradient runs); only the kernel's gradient is computed differently: the same sums in another
@@ -39,20 +40,20 @@ log = logging.getLogger(__name__)
 #: (a forward convolution of the transposed tensors), native (TensorFlow's kernel)
 WEIGHT_GRADIENTS = ("auto", "transposed", "native")
 #: the fewest input and output channels of a convolution whose weight gradient is a transposed
-#: forward convolution: at 16 channels TensorFlow's kernel is faster, from 64 on the transposed
-#: one (32: about even)
+#: forward convolution: at 16 channels TensorFlow's kernel is faster, from 64 on mostly the
+#: transposed one (32: 0.83-1.09x, benchmarks/results/weight_gradient-avx2.md)
 MIN_CHANNELS = 64
 
 
-def cpu_has_avx512() -> bool:
-    return "avx512f" in cpu_flags()
-
-
-def choose_weight_gradient(machine: str, avx512: bool, gpus: int) -> str:
-    """``auto``'s choice: transposed forward convolutions on x86-64 CPUs without AVX-512 (measured on an AMD
-    EPYC with AVX2), TensorFlow's kernels wherever a GPU trains (cuDNN) or the CPU has AVX-512
-    (oneDNN's direct NHWC kernels there; not measured faster)."""
-    if gpus or avx512 or machine.lower() not in ("x86_64", "amd64"):
+def choose_weight_gradient(machine: str, flags: frozenset[str] | set[str], gpus: int) -> str:
+    """``auto``'s choice from the CPU's architecture and /proc/cpuinfo flags and the GPUs:
+    transposed forward convolutions on x86-64 CPUs with AVX2 and without AVX-512 (measured on an
+    AMD EPYC with AVX2), TensorFlow's kernels everywhere else: wherever a GPU trains (cuDNN),
+    the CPU has AVX-512 (oneDNN's direct NHWC kernels; not measured faster), or its flags are
+    unknown (no /proc/cpuinfo: Windows, macOS)."""
+    if gpus or machine.lower() not in ("x86_64", "amd64"):
+        return "native"
+    if "avx2" not in flags or "avx512f" in flags:
         return "native"
     return "transposed"
 
@@ -66,14 +67,14 @@ def resolve_weight_gradient(name: str) -> str:
         return name
     import tensorflow as tf
 
-    return choose_weight_gradient(platform.machine(), cpu_has_avx512(),
+    return choose_weight_gradient(platform.machine(), cpu_flags(),
                                   len(tf.config.list_physical_devices("GPU")))
 
 
-def eligible(layer: Any) -> bool:
-    """Whether ``layer``'s weight gradient can go through :func:`conv2d`: a plain 2-D
-    convolution (stride 1, no dilation, no groups, channels last, a kernel larger than 1x1) with
-    at least :data:`MIN_CHANNELS` channels in and out."""
+def eligible(layer: Any, min_channels: int = MIN_CHANNELS) -> bool:
+    """Whether ``layer``'s weight gradient goes through :func:`conv2d`: a built
+    ``keras.layers.Conv2D`` (the class itself) with stride 1, no dilation, no groups, channels
+    last, a kernel larger than 1x1 and at least ``min_channels`` channels in and out."""
     import keras
 
     if type(layer) is not keras.layers.Conv2D or not layer.built:
@@ -85,7 +86,7 @@ def eligible(layer: Any) -> bool:
         and layer.groups == 1
         and layer.data_format == "channels_last"
         and kh * kw > 1
-        and min(cin, cout) >= MIN_CHANNELS
+        and min(cin, cout) >= min_channels
     )
 
 
@@ -104,7 +105,8 @@ def use_weight_gradient(model: Any, name: str) -> int:
             count += 1
         elif "convolution_op" in vars(layer):
             del layer.convolution_op  # back to the class's own
-    log.debug("weight gradients of %d convolutions as transposed forward convolutions", count)
+    log.info("train.weight_gradient %s: %s", name, f"{count} convolutions' weight gradients as "
+             "transposed forward convolutions" if chosen == "transposed" else "TensorFlow's kernel")
     return count
 
 

@@ -11,8 +11,9 @@ which is itself a VALID forward convolution once the tensors are transposed: the
 gradient transposed. On an AVX2-only CPU, oneDNN's weight-gradient kernel for the NHWC tensors
 TensorFlow hands it was the largest single cost of mtl's training step (46% of its op time,
 ``benchmarks/results/step_profile-avx2.md``). For the wide layers of a ResNet encoder (64-512
-channels) the transposed forward convolution is 1.4-1.6x faster per layer; for narrow ones at
-high resolution (16 channels at 64-128 px) 1.6-2.6x slower
+channels) the transposed forward convolution was 1.1-2.1x faster per layer over three runs
+(1.3-1.5x summed over them); for narrow ones at high resolution (16 channels at 64-128 px)
+1.6-2.6x slower
 (``benchmarks/results/weight_gradient-avx2.md``). So :func:`use_weight_gradient` sends only the
 convolutions with at least :data:`MIN_CHANNELS` input and output channels this way, and only
 where that was measured to help (:func:`resolve_weight_gradient`: ``auto`` is on for x86-64 CPUs
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 WEIGHT_GRADIENTS = ("auto", "transposed", "native")
 #: the fewest input and output channels of a convolution whose weight gradient is a transposed
 #: forward convolution: at 16 channels TensorFlow's kernel is faster, from 64 on mostly the
-#: transposed one (32: 0.83-1.09x, benchmarks/results/weight_gradient-avx2.md)
+#: transposed one (32: 0.83-1.14x over three runs, benchmarks/weight_gradient.py)
 MIN_CHANNELS = 64
 
 

@@ -221,6 +221,7 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
     from mtl.config import parse_override
     from mtl.kernels import onednn_enabled
     from mtl.model.inference import compiled_forward
+    from mtl.model.weight_gradient import resolve_weight_gradient
     from mtl.train import build_model
 
     phases.mark("import")
@@ -264,7 +265,9 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
         "what": f"mtl.train.build_model: segmentation-models Unet({args.backbone}), decoder "
                 f"{list(DECODER)}, presence/type heads; model.fit; train.precision float32"
                 f"{''.join('; ' + o for o in args.set)}; jit_compile {bool(model.jit_compile)}, "
-                f"steps_per_execution {per}; inference: mtl.model.inference.compiled_forward",
+                f"steps_per_execution {per}, weight gradients "
+                f"{resolve_weight_gradient(config.train.weight_gradient)}; inference: "
+                "mtl.model.inference.compiled_forward",
         "train_images_per_s": train["images_per_s"],
         "train_step_seconds": train["step_seconds"],
         **infer,

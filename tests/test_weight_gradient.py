@@ -47,10 +47,12 @@ def test_conv2d_forward_and_both_gradients_equal_tensorflows(padding):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-3)
 
 
-def test_conv2d_in_a_graph_with_an_unknown_batch():
+@pytest.mark.parametrize("spatial", [(6, 6), (None, None)])
+def test_conv2d_in_a_graph_with_an_unknown_batch_and_size(spatial):
     x, k = _tensors((5, 6, 6, 3), (3, 3, 3, 2))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 6, 6, 3]), tf.TensorSpec([3, 3, 3, 2])])
+    @tf.function(input_signature=[tf.TensorSpec([None, *spatial, 3]),
+                                  tf.TensorSpec([3, 3, 3, 2])])
     def grads(x, k):
         with tf.GradientTape() as tape:
             tape.watch(k)

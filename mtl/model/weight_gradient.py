@@ -102,20 +102,13 @@ def use_weight_gradient(model: Any, name: str) -> int:
         if not eligible(layer):
             continue
         if chosen == "transposed":
-            layer.convolution_op = functools.partial(_convolution_op, layer)
+            layer.convolution_op = functools.partial(conv2d, padding=layer.padding)
             count += 1
         elif "convolution_op" in vars(layer):
             del layer.convolution_op  # back to the class's own
     log.info("train.weight_gradient %s: %s", name, f"{count} convolutions' weight gradients as "
              "transposed forward convolutions" if chosen == "transposed" else "TensorFlow's kernel")
     return count
-
-
-def _convolution_op(layer: Any, inputs: Any, kernel: Any) -> Any:
-    spatial = inputs.shape[1:3]
-    if any(d is None for d in spatial):  # shapes known only at run time: TensorFlow's own
-        return type(layer).convolution_op(layer, inputs, kernel)
-    return conv2d(inputs, kernel, layer.padding)
 
 
 def conv2d(x: Any, kernel: Any, padding: str) -> Any:

@@ -40,6 +40,22 @@ def scan_real_dataset(shared_data: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def count_image_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The images whose grouping features are read from disk (not the cache) during the test."""
+    from mtl.data.grouping import features
+
+    calls: list[Path] = []
+    real = features._features_of
+
+    def counting(path: Path) -> Any:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(features, "_features_of", counting)
+    return calls
+
+
+@pytest.fixture
 def serve_app() -> Iterator[Callable[..., Any]]:
     """make(predictor=None, **create_app options) -> (test client, app) of ``mtl serve``, by
     default around the fake perfect segmenter (tests/test_serve_support.py). After the test

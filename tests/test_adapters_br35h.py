@@ -318,13 +318,15 @@ def test_real_br35h_duplicates_stay_in_one_split(real_br35h: Br35hAdapter) -> No
         assert {records[i].presence for i in indices} == {0, 1}, name
 
 
-def test_real_br35h_duplicate_groups(real_br35h: Br35hAdapter) -> None:
+def test_real_br35h_duplicate_groups(
+    real_br35h: Br35hAdapter, count_image_reads: list[Path]
+) -> None:
     found = real_br35h.duplicate_groups_found
     in_groups = sum(len(ids) for ids in real_br35h.duplicate_groups.values())
     largest = max(len(ids) for ids in real_br35h.duplicate_groups.values())
     cold = real_br35h.scan_seconds  # type: ignore[attr-defined]
     started = time.perf_counter()
-    Br35hAdapter(real_br35h.root).records()
+    warm_records = Br35hAdapter(real_br35h.root).records()
     warm = time.perf_counter() - started
     print(
         f"br35h: {found} duplicate groups holding {in_groups} of {len(real_br35h)} images, "
@@ -334,7 +336,10 @@ def test_real_br35h_duplicate_groups(real_br35h: Br35hAdapter) -> None:
     assert in_groups > len(real_br35h) // 2  # measured: 1638 of 1775
     assert largest <= 100  # measured: 56; no runaway chaining
     assert real_br35h.mixed_label_groups == []
-    assert cold < 20 and warm < 5
+    # the second scan reads no image: every feature comes from the cache (measured: cold 7 s,
+    # warm 1 s alone; the times are only printed, as a busy shared CPU can stretch them 10x)
+    assert count_image_reads == []
+    assert [r.patient_id for r in warm_records] == [r.patient_id for r in real_br35h.records()]
 
 
 def test_real_br35h_counts(real_br35h: Br35hAdapter) -> None:

@@ -439,13 +439,16 @@ def test_real_figshare_every_slice_has_its_expert_mask_inside_its_box(
             assert abs(a - b) <= 6, record.case_id
 
 
-def test_real_figshare_scan_is_fast_cold_and_warm(real_figshare: FigshareAdapter) -> None:
+def test_real_figshare_second_scan_reads_no_image(
+    real_figshare: FigshareAdapter, count_image_reads: list[Path]
+) -> None:
     cold = real_figshare.scan_seconds  # type: ignore[attr-defined]
     started = time.perf_counter()
     warm = FigshareAdapter(real_figshare.root).records()
     warm_seconds = time.perf_counter() - started
+    # times only printed (a busy shared CPU stretches them); the cache is checked by reads
     print(f"figshare JPEG scan: cold {cold:.1f} s, warm {warm_seconds:.1f} s")
-    assert cold < 15 and warm_seconds < 5
+    assert count_image_reads == []
     assert [r.patient_id for r in warm] == [r.patient_id for r in real_figshare.records()]
 
 

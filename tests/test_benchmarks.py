@@ -35,19 +35,13 @@ def _cpu_has_bfloat16() -> bool:
 BF16 = _cpu_has_bfloat16()
 
 
-#: the tests that read the quick run; they are the module's last
-QUICK_TESTS = ("test_quick_run_has_every_section", "test_quick_run_numbers_are_sane",
-               "test_markdown_table_renders")
+#: the tests that read the quick run go to one pytest-xdist worker, which runs it once
+QUICK_RUN = pytest.mark.xdist_group("quick_benchmark_run")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_run_started(request, tmp_path_factory):
-    """`benchmarks/run.py --quick` in a subprocess: (process, results JSON path). Started with
-    this module's first test when a test that reads it is selected, so that it runs alongside
-    the tests in between (tracing a model in this process keeps one core busy)."""
-    if not any(item.name in QUICK_TESTS for item in request.session.items):
-        yield None
-        return
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`benchmarks/run.py --quick` in a subprocess: (results, results JSON path, stdout)."""
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     mixed = ["--mixed-precision", "mixed_bfloat16"] if BF16 else []
     with (out.parent / "stdout.txt").open("w") as stdout, \
@@ -55,21 +49,14 @@ def quick_run_started(request, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "benchmarks/run.py", "--quick", *mixed, "--out", str(out)],
             cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
-    try:
-        yield proc, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def quick_run(quick_run_started):
-    proc, out = quick_run_started
-    try:
-        proc.wait(timeout=900)  # from its start; generous, as it shares the machine
-    except subprocess.TimeoutExpired:
-        pytest.fail("benchmarks/run.py --quick did not finish within 900 s")
+        try:
+            proc.wait(timeout=900)  # generous, as it shares the machine
+        except subprocess.TimeoutExpired:
+            pytest.fail("benchmarks/run.py --quick did not finish within 900 s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, (out.parent / "stderr.txt").read_text()[-4000:]
     return json.loads(out.read_text()), out, (out.parent / "stdout.txt").read_text()
 
@@ -220,6 +207,7 @@ def test_fit_steps_times_whole_executions():
         fit_steps(model, data, warmup=1, steps=4, batch=2)
 
 
+@QUICK_RUN
 def test_quick_run_has_every_section(quick_run):
     results, _, _ = quick_run
     assert results["quick"] is True
@@ -232,6 +220,7 @@ def test_quick_run_has_every_section(quick_run):
     assert results["command"].startswith("python benchmarks/run.py --quick")
 
 
+@QUICK_RUN
 def test_quick_run_numbers_are_sane(quick_run):
     results, _, _ = quick_run
     s = results["sections"]
@@ -282,6 +271,7 @@ def test_quick_run_numbers_are_sane(quick_run):
         assert mem["peak_rss_gb"] < results["machine"]["memory_total_gb"]
 
 
+@QUICK_RUN
 def test_markdown_table_renders(quick_run):
     results, out, stdout = quick_run
     table = out.with_suffix(".md").read_text()

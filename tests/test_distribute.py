@@ -44,33 +44,6 @@ print("RUN_DIR=" + str(result.run_dir))
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_replica_run(request, tmp_path_factory):
-    """`mtl train` under MirroredStrategy over two logical CPU devices, in a subprocess (the
-    devices must be set before TensorFlow starts): (process, run folder, log file).
-
-    Started with this module's first test when the two-replica test is selected, and waited
-    for there, so that it trains alongside the tests in between (the suite's shared runs are
-    usually trained in this module: tracing a model keeps one core busy, a second is free)."""
-    if not any(item.name == "test_mirrored_splits_batches_over_two_replicas"
-               for item in request.session.items):
-        yield None
-        return
-    tmp = tmp_path_factory.mktemp("two-replicas")
-    overrides = TINY + [f"train.runs_dir={tmp}", "train.epochs=1", "train.strategy=mirrored"]
-    log = tmp / "log.txt"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", TWO_CPU_REPLICAS, json.dumps(overrides)],
-                                stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    try:
-        yield proc, tmp / "run", log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def test_cluster_role_from_tf_config():
     assert cluster_role({}).is_chief and cluster_role({}).num_workers == 1
     cfg = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
@@ -107,14 +80,25 @@ def test_mirrored_runs_on_one_device(tiny_variant_run):
     assert (result.run_dir / "last.keras").is_file()
 
 
-def test_mirrored_splits_batches_over_two_replicas(two_replica_run):
-    """Two logical CPU devices stand in for two GPUs (set before TensorFlow starts)."""
-    proc, run_dir, log = two_replica_run
-    try:
-        proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the two-replica run did not finish within 600 s")
+def test_mirrored_splits_batches_over_two_replicas(tmp_path):
+    """Two logical CPU devices stand in for two GPUs: they must be set before TensorFlow
+    starts, so `mtl train` runs in a subprocess."""
+    overrides = TINY + [f"train.runs_dir={tmp_path}", "train.epochs=1", "train.strategy=mirrored"]
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", TWO_CPU_REPLICAS, json.dumps(overrides)],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the two-replica run did not finish within 600 s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, log.read_text()[-3000:]
+    run_dir = tmp_path / "run"
     dist = json.loads((run_dir / "distribution.json").read_text())
     assert dist["replicas"] == 2 and dist["global_batch"] == 8
     history = read_history(run_dir / "history.csv")

@@ -26,25 +26,18 @@ def tiny_config(tmp_path, *extra):
     return load_config(overrides=TINY + [f"train.runs_dir={tmp_path}", *extra])
 
 
-KILLED_TEST = "test_resume_after_a_killed_run_continues_from_the_saved_epoch"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def killed_run(request, tmp_path_factory):
+@pytest.fixture
+def killed_run(tmp_path_factory):
     """A real `mtl train` process (4 epochs of 3 steps), SIGKILLed by a watcher thread as soon
     as state.json says an epoch is saved: (process, run folder, watcher, outcome).
 
-    Started with this module's first test when the test that resumes it (the module's last) is
-    selected, so that it trains alongside the tests in between: tracing a model in this process
-    keeps one core busy, the subprocess uses another.
+    Started by the test that resumes it, not earlier: under pytest-xdist a module-wide fixture
+    would start it in every worker process that runs any test of this module.
 
     The run also trains in mixed bfloat16 with Kendall's uncertainty weighting
     (loss.uncertainty), checked after its resume (each run costs a model build and a trace, the
     largest part of the suite's time). 32 px and batch 4: bfloat16 is emulated, slowly, on CPUs
     without bfloat16 instructions (most CI machines)."""
-    if not any(item.name == KILLED_TEST for item in request.session.items):
-        yield None
-        return
     tmp = tmp_path_factory.mktemp("killed")
     cmd = [sys.executable, "-m", "mtl.cli", "train", "--name", "killed", "--quiet",
            "--runs-dir", str(tmp), "--epochs", "4",

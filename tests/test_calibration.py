@@ -81,3 +81,38 @@ def test_flip_tta_averages_every_output():
     assert set(out) == {"presence", "type", "presence_logit", "mask"}
     mirrored = x[:, :, ::-1].reshape(1, -1)
     assert out["presence_logit"][0, 0] == pytest.approx((x.reshape(-1)[1] + mirrored[0, 1]))
+
+
+def test_split_passes_compile_xla_only_for_small_batches(monkeypatch):
+    """Calibration and evaluation run over a whole split: a short last batch must not compile
+    XLA (what ``jit_compile="auto"`` does per call), a small batch size may."""
+    import mtl.evaluate.predict as evaluation
+    import mtl.model.inference as inference
+    from mtl.config import load_config
+    from mtl.data.pipeline import open_sources
+    from mtl.model.calibration import calibrate_on_split
+    from mtl.train import build_model
+
+    assert [inference.jit_for_batches(b) for b in (1, 3, 4, 16)] == [True, True, False, False]
+    config = load_config(overrides=[
+        "data.image_size=64", "model.decoder_filters=[16,16,8,8,8]", "model.head_units=8",
+        "data.sources=[{format: phantoms, options: {n: 11, size: 64}}]"])
+    sources = open_sources(config)
+    sources[0].splits = {"val": list(range(6)), "test": list(range(6, 11))}
+    model = build_model(config)
+    real, made = inference.compiled_forward, []
+
+    def spy(*args, **kwargs):
+        forward = real(*args, **kwargs)
+        made.append((kwargs.get("jit_compile", "auto"), forward))
+        return forward
+
+    monkeypatch.setattr(inference, "compiled_forward", spy)
+    monkeypatch.setattr(evaluation, "compiled_forward", spy)
+    calibrate_on_split(model, sources, config, "val", batch_size=4)  # batches of 4 and 2
+    pred = evaluation.predict_split(model, sources, config, "test", batch_size=4, progress=False)
+    assert len(pred.case_ids) == 5
+    assert [jit for jit, _ in made] == [False, False]
+    assert all(forward.xla_graph is None for _, forward in made)
+    calibrate_on_split(model, sources, config, "val", batch_size=2)
+    assert made[-1][0] is True

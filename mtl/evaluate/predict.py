@@ -19,7 +19,7 @@ from mtl.data.pipeline import INFO_KEYS, TASK_NAMES, LoadErrors, SampleEncoder, 
 from mtl.data.preprocess import letterbox_info, unletterbox
 from mtl.evaluate.metrics import MaskScores, score_mask
 from mtl.model.calibration import temperatures
-from mtl.model.inference import compiled_forward, with_flip_tta
+from mtl.model.inference import compiled_forward, jit_for_batches, with_flip_tta
 
 
 @dataclass
@@ -132,9 +132,10 @@ def predict_split(
     if not len(plan):
         raise ValueError(f"the {split!r} split is empty")
     errors = LoadErrors()
+    batch_size = batch_size or config.train.batch_size
     ds = make_dataset(
         sources, plan, SampleEncoder(config, augment=False),
-        batch_size=batch_size or config.train.batch_size, on_error=config.data.on_error,
+        batch_size=batch_size, on_error=config.data.on_error,
         num_parallel_calls=config.data.num_parallel_calls, workers=config.data.workers,
         errors=errors,
     )
@@ -142,7 +143,8 @@ def predict_split(
     weights = {k: [] for k in TASK_NAMES}
     outputs: dict[str, list[np.ndarray]] = {}
     images = []
-    forward = compiled_forward(model, config.data.image_size, config.data.channels)
+    forward = compiled_forward(model, config.data.image_size, config.data.channels,
+                               jit_compile=jit_for_batches(batch_size))
     if tta:
         forward = with_flip_tta(forward)
     for x, y, w in ds:

@@ -97,18 +97,20 @@ def calibrate_on_split(model: Any, sources: list, config: Any, split: str = "val
     """Fit both temperatures of ``model`` on ``split`` of ``sources`` (items whose label of a
     head is missing, task weight 0, are left out of that head's fit)."""
     from mtl.data.pipeline import LoadErrors, SampleEncoder, make_dataset, plan_split
-    from mtl.model.inference import compiled_forward
+    from mtl.model.inference import compiled_forward, jit_for_batches
 
     plan = plan_split(sources, split)
     empty = np.zeros((0,)), np.zeros((0,))
     if not len(plan):
         return fit_calibration(*empty, np.zeros((0, len(config.data.classes))), empty[1], split)
+    batch_size = batch_size or config.train.batch_size
     ds = make_dataset(sources, plan, SampleEncoder(config, augment=False),
-                      batch_size=batch_size or config.train.batch_size,
+                      batch_size=batch_size,
                       on_error=config.data.on_error,
                       num_parallel_calls=config.data.num_parallel_calls,
                       workers=config.data.workers, errors=LoadErrors())
-    forward = compiled_forward(model, config.data.image_size, config.data.channels)
+    forward = compiled_forward(model, config.data.image_size, config.data.channels,
+                               jit_compile=jit_for_batches(batch_size))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("zp", "yp", "wp", "zt", "yt", "wt")}
     for x, y, w in ds:
         out = forward(x.numpy())

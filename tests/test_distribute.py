@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import closing
 
 import keras
 import numpy as np

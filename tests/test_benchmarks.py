@@ -168,6 +168,24 @@ def test_step_profile_quick_times_the_phases(tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
+def test_infer_xla_quick_times_both_ways_in_fresh_processes(tmp_path, capsys):
+    from benchmarks.infer_xla import main as infer_xla
+
+    out = tmp_path / "infer_xla.json"
+    assert infer_xla(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["quick"] and result["settings"] == {"size": 64, "slices": 2, "rounds": 1}
+    assert sorted(r["way"] for r in result["runs"]) == ["auto", "plain"]
+    for run in result["runs"]:
+        assert run["first_s"] > 0 and run["next_ms"] > 0 and run["load_s"] > 0
+    ways = result["summary"]["ways"]
+    assert result["summary"]["xla_extra_first_s"] == pytest.approx(
+        ways["auto"]["first_s"] - ways["plain"]["first_s"])
+    table = out.with_suffix(".md").read_text()
+    assert "plain graph (`mtl infer`)" in table and "XLA adds" in table
+    assert table in capsys.readouterr().out
+
+
 def test_weight_gradient_quick_times_both_ways_per_layer(tmp_path, capsys):
     from benchmarks.weight_gradient import main as weight_gradient
 

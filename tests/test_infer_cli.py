@@ -330,3 +330,35 @@ def test_overlay_and_contact_sheet_captions_count_slices_from_1(tiny_model_path,
     assert by_file["overlay_slice_007.png"][1].startswith("slice 8/8: ")
     assert seen["captions"] and all(c.startswith("slice ") for c in seen["captions"])
     assert not any(c.startswith("slice 0:") for c in seen["captions"])
+
+
+def test_xla_only_where_enough_images_pay_for_its_compile(tiny_model_path, tmp_path, monkeypatch):
+    """`mtl infer` runs one network call per 2-D image: XLA's one-off compile (about 2 s) is
+    chosen only from XLA_PAYS_AFTER_SLICES images on (benchmarks/infer_xla.py)."""
+    import mtl.model.inference as inference
+
+    assert inference.jit_for_single_slices(inference.XLA_PAYS_AFTER_SLICES - 1) is False
+    assert inference.jit_for_single_slices(inference.XLA_PAYS_AFTER_SLICES) == "auto"
+    chosen = []
+    real = Predictor.from_file.__func__
+
+    def spy(cls, path, **options):
+        chosen.append(options["jit_compile"])
+        return real(cls, path, **options)
+
+    monkeypatch.setattr(Predictor, "from_file", classmethod(spy))
+    monkeypatch.setattr(Predictor, "_model_forward", lambda self, x: fake_forward(x))
+    images = [save_png(tmp_path / f"{name}.png", tumor_image(48, 64, (10, 20, 30, 45)))
+              for name in ("a", "b")]
+    volume = tmp_path / "v.nii.gz"
+    save_nifti(volume, head_volume((40, 40, 3)), oblique_las_affine())
+    assert _invoke(tiny_model_path, *images, volume, "--out", tmp_path / "o1").exit_code == 0
+    monkeypatch.setattr(inference, "XLA_PAYS_AFTER_SLICES", 2)
+    assert _invoke(tiny_model_path, images[0], volume, "--out", tmp_path / "o2").exit_code == 0
+    assert _invoke(tiny_model_path, *images, "--out", tmp_path / "o3").exit_code == 0
+    assert chosen == [False, False, "auto"]
+    monkeypatch.undo()
+    predictor = Predictor.from_file(tiny_model_path)
+    assert predictor.jit_compile == "auto"  # mtl serve's default: compiled once in warm_up
+    with pytest.raises(ValueError, match="jit_compile"):
+        Predictor.from_file(tiny_model_path, jit_compile="sometimes")

@@ -131,6 +131,7 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
     from mtl.infer.runner import InferOptions, run
     from mtl.infer.writers import OutputExistsError
     from mtl.model.card import card_line, model_card
+    from mtl.model.inference import jit_for_single_slices
 
     options = InferOptions(formats=formats, overlay=overlay, overlay_slices=overlay_slices,
                            explain=explain, presence_threshold=presence_threshold, axis=axis,
@@ -156,15 +157,19 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
                 channel_item(sequences, channel_names(stored))
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None
+    items = discover(inputs)[0]  # names only, nothing decoded; run() discovers again
     if formats:  # refuse before the model is loaded; run() checks again
-        refused = format_refusals(discover(inputs)[0], formats)
+        refused = format_refusals(items, formats)
         if refused:
             raise click.UsageError("; ".join(refused) + ". Nothing was run.")
+    # one network call per 2-D image: XLA only where enough of them pay for its compile
+    single_slices = sum(item.kind == "image" for item in items)
     try:
         predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
                                         largest_component=largest_component,
                                         batch_size=batch_size, mask_rule=mask_rule,
-                                        presence_threshold=presence_threshold)
+                                        presence_threshold=presence_threshold,
+                                        jit_compile=jit_for_single_slices(single_slices))
         result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model,
                      sequences=sequences)
     except (ModelError, OutputExistsError, ValueError) as exc:

@@ -123,7 +123,11 @@ class Predictor:
     Parameters: ``threshold`` on the per-pixel tumor probability; ``tta`` averages each output
     with the output for the horizontally flipped input (its mask flipped back); ``largest_component``
     keeps only the largest connected tumor region of each case (3-D for volumes);
-    ``batch_size`` slices per network call.
+    ``batch_size`` slices per network call; ``jit_compile`` as for
+    :func:`mtl.model.inference.compiled_forward`: ``"auto"`` (the default, for ``mtl serve``,
+    which compiles the one-slice XLA path once in :meth:`warm_up`) or False (``mtl infer`` with
+    fewer 2-D images than XLA needs to pay for its compile:
+    :func:`mtl.model.inference.jit_for_single_slices`).
 
     ``mask_rule`` decides what is reported where the presence and mask heads disagree, for every
     output built from :meth:`predict` (mask files, DICOM SEG, overlays, findings, the web page,
@@ -145,6 +149,7 @@ class Predictor:
         batch_size: int = 16,
         presence_threshold: float | None = None,
         mask_rule: str = "presence",
+        jit_compile: bool | str = "auto",
     ) -> None:
         if model is None and (forward is None or preprocessing is None or classes is None):
             raise ValueError("give a model, or forward + preprocessing + classes")
@@ -164,6 +169,9 @@ class Predictor:
         self.tta = bool(tta)
         self.largest_component = bool(largest_component)
         self.batch_size = int(batch_size)
+        if jit_compile not in ("auto", True, False):
+            raise ValueError(f"jit_compile must be auto, True or False, not {jit_compile!r}")
+        self.jit_compile = jit_compile
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> "Predictor":
@@ -179,7 +187,8 @@ class Predictor:
 
     def _model_forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self._graph is None:  # traced on first use, not at construction
-            self._graph = compiled_forward(self.model, self.image_size, self.channels)
+            self._graph = compiled_forward(self.model, self.image_size, self.channels,
+                                           jit_compile=self.jit_compile)
         return self._graph(x)
 
     def warm_up(self) -> None:

@@ -34,6 +34,21 @@ def _with_logits(net: Any) -> Any:
 XLA_BELOW_BATCH = 4
 
 
+#: single-slice network calls in one process from which XLA's one-off compile pays for itself.
+#: ``benchmarks/infer_xla.py`` on a 2-core AVX2 EPYC: XLA added 2.0 s to the first slice and
+#: saved 44 ms on each later one at 192 px (pays after 46 slices), 2.1 s and 17 ms at
+#: 96 px (128); on an AVX-512 Xeon its gain at batch 1 is smaller still (1.09x)
+XLA_PAYS_AFTER_SLICES = 64
+
+
+def jit_for_single_slices(n_slices: int) -> bool | str:
+    """``jit_compile`` for one process that runs ``n_slices`` single slices (``mtl infer`` over
+    2-D images, one network call each): ``"auto"`` (XLA for them) from
+    :data:`XLA_PAYS_AFTER_SLICES`, else False. `mtl serve` keeps ``"auto"``: it compiles once
+    before the first request and serves many."""
+    return "auto" if int(n_slices) >= XLA_PAYS_AFTER_SLICES else False
+
+
 def jit_for_batches(batch_size: int) -> bool:
     """``jit_compile`` for a pass over a whole split in batches of ``batch_size`` (evaluation,
     calibration): XLA where that batch size is small enough to gain from it
@@ -142,4 +157,5 @@ def with_flip_tta(forward: Forward) -> Forward:
     return averaged
 
 
-__all__ = ["Forward", "XLA_BELOW_BATCH", "compiled_forward", "jit_for_batches", "with_flip_tta"]
+__all__ = ["Forward", "XLA_BELOW_BATCH", "compiled_forward", "XLA_PAYS_AFTER_SLICES", "jit_for_batches",
+           "jit_for_single_slices", "with_flip_tta"]

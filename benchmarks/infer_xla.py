@@ -9,7 +9,7 @@ An untrained network of the given shape (resnet18 U-Net, decoder of benchmarks/p
 saved once; then, per round, one fresh process per way loads it with
 ``mtl.infer.predict.Predictor`` and predicts ``--slices`` single slices one call each, as `mtl
 infer` does for each 2-D file: ``auto`` (XLA for batches under 4 slices, what `mtl serve`
-uses) and ``plain`` (the plain graph, what `mtl infer` uses). The two ways alternate which goes
+uses) and ``plain`` (the plain graph, what `mtl infer` uses below 64 2-D images). The two ways alternate which goes
 first. Per way: the first slice's seconds (tracing, and for ``auto`` the XLA compile) and the
 median of the later slices; then what XLA adds to the first slice, what it saves on each later
 one, and after how many slices it would break even (medians over rounds).
@@ -82,9 +82,11 @@ def child(path: str, way: str, slices: int) -> dict[str, Any]:
 def run_child(path: Path, way: str, slices: int) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--child", str(path), way, str(slices)],
                           capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {way} process failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the {way} process failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

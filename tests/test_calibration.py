@@ -84,8 +84,9 @@ def test_flip_tta_averages_every_output():
 
 
 def test_split_passes_compile_xla_only_for_small_batches(monkeypatch):
-    """Calibration and evaluation run over a whole split: a short last batch must not compile
-    XLA (what ``jit_compile="auto"`` does per call), a small batch size may."""
+    """Calibration and evaluation run over a whole split: at 4 slices per batch or more a
+    short last batch must not compile XLA (what ``jit_compile="auto"`` does per call); a
+    smaller batch size runs through XLA."""
     import mtl.evaluate.predict as evaluation
     import mtl.model.inference as inference
     from mtl.config import load_config

@@ -352,13 +352,26 @@ def test_xla_only_where_enough_images_pay_for_its_compile(tiny_model_path, tmp_p
               for name in ("a", "b")]
     volume = tmp_path / "v.nii.gz"
     save_nifti(volume, head_volume((40, 40, 3)), oblique_las_affine())
-    assert _invoke(tiny_model_path, *images, volume, "--out", tmp_path / "o1").exit_code == 0
+    def chooses(*args):
+        out = tmp_path / f"o{len(chosen)}"
+        assert _invoke(tiny_model_path, *args, "--out", out).exit_code == 0
+        return chosen[-1]
+
+    assert chooses(*images, volume) is False
+    assert chooses(volume, "--batch-size", "2") == "auto"  # a volume's many small calls
     monkeypatch.setattr(inference, "XLA_PAYS_AFTER_SLICES", 2)
-    assert _invoke(tiny_model_path, images[0], volume, "--out", tmp_path / "o2").exit_code == 0
-    assert _invoke(tiny_model_path, *images, "--out", tmp_path / "o3").exit_code == 0
-    assert chosen == [False, False, "auto"]
+    assert chooses(images[0], volume) is False
+    assert chooses(*images) == "auto"
+    assert chooses(images[0], "--tta") == "auto"  # two calls per image
     monkeypatch.undo()
-    predictor = Predictor.from_file(tiny_model_path)
-    assert predictor.jit_compile == "auto"  # mtl serve's default: compiled once in warm_up
-    with pytest.raises(ValueError, match="jit_compile"):
-        Predictor.from_file(tiny_model_path, jit_compile="sometimes")
+    # the choice reaches the graph: no XLA function without it, one compiled with it
+    plain = Predictor.from_file(tiny_model_path, jit_compile=False)
+    plain.warm_up()
+    assert plain._graph.xla_graph is None
+    served = Predictor.from_file(tiny_model_path)
+    assert served.jit_compile == "auto"  # mtl serve's default: compiled once in warm_up
+    served.warm_up()
+    assert served._graph.xla_graph.experimental_get_tracing_count() == 1
+    for bad in ("sometimes", 1):
+        with pytest.raises(ValueError, match="jit_compile"):
+            Predictor.from_file(tiny_model_path, jit_compile=bad)

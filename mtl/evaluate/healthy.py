@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtl.infer.predict import Predictor, is_constant, load_model
+from mtl.model.inference import jit_for_batches
 from mtl.infer.readers import Case, InputItem, kind_of, load_nifti_case, turn_upright
 
 PLANES = ("axial", "coronal", "sagittal")
@@ -176,7 +177,8 @@ def healthy_volume_check(
         raise ValueError(f"orientation must be 'upright' or 'native', got {orientation!r}")
     check_grey_model(model)
     predictor = model if isinstance(model, Predictor) else Predictor(
-        model, threshold=threshold, batch_size=batch_size)
+        model, threshold=threshold, batch_size=batch_size,
+        jit_compile=jit_for_batches(batch_size))
     path = Path(path)
     planes = _planes(path, orientation)
     reference = reference_intensity(planes[0][1].slices)

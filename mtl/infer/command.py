@@ -131,7 +131,7 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
     from mtl.infer.runner import InferOptions, run
     from mtl.infer.writers import OutputExistsError
     from mtl.model.card import card_line, model_card
-    from mtl.model.inference import jit_for_single_slices
+    from mtl.model.inference import XLA_BELOW_BATCH, jit_for_single_slices
 
     options = InferOptions(formats=formats, overlay=overlay, overlay_slices=overlay_slices,
                            explain=explain, presence_threshold=presence_threshold, axis=axis,
@@ -157,19 +157,22 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
                 channel_item(sequences, channel_names(stored))
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None
-    items = discover(inputs)[0]  # names only, nothing decoded; run() discovers again
+    items = discover(inputs)[0]  # no pixels decoded (DICOM headers are); run() discovers again
     if formats:  # refuse before the model is loaded; run() checks again
         refused = format_refusals(items, formats)
         if refused:
             raise click.UsageError("; ".join(refused) + ". Nothing was run.")
-    # one network call per 2-D image: XLA only where enough of them pay for its compile
-    single_slices = sum(item.kind == "image" for item in items)
+    # XLA only where enough small network calls pay for its compile: one per 2-D image (two
+    # with --tta), and a volume's many under --batch-size 1-3
+    images = sum(item.kind == "image" for item in items)
+    many_small = len(items) > images and batch_size < XLA_BELOW_BATCH
+    jit = "auto" if many_small else jit_for_single_slices(images * (2 if tta else 1))
     try:
         predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
                                         largest_component=largest_component,
                                         batch_size=batch_size, mask_rule=mask_rule,
                                         presence_threshold=presence_threshold,
-                                        jit_compile=jit_for_single_slices(single_slices))
+                                        jit_compile=jit)
         result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model,
                      sequences=sequences)
     except (ModelError, OutputExistsError, ValueError) as exc:

@@ -169,7 +169,7 @@ class Predictor:
         self.tta = bool(tta)
         self.largest_component = bool(largest_component)
         self.batch_size = int(batch_size)
-        if jit_compile not in ("auto", True, False):
+        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
             raise ValueError(f"jit_compile must be auto, True or False, not {jit_compile!r}")
         self.jit_compile = jit_compile
 

@@ -51,10 +51,11 @@ def jit_for_single_slices(n_slices: int) -> bool | str:
 
 def jit_for_batches(batch_size: int) -> bool:
     """``jit_compile`` for a pass over a whole split in batches of ``batch_size`` (evaluation,
-    calibration): XLA where that batch size is small enough to gain from it
-    (:data:`XLA_BELOW_BATCH`), else the plain graph for every batch. ``"auto"`` would compile
-    XLA for a short last batch alone: 2.2 s for the tiny test network on a 2-core EPYC, to save
-    milliseconds on one batch."""
+    calibration, the healthy-volume check): XLA where that batch size is small enough to gain
+    from it (:data:`XLA_BELOW_BATCH`), else the plain graph for every batch. From 4 slices per
+    batch on, ``"auto"`` would compile XLA for a short last batch alone (2.2 s for the tiny
+    test network on a 2-core EPYC) to save milliseconds on one batch. (Below 4, XLA compiles
+    once per shape, so a short last batch still costs a second compile.)"""
     return int(batch_size) < XLA_BELOW_BATCH
 
 
@@ -78,8 +79,9 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     ``jit_compile=True`` compiles the graph with XLA, once per batch size seen (same outputs up
     to float rounding, tested; ``benchmarks/step_profile.py`` measures it against the plain
     graph). ``"auto"`` (the default) uses XLA for batches smaller than
-    :data:`XLA_BELOW_BATCH`, where it is faster (one slice: ``mtl serve``, ``mtl infer`` of a
-    2-D image), and the plain graph for larger ones, where XLA is slower on CPUs; the first
+    :data:`XLA_BELOW_BATCH`, where it is faster (one slice: ``mtl serve``; ``mtl infer`` and
+    passes over a split choose with :func:`jit_for_single_slices` and :func:`jit_for_batches`),
+    and the plain graph for larger ones, where XLA is slower on CPUs; the first
     call of each small batch size compiles (about 2.5 s on a 2-core CPU). ``False`` never uses
     XLA.
 
@@ -94,7 +96,7 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     from mtl.model.calibration import temperatures
     from mtl.model.folding import fold_batchnorm
 
-    if jit_compile not in ("auto", True, False):
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
         raise ValueError(f"jit_compile must be auto, True or False, not {jit_compile!r}")
     auto = jit_compile == "auto"
 
@@ -157,5 +159,5 @@ def with_flip_tta(forward: Forward) -> Forward:
     return averaged
 
 
-__all__ = ["Forward", "XLA_BELOW_BATCH", "compiled_forward", "XLA_PAYS_AFTER_SLICES", "jit_for_batches",
-           "jit_for_single_slices", "with_flip_tta"]
+__all__ = ["Forward", "XLA_BELOW_BATCH", "XLA_PAYS_AFTER_SLICES", "compiled_forward",
+           "jit_for_batches", "jit_for_single_slices", "with_flip_tta"]

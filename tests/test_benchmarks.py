@@ -1,4 +1,5 @@
-"""``benchmarks/run.py --quick`` end to end (one subprocess), plus the cheap parts by import."""
+"""``benchmarks/run.py --quick`` end to end (one subprocess), the other scripts' quick runs,
+plus the cheap parts by import."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_subprocess_support import finish
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,14 +51,7 @@ def quick_run(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "benchmarks/run.py", "--quick", *mixed, "--out", str(out)],
             cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
-        try:
-            proc.wait(timeout=900)  # generous, as it shares the machine
-        except subprocess.TimeoutExpired:
-            pytest.fail("benchmarks/run.py --quick did not finish within 900 s")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        finish(proc, 900, "benchmarks/run.py --quick")  # generous, as it shares the machine
     assert proc.returncode == 0, (out.parent / "stderr.txt").read_text()[-4000:]
     return json.loads(out.read_text()), out, (out.parent / "stdout.txt").read_text()
 

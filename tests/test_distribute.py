@@ -10,6 +10,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from test_subprocess_support import finish
 
 import mtl.model.multitask  # noqa: F401 - registers MultiTaskModel for keras.models.load_model
 from mtl.config import ConfigError, load_config
@@ -88,14 +89,7 @@ def test_mirrored_splits_batches_over_two_replicas(tmp_path):
         proc = subprocess.Popen([sys.executable, "-c", TWO_CPU_REPLICAS, json.dumps(overrides)],
                                 stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        try:
-            proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the two-replica run did not finish within 600 s")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        finish(proc, 600, "the two-replica run")
     assert proc.returncode == 0, log.read_text()[-3000:]
     run_dir = tmp_path / "run"
     dist = json.loads((run_dir / "distribution.json").read_text())

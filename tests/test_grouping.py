@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mtl.data.grouping import features as grouping_features
 from mtl.data.grouping import (
     box_jumps,
     cache_dir,
@@ -247,20 +246,14 @@ def test_unreadable_image_is_its_own_group(duplicates_folder: dict[str, Path]) -
 
 
 def test_features_are_cached_by_size_and_mtime(
-    duplicates_folder: dict[str, Path], _cache_in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+    duplicates_folder: dict[str, Path], _cache_in_tmp: Path, count_image_reads: list[Path]
 ) -> None:
     paths = list(duplicates_folder.values())
     first = image_features(paths)
     assert cache_dir() == _cache_in_tmp
     assert list(_cache_in_tmp.glob("image-features-*.npz"))
-    calls: list[Path] = []
-    real = grouping_features._features_of
-
-    def counting(path: Path) -> grouping_features.FeatureRow:
-        calls.append(path)
-        return real(path)
-
-    monkeypatch.setattr(grouping_features, "_features_of", counting)
+    calls = count_image_reads
+    calls.clear()  # the first, cold read
     again = image_features(paths)
     assert calls == []
     np.testing.assert_array_equal(first.phash, again.phash)

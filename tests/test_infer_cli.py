@@ -348,6 +348,18 @@ def test_xla_only_where_enough_images_pay_for_its_compile(tiny_model_path, tmp_p
 
     monkeypatch.setattr(Predictor, "from_file", classmethod(spy))
     monkeypatch.setattr(Predictor, "_model_forward", lambda self, x: fake_forward(x))
+    import mtl.infer.discovery as discovery
+    import mtl.infer.runner as runner
+
+    walks = []
+
+    def counted_discover(inputs):
+        walks.append(list(inputs))
+        return real_discover(inputs)
+
+    real_discover = discovery.discover
+    monkeypatch.setattr(discovery, "discover", counted_discover)
+    monkeypatch.setattr(runner, "discover", counted_discover)
     images = [save_png(tmp_path / f"{name}.png", tumor_image(48, 64, (10, 20, 30, 45)))
               for name in ("a", "b")]
     volume = tmp_path / "v.nii.gz"
@@ -358,6 +370,7 @@ def test_xla_only_where_enough_images_pay_for_its_compile(tiny_model_path, tmp_p
         return chosen[-1]
 
     assert chooses(*images, volume) is False
+    assert len(walks) == 1  # the inputs are discovered once: the command hands them to run()
     assert chooses(volume, "--batch-size", "2") == "auto"  # a volume's many small calls
     monkeypatch.setattr(inference, "XLA_PAYS_AFTER_SLICES", 2)
     assert chooses(images[0], volume) is False

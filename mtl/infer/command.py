@@ -157,7 +157,8 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
                 channel_item(sequences, channel_names(stored))
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None
-    items = discover(inputs)[0]  # no pixels decoded (DICOM headers are); run() discovers again
+    discovered = discover(inputs)  # no pixels decoded (DICOM headers are); handed on to run()
+    items = discovered[0]
     if formats:  # refuse before the model is loaded; run() checks again
         refused = format_refusals(items, formats)
         if refused:
@@ -174,7 +175,7 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
                                         presence_threshold=presence_threshold,
                                         jit_compile=jit)
         result = run(predictor, inputs, out_dir, options, progress=progress, model_path=model,
-                     sequences=sequences)
+                     sequences=sequences, discovered=discovered)
     except (ModelError, OutputExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(card_line(model_card(predictor.model)))  # where the model came from

@@ -284,8 +284,12 @@ def run(
     progress: bool | None = False,
     model_path: str | Path | None = None,
     sequences: Sequence[tuple[str, str | Path]] | None = None,
+    discovered: tuple[list[InputItem], list[tuple[str, str]]] | None = None,
 ) -> RunResult:
     """Infer every input; write per-case outputs and ``out/findings.csv``.
+
+    ``discovered``: what :func:`discover` already gave for ``inputs`` (``mtl infer`` looks at
+    the items before loading the model), so that folders are not walked twice.
 
     ``sequences``: (name, file) pairs, one file per MR sequence of a model with named input
     channels (``--input NAME=FILE``): one more case, its slices stacked in the model's order
@@ -305,7 +309,8 @@ def run(
     if csv_path.exists() and not options.force:
         raise OutputExistsError(f"{csv_path}: exists (results of an earlier run); use --force "
                                 "to overwrite or choose another --out")
-    items, bad = discover(inputs)
+    items, bad = discover(inputs) if discovered is None else discovered
+    items = list(items)  # the caller's list stays as it was
     if sequences:
         extra = channel_item(sequences, channel_names(predictor.preprocessing))
         taken = {item.name.lower() for item in items}

@@ -8,9 +8,9 @@ convolution (``mtl.model.weight_gradient``), on the layers of benchmarks/peers.p
 Every stride-1 convolution with a kernel larger than 1x1 (the ones the transposed form can
 compute), one row per distinct shape (with how many layers share it): the kernel gradient for
 random input and output-gradient tensors of the layer's shapes at ``--batch``, each way in its
-own ``tf.function``, the two back to back (which goes first alternates) in each of ``--rounds``
-rounds of ``--steps`` calls; a figure is the median over rounds of the per-round median, the ratio the median of the
-per-round ratios. ``routed`` says whether ``train.weight_gradient: transposed`` (and ``auto``
+own ``tf.function``, the two back to back (which goes first alternates) in each of
+``--rounds`` rounds of ``--steps`` calls; a figure is the median over rounds of the per-round
+median, the ratio the median of the per-round ratios. ``routed`` says whether ``train.weight_gradient: transposed`` (and ``auto``
 where it picks it) sends the layer the transposed way (>= ``MIN_CHANNELS`` in and out). The
 whole training step, which is what counts, is ``python benchmarks/step_profile.py --variants
 fit,fit_native_wgrad``: layers in isolation do not add up to a step (TensorFlow runs

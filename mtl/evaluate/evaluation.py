@@ -16,8 +16,8 @@ from mtl.data.splits import match_case_ids, split_records
 from mtl.evaluate.healthy import check_grey_model, healthy_volume_check, resolve_healthy_volume
 from mtl.evaluate.predict import predict_split
 from mtl.infer.predict import Predictor
-from mtl.model.inference import jit_for_batches
 from mtl.model.card import card_line, card_metrics, model_card, update_model_config
+from mtl.model.inference import jit_for_batches
 from mtl.model.multitask import MultiTaskModel  # noqa: F401 - registers the class that saved models name
 from mtl.evaluate.report import evaluate_predictions
 from mtl.runfolder import CONFIG, SPLITS, RunFolder, read_splits
@@ -161,11 +161,11 @@ def evaluate(
     if on_error:
         config.data = replace(config.data, on_error=on_error)
     sources, how = open_eval_sources(config, run_dir, split)
+    batch_size = batch_size or config.train.batch_size
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
                          tta=tta)
-    healthy_batch = batch_size or config.train.batch_size
     predictor = Predictor(model, threshold=threshold, tta=tta, mask_rule=mask_rule,
-                          batch_size=healthy_batch, jit_compile=jit_for_batches(healthy_batch)
+                          batch_size=batch_size, jit_compile=jit_for_batches(batch_size)
                           ) if healthy_paths else None
     healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=threshold,
                                     orientation=orientation)

@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtl.infer.predict import Predictor, is_constant, load_model
-from mtl.model.inference import jit_for_batches
 from mtl.infer.readers import Case, InputItem, kind_of, load_nifti_case, turn_upright
+from mtl.model.inference import jit_for_batches
 
 PLANES = ("axial", "coronal", "sagittal")
 MNI152 = "mni152"

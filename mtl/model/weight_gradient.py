@@ -13,10 +13,9 @@ TensorFlow hands it was the largest single cost of mtl's training step (46% of i
 ``benchmarks/results/step_profile-avx2.md``). For the wide layers of a ResNet encoder (64-512
 channels) the transposed forward convolution was 1.1-2.1x faster per layer over three runs
 (1.3-1.5x summed over them); for narrow ones at high resolution (16 channels at 64-128 px)
-1.6-2.6x slower
-(``benchmarks/results/weight_gradient-avx2.md``). So :func:`use_weight_gradient` sends only the
-convolutions with at least :data:`MIN_CHANNELS` input and output channels this way, and only
-where that was measured to help (:func:`resolve_weight_gradient`: ``auto`` is on for x86-64 CPUs
+1.6-2.6x slower (``benchmarks/results/weight_gradient-avx2.md``). So
+:func:`use_weight_gradient` sends only the convolutions with at least :data:`MIN_CHANNELS` input
+and output channels this way, and only where that was measured to help (:func:`resolve_weight_gradient`: ``auto`` is on for x86-64 CPUs
 with AVX2 and without AVX-512, and no GPU; measured in float32 with oneDNN's kernels and
 without XLA).
 

@@ -53,8 +53,8 @@ def jit_for_batches(batch_size: int) -> bool:
     """``jit_compile`` for a pass over a whole split in batches of ``batch_size`` (evaluation,
     calibration, the healthy-volume check): XLA where that batch size is small enough to gain
     from it (:data:`XLA_BELOW_BATCH`), else the plain graph for every batch. From 4 slices per
-    batch on, ``"auto"`` would compile XLA for a short last batch alone (2.2 s for the tiny
-    test network on a 2-core EPYC) to save milliseconds on one batch. (Below 4, XLA compiles
+    batch on, ``"auto"`` would compile XLA for a short last batch alone (about 2 s on a 2-core
+    EPYC, ``benchmarks/infer_xla.py``) to save milliseconds on one batch. (Below 4, XLA compiles
     once per shape, so a short last batch still costs a second compile.)"""
     return int(batch_size) < XLA_BELOW_BATCH
 

@@ -30,9 +30,12 @@ random images with disc masks held in memory (``peers.random_batches``). Variant
   ``infer_1`` (batch 1), ``infer_batch`` (``--batch``) with its defaults (``jit_compile="auto"``:
   XLA below batch 4, the plain graph above); the same as a plain graph (``infer_1_graph``,
   ``infer_batch_graph``: ``jit_compile=False``), with ``jit_compile=True`` (``infer_1_xla``,
-  ``infer_batch_xla``) and as a plain graph without the folding (``infer_1_unfolded``,
-  ``infer_batch_unfolded``: the network as trained). XLA, folding and the default are each
-  compared with the plain graph.
+  ``infer_batch_xla``), as a plain graph without the folding (``infer_1_unfolded``,
+  ``infer_batch_unfolded``: the network as trained) and without the decoder's sub-pixel
+  rewrite (:mod:`mtl.model.subpixel`), as a plain graph (``infer_1_nosubpixel``,
+  ``infer_batch_nosubpixel``) and through XLA (``infer_1_xla_nosubpixel``,
+  ``infer_batch_xla_nosubpixel``). XLA, folding, the rewrite and the default are each
+  compared with the plain graph (the rewrite through XLA with ``*_xla``).
 
 Each variant first runs once untimed (its first call's seconds, tracing and XLA compilation
 included, are kept as ``first_call_seconds``), then all once more (``--warmup-rounds``): the first
@@ -82,12 +85,16 @@ PHASES = ("forward", "forward_loss", "gradients", "step_no_metrics")
 TRAIN_CANDIDATES = ("fit_xla", "fit_spe", "fit_no_metrics", "fit_keras_adam", "fit_native_wgrad",
                     "fit_transposed_wgrad")
 INFER = ("infer_1", "infer_batch", "infer_1_graph", "infer_batch_graph", "infer_1_xla",
-         "infer_batch_xla", "infer_1_unfolded", "infer_batch_unfolded")
+         "infer_batch_xla", "infer_1_unfolded", "infer_batch_unfolded", "infer_1_nosubpixel",
+         "infer_batch_nosubpixel", "infer_1_xla_nosubpixel", "infer_batch_xla_nosubpixel")
 #: inference variant suffix -> compiled_forward options
 INFER_MODES = {"": {}, "_graph": {"jit_compile": False}, "_xla": {"jit_compile": True},
-               "_unfolded": {"fold": False, "jit_compile": False}}
+               "_unfolded": {"fold": False, "jit_compile": False},
+               "_nosubpixel": {"subpixel": False, "jit_compile": False},
+               "_xla_nosubpixel": {"subpixel": False, "jit_compile": True}}
 VARIANTS = (*PHASES, "fit", *TRAIN_CANDIDATES, *INFER)
-XLA = ("fit_xla", "infer_1_xla", "infer_batch_xla")
+XLA = ("fit_xla", "infer_1_xla", "infer_batch_xla", "infer_1_xla_nosubpixel",
+       "infer_batch_xla_nosubpixel")
 #: wall-clock time, and this process's CPU time (all threads)
 CLOCKS = ("wall", "cpu")
 
@@ -97,7 +104,8 @@ FULL = {"size": 128, "batch": 16, "steps": 3, "rounds": 3, "warmup_rounds": 1, "
 #: costs another build and trace, and XLA compilation takes minutes on a busy 2-core machine
 QUICK = {"size": 32, "batch": 2, "steps": 1, "rounds": 1, "warmup_rounds": 0, "spe": 2,
          "profile": "fit", "variants": ",".join((*PHASES, "fit", "infer_1", "infer_batch",
-                                                 "infer_1_graph", "infer_1_unfolded"))}
+                                                 "infer_1_graph", "infer_1_unfolded",
+                                                 "infer_1_nosubpixel"))}
 
 
 def training_data(batches: list[dict[str, Any]]):
@@ -286,6 +294,11 @@ def summarise_clock(times: dict[str, list[list[float]]]) -> dict[str, Any]:
               f"{plain} seconds / {name}_xla seconds (> 1: XLA faster)")
         ratio(f"{name}_fold_speedup", f"{name}_unfolded", plain,
               f"{name}_unfolded seconds / {plain} seconds (> 1: folding batch norm faster)")
+        ratio(f"{name}_subpixel_speedup", f"{name}_nosubpixel", plain,
+              f"{name}_nosubpixel seconds / {plain} seconds (> 1: the sub-pixel decoder faster)")
+        ratio(f"{name}_xla_subpixel_speedup", f"{name}_xla_nosubpixel", f"{name}_xla",
+              f"{name}_xla_nosubpixel seconds / {name}_xla seconds (> 1: the sub-pixel decoder "
+              "faster through XLA)")
         ratio(f"{name}_default_speedup", plain, name,
               f"{plain} seconds / {name} seconds (> 1: the default, jit_compile auto, faster)")
     return out
@@ -343,6 +356,12 @@ def _relation(name: str, ratios: dict[str, Any]) -> str:
     if name in TRAIN_CANDIDATES:
         r = med(f"{name}_speedup")
         return f"{r:.2f}x" if r is not None else ""
+    if name.endswith("_xla_nosubpixel"):
+        r = med(f"{name[:-15]}_xla_subpixel_speedup")
+        return f"{name[:-15]}_xla {r:.2f}x faster" if r is not None else ""
+    if name.endswith("_nosubpixel"):
+        r = med(f"{name[:-11]}_subpixel_speedup")
+        return f"{name[:-11]}_graph {r:.2f}x faster" if r is not None else ""
     if name.endswith("_xla"):
         r = med(f"{name[:-4]}_xla_speedup")
         return f"{r:.2f}x {name[:-4]}_graph" if r is not None else ""
@@ -375,7 +394,8 @@ def markdown(results: dict[str, Any]) -> str:
                   "candidates as `fit` time / their time (> 1: faster); inference against the "
                   "plain graph (`*_graph`): `*_xla` and the default (`infer_1`, `infer_batch`: "
                   "XLA below batch 4) as plain time / their time, `*_unfolded` (batch norm not "
-                  "folded) as its time / the plain graph's. CPU time is this process's (all "
+                  "folded) and `*_nosubpixel` (decoder not rewritten) as their time / the plain "
+                  "graph's, `*_xla_nosubpixel` as its time / `*_xla`'s. CPU time is this process's (all "
                   "threads): the work done, which a busy machine inflates less than the wall "
                   "time."]
     prof = results.get("profile")

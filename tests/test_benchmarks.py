@@ -147,12 +147,13 @@ def test_step_profile_quick_times_the_phases(tmp_path, capsys):
     assert step_profile(["--quick", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["variants"] == [*PHASES, "fit", "infer_1", "infer_batch", "infer_1_graph",
-                                  "infer_1_unfolded"]
+                                  "infer_1_unfolded", "infer_1_nosubpixel"]
     for clock in ("wall", "cpu"):
         summary = result["summary"][clock]
         assert all(_positive(summary["seconds"][v]["median"]) for v in result["variants"])
         assert {f"{p}_share_of_fit" for p in PHASES} <= set(summary["ratios"])
-        for ratio in ("infer_1_fold_speedup", "infer_1_default_speedup"):
+        for ratio in ("infer_1_fold_speedup", "infer_1_subpixel_speedup",
+                      "infer_1_default_speedup"):
             assert _positive(summary["ratios"][ratio]["median"])
     shares = result["profile"]["top"]  # TensorFlow's profiler: op types of the fit step
     assert shares and any("Conv2D" in t["type"] for t in shares)

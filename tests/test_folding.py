@@ -5,7 +5,8 @@ import pytest
 
 import keras
 
-from mtl.model.folding import fold_batchnorm, foldable_pairs
+from mtl.model.folding import foldable_pairs
+from mtl.model.inference_copy import inference_copy
 from mtl.model.layers import BatchNormalization as FusedBatchNormalization
 from mtl.model.network import NetworkSpec, build_network
 
@@ -47,7 +48,7 @@ def test_pairs_are_single_consumer_linear_convolutions():
 def test_folded_network_computes_the_same():
     net = small_net()
     randomise_statistics(net)
-    folded = fold_batchnorm(net)
+    folded = inference_copy(net, subpixel=False)
     assert folded is not net
     assert not any(isinstance(l, keras.layers.BatchNormalization) and l.name in ("a_bn", "b_bn")
                    for l in folded.layers)
@@ -68,7 +69,7 @@ def test_nothing_to_fold_returns_the_network():
     x = keras.layers.Conv2D(4, 3, padding="same")(x)
     net = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
     assert foldable_pairs(net) == {}
-    assert fold_batchnorm(net) is net
+    assert inference_copy(net) is net
 
 
 @pytest.mark.parametrize("deep_supervision", [0, 2])

@@ -15,7 +15,8 @@ kernels capped to AVX2 (``benchmarks/step_profile.py``; README, Performance). A 
 convolution has a bias and a ReLU, which that path does fast, and there is no batch norm
 left to compute on any CPU or GPU.
 
-Only for inference: training needs the batch statistics and the layers' own variables.
+Only for inference (:func:`mtl.model.inference_copy.inference_copy` makes the folded copy):
+training needs the batch statistics and the layers' own variables.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import numpy as np
 
 
 def foldable_pairs(net: Any) -> dict[str, str]:
-    """{convolution layer name: batch-norm layer name} of the pairs :func:`fold_batchnorm`
-    folds: a ``Conv2D`` without activation, channels last, called once, whose only consumer is
+    """{convolution layer name: batch-norm layer name} of the pairs that
+    :func:`mtl.model.inference_copy.inference_copy` folds: a ``Conv2D`` without activation, channels last, called once, whose only consumer is
     a channels-last ``BatchNormalization`` called once (any subclass: mtl's fused one too)."""
     pairs: dict[str, str] = {}
     for layer in getattr(net, "layers", []):
@@ -76,33 +77,3 @@ class FoldedBatchNorm(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-
-def fold_batchnorm(net: Any) -> Any:
-    """An inference-only copy of the functional Keras model ``net`` in which every pair of
-    :func:`foldable_pairs` is one convolution with a bias (the batch norm becomes a
-    :class:`FoldedBatchNorm` of the same name); other layers are copies with the same weights.
-    Returns ``net`` itself where nothing folds (no pair, or not a functional model)."""
-    pairs = foldable_pairs(net)
-    if not pairs or not hasattr(net, "_nodes_by_depth"):
-        return net
-    norms = set(pairs.values())
-
-    def clone(layer: Any) -> Any:
-        if layer.name in norms:
-            return FoldedBatchNorm(name=layer.name)
-        config = layer.get_config()
-        if layer.name in pairs:
-            config["use_bias"] = True
-        return layer.__class__.from_config(config)
-
-    folded = keras.models.clone_model(net, clone_function=clone)
-    for layer in folded.layers:
-        if not layer.weights:  # the input layer too, which the clone names anew
-            continue
-        source = net.get_layer(layer.name)
-        if layer.name in pairs:
-            layer.set_weights(folded_weights(source, net.get_layer(pairs[layer.name])))
-        elif layer.name not in norms:
-            layer.set_weights(source.get_weights())
-    return folded

@@ -1,0 +1,127 @@
+"""The decoder's upsample-concatenate-convolve computed at the coarse resolution
+(mtl.model.subpixel), for inference."""
+
+import numpy as np
+import pytest
+
+import keras
+
+from mtl.model.inference_copy import inference_copy
+from mtl.model.subpixel import UpsampledConcatConv2D, phase_kernels, rewritable_blocks
+
+
+def test_phase_kernels_reproduce_a_convolution_of_the_upsampled_input():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    low = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    upsampled = np.repeat(np.repeat(low, 2, axis=1), 2, axis=2)
+    want = tf.nn.conv2d(upsampled, kernel, 1, "SAME").numpy()
+    phases = tf.nn.conv2d(np.pad(low, [(0, 0), (1, 1), (1, 1), (0, 0)]), phase_kernels(kernel),
+                          1, "VALID").numpy()
+    for a in (0, 1):
+        for b in (0, 1):
+            got = phases[:, a:a + 5, b:b + 7, (2 * a + b) * 4:(2 * a + b + 1) * 4]
+            np.testing.assert_allclose(got, want[:, a::2, b::2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="3x3"):
+        phase_kernels(np.zeros((5, 5, 1, 1)))
+
+
+def decoder_like(shape=(8, 12, 6)):
+    """Two rewritable chains (upsampled first; skip first with an activation on the
+    convolution) and four that are not: upsampled tensor read twice, bilinear, 1x1 kernel,
+    three concatenated inputs."""
+    low = keras.Input(shape, name="low")
+    skip = keras.Input((None if shape[0] is None else 2 * shape[0],
+                        None if shape[1] is None else 2 * shape[1], 4), name="skip")
+    up = keras.layers.UpSampling2D(2, name="a_up")(low)
+    a = keras.layers.Conv2D(5, 3, padding="same", name="a_conv")(
+        keras.layers.Concatenate(name="a_cat")([up, skip]))
+    up = keras.layers.UpSampling2D(2, name="b_up")(low)
+    b = keras.layers.Conv2D(5, 3, padding="same", activation="relu", use_bias=False,
+                            name="b_conv")(keras.layers.Concatenate(name="b_cat")([skip, up]))
+    up = keras.layers.UpSampling2D(2, name="c_up")(low)  # read twice
+    c = keras.layers.Conv2D(5, 3, padding="same", name="c_conv")(
+        keras.layers.Concatenate(name="c_cat")([up, skip]))
+    c = keras.layers.Add()([c, keras.layers.Conv2D(5, 1, name="c_side")(up)])
+    up = keras.layers.UpSampling2D(2, interpolation="bilinear", name="d_up")(low)
+    d = keras.layers.Conv2D(5, 3, padding="same", name="d_conv")(
+        keras.layers.Concatenate(name="d_cat")([up, skip]))
+    up = keras.layers.UpSampling2D(2, name="e_up")(low)
+    e = keras.layers.Conv2D(5, 1, name="e_conv")(keras.layers.Concatenate(name="e_cat")([up, skip]))
+    up = keras.layers.UpSampling2D(2, name="f_up")(low)
+    f = keras.layers.Conv2D(5, 3, padding="same", name="f_conv")(
+        keras.layers.Concatenate(name="f_cat")([up, skip, skip]))
+    out = keras.layers.Concatenate(name="out")([a, b, c, d, e, f])
+    return keras.Model([low, skip], {"map": out, "pooled": keras.layers.GlobalMaxPooling2D()(out)})
+
+
+def randomise(net, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        layer.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.3
+                           for w in layer.get_weights()])
+
+
+@pytest.mark.parametrize("shape", [(8, 12, 6), (None, None, 6)])
+def test_rewritten_network_computes_the_same(shape):
+    net = decoder_like(shape)
+    randomise(net)
+    blocks = {b.convolution: b for b in rewritable_blocks(net)}
+    assert set(blocks) == {"a_conv", "b_conv"}
+    assert blocks["a_conv"].upsampled_first and not blocks["b_conv"].upsampled_first
+    assert (blocks["a_conv"].upsampled_channels, blocks["a_conv"].skip_channels) == (6, 4)
+    rewritten = inference_copy(net, fold=False)
+    names = {layer.name for layer in rewritten.layers}
+    assert not names & {"a_up", "a_cat", "b_up", "b_cat"}
+    assert {"c_up", "c_cat", "d_up", "e_cat", "f_cat"} <= names
+    assert isinstance(rewritten.get_layer("a_conv"), UpsampledConcatConv2D)
+    assert isinstance(rewritten.get_layer("c_conv"), keras.layers.Conv2D)
+    rng = np.random.default_rng(1)
+    x = [rng.standard_normal((3, 8, 12, 6)).astype(np.float32),
+         rng.standard_normal((3, 16, 24, 4)).astype(np.float32)]
+    want, got = net(x, training=False), rewritten(x, training=False)
+    for key in want:
+        np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]),
+                                   rtol=1e-4, atol=1e-4)
+    # the source network is untouched
+    assert isinstance(net.get_layer("a_conv"), keras.layers.Conv2D)
+    assert net.get_layer("a_up") is not None
+
+
+def test_nothing_to_rewrite_returns_the_network():
+    x = inputs = keras.Input((8, 8, 2))
+    x = keras.layers.UpSampling2D(2)(x)
+    net = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same")(x))  # no skip
+    assert rewritable_blocks(net) == []
+    assert inference_copy(net) is net
+
+
+@pytest.mark.parametrize("deep_supervision", [0, 2])
+def test_mtl_decoder_blocks_with_a_skip_run_at_the_coarse_resolution(deep_supervision):
+    from mtl.model.inference import compiled_forward
+    from mtl.model.network import NetworkSpec, build_network
+    from tests.test_folding import randomise_statistics
+
+    spec = NetworkSpec(backbone="resnet18", input_size=64, channels=1,
+                       classes=["no_tumor", "glioma", "meningioma", "pituitary"],
+                       decoder_filters=[32, 16, 16, 8, 8], head_units=16,
+                       deep_supervision=deep_supervision)
+    net = build_network(spec)
+    randomise(net, seed=4)
+    randomise_statistics(net, seed=5)
+    # the four blocks that concatenate an encoder skip; the last block has none
+    assert [b.convolution for b in rewritable_blocks(net)] == [
+        f"decoder_stage{i}a_conv" for i in range(4)]
+    x = np.random.default_rng(3).random((2, 64, 64, 1), dtype=np.float32)
+    whole = compiled_forward(net, 64, 1, jit_compile=False, subpixel=False)(x)
+    forward = compiled_forward(net, 64, 1, jit_compile=False)
+    got = forward(x)
+    assert set(got) == set(whole) and "mask_aux" not in got
+    for key in whole:
+        np.testing.assert_allclose(got[key], whole[key], rtol=1e-4, atol=1e-4)
+    ops = [op.type for op in forward.graph.get_concrete_function().graph.get_operations()]
+    assert ops.count("DepthToSpace") == 4
+    xla = compiled_forward(net, 64, 1, jit_compile=True)(x[:1])  # through XLA too
+    np.testing.assert_allclose(xla["mask"], whole["mask"][:1], rtol=1e-4, atol=1e-4)

@@ -130,11 +130,21 @@ def profiler_forward_flops(net: Any, input_shape: tuple[int, int, int]) -> dict[
 
 
 def analytic_flops(net: Any) -> dict[str, Any]:
-    """Cross-check: 2*MACs of every Conv2D, DepthwiseConv2D, Conv2DTranspose and Dense layer."""
+    """Cross-check: 2*MACs of every Conv2D, DepthwiseConv2D, Conv2DTranspose and Dense layer,
+    and of the inference copy's ``UpsampledConcatConv2D`` (its 2x2 phase convolution at the
+    coarse resolution plus its skip convolution: :mod:`mtl.model.subpixel`)."""
     import keras
+
+    from mtl.model.subpixel import UpsampledConcatConv2D
 
     total, by_kind = 0, {}
     for layer in net.layers:
+        if isinstance(layer, UpsampledConcatConv2D):
+            (_, h, w, c_up), (_, hs, ws, c_skip) = (tuple(t.shape) for t in layer.input)
+            flops = 2 * layer.filters * ((h + 1) * (w + 1) * c_up * 4 * 4 + hs * ws * c_skip * 9)
+            by_kind["UpsampledConcatConv2D"] = by_kind.get("UpsampledConcatConv2D", 0) + flops
+            total += flops
+            continue
         try:
             out_shape = tuple(layer.output.shape)
             in_shape = tuple(layer.input.shape)

@@ -216,11 +216,12 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from benchmarks.flops import model_flops
+    from benchmarks.flops import analytic_flops, model_flops
     from benchmarks.train_speed import fit_steps
     from mtl.config import parse_override
     from mtl.kernels import onednn_enabled
     from mtl.model.inference import compiled_forward
+    from mtl.model.inference_copy import inference_copy
     from mtl.model.weight_gradient import resolve_weight_gradient
     from mtl.train import build_model
 
@@ -254,6 +255,9 @@ def child_mtl(args: argparse.Namespace) -> dict[str, Any]:
             "forward_per_image": counted["forward_flops_per_image"],
             "forward_per_image_conv_dense": int(round(
                 counted["analytic_forward_gflop_per_image"] * 1e9)),
+            # as compiled_forward runs it: batch norm folded, the decoder's upsampled
+            # convolutions at the coarse resolution (mtl.model.inference_copy)
+            "inference_per_image_conv_dense": analytic_flops(inference_copy(model.net))["total"],
             "by_op": counted["profiler_by_op_type"],
         }
         size_of = lambda ws: int(sum(int(np.prod(w.shape)) for w in ws))  # noqa: E731
@@ -504,6 +508,15 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         comparison["train_gflop_per_s"] = {**gflops, "mtl_over_peer": gflops["mtl"] / gflops["peer"],
                                            "convention": "3 x forward FLOPs (convolutions + "
                                                          "dense) x median training images/s"}
+        # inference as each side runs it: mtl's inference copy, the peer's network as it is
+        mi = flops["mtl"].get("inference_per_image_conv_dense", m)
+        comparison["inference_flops_conv_dense"] = {"mtl": mi, "peer": p, "mtl_over_peer": mi / p}
+        ips = {side: n * sides[side]["batch_images_per_s"]["median"] / 1e9
+               for side, n in (("mtl", mi), ("peer", p))}
+        comparison["inference_gflop_per_s"] = {
+            **ips, "mtl_over_peer": ips["mtl"] / ips["peer"],
+            "convention": "inference FLOPs per image (convolutions + dense) x median images/s at "
+                          "the throughput batch"}
     if all(params.get(s) for s in SIDES):
         comparison["parameters"] = {
             key: {"mtl": params["mtl"][key], "peer": params["peer"][key],
@@ -535,11 +548,20 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| forward GFLOP per image (convolutions + dense) | {flops['mtl'] / 1e9:.3f} "
                      f"| {flops['peer'] / 1e9:.3f} | {flops['mtl_over_peer']:.3f} (FLOPs, not "
                      f"speed{': same' if flops['same'] else ''}) |")
+    inference = cmp_.get("inference_flops_conv_dense")
+    if inference:
+        lines.append(f"| inference GFLOP per image as run (mtl: batch norm folded, sub-pixel "
+                     f"decoder) | {inference['mtl'] / 1e9:.3f} | {inference['peer'] / 1e9:.3f} | "
+                     f"{inference['mtl_over_peer']:.3f} (FLOPs, not speed) |")
     achieved = cmp_.get("train_gflop_per_s")
     if achieved:
         lines.append(f"| training, achieved GFLOP/s (3 x forward FLOPs x images/s) | "
                      f"{achieved['mtl']:.1f} | {achieved['peer']:.1f} | "
                      f"{achieved['mtl_over_peer']:.2f} |")
+    achieved = cmp_.get("inference_gflop_per_s")
+    if achieved:
+        lines.append(f"| inference at batch {b}, achieved GFLOP/s | {achieved['mtl']:.1f} | "
+                     f"{achieved['peer']:.1f} | {achieved['mtl_over_peer']:.2f} |")
     for key, label in (("trainable", "parameters, trainable"),
                        ("batchnorm_statistics", "batch-norm statistics (not trained)")):
         p = cmp_.get("parameters", {}).get(key)

@@ -41,6 +41,8 @@ def _fake_child(calls):
                "versions": {"side": side}, "threads": {}, "what": side}
         if flops:
             out["flops"] = {"forward_per_image_conv_dense": 1_100 if side == "mtl" else 1_000}
+            if side == "mtl":
+                out["flops"]["inference_per_image_conv_dense"] = 990
             out["parameters"] = {"trainable": 500 if side == "mtl" else 400,
                                  "batchnorm_statistics": 10}
         return out
@@ -64,6 +66,11 @@ def test_rounds_interleave_the_sides_and_ratios_are_mtl_speed_over_peer_speed():
     assert summary["comparison"]["parameters"]["trainable"]["mtl_over_peer"] == 1.25
     gflops = summary["comparison"]["train_gflop_per_s"]
     assert gflops["mtl_over_peer"] == pytest.approx(2.0 * 1.1)
+    # inference as each side runs it: mtl's inference copy against the peer's forward
+    inference = summary["comparison"]["inference_flops_conv_dense"]
+    assert (inference["mtl"], inference["peer"]) == (990, 1_000)
+    assert summary["comparison"]["inference_gflop_per_s"]["mtl_over_peer"] == pytest.approx(
+        2.0 * 0.99)
 
 
 def test_without_the_extra_it_says_what_to_install(monkeypatch, capsys):
@@ -127,8 +134,12 @@ def test_quick_run_reports_both_sides_and_their_ratios(tmp_path):
     # the same network family: FLOPs and parameters within a few percent of each other
     comparison = results["comparison"]
     assert 0.9 < comparison["forward_flops_conv_dense"]["mtl_over_peer"] < 1.15
+    # the inference copy computes the decoder's upsampled convolutions with fewer FLOPs
+    assert (comparison["inference_flops_conv_dense"]["mtl"]
+            < comparison["forward_flops_conv_dense"]["mtl"])
     assert 0.9 < comparison["parameters"]["trainable"]["mtl_over_peer"] < 1.1
     table = out.with_suffix(".md").read_text()
     assert "| figure | mtl | MONAI peer | mtl / peer (speed) |" in table
     assert "--quick run" in table and results["command"] in table
+    assert "| inference GFLOP per image as run" in table and "achieved GFLOP/s |" in table
     assert table in proc.stdout

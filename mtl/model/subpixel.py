@@ -162,12 +162,9 @@ class UpsampledConcatConv2D(keras.layers.Layer):
         import tensorflow as tf
 
         low, skip = inputs
-        h, w = low.shape[1], low.shape[2]
-        if h is None or w is None:
-            h, w = tf.shape(low)[1], tf.shape(low)[2]
         padded = tf.pad(low, [[0, 0], [1, 1], [1, 1], [0, 0]])
         phases = tf.nn.conv2d(padded, self.phase_kernel, 1, "VALID")  # (B, h + 1, w + 1, 4F)
-        upsampled = tf.nn.depth_to_space(phases, 2)[:, 1:2 * h + 1, 1:2 * w + 1]
+        upsampled = tf.nn.depth_to_space(phases, 2)[:, 1:-1, 1:-1]  # (B, 2h, 2w, F)
         out = tf.nn.bias_add(tf.nn.conv2d(skip, self.skip_kernel, 1, "SAME"), self.bias)
         return self.activation(out + upsampled)
 

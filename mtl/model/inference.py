@@ -95,9 +95,9 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     ``subpixel=True`` (the default) also computes each decoder block's ``upsample ->
     concatenate -> 3x3 convolution`` at the coarse resolution (:mod:`mtl.model.subpixel`): the
     same function up to float rounding (tested), about 4 / 9 of the multiply-adds on the
-    upsampled channels; on a 2-core AVX2 EPYC 1.07x faster at batch 16 and 1.19x at batch 1 through the
-    plain graph, 1.08x at batch 1 through XLA (128 px; 192 px: 1.09x, 1.15x, 1.04x; README,
-    Performance).
+    upsampled channels; on a 2-core AVX2 EPYC 1.08x faster at batch 16 and 1.12x at batch 1
+    through the plain graph, 1.04x at batch 1 through XLA (128 px; 192 px: 1.05x, 1.23x, 1.01x;
+    ``benchmarks/results/subpixel*-avx2.md``, README, Performance).
     ``subpixel=False`` keeps the network's own arrangement.
     """
     import tensorflow as tf

@@ -29,8 +29,9 @@ import numpy as np
 
 def foldable_pairs(net: Any) -> dict[str, str]:
     """{convolution layer name: batch-norm layer name} of the pairs that
-    :func:`mtl.model.inference_copy.inference_copy` folds: a ``Conv2D`` without activation, channels last, called once, whose only consumer is
-    a channels-last ``BatchNormalization`` called once (any subclass: mtl's fused one too)."""
+    :func:`mtl.model.inference_copy.inference_copy` folds: a ``Conv2D`` without activation,
+    channels last, called once, whose only consumer is a channels-last ``BatchNormalization``
+    called once (any subclass: mtl's fused one too)."""
     pairs: dict[str, str] = {}
     for layer in getattr(net, "layers", []):
         if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:

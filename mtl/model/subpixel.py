@@ -20,11 +20,11 @@ their former multiply-adds, a little more for small inputs, whose padded border 
 
 Where it pays: the whole network 1.08x faster at batch 16 and 128 px on a 2-core AVX2 EPYC,
 1.05x at 192 px (``python benchmarks/step_profile.py --variants
-infer_batch_graph,infer_batch_nosubpixel``; README -> Performance). Block by block (a throwaway script, not kept) the four blocks with a skip
-connection were 1.14-1.23x faster; the last block of mtl's decoder, which has no skip, ran
-0.88x as fast (1.02x with its bias and ReLU moved before the shuffle: the shuffle and crop cost
-about what the taps save on 16 channels), so only ``upsample -> concatenate -> 3x3
-convolution`` is rewritten.
+infer_batch_graph,infer_batch_nosubpixel``; README -> Performance). Block by block (a
+throwaway script, not kept) the four blocks with a skip connection were 1.14-1.23x faster; the
+last block of mtl's decoder, which has no skip, ran 0.88x as fast (1.02x with its bias and ReLU
+moved before the shuffle: the shuffle and crop cost about what the taps save on 16 channels),
+so only ``upsample -> concatenate -> 3x3 convolution`` is rewritten.
 
 Only for inference: :func:`mtl.model.inference_copy.inference_copy` makes a copy of the
 network with the same weights in this arrangement; the trained and saved model is unchanged.

@@ -92,6 +92,12 @@ INFER_MODES = {"": {}, "_graph": {"jit_compile": False}, "_xla": {"jit_compile":
                "_unfolded": {"fold": False, "jit_compile": False},
                "_nosubpixel": {"subpixel": False, "jit_compile": False},
                "_xla_nosubpixel": {"subpixel": False, "jit_compile": True}}
+#: inference variant suffix (longest first) -> its ratio's key after the base name, and how the
+#: table reads it
+INFER_RELATIONS = (("_xla_nosubpixel", "_xla_subpixel_speedup", "{base}_xla {r:.2f}x faster"),
+                   ("_nosubpixel", "_subpixel_speedup", "{base}_graph {r:.2f}x faster"),
+                   ("_xla", "_xla_speedup", "{r:.2f}x {base}_graph"),
+                   ("_unfolded", "_fold_speedup", "{base}_graph {r:.2f}x faster"))
 VARIANTS = (*PHASES, "fit", *TRAIN_CANDIDATES, *INFER)
 XLA = ("fit_xla", "infer_1_xla", "infer_batch_xla", "infer_1_xla_nosubpixel",
        "infer_batch_xla_nosubpixel")
@@ -356,18 +362,11 @@ def _relation(name: str, ratios: dict[str, Any]) -> str:
     if name in TRAIN_CANDIDATES:
         r = med(f"{name}_speedup")
         return f"{r:.2f}x" if r is not None else ""
-    if name.endswith("_xla_nosubpixel"):
-        r = med(f"{name[:-15]}_xla_subpixel_speedup")
-        return f"{name[:-15]}_xla {r:.2f}x faster" if r is not None else ""
-    if name.endswith("_nosubpixel"):
-        r = med(f"{name[:-11]}_subpixel_speedup")
-        return f"{name[:-11]}_graph {r:.2f}x faster" if r is not None else ""
-    if name.endswith("_xla"):
-        r = med(f"{name[:-4]}_xla_speedup")
-        return f"{r:.2f}x {name[:-4]}_graph" if r is not None else ""
-    if name.endswith("_unfolded"):
-        r = med(f"{name[:-9]}_fold_speedup")
-        return f"{name[:-9]}_graph {r:.2f}x faster" if r is not None else ""
+    for suffix, key, text in INFER_RELATIONS:
+        if name.endswith(suffix):
+            base = name[:-len(suffix)]
+            r = med(base + key)
+            return text.format(base=base, r=r) if r is not None else ""
     if name in ("infer_1", "infer_batch"):
         r = med(f"{name}_default_speedup")
         return f"{r:.2f}x {name}_graph" if r is not None else ""

@@ -72,16 +72,23 @@ def test_nothing_to_fold_returns_the_network():
     assert inference_copy(net) is net
 
 
-@pytest.mark.parametrize("deep_supervision", [0, 2])
-def test_mtl_network_folds_every_convolution_batch_norm(deep_supervision):
-    from mtl.model.inference import compiled_forward
-
+def small_mtl_network(deep_supervision, seed):
+    """mtl's network (resnet18, 64 px, narrow decoder and heads) with its batch-norm statistics
+    randomised."""
     spec = NetworkSpec(backbone="resnet18", input_size=64, channels=1,
                        classes=["no_tumor", "glioma", "meningioma", "pituitary"],
                        decoder_filters=[32, 16, 16, 8, 8], head_units=16,
                        deep_supervision=deep_supervision)
     net = build_network(spec)
-    randomise_statistics(net, seed=2)
+    randomise_statistics(net, seed=seed)
+    return net
+
+
+@pytest.mark.parametrize("deep_supervision", [0, 2])
+def test_mtl_network_folds_every_convolution_batch_norm(deep_supervision):
+    from mtl.model.inference import compiled_forward
+
+    net = small_mtl_network(deep_supervision, seed=2)
     pairs = foldable_pairs(net)
     # resnet18: the stem and the first convolution of each of 8 units; 5 decoder blocks x 2
     assert len(pairs) == 1 + 8 + 10

@@ -31,7 +31,8 @@ random images with disc masks held in memory (``peers.random_batches``). Variant
   XLA below batch 4, the plain graph above); the same as a plain graph (``infer_1_graph``,
   ``infer_batch_graph``: ``jit_compile=False``), with ``jit_compile=True`` (``infer_1_xla``,
   ``infer_batch_xla``), as a plain graph without the folding (``infer_1_unfolded``,
-  ``infer_batch_unfolded``: the network as trained) and without the decoder's sub-pixel
+  ``infer_batch_unfolded``: batch norm as trained, the decoder still rewritten) and without the
+  decoder's sub-pixel
   rewrite (:mod:`mtl.model.subpixel`), as a plain graph (``infer_1_nosubpixel``,
   ``infer_batch_nosubpixel``) and through XLA (``infer_1_xla_nosubpixel``,
   ``infer_batch_xla_nosubpixel``). XLA, folding, the rewrite and the default are each
@@ -394,9 +395,9 @@ def markdown(results: dict[str, Any]) -> str:
                   "plain graph (`*_graph`): `*_xla` and the default (`infer_1`, `infer_batch`: "
                   "XLA below batch 4) as plain time / their time, `*_unfolded` (batch norm not "
                   "folded) and `*_nosubpixel` (decoder not rewritten) as their time / the plain "
-                  "graph's, `*_xla_nosubpixel` as its time / `*_xla`'s. CPU time is this process's (all "
-                  "threads): the work done, which a busy machine inflates less than the wall "
-                  "time."]
+                  "graph's, `*_xla_nosubpixel` as its time / `*_xla`'s. CPU time is this "
+                  "process's (all threads): the work done, which a busy machine inflates less "
+                  "than the wall time."]
     prof = results.get("profile")
     if prof and "top" in prof:
         lines += ["", f"Op self-time shares of `{st['profile']}` (TensorFlow profiler, "

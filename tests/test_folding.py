@@ -94,11 +94,11 @@ def test_mtl_network_folds_every_convolution_batch_norm(deep_supervision):
     assert len(pairs) == 1 + 8 + 10
     assert {"conv0", "stage4_unit2_conv1", "decoder_stage4b_conv"} <= set(pairs)
     x = np.random.default_rng(3).random((2, 64, 64, 1), dtype=np.float32)
-    plain = compiled_forward(net, 64, 1, fold=False)(x)
+    unfolded = compiled_forward(net, 64, 1, fold=False)(x)
     folded = compiled_forward(net, 64, 1)(x)
-    assert set(folded) == set(plain) and "mask_aux" not in folded
-    for key in plain:
-        np.testing.assert_allclose(folded[key], plain[key], rtol=1e-4, atol=1e-4)
+    assert set(folded) == set(unfolded) and "mask_aux" not in folded
+    for key in unfolded:
+        np.testing.assert_allclose(folded[key], unfolded[key], rtol=1e-4, atol=1e-4)
     # the folded graph has no batch-norm op left for the folded pairs
     graph = compiled_forward(net, 64, 1).graph.get_concrete_function().graph
     norms = [op for op in graph.get_operations() if "FusedBatchNorm" in op.type]

@@ -10,6 +10,7 @@ from mtl.model.inference_copy import inference_copy
 from mtl.model.subpixel import (
     UpsampledConcatConv2D, phase_kernels, rewritable_blocks, saves_work,
 )
+from test_folding import small_mtl_network  # tests/ is on sys.path under pytest
 
 
 def test_phase_kernels_reproduce_a_convolution_of_the_upsampled_input():
@@ -31,8 +32,9 @@ def test_phase_kernels_reproduce_a_convolution_of_the_upsampled_input():
 
 def decoder_like(shape=(8, 12, 6)):
     """Two rewritable chains (upsampled first; skip first with an activation on the
-    convolution) and four that are not: upsampled tensor read twice, bilinear, 1x1 kernel,
-    three concatenated inputs."""
+    convolution) and seven that are not: upsampled tensor read twice, bilinear, 1x1 kernel,
+    three concatenated inputs, concatenation read twice, concatenation and upsampled tensor as
+    outputs of the model."""
     low = keras.Input(shape, name="low")
     skip = keras.Input((None if shape[0] is None else 2 * shape[0],
                         None if shape[1] is None else 2 * shape[1], 4), name="skip")
@@ -54,8 +56,19 @@ def decoder_like(shape=(8, 12, 6)):
     up = keras.layers.UpSampling2D(2, name="f_up")(low)
     f = keras.layers.Conv2D(5, 3, padding="same", name="f_conv")(
         keras.layers.Concatenate(name="f_cat")([up, skip, skip]))
-    out = keras.layers.Concatenate(name="out")([a, b, c, d, e, f])
-    return keras.Model([low, skip], {"map": out, "pooled": keras.layers.GlobalMaxPooling2D()(out)})
+    cat = keras.layers.Concatenate(name="g_cat")([keras.layers.UpSampling2D(2, name="g_up")(low),
+                                                  skip])  # read twice
+    g = keras.layers.Add()([keras.layers.Conv2D(5, 3, padding="same", name="g_conv")(cat),
+                            keras.layers.Conv2D(5, 1, name="g_side")(cat)])
+    cat = keras.layers.Concatenate(name="h_cat")([keras.layers.UpSampling2D(2, name="h_up")(low),
+                                                  skip])  # an output of the model
+    h = keras.layers.Conv2D(5, 3, padding="same", name="h_conv")(cat)
+    up = keras.layers.UpSampling2D(2, name="i_up")(low)  # an output of the model
+    i = keras.layers.Conv2D(5, 3, padding="same", name="i_conv")(
+        keras.layers.Concatenate(name="i_cat")([up, skip]))
+    out = keras.layers.Concatenate(name="out")([a, b, c, d, e, f, g, h, i])
+    return keras.Model([low, skip], {"map": out, "pooled": keras.layers.GlobalMaxPooling2D()(out),
+                                     "h_cat": cat, "i_up": up})
 
 
 def randomise(net, seed=0):
@@ -77,7 +90,7 @@ def test_rewritten_network_computes_the_same(shape):
     rewritten = inference_copy(net, fold=False)
     names = {layer.name for layer in rewritten.layers}
     assert not names & {"a_up", "a_cat", "b_up", "b_cat"}
-    assert {"c_up", "c_cat", "d_up", "e_cat", "f_cat"} <= names
+    assert {"c_up", "c_cat", "d_up", "e_cat", "f_cat", "g_cat", "h_cat", "i_up"} <= names
     assert isinstance(rewritten.get_layer("a_conv"), UpsampledConcatConv2D)
     assert isinstance(rewritten.get_layer("c_conv"), keras.layers.Conv2D)
     rng = np.random.default_rng(1)
@@ -99,6 +112,18 @@ def test_rewritten_only_where_it_saves_multiply_adds():
     assert rewritable_blocks(net) == []
 
 
+def test_flop_count_of_the_rewritten_layers():
+    from benchmarks.flops import analytic_flops
+
+    net = decoder_like()
+    before, after = analytic_flops(net), analytic_flops(inference_copy(net, fold=False))
+    # a_conv and b_conv: 3x3 over 16 x 24 x (6 + 4) channels -> 5, against a 2x2 phase
+    # convolution over 9 x 13 x 6 -> 20 channels and a 3x3 one over 16 x 24 x 4 -> 5
+    old, new = 2 * 16 * 24 * 10 * 5 * 9, 2 * (9 * 13 * 6 * 20 * 4 + 16 * 24 * 4 * 5 * 9)
+    assert after["by_layer_type"]["UpsampledConcatConv2D"] == 2 * new
+    assert before["total"] - after["total"] == 2 * (old - new)
+
+
 def test_nothing_to_rewrite_returns_the_network():
     x = inputs = keras.Input((8, 8, 2))
     x = keras.layers.UpSampling2D(2)(x)
@@ -110,7 +135,6 @@ def test_nothing_to_rewrite_returns_the_network():
 @pytest.mark.parametrize("deep_supervision", [0, 2])
 def test_mtl_decoder_blocks_with_a_skip_run_at_the_coarse_resolution(deep_supervision):
     from mtl.model.inference import compiled_forward
-    from tests.test_folding import small_mtl_network
 
     net = small_mtl_network(deep_supervision, seed=5)
     randomise(net, seed=4)

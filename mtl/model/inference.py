@@ -89,8 +89,8 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     ``fold=True`` (the default) runs a copy of the network with each batch norm that follows a
     convolution folded into that convolution's kernel and bias (:mod:`mtl.model.folding`): the
     same function up to float rounding (tested), one op fewer per pair, and on CPUs without
-    AVX-512 several times faster at batch 1 (README, Performance). ``fold=False`` runs the
-    network as trained.
+    AVX-512 several times faster at batch 1 (README, Performance). ``fold=False`` leaves the
+    batch norms as they are.
 
     ``subpixel=True`` (the default) also computes each decoder block's ``upsample ->
     concatenate -> 3x3 convolution`` at the coarse resolution (:mod:`mtl.model.subpixel`): the
@@ -98,7 +98,8 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     upsampled channels; on a 2-core AVX2 EPYC 1.08x faster at batch 16 and 1.12x at batch 1
     through the plain graph, 1.04x at batch 1 through XLA (128 px; 192 px: 1.05x, 1.23x, 1.01x;
     ``benchmarks/results/subpixel*-avx2.md``, README, Performance).
-    ``subpixel=False`` keeps the network's own arrangement.
+    ``subpixel=False`` keeps the decoder's own arrangement; ``fold=False, subpixel=False`` runs
+    the network as trained.
     """
     import tensorflow as tf
 

@@ -81,7 +81,8 @@ def saves_work(height: int | None, width: int | None) -> bool:
     """Whether the rewrite computes fewer multiply-adds for the upsampled channels of an
     ``height`` x ``width`` coarse input: its 2x2 phase convolution runs over
     ``(height + 1) x (width + 1)`` positions (the padded border included) for 16 taps, against
-    9 taps over ``2 height x 2 width``. Not below 3 x 3 (a 1 x 1 input would cost 64 / 36); true
+    9 taps over ``2 height x 2 width``: ``16 (height + 1)(width + 1) < 36 height width``, false
+    for 1 x 1 (64 against 36) and 2 x 2 (144 against 144) inputs, true from 3 x 3 on; true
     where the size is only known when the network runs."""
     if height is None or width is None:
         return True
@@ -95,18 +96,23 @@ def _single_use(layer: Any) -> bool:
 def rewritable_blocks(net: Any) -> list[Block]:
     """The ``UpSampling2D(2, nearest) -> Concatenate (with one other tensor, on channels) ->
     Conv2D (3x3, stride 1, same padding, no dilation or groups)`` chains of ``net`` where each
-    layer is called once and read by the next alone, all channels last, and the rewrite
-    :func:`saves_work` at the coarse input's size."""
+    layer is called once and read by the next alone (neither the upsampled nor the concatenated
+    tensor is one of ``net``'s outputs), all channels last, the convolution without LoRA, and the
+    rewrite :func:`saves_work` at the coarse input's size."""
+    outputs = {id(t) for t in keras.tree.flatten(getattr(net, "outputs", None) or [])}
     blocks = []
     for conv in getattr(net, "layers", []):
         if type(conv) is not keras.layers.Conv2D or len(conv._inbound_nodes) != 1:
+            continue
+        if getattr(conv, "lora_enabled", False):  # its kernel is not the whole weight
             continue
         if (tuple(conv.kernel_size) != (3, 3) or tuple(conv.strides) != (1, 1)
                 or conv.padding != "same" or tuple(conv.dilation_rate) != (1, 1)
                 or conv.groups != 1 or conv.data_format != "channels_last"):
             continue
         concat = conv._inbound_nodes[0].input_tensors[0]._keras_history.operation
-        if type(concat) is not keras.layers.Concatenate or not _single_use(concat):
+        if (type(concat) is not keras.layers.Concatenate or not _single_use(concat)
+                or id(concat.output) in outputs):
             continue
         parts = concat._inbound_nodes[0].input_tensors
         if concat.axis not in (-1, 3) or len(parts) != 2:
@@ -117,7 +123,8 @@ def rewritable_blocks(net: Any) -> list[Block]:
             continue
         up = sources[ups[0]]
         if (tuple(up.size) != (2, 2) or up.interpolation != "nearest"
-                or up.data_format != "channels_last" or not _single_use(up)):
+                or up.data_format != "channels_last" or not _single_use(up)
+                or id(up.output) in outputs):
             continue
         if not saves_work(*up._inbound_nodes[0].input_tensors[0].shape[1:3]):
             continue

@@ -32,11 +32,10 @@ random images with disc masks held in memory (``peers.random_batches``). Variant
   ``infer_batch_graph``: ``jit_compile=False``), with ``jit_compile=True`` (``infer_1_xla``,
   ``infer_batch_xla``), as a plain graph without the folding (``infer_1_unfolded``,
   ``infer_batch_unfolded``: batch norm as trained, the decoder still rewritten) and without the
-  decoder's sub-pixel
-  rewrite (:mod:`mtl.model.subpixel`), as a plain graph (``infer_1_nosubpixel``,
-  ``infer_batch_nosubpixel``) and through XLA (``infer_1_xla_nosubpixel``,
-  ``infer_batch_xla_nosubpixel``). XLA, folding, the rewrite and the default are each
-  compared with the plain graph (the rewrite through XLA with ``*_xla``).
+  decoder's sub-pixel rewrite (:mod:`mtl.model.subpixel`), as a plain graph
+  (``infer_1_nosubpixel``, ``infer_batch_nosubpixel``) and through XLA
+  (``infer_1_xla_nosubpixel``, ``infer_batch_xla_nosubpixel``). XLA, folding, the rewrite and
+  the default are each compared with the plain graph (the rewrite through XLA with ``*_xla``).
 
 Each variant first runs once untimed (its first call's seconds, tracing and XLA compilation
 included, are kept as ``first_call_seconds``), then all once more (``--warmup-rounds``): the first

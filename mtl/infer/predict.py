@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtl.data.preprocess import Letterbox, prepare_image, unletterbox
-from mtl.model.inference import Forward, compiled_forward, with_flip_tta
+from mtl.model.inference import Forward, checked_jit_compile, compiled_forward, with_flip_tta
 
 class ModelError(RuntimeError):
     """The model file cannot be loaded or is not an mtl multi-task model."""
@@ -169,9 +169,7 @@ class Predictor:
         self.tta = bool(tta)
         self.largest_component = bool(largest_component)
         self.batch_size = int(batch_size)
-        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
-            raise ValueError(f"jit_compile must be auto, True or False, not {jit_compile!r}")
-        self.jit_compile = jit_compile
+        self.jit_compile = checked_jit_compile(jit_compile)
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> "Predictor":

@@ -41,6 +41,13 @@ XLA_BELOW_BATCH = 4
 XLA_PAYS_AFTER_SLICES = 64
 
 
+def checked_jit_compile(jit_compile: Any) -> bool | str:
+    """``jit_compile`` itself where it is ``"auto"``, True or False; else a ValueError."""
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        raise ValueError(f"jit_compile must be auto, True or False, not {jit_compile!r}")
+    return jit_compile
+
+
 def jit_for_single_slices(n_slices: int) -> bool | str:
     """``jit_compile`` for one process that runs ``n_slices`` single slices (``mtl infer`` over
     2-D images, one network call each): ``"auto"`` (XLA for them) from
@@ -106,9 +113,7 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     from mtl.model.calibration import temperatures
     from mtl.model.inference_copy import inference_copy
 
-    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
-        raise ValueError(f"jit_compile must be auto, True or False, not {jit_compile!r}")
-    auto = jit_compile == "auto"
+    auto = checked_jit_compile(jit_compile) == "auto"
 
     net = getattr(model, "net", model)
     net = inference_copy(net, fold=fold, subpixel=subpixel)
@@ -168,5 +173,5 @@ def with_flip_tta(forward: Forward) -> Forward:
     return averaged
 
 
-__all__ = ["Forward", "XLA_BELOW_BATCH", "XLA_PAYS_AFTER_SLICES", "compiled_forward",
-           "jit_for_batches", "jit_for_single_slices", "with_flip_tta"]
+__all__ = ["Forward", "XLA_BELOW_BATCH", "XLA_PAYS_AFTER_SLICES", "checked_jit_compile",
+           "compiled_forward", "jit_for_batches", "jit_for_single_slices", "with_flip_tta"]

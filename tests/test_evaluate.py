@@ -110,3 +110,33 @@ def test_case_ids_missing_from_the_data_are_reported(run_dir, tmp_path):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert "less 1 case id" in metrics["data"]["phantoms"]["items"]
     assert "phantom-99999" in metrics["data"]["phantoms"]["items"]
+
+
+def test_evaluate_takes_the_export_options_of_mtl_infer(run_dir, tmp_path):
+    """--presence-threshold and --largest-component score the masks `mtl infer` exports with
+    the same options; both are recorded in metrics.json, report.md and the model card."""
+    out = tmp_path / "ev-options"
+    result = CliRunner().invoke(main, [
+        "evaluate", str(run_dir), "--bootstrap", "0", "--out", str(out), "--threshold", "0.5",
+        "--presence-threshold", "0.3", "--largest-component"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["threshold"] == 0.5 and metrics["presence_threshold"] == 0.3
+    assert metrics["largest_component"] is True
+    overall = metrics["overall"]
+    assert overall["presence"]["threshold"] == 0.3 and overall["mask"]["threshold"] == 0.5
+    report = (out / "report.md").read_text()
+    assert "- presence_threshold: 0.3" in report and "- largest_component: True" in report
+    card = read_card(run_dir / "best.keras")["metrics"]
+    assert card["presence_threshold"] == 0.3 and card["largest_component"] is True
+    # the same thresholds as one --threshold of 0.3: presence decided alike, masks not
+    one = tmp_path / "ev-one"
+    assert CliRunner().invoke(main, [
+        "evaluate", str(run_dir), "--bootstrap", "0", "--out", str(one), "--threshold", "0.3"],
+        catch_exceptions=False).exit_code == 0
+    single = json.loads((one / "metrics.json").read_text())
+    assert single["presence_threshold"] == 0.3 and single["largest_component"] is False
+    assert single["overall"]["presence"]["confusion"] == overall["presence"]["confusion"]
+    assert single["overall"]["mask"]["threshold"] == 0.3
+    bad = CliRunner().invoke(main, ["evaluate", str(run_dir), "--presence-threshold", "1.5"])
+    assert bad.exit_code != 0 and "--presence-threshold" in bad.output

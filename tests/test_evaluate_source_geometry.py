@@ -153,3 +153,82 @@ def test_the_mask_rule_of_mtl_infer_applies(sources) -> None:
     assert gated.pred_pixels.tolist() == [0 if p <= 0.5 else H * W for p in presence]
     assert gated.dice[0] == 0 and gated.dice[1] == pytest.approx(raw.dice[1])
     assert np.isnan(gated.hd95[0]) and gated.hd95[1] == pytest.approx(raw.hd95[1])
+
+
+def _predictions(sources, probs: np.ndarray, presence: np.ndarray, **scoring) -> SplitPredictions:
+    """SplitPredictions of the fixture's items with the given mask probabilities (network size)
+    and presence probabilities; ``scoring``: source_geometry_scores's options."""
+    plan = plan_split(sources, "test")
+    n = len(plan)
+    native = source_geometry_scores(sources, plan, probs, np.ones(n, np.float32), progress=False,
+                                    **scoring)
+    labels = [sources[s].records[i].label for s, i in zip(plan.source, plan.item)]
+    targets = {
+        "presence": np.array([[0.0 if lab == "no_tumor" else 1.0] for lab in labels]),
+        "type": np.array([CLASSES.index(lab) for lab in labels]),
+        "mask": _network_truth(sources, plan),
+        "box": np.zeros((n, S, S, 1), np.float32),
+        "spacing": np.full((n, 2), np.nan, np.float32),
+    }
+    weights = {k: np.ones(n, np.float32) for k in TASK_NAMES}
+    weights["box"][:] = 0
+    outputs = {"presence": presence.reshape(n, 1).astype(np.float32), "mask": probs,
+               "type": np.eye(len(CLASSES))[targets["type"]]}
+    return SplitPredictions([r.case_id for s in sources for r in s.records],
+                            [s.name for s in sources for _ in s.records],
+                            np.zeros((n, S, S, 1)), targets, weights, outputs, [], [], native)
+
+
+def test_the_presence_threshold_gates_apart_from_the_mask_threshold(sources) -> None:
+    """`mtl evaluate --presence-threshold`, as `mtl infer`'s: presence decisions and the mask
+    rule's gate move; mask pixels keep `--threshold`."""
+    plan = plan_split(sources, "test")
+    probs = _network_truth(sources, plan) * 0.9 + 0.05  # tumor pixels 0.95, the rest 0.05
+    presence = np.where(plan.source == 0, 0.9, 0.1)
+    presence[0] = 0.3  # a tumor slice the presence head doubts
+    pred = _predictions(sources, probs, presence)
+    default = score(pred, CLASSES, threshold=0.5)
+    lowered = score(pred, CLASSES, threshold=0.5, presence_threshold=0.25)
+    assert default["presence"]["threshold"] == 0.5 and lowered["presence"]["threshold"] == 0.25
+    assert default["presence"]["confusion"]["fn"] == 1 and lowered["presence"]["confusion"]["fn"] == 0
+    # the doubted slice's mask is withheld at 0.5 and exported at 0.25: Dice 0 -> near 1
+    dice_default = default["mask"]["per_image_dice"]
+    dice_lowered = lowered["mask"]["per_image_dice"]
+    assert dice_default[0] == 0 and dice_lowered[0] > 0.8
+    assert dice_lowered[1:] == dice_default[1:]
+    assert lowered["mask"]["dice_mean"] > default["mask"]["dice_mean"]
+    # mask pixels still at 0.5: the 0.05 background never counts, whatever the presence gate
+    assert lowered["mask"]["threshold"] == 0.5
+    assert lowered["tumor_free_with_tumor_pixels"]["count"] == 0
+    # presence_threshold None: one threshold for both, so lowering it far enough to pass the
+    # tumor-free slices' presence (0.1) also turns their 0.05 background into tumor pixels
+    # (evaluate scores the source-size masks at the same threshold, as predict_split does)
+    both = score(_predictions(sources, probs, presence, threshold=0.04), CLASSES, threshold=0.04)
+    assert both["presence"]["threshold"] == 0.04 and both["mask"]["threshold"] == 0.04
+    assert both["tumor_free_with_tumor_pixels"]["count"] == 2
+
+
+def test_largest_component_scores_the_masks_infer_exports_with_it(sources) -> None:
+    """`mtl evaluate --largest-component`: a stray blob beside the tumor is dropped before
+    scoring, as `mtl infer --largest-component` drops it from the exported mask."""
+    plan = plan_split(sources, "test")
+    probs = _network_truth(sources, plan)
+    probs[:, 26:29, 26:29, 0] = 1.0  # a small stray blob, away from every tumor, on every item
+    raw = source_geometry_scores(sources, plan, probs, np.ones(len(plan), np.float32),
+                                 progress=False)
+    kept = source_geometry_scores(sources, plan, probs, np.ones(len(plan), np.float32),
+                                  progress=False, largest_component=True)
+    tumor = plan.source == 0
+    assert (kept.pred_pixels[tumor] < raw.pred_pixels[tumor]).all()
+    assert (kept.dice[tumor] > raw.dice[tumor]).all()
+    # on a tumor-free image the blob is the largest region: it stays, as infer keeps it
+    assert (kept.pred_pixels[~tumor] == raw.pred_pixels[~tumor]).all()
+    assert (kept.pred_pixels[~tumor] > 0).all()
+    # what infer exports for one of these items, from the same probability map
+    from mtl.data.preprocess import unletterbox
+    from mtl.infer.predict import keep_largest_component
+
+    j = int(np.flatnonzero(tumor)[0])
+    exported = keep_largest_component(
+        unletterbox(probs[j, ..., 0], letterbox_info(H, W, S)) > 0.5)
+    assert kept.pred_pixels[j] == int(exported.sum())

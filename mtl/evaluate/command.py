@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import click
 
-from mtl.infer.command import mask_rule_option
+from mtl.infer.command import (
+    largest_component_option, mask_rule_option, presence_threshold_option, threshold_option,
+)
 
 
 @click.command()
@@ -16,8 +18,8 @@ from mtl.infer.command import mask_rule_option
               help="Dataset(s) to evaluate on (default: the run's own datasets), repeatable.")
 @click.option("--split", default="test", show_default=True,
               help="train, val, test (the run's saved patient-safe split) or all.")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Probability threshold for presence and mask decisions.")
+@threshold_option
+@presence_threshold_option
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/eval-<split>).")
 @click.option("--bootstrap", "n_resamples", type=int, default=1000, show_default=True,
               help="Bootstrap resamples for the 95% confidence intervals (0: none).")
@@ -35,8 +37,10 @@ from mtl.infer.command import mask_rule_option
                    "array order (native, as mtl infer feeds volumes today), or both.")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation, as mtl infer --tta.")
 @mask_rule_option
-def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weights, batch_size,
-             skip_bad, healthy_volumes, healthy_orientation, tta, mask_rule) -> None:
+@largest_component_option("slice")
+def evaluate(run_or_model, data_specs, split, threshold, presence_threshold, out, n_resamples,
+             weights, batch_size, skip_bad, healthy_volumes, healthy_orientation, tta, mask_rule,
+             largest_component) -> None:
     """Score a model per task: metrics.json, report.md and plots in an evaluation folder."""
     from mtl.config import ConfigError
     from mtl.data.adapters import DataError
@@ -46,6 +50,7 @@ def evaluate(run_or_model, data_specs, split, threshold, out, n_resamples, weigh
     try:
         result, out_dir = run_evaluation(
             run_or_model, data=list(data_specs) or None, split=split, threshold=threshold,
+            presence_threshold=presence_threshold, largest_component=largest_component,
             out=out, n_resamples=n_resamples, weights=weights, batch_size=batch_size,
             on_error="skip" if skip_bad else None,
             healthy_volumes=list(healthy_volumes) or None,

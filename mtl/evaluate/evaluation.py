@@ -136,6 +136,7 @@ def evaluate(
     data: list[str] | None = None,
     split: str = "test",
     threshold: float = 0.5,
+    presence_threshold: float | None = None,
     out: str | Path | None = None,
     n_resamples: int = 1000,
     weights: str = "best",
@@ -145,11 +146,16 @@ def evaluate(
     healthy_orientations: tuple[str, ...] = ("upright",),
     tta: bool = False,
     mask_rule: str = "presence",
+    largest_component: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run or model on a split; ``healthy_volumes`` (``mni152`` or NIfTI paths) are
     also checked for slices called tumor (:mod:`mtl.evaluate.healthy`), once per orientation
-    in ``healthy_orientations``; ``tta`` averages every prediction with the mirrored input's;
-    ``mask_rule`` decides, as in ``mtl infer``, whether a mask counts where presence says no."""
+    in ``healthy_orientations``; ``tta`` averages every prediction with the mirrored input's.
+
+    The masks scored are those ``mtl infer`` exports under the same options: ``threshold`` for
+    mask pixels, ``presence_threshold`` (None: ``threshold``) for the presence decision,
+    ``mask_rule`` (whether a mask counts where presence says no) and ``largest_component``
+    (only the largest connected region of each slice's mask)."""
     model_path, run_dir = resolve_model(target, weights)
     healthy_paths = [resolve_healthy_volume(v) for v in healthy_volumes or []]  # fail early
     model = keras.models.load_model(model_path)
@@ -162,12 +168,14 @@ def evaluate(
         config.data = replace(config.data, on_error=on_error)
     sources, how = open_eval_sources(config, run_dir, split)
     batch_size = batch_size or config.train.batch_size
+    presence_threshold = threshold if presence_threshold is None else presence_threshold
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
-                         tta=tta)
+                         tta=tta, largest_component=largest_component)
     predictor = Predictor(model, threshold=threshold, tta=tta, mask_rule=mask_rule,
-                          batch_size=batch_size, jit_compile=jit_for_batches(batch_size)
-                          ) if healthy_paths else None
-    healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=threshold,
+                          presence_threshold=presence_threshold,
+                          largest_component=largest_component, batch_size=batch_size,
+                          jit_compile=jit_for_batches(batch_size)) if healthy_paths else None
+    healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=presence_threshold,
                                     orientation=orientation)
                for spec, path in zip(healthy_volumes or [], healthy_paths)
                for orientation in healthy_orientations]
@@ -185,11 +193,13 @@ def evaluate(
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tta": tta,
         "mask_rule": mask_rule,
+        "largest_component": largest_component,
     }
     context["model_card"] = card_line(model_card(model))
     context["calibration"] = {"presence_temperature": pred.temperatures.get("presence", 1.0),
                               "type_temperature": pred.temperatures.get("type", 1.0)}
     result = evaluate_predictions(pred, config.data.classes, out_dir, threshold=threshold,
+                                  presence_threshold=presence_threshold,
                                   n_resamples=n_resamples, context=context, mask_rule=mask_rule,
                                   healthy=healthy or None)
     if run_dir is not None and not data and split == "test":
@@ -210,7 +220,9 @@ def record_test_metrics(model_path: Path, model: keras.Model, result: dict[str, 
               "dice": o.get("mask", {}).get("dice_mean")}
     card = {**card, "metrics": card_metrics(
         values, "test", "mtl evaluate", items=o["n_items"], evaluated_at=result["evaluated_at"],
-        mask_rule=result.get("mask_rule"), tta=result.get("tta"))}
+        mask_rule=result.get("mask_rule"), tta=result.get("tta"),
+        threshold=result.get("threshold"), presence_threshold=result.get("presence_threshold"),
+        largest_component=result.get("largest_component"))}
     try:
         update_model_config(model_path, card=card)
     except OSError as exc:

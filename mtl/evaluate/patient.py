@@ -190,16 +190,19 @@ def patient_dice(patients: np.ndarray | list[str], scores: MaskScores
 
 
 def _slice_dice(pred: SplitPredictions, in_dataset: np.ndarray, threshold: float,
-                mask_rule: str, n_resamples: int, seed: int) -> dict[str, Any] | None:
+                mask_rule: str, n_resamples: int, seed: int,
+                presence_threshold: float | None = None) -> dict[str, Any] | None:
     """Dice over the dataset's tumor slices, as the overall mask metrics score them (source
-    image geometry, ``mask_rule`` applied), with a CI resampling patients; beside it the
-    per-patient Dice (:func:`patient_dice`) with a CI over patients."""
+    image geometry, ``mask_rule`` applied with ``presence_threshold``, None: ``threshold``),
+    with a CI resampling patients; beside it the per-patient Dice (:func:`patient_dice`) with
+    a CI over patients."""
     w, t = pred.weights, pred.targets
     labelled = in_dataset & (w["mask"] > 0)
     patients = np.asarray(pred.patient_ids)
     per_patient = len(patients) == len(labelled)
     if pred.native is not None:
-        scores, geometry = pred.native_under(mask_rule, threshold), "source image"
+        gate = threshold if presence_threshold is None else presence_threshold
+        scores, geometry = pred.native_under(mask_rule, gate), "source image"
         sel = labelled & scores.scored
         scores = scores.select(sel)
     else:
@@ -266,10 +269,11 @@ def patient_sentence(name: str, entry: dict[str, Any]) -> str:
 
 
 def patient_level(pred: SplitPredictions, classes: list[str], *, threshold: float = 0.5,
-                  n_resamples: int = 2000, seed: int = 0, mask_rule: str = "presence"
-                  ) -> dict[str, Any] | None:
+                  n_resamples: int = 2000, seed: int = 0, mask_rule: str = "presence",
+                  presence_threshold: float | None = None) -> dict[str, Any] | None:
     """The ``patient_level`` section of metrics.json (module docstring), or None when no
-    dataset of ``pred`` has patient-level labels to score."""
+    dataset of ``pred`` has patient-level labels to score. ``threshold``: of mask pixels;
+    ``presence_threshold`` (None: ``threshold``): the one the mask rule gates with."""
     tumor_index = [i for i, c in enumerate(classes) if c != NO_TUMOR]
     if (len(tumor_index) < 2 or "type" not in pred.outputs
             or len(pred.patient_ids) != len(pred.case_ids) or not pred.case_ids):
@@ -327,7 +331,8 @@ def patient_level(pred: SplitPredictions, classes: list[str], *, threshold: floa
             "roc_auc_resamples_used": boot["roc_auc_resamples_used"],
             "n_resamples": boot["n_resamples"],
             "presence_weight_fallback": int(agg["fallback"][keep].sum()),
-            "slice_dice": _slice_dice(pred, here, threshold, mask_rule, n_resamples, seed),
+            "slice_dice": _slice_dice(pred, here, threshold, mask_rule, n_resamples, seed,
+                                      presence_threshold),
             "roc": patient_roc(truth, probs, tumor_classes),
             "patients": [
                 {"patient": p.split("/", 1)[-1], "truth": tumor_classes[int(tr)],

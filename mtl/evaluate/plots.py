@@ -127,11 +127,16 @@ def worst_cases(pred: SplitPredictions, classes: list[str], threshold: float, pa
 
 
 def write_all(pred: SplitPredictions, result: dict[str, Any], roc: dict | None, classes: list[str],
-              out_dir: Path, threshold: float) -> list[Path]:
+              out_dir: Path, threshold: float, presence_threshold: float | None = None
+              ) -> list[Path]:
+    """Every plot of an evaluation; ``threshold``: of mask pixels, ``presence_threshold`` (None:
+    ``threshold``): the presence operating point marked on the ROC."""
     o = result["overall"]
     written: list[Path] = []
     if roc is not None:
-        written.append(roc_plot(roc, o["presence"]["roc_auc"], threshold, out_dir / "roc.png"))
+        written.append(roc_plot(roc, o["presence"]["roc_auc"],
+                                threshold if presence_threshold is None else presence_threshold,
+                                out_dir / "roc.png"))
     if "type" in o:
         written.append(confusion_plot(o["type"]["confusion"], classes, out_dir / "confusion.png"))
     cals = {k: o[k]["calibration"] for k in ("presence", "type") if k in o}

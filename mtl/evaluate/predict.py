@@ -18,6 +18,7 @@ from mtl.config import Config
 from mtl.data.pipeline import INFO_KEYS, TASK_NAMES, LoadErrors, SampleEncoder, Source, make_dataset, plan_split
 from mtl.data.preprocess import letterbox_info, unletterbox
 from mtl.evaluate.metrics import MaskScores, score_mask
+from mtl.infer.predict import keep_largest_component
 from mtl.model.calibration import temperatures
 from mtl.model.inference import compiled_forward, jit_for_batches, with_flip_tta
 
@@ -40,15 +41,16 @@ class SplitPredictions:
     #: the model's calibration temperatures, {"presence": T, "type": T} (outputs have them applied)
     temperatures: dict[str, float] = field(default_factory=dict)
 
-    def native_under(self, rule: str, threshold: float) -> MaskScores | None:
+    def native_under(self, rule: str, presence_threshold: float) -> MaskScores | None:
         """:attr:`native` under a mask rule (:func:`mtl.infer.predict.apply_mask_rule`) with
-        each item's presence probability: the masks ``mtl infer`` would export."""
+        each item's presence probability and ``presence_threshold``: the masks ``mtl infer``
+        would export."""
         if self.native is None or rule == "independent":
             return self.native
         if rule != "presence":
             raise ValueError(f"unknown mask rule {rule!r}")
         presence = np.nan_to_num(self.outputs["presence"].reshape(-1), nan=0.0)
-        return self.native.withhold(presence > threshold)
+        return self.native.withhold(presence > presence_threshold)
 
     def select(self, keep: np.ndarray) -> "SplitPredictions":
         """The items where ``keep`` is True."""
@@ -69,13 +71,15 @@ class SplitPredictions:
 
 def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                            mask_weights: np.ndarray, threshold: float = 0.5,
-                           progress: bool = True) -> MaskScores:
+                           progress: bool = True, largest_component: bool = False) -> MaskScores:
     """Mask scores of every planned item in its source image's geometry.
 
     Each item with a mask label is loaded again through its adapter; the network-size
     probability map goes back to the image's size (unletterbox, as ``mtl infer`` does) and is
     thresholded there: the mask head alone (:meth:`SplitPredictions.native_under` applies a
-    mask rule). HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
+    mask rule), with ``largest_component`` only its largest connected region (as ``mtl infer
+    --largest-component`` exports a 2-D image; the presence rule empties a mask or leaves it
+    whole, so the two commute). HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
     source pixels ("source px": each image's own pixels). Items without a mask label, or
     unreadable now, are not scored (``scored`` False).
     """
@@ -103,6 +107,8 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                                         and np.all(np.asarray(spacing[:2]) > 0)):
             spacing = None
         pred = prob > threshold  # as mtl infer decides a mask pixel
+        if largest_component:
+            pred = keep_largest_component(pred).astype(bool)
         in_px = score_mask(truth, pred, None)
         in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
         rows.append((j, in_px, in_mm, spacing, int(np.count_nonzero(truth > 0))))
@@ -121,11 +127,12 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
 def predict_split(
     model: keras.Model, sources: list[Source], config: Config, split: str = "test",
     batch_size: int | None = None, threshold: float = 0.5, progress: bool = True,
-    tta: bool = False,
+    tta: bool = False, largest_component: bool = False,
 ) -> SplitPredictions:
     """Run ``model`` over ``split`` of ``sources``; ``tta`` averages with mirrored inputs as
     ``mtl infer --tta`` does; masks are also scored at source size (see module docstring;
-    :meth:`SplitPredictions.native_under` applies a mask rule). Presence and type
+    :meth:`SplitPredictions.native_under` applies a mask rule; ``largest_component`` as
+    :func:`source_geometry_scores`). Presence and type
     probabilities are calibrated with the model's temperatures; the outputs also hold the
     uncalibrated ones and the logits (:func:`mtl.model.inference.compiled_forward`)."""
     plan = plan_split(sources, split)
@@ -163,7 +170,8 @@ def predict_split(
     weights_all = {k: np.concatenate(v) for k, v in weights.items()}
     outputs_all = {k: np.concatenate(v) for k, v in outputs.items()}
     native = source_geometry_scores(sources, plan, outputs_all["mask"], weights_all["mask"],
-                                    threshold, progress=progress)
+                                    threshold, progress=progress,
+                                    largest_component=largest_component)
     return SplitPredictions(
         case_ids,
         names,

@@ -23,9 +23,12 @@ ECE_BINS = 15
 
 
 def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5,
-          mask_rule: str = "presence") -> dict[str, Any]:
+          mask_rule: str = "presence", presence_threshold: float | None = None
+          ) -> dict[str, Any]:
     """All metrics for the items of ``pred`` that label each task; masks as ``mtl infer``
-    exports them under ``mask_rule``."""
+    exports them under ``mask_rule``. ``threshold``: of mask pixels; ``presence_threshold``
+    (None: ``threshold``): of the presence decision, also the one ``mask_rule`` gates with."""
+    presence_threshold = threshold if presence_threshold is None else presence_threshold
     out: dict[str, Any] = {"n_items": len(pred.case_ids)}
     w, t, o = pred.weights, pred.targets, pred.outputs
     for task in TASKS:
@@ -33,8 +36,8 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5,
         if not sel.any():
             continue
         truth, output = t[task.name][sel], o[task.output][sel]
-        scores = task.score(truth, output, threshold=threshold, classes=classes,
-                            spacing=t["spacing"][sel])
+        scores = task.score(truth, output, classes=classes, spacing=t["spacing"][sel],
+                            threshold=presence_threshold if task.name == "presence" else threshold)
         if task.confidence is not None:  # a probability head, calibrated by a temperature
             scores["calibration"] = calibration(*task.confidence(truth, output), n_bins=ECE_BINS)
             raw = o.get(f"{task.output}_uncalibrated", o[task.output])[sel]
@@ -48,19 +51,23 @@ def score(pred: SplitPredictions, classes: list[str], threshold: float = 0.5,
         elif pred.native is None:  # masks at network size only
             out["mask"] = {**scores, "geometry": "network input"}
         else:  # the masks as exported, and the network-size figures beside them
-            out.update(source_geometry_masks(pred, classes, threshold, mask_rule))
+            out.update(source_geometry_masks(pred, classes, threshold, mask_rule,
+                                             presence_threshold))
             out["mask_network_input"] = {k: v for k, v in scores.items()
                                          if not k.startswith("per_image")}
     return out
 
 
 def source_geometry_masks(pred: SplitPredictions, classes: list[str], threshold: float,
-                          mask_rule: str = "presence") -> dict[str, Any]:
-    """Mask metrics on the masks as exported (each image's own size, ``mask_rule`` applied):
-    overall, per tumor type, and the tumor-free images with any predicted tumor pixel; the
-    same two headline figures under the other rule, for comparison."""
+                          mask_rule: str = "presence", presence_threshold: float | None = None
+                          ) -> dict[str, Any]:
+    """Mask metrics on the masks as exported (each image's own size, ``mask_rule`` applied
+    with ``presence_threshold``, None: ``threshold``): overall, per tumor type, and the
+    tumor-free images with any predicted tumor pixel; the same two headline figures under the
+    other rule, for comparison."""
     w, t = pred.weights, pred.targets
-    native = pred.native_under(mask_rule, threshold)
+    presence_threshold = threshold if presence_threshold is None else presence_threshold
+    native = pred.native_under(mask_rule, presence_threshold)
     sel = (w["mask"] > 0) & native.scored
     out: dict[str, Any] = {"mask": {**summarise_masks(native.select(sel), threshold),
                                     "geometry": "source image", "mask_rule": mask_rule,
@@ -81,7 +88,7 @@ def source_geometry_masks(pred: SplitPredictions, classes: list[str], threshold:
 
     out["tumor_free_with_tumor_pixels"] = flagged(native)
     other_rule = "independent" if mask_rule == "presence" else "presence"
-    other = pred.native_under(other_rule, threshold)
+    other = pred.native_under(other_rule, presence_threshold)
     out["mask_other_rule"] = {
         "mask_rule": other_rule,
         "dice_mean": summarise_masks(other.select(sel), threshold)["dice_mean"],
@@ -91,10 +98,11 @@ def source_geometry_masks(pred: SplitPredictions, classes: list[str], threshold:
 
 
 def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: float,
-                       n_resamples: int, seed: int = 0, mask_rule: str = "presence"
-                       ) -> dict[str, Any]:
+                       n_resamples: int, seed: int = 0, mask_rule: str = "presence",
+                       presence_threshold: float | None = None) -> dict[str, Any]:
     """95% bootstrap CIs of the headline numbers, resampling patients (images when the
-    predictions carry no patient ids)."""
+    predictions carry no patient ids); thresholds as :func:`score`."""
+    presence_threshold = threshold if presence_threshold is None else presence_threshold
     from sklearn import metrics as skm
 
     ci: dict[str, Any] = {}
@@ -110,10 +118,10 @@ def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: fl
     sel = w["presence"] > 0
     if sel.sum() > 1:
         truth = t["presence"][sel].ravel().astype(int)
-        hit = ((o["presence"][sel].ravel() >= threshold).astype(int) == truth).astype(float)
+        decided = (o["presence"][sel].ravel() >= presence_threshold).astype(int)
+        hit = (decided == truth).astype(float)
         ci["presence_accuracy"] = interval(np.mean, hit, sel=sel, n_resamples=n_resamples,
                                                seed=seed)
-        decided = (o["presence"][sel].ravel() >= threshold).astype(int)
         ci["presence_f1"] = interval(
             lambda a, b: skm.f1_score(a, b, zero_division=0.0), truth, decided, sel=sel,
             n_resamples=n_resamples, seed=seed)
@@ -129,7 +137,7 @@ def headline_intervals(pred: SplitPredictions, classes: list[str], threshold: fl
     sel = w["mask"] > 0
     if sel.any():
         if pred.native is not None:  # the masks as exported
-            native = pred.native_under(mask_rule, threshold)
+            native = pred.native_under(mask_rule, presence_threshold)
             with_tumor = sel & native.tumor & native.scored
             dice = native.dice[with_tumor]
         else:
@@ -146,26 +154,31 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
                          threshold: float = 0.5, n_resamples: int = 1000,
                          context: dict[str, Any] | None = None,
                          healthy: list[dict[str, Any]] | None = None,
-                         mask_rule: str = "presence") -> dict[str, Any]:
-    """Score ``pred``; write metrics.json, report.md and plots into ``out_dir``.
+                         mask_rule: str = "presence",
+                         presence_threshold: float | None = None) -> dict[str, Any]:
+    """Score ``pred``; write metrics.json, report.md and plots into ``out_dir``. ``threshold``:
+    of mask pixels; ``presence_threshold`` (None: ``threshold``): of the presence decision.
 
     ``healthy``: results of :func:`mtl.evaluate.healthy` checks on tumor-free volumes, kept
     under ``"healthy_volumes"``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {**(context or {}), "threshold": threshold}
-    result["overall"] = score(pred, classes, threshold, mask_rule)
+    presence_threshold = threshold if presence_threshold is None else presence_threshold
+    result: dict[str, Any] = {**(context or {}), "threshold": threshold,
+                              "presence_threshold": presence_threshold}
+    result["overall"] = score(pred, classes, threshold, mask_rule, presence_threshold)
     result["overall"]["ci95"] = headline_intervals(pred, classes, threshold, n_resamples,
-                                                   mask_rule=mask_rule)
+                                                   mask_rule=mask_rule,
+                                                   presence_threshold=presence_threshold)
     result["overall"]["ci95_resampling"] = "patients" if pred.patient_ids else "images"
     names = sorted(set(pred.source_names))
     if len(names) > 1:
         result["by_dataset"] = {
             name: score(pred.select(np.array([s == name for s in pred.source_names])), classes,
-                        threshold, mask_rule)
+                        threshold, mask_rule, presence_threshold)
             for name in names
         }
     patients = patient_level(pred, classes, threshold=threshold, n_resamples=n_resamples,
-                             mask_rule=mask_rule)
+                             mask_rule=mask_rule, presence_threshold=presence_threshold)
     if patients is not None:
         result["patient_level"] = patients
     result["skipped"] = [list(x) for x in pred.skipped]
@@ -173,7 +186,8 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
         result["healthy_volumes"] = healthy
     sel = pred.weights["presence"] > 0
     roc = roc_points(pred.targets["presence"][sel], pred.outputs["presence"][sel]) if sel.any() else None
-    written = plots.write_all(pred, result, roc, classes, out_dir / "plots", threshold)
+    written = plots.write_all(pred, result, roc, classes, out_dir / "plots", threshold,
+                              presence_threshold)
     result["plots"] = [str(p.relative_to(out_dir)) for p in written]
     write_json(out_dir / "metrics.json", result, force=True, allow_nan=True, newline=False)
     write_text(out_dir / "report.md", render_markdown(result))
@@ -249,7 +263,8 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Evaluation of {result.get('model', 'model')}", ""]
-    for key in ("model_card", "split", "data", "threshold", "mask_rule", "tta", "evaluated_at"):
+    for key in ("model_card", "split", "data", "threshold", "presence_threshold", "mask_rule",
+                "largest_component", "tta", "evaluated_at"):
         if key in result:
             lines.append(f"- {key}: {result[key]}")
     unit = result["overall"].get("ci95_resampling", "images")

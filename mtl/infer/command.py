@@ -66,6 +66,26 @@ mask_rule_option = click.option(
          "output follows); independent: the mask head's pixels regardless.")
 
 
+#: ``--threshold`` and ``--presence-threshold`` of ``mtl infer`` and ``mtl evaluate``: the masks
+#: ``mtl evaluate`` scores are the ones ``mtl infer`` exports under the same options
+threshold_option = click.option(
+    "--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+    show_default=True, callback=checked(threshold_value),
+    help="Tumor probability threshold for mask pixels (and presence, unless "
+         "--presence-threshold).")
+presence_threshold_option = click.option(
+    "--presence-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    callback=checked(threshold_value),
+    help="Threshold of the presence decision (default: --threshold).")
+
+
+def largest_component_option(unit: str):
+    """``--largest-component`` of ``mtl infer``, ``mtl serve`` and ``mtl evaluate``; ``unit``:
+    what one connected region is kept per ("case (3-D for volumes)", "slice")."""
+    return click.option("--largest-component", is_flag=True,
+                        help=f"Keep only the largest connected tumor region per {unit}.")
+
+
 @click.command("infer", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("inputs", nargs=-1, type=click.Path())
@@ -86,18 +106,12 @@ mask_rule_option = click.option(
 @click.option("--overlay-slices", type=click.Choice(["tumor", "all"]), default="tumor",
               show_default=True, help="Volumes: overlay the slices with tumor, or every slice.")
 @click.option("--explain", is_flag=True, help="Grad-CAM heat map of the type head beside the overlay.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.5, show_default=True, callback=checked(threshold_value),
-              help="Tumor probability threshold for mask pixels (and presence, unless "
-                   "--presence-threshold).")
-@click.option("--presence-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              callback=checked(threshold_value),
-              help="Threshold of the presence decision (default: --threshold).")
+@threshold_option
+@presence_threshold_option
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation (average with the "
                                           "mirrored input's prediction).")
 @mask_rule_option
-@click.option("--largest-component", is_flag=True,
-              help="Keep only the largest connected tumor region per case (3-D for volumes).")
+@largest_component_option("case (3-D for volumes)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
 @click.option("--axis", default="axial", show_default=True, callback=checked(_axis),

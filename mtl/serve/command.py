@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from mtl.infer.command import checked, mask_rule_option, threshold_value
+from mtl.infer.command import checked, largest_component_option, mask_rule_option, threshold_value
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
@@ -131,8 +131,7 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning",
                                                    "presence decision).")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation.")
 @mask_rule_option
-@click.option("--largest-component", is_flag=True,
-              help="Keep only the largest connected tumor region per case.")
+@largest_component_option("case (3-D for volumes)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),

@@ -1,5 +1,6 @@
 """`mtl evaluate` end to end on a tiny phantom run."""
 
+import csv
 import json
 import shutil
 
@@ -35,6 +36,12 @@ def test_evaluate_run_writes_metrics_report_and_plots(run_dir):
     splits = json.loads((run_dir / "splits.json").read_text())
     n_test = sum(len(v["case_ids"]["test"]) for v in splits.values())
     assert overall["n_items"] == n_test  # exactly the run's held-out items
+    # one row per item, the same items; its Dice column is what the headline Dice averages
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == n_test and "predictions.csv" in result.output
+    scored = [float(r["dice"]) for r in rows if r["dice"] != ""]
+    assert len(scored) == overall["mask"]["n_tumor"]
+    assert sum(scored) / len(scored) == pytest.approx(overall["mask"]["dice_mean"], abs=1e-3)
     for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "threshold"):
         assert key in overall["presence"]
     assert overall["presence"]["calibration"]["ece"] is not None

@@ -232,3 +232,42 @@ def test_largest_component_scores_the_masks_infer_exports_with_it(sources) -> No
     exported = keep_largest_component(
         unletterbox(probs[j, ..., 0], letterbox_info(H, W, S)) > 0.5)
     assert kept.pred_pixels[j] == int(exported.sum())
+
+
+def test_predictions_csv_holds_each_item_as_scored(sources, tmp_path: Path) -> None:
+    """predictions.csv: one row per item with the calibrated probabilities, the decision at the
+    presence threshold and the exported mask's scores; unlabelled cells empty, not 0."""
+    import csv
+
+    from mtl.evaluate.per_item import write_predictions_csv
+
+    plan = plan_split(sources, "test")
+    probs = _network_truth(sources, plan)
+    presence = np.where(plan.source == 0, 0.9, 0.1)
+    presence[0] = 0.3
+    pred = _predictions(sources, probs, presence)
+    pred.weights["type"][3] = 0  # one tumor-free item without a type label
+    path = write_predictions_csv(pred, CLASSES, tmp_path / "predictions.csv", 0.5)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == len(plan)
+    assert list(rows[0])[:8] == ["dataset", "case_id", "patient", "presence_true",
+                                 "presence_prob", "presence_called", "label_true", "label_pred"]
+    assert [f"p_{c}" for c in CLASSES] == list(rows[0])[8:12]
+    scores = score(pred, CLASSES)
+    tumor_rows = [r for r in rows if r["presence_true"] == "1"]
+    assert len(tumor_rows) == scores["mask"]["n_tumor"] == 3
+    # the doubted tumor slice: not called, its mask withheld (Dice 0, no predicted pixel)
+    assert rows[0]["presence_prob"] == "0.3" and rows[0]["presence_called"] == "0"
+    assert rows[0]["dice"] == "0.0" and rows[0]["tumor_px_pred"] == "0"
+    assert int(rows[0]["tumor_px_true"]) == _tumor_mask(
+        int(sources[0].records[plan.item[0]].case_id) - 1).sum()
+    # the Dice column averages to the headline Dice
+    assert np.mean([float(r["dice"]) for r in tumor_rows]) == pytest.approx(
+        scores["mask"]["dice_mean"], abs=1e-4)
+    # tumor-free items: no Dice (empty), and the unlabelled type stays empty
+    free = [r for r in rows if r["presence_true"] == "0"]
+    assert all(r["dice"] == "" and r["tumor_px_true"] == "0" for r in free)
+    assert rows[3]["label_true"] == "" and rows[4]["label_true"] == "no_tumor"
+    # under the independent rule the withheld mask is back
+    independent = write_predictions_csv(pred, CLASSES, tmp_path / "ind.csv", 0.5, "independent")
+    assert float(next(csv.DictReader(independent.open()))["dice"]) > 0.8

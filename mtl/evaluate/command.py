@@ -74,5 +74,5 @@ def evaluate(run_or_model, data_specs, split, threshold, presence_threshold, out
     if result.get("model_card_updated"):
         click.echo(result["model_card_updated"])
     click.echo(f"\nresults: {out_dir}")
-    for name in ["metrics.json", "report.md", *result["plots"]]:
+    for name in ["metrics.json", "report.md", "predictions.csv", *result["plots"]]:
         click.echo(f"  {out_dir / name}")

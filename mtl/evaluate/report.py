@@ -14,6 +14,7 @@ from mtl.evaluate.metrics import (
 )
 from mtl.data.sample import NO_TUMOR
 from mtl.evaluate.patient import patient_level
+from mtl.evaluate.per_item import write_predictions_csv
 from mtl.evaluate.predict import SplitPredictions
 from mtl.tasks import TASKS
 from mtl.files import write_json, write_text
@@ -189,6 +190,8 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
     written = plots.write_all(pred, result, roc, classes, out_dir / "plots", threshold,
                               presence_threshold)
     result["plots"] = [str(p.relative_to(out_dir)) for p in written]
+    write_predictions_csv(pred, classes, out_dir / "predictions.csv", presence_threshold,
+                          mask_rule)
     write_json(out_dir / "metrics.json", result, force=True, allow_nan=True, newline=False)
     write_text(out_dir / "report.md", render_markdown(result))
     return result
@@ -340,6 +343,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {h['volume']} | {h['orientation']} | {plane} | "
                              f"{v['slices_checked']} | {_fmt(v['share_called_tumor'], True)} | "
                              f"{_fmt(v['share_mask_nonempty'], True)} | {types or '-'} |")
+    lines += ["", "Every item's prediction and mask score, one row each: "
+              "[predictions.csv](predictions.csv)."]
     if result.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in result["plots"]]
     if result.get("skipped"):

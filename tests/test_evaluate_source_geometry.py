@@ -60,6 +60,30 @@ def _network_truth(sources, plan) -> np.ndarray:
     return out
 
 
+def _predictions(sources, probs: np.ndarray, presence: np.ndarray, **scoring) -> SplitPredictions:
+    """SplitPredictions of the fixture's items with the given mask probabilities (network size)
+    and presence probabilities; ``scoring``: source_geometry_scores's options."""
+    plan = plan_split(sources, "test")
+    n = len(plan)
+    native = source_geometry_scores(sources, plan, probs, np.ones(n, np.float32), progress=False,
+                                    **scoring)
+    labels = [sources[s].records[i].label for s, i in zip(plan.source, plan.item)]
+    targets = {
+        "presence": np.array([[0.0 if lab == "no_tumor" else 1.0] for lab in labels]),
+        "type": np.array([CLASSES.index(lab) for lab in labels]),
+        "mask": _network_truth(sources, plan),
+        "box": np.zeros((n, S, S, 1), np.float32),
+        "spacing": np.full((n, 2), np.nan, np.float32),
+    }
+    weights = {k: np.ones(n, np.float32) for k in TASK_NAMES}
+    weights["box"][:] = 0
+    outputs = {"presence": presence.reshape(n, 1).astype(np.float32), "mask": probs,
+               "type": np.eye(len(CLASSES))[targets["type"]]}
+    return SplitPredictions([r.case_id for s in sources for r in s.records],
+                            [s.name for s in sources for _ in s.records],
+                            np.zeros((n, S, S, 1)), targets, weights, outputs, [], [], native)
+
+
 def test_scores_are_taken_at_the_source_size(sources) -> None:
     plan = plan_split(sources, "test")
     weights = np.ones(len(plan), np.float32)
@@ -90,26 +114,12 @@ def test_scores_are_taken_at_the_source_size(sources) -> None:
 
 def test_score_reports_per_type_and_tumor_free_pixels(sources) -> None:
     plan = plan_split(sources, "test")
-    n = len(plan)
     probs = _network_truth(sources, plan)
     free = np.flatnonzero(plan.source == 1)
     probs[free[0], 5, 5, 0] = 1.0  # one stray pixel on one tumor-free image
-    native = source_geometry_scores(sources, plan, probs, np.ones(n, np.float32), progress=False)
+    pred = _predictions(sources, probs, (plan.source == 0).astype(np.float32))
+    native = pred.native
     labels = [sources[s].records[i].label for s, i in zip(plan.source, plan.item)]
-    targets = {
-        "presence": np.array([[0.0 if lab == "no_tumor" else 1.0] for lab in labels]),
-        "type": np.array([CLASSES.index(lab) for lab in labels]),
-        "mask": _network_truth(sources, plan),
-        "box": np.zeros((n, S, S, 1), np.float32),
-        "spacing": np.full((n, 2), np.nan, np.float32),
-    }
-    weights = {k: np.ones(n, np.float32) for k in TASK_NAMES}
-    weights["box"][:] = 0
-    outputs = {"presence": targets["presence"].copy(), "mask": probs,
-               "type": np.eye(len(CLASSES))[targets["type"]]}
-    pred = SplitPredictions([r.case_id for s in sources for r in s.records],
-                            [s.name for s in sources for _ in s.records],
-                            np.zeros((n, S, S, 1)), targets, weights, outputs, [], [], native)
     result = score(pred, CLASSES, mask_rule="independent")
     assert result["mask"]["geometry"] == "source image"
     assert set(result["mask_by_type"]) == {"glioma", "meningioma", "pituitary"}
@@ -153,30 +163,6 @@ def test_the_mask_rule_of_mtl_infer_applies(sources) -> None:
     assert gated.pred_pixels.tolist() == [0 if p <= 0.5 else H * W for p in presence]
     assert gated.dice[0] == 0 and gated.dice[1] == pytest.approx(raw.dice[1])
     assert np.isnan(gated.hd95[0]) and gated.hd95[1] == pytest.approx(raw.hd95[1])
-
-
-def _predictions(sources, probs: np.ndarray, presence: np.ndarray, **scoring) -> SplitPredictions:
-    """SplitPredictions of the fixture's items with the given mask probabilities (network size)
-    and presence probabilities; ``scoring``: source_geometry_scores's options."""
-    plan = plan_split(sources, "test")
-    n = len(plan)
-    native = source_geometry_scores(sources, plan, probs, np.ones(n, np.float32), progress=False,
-                                    **scoring)
-    labels = [sources[s].records[i].label for s, i in zip(plan.source, plan.item)]
-    targets = {
-        "presence": np.array([[0.0 if lab == "no_tumor" else 1.0] for lab in labels]),
-        "type": np.array([CLASSES.index(lab) for lab in labels]),
-        "mask": _network_truth(sources, plan),
-        "box": np.zeros((n, S, S, 1), np.float32),
-        "spacing": np.full((n, 2), np.nan, np.float32),
-    }
-    weights = {k: np.ones(n, np.float32) for k in TASK_NAMES}
-    weights["box"][:] = 0
-    outputs = {"presence": presence.reshape(n, 1).astype(np.float32), "mask": probs,
-               "type": np.eye(len(CLASSES))[targets["type"]]}
-    return SplitPredictions([r.case_id for s in sources for r in s.records],
-                            [s.name for s in sources for _ in s.records],
-                            np.zeros((n, S, S, 1)), targets, weights, outputs, [], [], native)
 
 
 def test_the_presence_threshold_gates_apart_from_the_mask_threshold(sources) -> None:

@@ -257,3 +257,43 @@ def test_predictions_csv_holds_each_item_as_scored(sources, tmp_path: Path) -> N
     # under the independent rule the withheld mask is back
     independent = write_predictions_csv(pred, CLASSES, tmp_path / "ind.csv", 0.5, "independent")
     assert float(next(csv.DictReader(independent.open()))["dice"]) > 0.8
+
+
+def test_presence_threshold_sweep_agrees_with_evaluate(sources, tmp_path: Path) -> None:
+    """benchmarks/presence_threshold.py, from one --mask-rule independent evaluation's
+    predictions.csv, gives at each threshold what `mtl evaluate --presence-threshold` scores."""
+    import json
+    import sys
+
+    from mtl.evaluate.per_item import write_predictions_csv
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.presence_threshold import at_threshold, read_predictions, sweep
+
+    plan = plan_split(sources, "test")
+    probs = _network_truth(sources, plan)
+    free = np.flatnonzero(plan.source == 1)
+    probs[free, 3:6, 3:6, 0] = 1.0  # the mask head marks both tumor-free images
+    presence = np.where(plan.source == 0, 0.8, 0.2)
+    presence[0], presence[free[0]] = 0.3, 0.4
+    pred = _predictions(sources, probs, presence)
+    write_predictions_csv(pred, CLASSES, tmp_path / "predictions.csv", 0.5, "independent")
+    (tmp_path / "metrics.json").write_text(json.dumps({"mask_rule": "independent",
+                                                       "threshold": 0.5}))
+    table = read_predictions(tmp_path)
+    for t in (0.1, 0.25, 0.35, 0.5, 0.9):
+        swept, scored = at_threshold(table, t), score(pred, CLASSES, presence_threshold=t)
+        assert swept["dice_mean"] == pytest.approx(scored["mask"]["dice_mean"], abs=1e-4), t
+        assert swept["tumor_free_with_tumor_pixels"] == pytest.approx(
+            scored["tumor_free_with_tumor_pixels"]["rate"]), t
+        assert swept["tumor_slices_without_mask"] == scored["mask"]["hd95_undefined"], t
+    # the pick: the best Dice within the tumor-free bound. 0.25 keeps every tumor slice and
+    # marks one tumor-free image of two; 0.35 and 0.5 lose the doubted tumor slice (0.3), and
+    # only 0.5 marks no tumor-free image
+    result = sweep(table, [0.25, 0.35, 0.5], max_free_rate=0.5)
+    assert result["pick"] == 0.25
+    assert sweep(table, [0.25, 0.35, 0.5], max_free_rate=0.0)["pick"] == 0.5
+    # an evaluation under the presence rule cannot be swept: its withheld masks are gone
+    (tmp_path / "metrics.json").write_text(json.dumps({"mask_rule": "presence", "threshold": 0.5}))
+    with pytest.raises(SystemExit, match="independent"):
+        read_predictions(tmp_path)

@@ -1,0 +1,143 @@
+"""Which presence threshold should gate the masks? Chosen on the validation split, from one
+evaluation, without running the network again.
+
+The presence mask rule empties the mask of every slice whose presence probability is not above
+the threshold, so the masks at any threshold follow from the mask head's own masks and the
+presence probabilities. Evaluate once with ``--mask-rule independent`` (the mask head alone),
+then sweep:
+
+    mtl evaluate runs/<name> --split val --bootstrap 0 --mask-rule independent \\
+        --out runs/<name>/eval-val-independent
+    python benchmarks/presence_threshold.py runs/<name>/eval-val-independent \\
+        --max-tumor-free-rate 0.03 --out benchmarks/results/presence_threshold-<name>-val.json
+
+For each threshold it reports the mean Dice over tumor slices (as ``mtl evaluate`` scores it:
+source geometry, presence rule), the per-patient Dice (each patient's slices pooled), the tumor
+slices left without a mask, and the share of tumor-free slices with any tumor pixel. It picks
+the threshold with the best mean Dice whose tumor-free rate stays within
+``--max-tumor-free-rate``, writes the table as JSON and draws it (``--plot``, default beside
+the JSON). Check the pick once on the test split with
+``mtl evaluate runs/<name> --presence-threshold <pick>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def read_predictions(folder: Path) -> dict[str, np.ndarray]:
+    """The columns of ``folder/predictions.csv`` the sweep needs; refuses an evaluation made
+    under the presence rule (its withheld masks cannot be brought back)."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if metrics.get("mask_rule") != "independent":
+        raise SystemExit(f"{folder}: evaluated with --mask-rule {metrics.get('mask_rule')}; "
+                         "sweep an evaluation made with --mask-rule independent")
+    with (folder / "predictions.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["mask_scored"] == "1" and r["presence_true"]]
+    if not rows:
+        raise SystemExit(f"{folder}: no item with both a mask and a presence label")
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
+
+    return {"presence": column("presence_prob"), "tumor": column("presence_true") > 0.5,
+            "dice": column("dice"), "true_px": column("tumor_px_true"),
+            "pred_px": column("tumor_px_pred"),
+            "patient": np.array([f"{r['dataset']}/{r['patient']}" for r in rows]),
+            "threshold": float(metrics["threshold"])}
+
+
+def at_threshold(p: dict[str, np.ndarray], t: float) -> dict[str, float]:
+    """The figures of the masks the presence rule exports at threshold ``t``."""
+    kept = p["presence"] > t  # as mtl infer's presence rule (NaN: not run, never kept)
+    tumor = p["tumor"]
+    dice = np.where(kept, np.nan_to_num(p["dice"]), 0.0)[tumor]
+    pred_px = np.where(kept, p["pred_px"], 0.0)
+    overlap = np.where(tumor, np.nan_to_num(p["dice"]) * (p["true_px"] + p["pred_px"]) / 2, 0.0)
+    overlap = np.where(kept, overlap, 0.0)
+    per_patient = []
+    for patient in np.unique(p["patient"][tumor]):
+        here = p["patient"] == patient
+        total = p["true_px"][here].sum() + pred_px[here].sum()
+        per_patient.append(2 * overlap[here].sum() / total if total else 0.0)
+    free = ~tumor
+    return {"threshold": round(float(t), 4), "dice_mean": float(dice.mean()),
+            "dice_per_patient": float(np.mean(per_patient)),
+            "tumor_slices_without_mask": int(((pred_px == 0) & tumor).sum()),
+            "tumor_free_with_tumor_pixels": float(((pred_px > 0) & free).sum() / max(free.sum(), 1)),
+            "n_tumor": int(tumor.sum()), "n_tumor_free": int(free.sum())}
+
+
+def sweep(p: dict[str, np.ndarray], thresholds: list[float], max_free_rate: float) -> dict:
+    """The table at every threshold and the pick: the best mean Dice within the tumor-free
+    bound (ties: the higher threshold)."""
+    table = [at_threshold(p, t) for t in thresholds]
+    allowed = [r for r in table if r["tumor_free_with_tumor_pixels"] <= max_free_rate]
+    pick = max(allowed, key=lambda r: (round(r["dice_mean"], 6), r["threshold"])) if allowed else None
+    return {"table": table, "max_tumor_free_rate": max_free_rate,
+            "pick": pick["threshold"] if pick else None}
+
+
+def plot(result: dict, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["threshold"] for r in result["table"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(t, [r["dice_mean"] for r in result["table"]], "o-", label="tumor-slice Dice")
+    ax.plot(t, [r["dice_per_patient"] for r in result["table"]], "s-", label="per-patient Dice")
+    ax.set_xlabel("presence threshold")
+    ax.set_ylabel("Dice")
+    ax2 = ax.twinx()
+    ax2.plot(t, [100 * r["tumor_free_with_tumor_pixels"] for r in result["table"]], "^--",
+             color="C3", label="tumor-free slices with tumor pixels (%)")
+    ax2.axhline(100 * result["max_tumor_free_rate"], color="C3", lw=0.8, ls=":")
+    ax2.set_ylabel("tumor-free slices with tumor pixels (%)", color="C3")
+    if result["pick"] is not None:
+        ax.axvline(result["pick"], color="grey", lw=0.8)
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [h.get_label() for h in lines], fontsize=7, loc="lower left")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("evaluation", type=Path,
+                        help="folder of an `mtl evaluate --mask-rule independent` run")
+    parser.add_argument("--thresholds", default="0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.6,0.7")
+    parser.add_argument("--max-tumor-free-rate", type=float, default=0.03)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args()
+    p = read_predictions(args.evaluation)
+    result = {"evaluation": str(args.evaluation), "mask_threshold": p["threshold"],
+              **sweep(p, [float(x) for x in args.thresholds.split(",")],
+                      args.max_tumor_free_rate)}
+    print(f"{'threshold':>9}  {'Dice':>6}  {'per patient':>11}  {'no mask':>7}  tumor-free w/ pixels")
+    for r in result["table"]:
+        mark = "  <- pick" if r["threshold"] == result["pick"] else ""
+        print(f"{r['threshold']:>9g}  {r['dice_mean']:6.3f}  {r['dice_per_patient']:11.3f}  "
+              f"{r['tumor_slices_without_mask']:>7}  {100 * r['tumor_free_with_tumor_pixels']:.1f}%{mark}")
+    print(f"pick (best Dice with tumor-free rate <= {args.max_tumor_free_rate:.1%}): {result['pick']}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    figure = args.plot or (args.out.with_suffix(".png") if args.out else None)
+    if figure:
+        print(f"wrote {plot(result, figure, f'presence threshold sweep: {args.evaluation}')}")
+
+
+if __name__ == "__main__":
+    main()

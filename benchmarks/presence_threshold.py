@@ -38,38 +38,48 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray]:
         raise SystemExit(f"{folder}: evaluated with --mask-rule {metrics.get('mask_rule')}; "
                          "sweep an evaluation made with --mask-rule independent")
     with (folder / "predictions.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if r["mask_scored"] == "1" and r["presence_true"]]
+        rows = [r for r in csv.DictReader(f) if r["mask_scored"] == "1"]
     if not rows:
-        raise SystemExit(f"{folder}: no item with both a mask and a presence label")
+        raise SystemExit(f"{folder}: no item with a mask label")
 
     def column(name: str) -> np.ndarray:
         return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
 
-    return {"presence": column("presence_prob"), "tumor": column("presence_true") > 0.5,
-            "dice": column("dice"), "true_px": column("tumor_px_true"),
-            "pred_px": column("tumor_px_pred"),
-            "patient": np.array([f"{r['dataset']}/{r['patient']}" for r in rows]),
+    known = all(r["patient"] for r in rows)
+    return {"presence": column("presence_prob"), "true_px": column("tumor_px_true"),
+            "free": column("presence_true") == 0,  # NaN (no presence label) is neither
+            "dice": column("dice"), "pred_px": column("tumor_px_pred"),
+            "patient": np.array([f"{r['dataset']}/{r['patient']}" for r in rows]) if known else None,
             "threshold": float(metrics["threshold"])}
 
 
-def at_threshold(p: dict[str, np.ndarray], t: float) -> dict[str, float]:
-    """The figures of the masks the presence rule exports at threshold ``t``."""
-    kept = p["presence"] > t  # as mtl infer's presence rule (NaN: not run, never kept)
-    tumor = p["tumor"]
+def at_threshold(p: dict[str, np.ndarray], t: float) -> dict[str, float | None]:
+    """The figures of the masks the presence rule exports at threshold ``t``, as ``mtl
+    evaluate`` computes them: Dice over the images with true tumor pixels, tumor-free images by
+    their presence label, and per-patient Dice pooling every slice of a patient with a true
+    tumor pixel (:func:`mtl.evaluate.patient.patient_dice`; None without patient ids), averaged
+    over the patients of every dataset evaluated."""
+    # as mtl infer's presence rule, on the float32 probabilities the model gave (the CSV
+    # holds them exactly) against a float32 threshold, as NumPy compares them in evaluate
+    kept = p["presence"].astype(np.float32) > np.float32(t)  # NaN: not run, never kept
+    tumor = p["true_px"] > 0
     dice = np.where(kept, np.nan_to_num(p["dice"]), 0.0)[tumor]
     pred_px = np.where(kept, p["pred_px"], 0.0)
-    overlap = np.where(tumor, np.nan_to_num(p["dice"]) * (p["true_px"] + p["pred_px"]) / 2, 0.0)
-    overlap = np.where(kept, overlap, 0.0)
-    per_patient = []
-    for patient in np.unique(p["patient"][tumor]):
-        here = p["patient"] == patient
-        total = p["true_px"][here].sum() + pred_px[here].sum()
-        per_patient.append(2 * overlap[here].sum() / total if total else 0.0)
-    free = ~tumor
-    return {"threshold": round(float(t), 4), "dice_mean": float(dice.mean()),
-            "dice_per_patient": float(np.mean(per_patient)),
+    overlap = np.where(tumor & kept, np.nan_to_num(p["dice"]) * (p["true_px"] + p["pred_px"]) / 2,
+                       0.0)
+    per_patient = None
+    if p["patient"] is not None:
+        values = []
+        for patient in np.unique(p["patient"][tumor]):
+            here = p["patient"] == patient
+            values.append(2 * overlap[here].sum() / (p["true_px"][here].sum() + pred_px[here].sum()))
+        per_patient = float(np.mean(values)) if values else None
+    free = p["free"]
+    return {"threshold": round(float(t), 4), "dice_mean": float(dice.mean()) if tumor.any() else None,
+            "dice_per_patient": per_patient,
             "tumor_slices_without_mask": int(((pred_px == 0) & tumor).sum()),
-            "tumor_free_with_tumor_pixels": float(((pred_px > 0) & free).sum() / max(free.sum(), 1)),
+            "tumor_free_with_tumor_pixels": float(((pred_px > 0) & free).sum() / free.sum())
+            if free.any() else None,
             "n_tumor": int(tumor.sum()), "n_tumor_free": int(free.sum())}
 
 
@@ -77,7 +87,8 @@ def sweep(p: dict[str, np.ndarray], thresholds: list[float], max_free_rate: floa
     """The table at every threshold and the pick: the best mean Dice within the tumor-free
     bound (ties: the higher threshold)."""
     table = [at_threshold(p, t) for t in thresholds]
-    allowed = [r for r in table if r["tumor_free_with_tumor_pixels"] <= max_free_rate]
+    allowed = [r for r in table if r["dice_mean"] is not None
+               and (r["tumor_free_with_tumor_pixels"] or 0.0) <= max_free_rate]
     pick = max(allowed, key=lambda r: (round(r["dice_mean"], 6), r["threshold"])) if allowed else None
     return {"table": table, "max_tumor_free_rate": max_free_rate,
             "pick": pick["threshold"] if pick else None}
@@ -92,11 +103,12 @@ def plot(result: dict, path: Path, title: str) -> Path:
     t = [r["threshold"] for r in result["table"]]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(t, [r["dice_mean"] for r in result["table"]], "o-", label="tumor-slice Dice")
-    ax.plot(t, [r["dice_per_patient"] for r in result["table"]], "s-", label="per-patient Dice")
+    if all(r["dice_per_patient"] is not None for r in result["table"]):
+        ax.plot(t, [r["dice_per_patient"] for r in result["table"]], "s-", label="per-patient Dice")
     ax.set_xlabel("presence threshold")
     ax.set_ylabel("Dice")
     ax2 = ax.twinx()
-    ax2.plot(t, [100 * r["tumor_free_with_tumor_pixels"] for r in result["table"]], "^--",
+    ax2.plot(t, [100 * (r["tumor_free_with_tumor_pixels"] or 0.0) for r in result["table"]], "^--",
              color="C3", label="tumor-free slices with tumor pixels (%)")
     ax2.axhline(100 * result["max_tumor_free_rate"], color="C3", lw=0.8, ls=":")
     ax2.set_ylabel("tumor-free slices with tumor pixels (%)", color="C3")
@@ -125,10 +137,15 @@ def main() -> None:
               **sweep(p, [float(x) for x in args.thresholds.split(",")],
                       args.max_tumor_free_rate)}
     print(f"{'threshold':>9}  {'Dice':>6}  {'per patient':>11}  {'no mask':>7}  tumor-free w/ pixels")
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
     for r in result["table"]:
         mark = "  <- pick" if r["threshold"] == result["pick"] else ""
-        print(f"{r['threshold']:>9g}  {r['dice_mean']:6.3f}  {r['dice_per_patient']:11.3f}  "
-              f"{r['tumor_slices_without_mask']:>7}  {100 * r['tumor_free_with_tumor_pixels']:.1f}%{mark}")
+        free = None if r["tumor_free_with_tumor_pixels"] is None else 100 * r["tumor_free_with_tumor_pixels"]
+        print(f"{r['threshold']:>9g}  {fmt(r['dice_mean'], '6.3f'):>6}  "
+              f"{fmt(r['dice_per_patient'], '11.3f'):>11}  {r['tumor_slices_without_mask']:>7}  "
+              f"{fmt(free, '.1f')}%{mark}")
     print(f"pick (best Dice with tumor-free rate <= {args.max_tumor_free_rate:.1%}): {result['pick']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

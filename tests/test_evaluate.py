@@ -119,9 +119,24 @@ def test_case_ids_missing_from_the_data_are_reported(run_dir, tmp_path):
     assert "phantom-99999" in metrics["data"]["phantoms"]["items"]
 
 
-def test_evaluate_takes_the_export_options_of_mtl_infer(run_dir, tmp_path):
+def test_evaluate_takes_the_export_options_of_mtl_infer(run_dir, tmp_path, monkeypatch):
     """--presence-threshold and --largest-component score the masks `mtl infer` exports with
     the same options; both are recorded in metrics.json, report.md and the model card."""
+    import mtl.evaluate.evaluation as evaluation
+
+    seen = {}
+    real_predict, real_score = evaluation.predict_split, evaluation.evaluate_predictions
+
+    def predict_split(*args, **kwargs):
+        seen["predict"] = kwargs
+        return real_predict(*args, **kwargs)
+
+    def evaluate_predictions(*args, **kwargs):
+        seen["score"] = kwargs
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "predict_split", predict_split)
+    monkeypatch.setattr(evaluation, "evaluate_predictions", evaluate_predictions)
     out = tmp_path / "ev-options"
     result = CliRunner().invoke(main, [
         "evaluate", str(run_dir), "--bootstrap", "0", "--out", str(out), "--threshold", "0.5",
@@ -130,6 +145,9 @@ def test_evaluate_takes_the_export_options_of_mtl_infer(run_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["threshold"] == 0.5 and metrics["presence_threshold"] == 0.3
     assert metrics["largest_component"] is True
+    # the masks are scored with the largest region kept, gated at the presence threshold
+    assert seen["predict"]["largest_component"] is True and seen["predict"]["threshold"] == 0.5
+    assert seen["score"]["presence_threshold"] == 0.3 and seen["score"]["threshold"] == 0.5
     overall = metrics["overall"]
     assert overall["presence"]["threshold"] == 0.3 and overall["mask"]["threshold"] == 0.5
     report = (out / "report.md").read_text()

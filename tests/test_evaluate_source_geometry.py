@@ -244,6 +244,7 @@ def test_predictions_csv_holds_each_item_as_scored(sources, tmp_path: Path) -> N
     assert len(tumor_rows) == scores["mask"]["n_tumor"] == 3
     # the doubted tumor slice: not called, its mask withheld (Dice 0, no predicted pixel)
     assert rows[0]["presence_prob"] == "0.3" and rows[0]["presence_called"] == "0"
+    assert np.float32(rows[0]["presence_prob"]) == pred.outputs["presence"][0, 0]  # exact
     assert rows[0]["dice"] == "0.0" and rows[0]["tumor_px_pred"] == "0"
     assert int(rows[0]["tumor_px_true"]) == _tumor_mask(
         int(sources[0].records[plan.item[0]].case_id) - 1).sum()
@@ -270,23 +271,33 @@ def test_presence_threshold_sweep_agrees_with_evaluate(sources, tmp_path: Path) 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.presence_threshold import at_threshold, read_predictions, sweep
 
+    from mtl.evaluate.patient import patient_dice
+
     plan = plan_split(sources, "test")
     probs = _network_truth(sources, plan)
     free = np.flatnonzero(plan.source == 1)
     probs[free, 3:6, 3:6, 0] = 1.0  # the mask head marks both tumor-free images
     presence = np.where(plan.source == 0, 0.8, 0.2)
     presence[0], presence[free[0]] = 0.3, 0.4
+    presence[1] = np.nextafter(np.float32(0.35), np.float32(1))  # just above a swept threshold
     pred = _predictions(sources, probs, presence)
+    # two patients: the first tumor slice with a tumor-free one, the other two tumor slices
+    pred.patient_ids = [f"{name}/{'a' if j in (0, int(free[0])) else 'b'}"
+                        for j, name in enumerate(pred.source_names)]
     write_predictions_csv(pred, CLASSES, tmp_path / "predictions.csv", 0.5, "independent")
     (tmp_path / "metrics.json").write_text(json.dumps({"mask_rule": "independent",
                                                        "threshold": 0.5}))
     table = read_predictions(tmp_path)
-    for t in (0.1, 0.25, 0.35, 0.5, 0.9):
+    for t in (0.1, 0.25, 0.3, 0.35, 0.5, 0.9):
         swept, scored = at_threshold(table, t), score(pred, CLASSES, presence_threshold=t)
-        assert swept["dice_mean"] == pytest.approx(scored["mask"]["dice_mean"], abs=1e-4), t
+        assert swept["dice_mean"] == pytest.approx(scored["mask"]["dice_mean"], abs=1e-9), t
         assert swept["tumor_free_with_tumor_pixels"] == pytest.approx(
             scored["tumor_free_with_tumor_pixels"]["rate"]), t
         assert swept["tumor_slices_without_mask"] == scored["mask"]["hd95_undefined"], t
+        _, per_patient = patient_dice(pred.patient_ids, pred.native_under("presence", t))
+        assert swept["dice_per_patient"] == pytest.approx(per_patient.mean(), abs=1e-9), t
+    # at 0.35 the slice at float32's next value above 0.35 keeps its mask, as in evaluate
+    assert at_threshold(table, 0.35)["tumor_slices_without_mask"] == 1
     # the pick: the best Dice within the tumor-free bound. 0.25 keeps every tumor slice and
     # marks one tumor-free image of two; 0.35 and 0.5 lose the doubted tumor slice (0.3), and
     # only 0.5 marks no tumor-free image
@@ -297,3 +308,34 @@ def test_presence_threshold_sweep_agrees_with_evaluate(sources, tmp_path: Path) 
     (tmp_path / "metrics.json").write_text(json.dumps({"mask_rule": "presence", "threshold": 0.5}))
     with pytest.raises(SystemExit, match="independent"):
         read_predictions(tmp_path)
+
+
+def test_the_presence_threshold_reaches_every_figure_of_an_evaluation(sources, tmp_path: Path
+                                                                      ) -> None:
+    """evaluate_predictions: the presence threshold, not the mask one, decides the bootstrap
+    interval of the headline Dice and the patient-level slice Dice too."""
+    from mtl.evaluate.report import evaluate_predictions
+
+    plan = plan_split(sources, "test")
+    presence = np.where(plan.source == 0, 0.9, 0.1)
+    presence[0] = 0.3
+    pred = _predictions(sources, _network_truth(sources, plan), presence)
+    pred.patient_ids = [f"{name}/p{j}" for j, name in enumerate(pred.source_names)]
+    gated = evaluate_predictions(pred, CLASSES, tmp_path / "a", n_resamples=200)
+    opened = evaluate_predictions(pred, CLASSES, tmp_path / "b", n_resamples=200,
+                                  presence_threshold=0.25)
+    assert gated["presence_threshold"] == 0.5 and opened["presence_threshold"] == 0.25
+    assert opened["threshold"] == 0.5 and opened["overall"]["mask"]["threshold"] == 0.5
+    low, high = gated["overall"]["ci95"]["dice_mean"], opened["overall"]["ci95"]["dice_mean"]
+    assert low[0] < high[0]  # the withheld slice's Dice of 0 is only in the gated resamples
+    # the patient-level slice Dice (one slice per patient here, so evaluate_predictions leaves
+    # the patient level out; its Dice step is called directly)
+    from mtl.evaluate.patient import _slice_dice
+
+    figshare = np.array([name == "figshare" for name in pred.source_names])
+    slice_dice = [_slice_dice(pred, figshare, 0.5, "presence", 50, 0, presence_threshold=t)
+                  for t in (None, 0.25)]
+    assert slice_dice[0]["dice_mean"] < slice_dice[1]["dice_mean"]
+    assert slice_dice[1]["dice_mean"] == pytest.approx(opened["by_dataset"]["figshare"]["mask"]
+                                                       ["dice_mean"])
+    assert "- presence_threshold: 0.25" in (tmp_path / "b" / "report.md").read_text()

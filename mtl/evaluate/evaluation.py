@@ -171,9 +171,11 @@ def evaluate(
     presence_threshold = threshold if presence_threshold is None else presence_threshold
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
                          tta=tta, largest_component=largest_component)
+    # no largest_component here: the healthy check predicts batches of unrelated slices, over
+    # which it would keep one 3-D region; per slice it never empties a mask, so the share of
+    # slices with tumor pixels is the same without it
     predictor = Predictor(model, threshold=threshold, tta=tta, mask_rule=mask_rule,
-                          presence_threshold=presence_threshold,
-                          largest_component=largest_component, batch_size=batch_size,
+                          presence_threshold=presence_threshold, batch_size=batch_size,
                           jit_compile=jit_for_batches(batch_size)) if healthy_paths else None
     healthy = [healthy_volume_check(predictor, path, name=str(spec), threshold=presence_threshold,
                                     orientation=orientation)

@@ -20,15 +20,18 @@ from mtl.evaluate.predict import SplitPredictions
 #: the leading columns; then ``p_<class>`` per class, then the mask columns
 COLUMNS = ("dataset", "case_id", "patient", "presence_true", "presence_prob", "presence_called",
            "label_true", "label_pred")
-MASK_COLUMNS = ("mask_scored", "tumor_px_true", "tumor_px_pred", "dice", "iou", "hd95")
+MASK_COLUMNS = ("mask_scored", "tumor_px_true", "tumor_px_pred", "dice", "iou", "hd95",
+                "hd95_unit")
 
 
 def _cell(value: Any) -> Any:
-    """A CSV cell: empty for None / NaN, floats to 4 decimals."""
+    """A CSV cell: empty for None / NaN; floats in the shortest text that reads back to the
+    same value of their own precision (float32 probabilities as float32: 0.3, not
+    0.30000001192092896), so a threshold swept on them decides as ``mtl evaluate`` did."""
     if value is None:
         return ""
     if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(float(value)) else round(float(value), 4)
+        return "" if math.isnan(float(value)) else str(value)
     if isinstance(value, (bool, np.bool_)):
         return int(value)
     if isinstance(value, np.integer):
@@ -45,7 +48,8 @@ def prediction_rows(pred: SplitPredictions, classes: list[str], presence_thresho
                     mask_rule: str = "presence") -> list[dict[str, Any]]:
     """One dict per item of ``pred``: truths (empty where unlabelled), calibrated
     probabilities, the decisions at ``presence_threshold`` and the exported mask's scores
-    under ``mask_rule`` (empty where the mask was not scored)."""
+    under ``mask_rule`` (empty where the mask was not scored; Dice and IoU also on tumor-free
+    items, HD95 also where no mask was predicted)."""
     w, t, o = pred.weights, pred.targets, pred.outputs
     n = len(pred.case_ids)
     presence = o["presence"].reshape(n) if "presence" in o else np.full(n, np.nan)
@@ -60,6 +64,7 @@ def prediction_rows(pred: SplitPredictions, classes: list[str], presence_thresho
             "presence_true": int(t["presence"][i].reshape(-1)[0] > 0.5)
             if w["presence"][i] > 0 else None,
             "presence_prob": presence[i],
+            # the decision the presence metrics count (>=; the mask gate keeps p > threshold)
             "presence_called": bool(presence[i] >= presence_threshold)
             if not math.isnan(float(presence[i])) else None,
             "label_true": classes[int(t["type"][i])] if w["type"][i] > 0 else None,
@@ -70,7 +75,8 @@ def prediction_rows(pred: SplitPredictions, classes: list[str], presence_thresho
         if native is not None and native.scored[i]:
             row.update({"mask_scored": True, "tumor_px_true": _count(native.true_pixels[i]),
                         "tumor_px_pred": _count(native.pred_pixels[i]), "dice": native.dice[i],
-                        "iou": native.iou[i], "hd95": native.hd95[i]})
+                        "iou": native.iou[i], "hd95": native.hd95[i],
+                        "hd95_unit": native.hd95_unit})
         else:
             row.update({"mask_scored": False, **{c: None for c in MASK_COLUMNS[1:]}})
         rows.append(row)

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl.evaluate.metrics import MaskScores
+from mtl.evaluate.patient import patient_dice
+
 
 def read_predictions(folder: Path) -> dict[str, np.ndarray]:
     """The columns of ``folder/predictions.csv`` the sweep needs; refuses an evaluation made
@@ -45,10 +48,15 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray]:
     def column(name: str) -> np.ndarray:
         return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
 
+    true_px, n = column("tumor_px_true"), len(rows)
+    # the mask head's own scores, as mtl evaluate held them before applying the presence rule
+    scores = MaskScores(tumor=true_px > 0, dice=column("dice"), iou=column("iou"),
+                        hd95=column("hd95"), pred_pixels=column("tumor_px_pred"),
+                        pixel_area=np.full(n, np.nan), hd95_unit=rows[0]["hd95_unit"],
+                        scored=np.ones(n, bool), true_pixels=true_px)
     known = all(r["patient"] for r in rows)
-    return {"presence": column("presence_prob"), "true_px": column("tumor_px_true"),
+    return {"presence": column("presence_prob"), "scores": scores,
             "free": column("presence_true") == 0,  # NaN (no presence label) is neither
-            "dice": column("dice"), "pred_px": column("tumor_px_pred"),
             "patient": np.array([f"{r['dataset']}/{r['patient']}" for r in rows]) if known else None,
             "threshold": float(metrics["threshold"])}
 
@@ -62,18 +70,12 @@ def at_threshold(p: dict[str, np.ndarray], t: float) -> dict[str, float | None]:
     # as mtl infer's presence rule, on the float32 probabilities the model gave (the CSV
     # holds them exactly) against a float32 threshold, as NumPy compares them in evaluate
     kept = p["presence"].astype(np.float32) > np.float32(t)  # NaN: not run, never kept
-    tumor = p["true_px"] > 0
-    dice = np.where(kept, np.nan_to_num(p["dice"]), 0.0)[tumor]
-    pred_px = np.where(kept, p["pred_px"], 0.0)
-    overlap = np.where(tumor & kept, np.nan_to_num(p["dice"]) * (p["true_px"] + p["pred_px"]) / 2,
-                       0.0)
-    per_patient = None
-    if p["patient"] is not None:
-        values = []
-        for patient in np.unique(p["patient"][tumor]):
-            here = p["patient"] == patient
-            values.append(2 * overlap[here].sum() / (p["true_px"][here].sum() + pred_px[here].sum()))
-        per_patient = float(np.mean(values)) if values else None
+    scores = p["scores"].withhold(kept)  # as SplitPredictions.native_under("presence", t)
+    tumor = scores.tumor
+    dice = scores.dice[tumor]
+    pred_px = scores.pred_pixels
+    pooled = patient_dice(p["patient"], scores) if p["patient"] is not None else None
+    per_patient = float(np.mean(pooled[1])) if pooled is not None and len(pooled[1]) else None
     free = p["free"]
     return {"threshold": round(float(t), 4), "dice_mean": float(dice.mean()) if tumor.any() else None,
             "dice_per_patient": per_patient,

@@ -169,7 +169,7 @@ def describe_config(config) -> dict[str, Any]:
     return {
         "backbone": config.model.backbone,
         "image_size": config.data.image_size,
-        "channels": config.data.channels,
+        "channels": config.data.input_channels,
         "batch_size": config.train.batch_size,
         "precision": config.train.precision,
         "decoder_filters": list(config.model.decoder_filters),

@@ -64,7 +64,7 @@ def child_train(config_path: str | None, overrides: list[str], image_size: int, 
     t = time.perf_counter()
     model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
     items = sum(len(s.records) for s in sources)
-    per_item = image_size * image_size * (4 * config.data.channels + 2)
+    per_item = image_size * image_size * (4 * config.data.input_channels + 2)
     return {"what": f"train {config.model.backbone}, {image_size}x{image_size}, batch {batch}, "
                     f"{steps} steps, real pipeline",
             "data_cache": {"in_config": load_config(config_path, overrides).data.cache,

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 net = build_model(c).net
                 size = c.data.image_size
                 models[role] = {"backbone": c.model.backbone,
-                                **model_flops(net, (size, size, c.data.channels))}
+                                **model_flops(net, (size, size, c.data.input_channels))}
                 del net
             return {"models": models}
 

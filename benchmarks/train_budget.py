@@ -44,7 +44,7 @@ def _memory_batches(config, n_batches: int, seed: int = 0):
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
-    b, s, c = config.train.batch_size, config.data.image_size, config.data.channels
+    b, s, c = config.train.batch_size, config.data.image_size, config.data.input_channels
     n = b * n_batches
     yy, xx = np.mgrid[:s, :s]
     centres = rng.uniform(0.3, 0.7, (n, 2)) * s

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from mtl.data.context import OFFSET_MARK, context_names
 from mtl.model.network import Architecture, NetworkSpec
 from mtl.model.weight_gradient import WEIGHT_GRADIENTS
 from mtl.precision import PRECISIONS
@@ -56,6 +57,9 @@ class AugmentConfig:
     brightness_limit: float = 0.15
     contrast_limit: float = 0.15
     distortion: float = 0.25  # elastic or grid distortion, one of the two
+    #: with data.context_slices: the chance that a slice's neighbours swap sides (the volume
+    #: read the other way up), so the network does not depend on which way a file stacks them
+    slice_flip: float = 0.5
 
 
 @dataclass
@@ -68,6 +72,10 @@ class DataConfig:
     #: flair, post-contrast]): every sample must carry exactly these (meta["channels"]), each is
     #: intensity-scaled on its own, and the model records them so inference asks for each one
     channel_names: list[str] | None = None
+    #: 2.5-D input: each slice is read with this many neighbouring slices of its volume on
+    #: either side, stacked as channels (mtl.data.context); needs channel_names and a dataset
+    #: that reads volumes (lgg). The network then takes (2k + 1) * channels input channels
+    context_slices: int = 0
     #: per-image intensity scaling to [0, 1] between these percentiles
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     split: dict[str, float] = field(
@@ -93,6 +101,19 @@ class DataConfig:
     #: split all sources together so that near-copies of a slice in any source of the run land
     #: in one split (mtl.data.copies); false splits each source on its own
     link_copies: bool = True
+
+    @property
+    def input_names(self) -> list[str] | None:
+        """The network's named input channels: ``channel_names`` at each slice offset
+        (``flair@-1``, ``flair``, ``flair@+1``, ...), or None for a grey/RGB model."""
+        if not self.channel_names:
+            return None
+        return context_names(self.channel_names, self.context_slices)
+
+    @property
+    def input_channels(self) -> int:
+        """The network's input channels: ``channels`` per slice, times the slices read."""
+        return self.channels * (2 * self.context_slices + 1)
 
 
 @dataclass
@@ -167,6 +188,11 @@ class TrainConfig:
     #: reduce_lr_patience is then unused)
     lr_schedule: str = "plateau"
     lr_min_fraction: float = 0.02
+    #: start from a trained model's weights: a .keras file or a run folder (its best.keras).
+    #: Same network, classes and sequences; it may read fewer neighbouring slices than this run
+    #: (a single-slice model starts a data.context_slices one: mtl.model.warm_start). Optimizer,
+    #: schedule and epochs start afresh. Unused when a run resumes (its own weights go on)
+    init_from: str | None = None
     runs_dir: str = "runs"
 
 
@@ -181,7 +207,7 @@ class Config:
 
     def network_spec(self) -> NetworkSpec:
         return NetworkSpec(**self.model.architecture(), input_size=self.data.image_size,
-                           channels=self.data.channels, classes=list(self.data.classes))
+                           channels=self.data.input_channels, classes=list(self.data.classes))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,6 +278,17 @@ class Config:
                                   f"data.channels={self.data.channels}")
             if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
                 raise ConfigError(f"data.channel_names must be distinct non-empty names, got {names}")
+            marked = [n for n in names if OFFSET_MARK in n]
+            if marked:
+                raise ConfigError(f"data.channel_names: {marked} hold {OFFSET_MARK!r}, which marks a "
+                                  "neighbouring slice's channel (data.context_slices); name the "
+                                  "sequences alone")
+        k = self.data.context_slices
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"data.context_slices must be a whole number >= 0, got {k!r}")
+        if k and not names:
+            raise ConfigError("data.context_slices needs data.channel_names: the neighbouring "
+                              "slices' channels are named after the sequences (flair@-1, ...)")
         stages = len(self.model.decoder_filters)
         if not 0 <= self.model.deep_supervision < stages:
             raise ConfigError(f"model.deep_supervision must be between 0 and {stages - 1} (the "

@@ -327,7 +327,7 @@ def build_model(config: Config, learning_rate: float | None = None,
             loss={"weights": dict(config.loss.weights), "uncertainty": config.loss.uncertainty,
                   "dice_smooth": config.loss.dice_smooth, "dice": config.loss.dice},
             preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
-                                             d.channel_names),
+                                             d.channel_names, d.context_slices),
             name="mtl",
         )
         use_weight_gradient(model, config.train.weight_gradient)
@@ -408,6 +408,8 @@ def train(
     """
     # first: MultiWorkerMirroredStrategy needs a fresh runtime
     strategy = make_strategy(config.train.strategy)
+    if config.train.init_from and not resume:  # refused before a run folder is made
+        check_start_from(config)
     start = open_run(config, run_dir, resume)
     if already_finished(config, start):
         return TrainResult(start.run.path, start.epoch, start.state.get("best"),
@@ -504,11 +506,36 @@ def training_model(config: Config, start: Start, data: TrainingData, strategy: A
         else:
             model = build_model(config, learning_rate=data.scale.learning_rate,
                                 steps_per_epoch=data.steps)
+            if t.init_from:
+                start_from(model, t.init_from)
     # every file saved from here carries the card; temperatures are fitted when training ends
     model.card, model.calibration = data.card, None
     if start.resume:
         start = held_start(config, start, model, data.steps, last.is_file())
     return model, start
+
+
+def check_start_from(config: Config) -> None:
+    """Whether ``train.init_from`` names a model that can start this run (WarmStartError, a
+    ConfigError, says why not), from its stored config alone."""
+    from mtl.model.warm_start import check_init_from, resolve_init_path
+
+    d = config.data
+    check_init_from(resolve_init_path(config.train.init_from), config.network_spec(),
+                    preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
+                                       d.channel_names, d.context_slices))
+
+
+def start_from(model: keras.Model, init_from: str) -> None:
+    """``train.init_from``: the new model takes a trained model's weights
+    (:func:`mtl.model.warm_start.warm_start`); says so in the log."""
+    from mtl.model.warm_start import resolve_init_path, warm_start
+
+    path = resolve_init_path(init_from)
+    done = warm_start(model, keras.models.load_model(path))
+    widened = (f"; {len(done['widened'])} input weights widened to {done['slices']} slices"
+               if done["widened"] else "")
+    log.info("weights from %s (%d weights%s)", path, done["weights"], widened)
 
 
 def load_checkpoint(path: Path, shown: Path, train: Any, steps: int) -> keras.Model:

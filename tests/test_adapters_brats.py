@@ -232,3 +232,20 @@ def test_empty_folder(tmp_path: Path) -> None:
         BratsAdapter(tmp_path).records()
     with pytest.raises(DataError, match="not found"):
         BratsAdapter(tmp_path / "absent").records()
+
+
+def test_neighbouring_slices_as_channels(tmp_path: Path) -> None:
+    """data.context_slices: each modality at offsets -1, 0, +1 along the slicing axis; the
+    volume's end slice stands in beyond its end (slices 0 and 7 hold no brain)."""
+    _subject(tmp_path / "BraTS2021_00001", NAMES_2020)
+    adapter = BratsAdapter(tmp_path, min_brain_fraction=0)
+    by_slice = {r.extra["slice"]: r for r in adapter.records()}
+    values = [VALUES[m] for m in adapter.modalities]
+    first = adapter.load_context(by_slice[1], 1)
+    assert first["image"].shape == (32, 32, 3 * len(values))
+    assert first["image"][16, 16].tolist() == [0] * len(values) + values + values
+    assert np.array_equal(first["image"][..., len(values):2 * len(values)],
+                          adapter.load(by_slice[1])["image"])
+    assert np.array_equal(first["mask"], adapter.load(by_slice[1])["mask"])
+    end = adapter.load_context(by_slice[7], 1)
+    assert end["image"][16, 16].tolist() == values + [0] * (2 * len(values))

@@ -181,3 +181,32 @@ def test_limits_apply_to_every_file(serve):
     assert refused.status_code == 413
     assert refused.json()["detail"].startswith("pre-contrast (case7_pre-contrast.png): the "
                                                "image is too large to analyse here")
+
+
+def test_a_model_of_neighbouring_slices_takes_volumes_and_refuses_single_images(serve, tmp_path):
+    """data.context_slices: the page and the API still ask for one upload per sequence; each
+    volume's slices get their neighbours as channels, and 2-D images are refused (400)."""
+    seen = []
+
+    def context_forward(x):
+        seen.append(np.asarray(x).shape[-1])
+        return channel_forward(np.asarray(x)[..., 3:6])  # the slice itself: offset 0
+
+    client, _app = serve(Predictor(forward=context_forward, classes=CLASSES,
+                                   preprocessing=preprocessing_spec(64, 3, [0.5, 99.5], NAMES, 1)))
+    info = client.get("/api/info").json()
+    assert info["channels"] == NAMES and info["overlay_channel"] == "flair"
+    single = client.post("/predict", files=_files(sequences()))
+    assert single.status_code == 400
+    detail = single.json()["detail"]
+    assert "a single 2-D image" in detail and "1 slice on either side" in detail
+    assert "form fields pre-contrast, flair, post-contrast" in detail and "--input" not in detail
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    arrays = sequences()
+    files = {n: (f"{n}.nii.gz", save_nifti(tmp_path / f"{n}.nii.gz",
+                                           np.stack([arrays[n]] * 3, -1).astype(np.int16),
+                                           affine).read_bytes(), "application/gzip")
+             for n in NAMES}
+    res = client.post("/predict", files=files)
+    assert res.status_code == 200, res.text
+    assert res.json()["n_slices"] == 3 and set(seen) == {9}

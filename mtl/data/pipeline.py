@@ -65,6 +65,15 @@ class Source:
     #: pixels were loaded); load-time skips are counted by :func:`preflight` and
     #: :class:`LoadErrors`, see :func:`skip_report`
     scan_skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: neighbouring slices read on either side of each slice (``data.context_slices``)
+    context_slices: int = 0
+
+    def load(self, record: Record) -> Sample:
+        """The record's sample, with its neighbouring slices as channels when the run reads
+        them (:meth:`Adapter.load_context`)."""
+        if self.context_slices:
+            return self.adapter.load_context(record, self.context_slices)
+        return self.adapter.load(record)
 
     def class_label(self, label: str | None) -> str | None:
         if label is None:
@@ -72,11 +81,13 @@ class Source:
         return self.config.label_map.get(label, label)
 
 
-def open_source(config: SourceConfig, on_error: str, classes: list[str], index: int = 0) -> Source:
+def open_source(config: SourceConfig, on_error: str, classes: list[str], index: int = 0,
+                context_slices: int = 0) -> Source:
     adapter = get_adapter(config.format, config.root, on_error=on_error, **config.options)
     records = adapter.records()
     source = Source(config, adapter, records, name=f"{config.format}" + (f"#{index}" if index else ""),
-                    scan_skipped=list(adapter.skipped))  # loads add to adapter.skipped later
+                    scan_skipped=list(adapter.skipped),  # loads add to adapter.skipped later
+                    context_slices=int(context_slices))
     unknown = sorted(
         {str(source.class_label(r.label)) for r in records if source.class_label(r.label) is not None}
         - set(classes)
@@ -91,7 +102,7 @@ def open_source(config: SourceConfig, on_error: str, classes: list[str], index: 
 
 def open_sources(config: Config) -> list[Source]:
     return [
-        open_source(s, config.data.on_error, config.data.classes, i)
+        open_source(s, config.data.on_error, config.data.classes, i, config.data.context_slices)
         for i, s in enumerate(config.data.sources)
     ]
 
@@ -115,7 +126,7 @@ def preflight(sources: list[Source], on_error: str, *, progress: bool = True) ->
     def check(job: tuple[int, int]) -> tuple[int, int, str | None]:
         k, i = job
         try:
-            sources[k].adapter.load(sources[k].records[i])
+            sources[k].load(sources[k].records[i])
             return k, i, None
         except Exception as exc:  # noqa: BLE001 - every failure is reported with its file
             return k, i, str(exc)
@@ -235,13 +246,21 @@ def check_sample_channels(sample: Sample, names: list[str]) -> None:
     if declared is not None and list(declared) != list(names):
         missing = [n for n in names if n not in declared]
         detail = f"missing {', '.join(missing)}" if missing else "in another order"
-        raise DataError(f"{where}: holds channels {list(declared)}, data.channel_names asks for "
-                        f"{list(names)} ({detail})")
+        raise DataError(f"{where}: holds channels {list(declared)}, the model's input is "
+                        f"{list(names)} (data.channel_names, data.context_slices; {detail})")
     if declared is None:
         try:
             check_channels(sample["image"], names)
         except ValueError as exc:
             raise DataError(f"{where}: {exc}") from None
+
+
+def reverse_slices(image: np.ndarray, slices: int) -> np.ndarray:
+    """(S, S, slices * C) with the slices' channel groups in reverse order: the neighbours
+    above a slice become those below it (the sequences' order within a slice is kept)."""
+    s1, s2, channels = image.shape
+    grouped = image.reshape(s1, s2, slices, channels // slices)
+    return np.ascontiguousarray(grouped[:, :, ::-1].reshape(s1, s2, channels))
 
 
 class SampleEncoder:
@@ -258,10 +277,12 @@ class SampleEncoder:
         d = config.data
         self.classes = list(d.classes)
         self.spec = preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
-                                       d.channel_names)
-        self.channel_names = list(d.channel_names) if d.channel_names else None
+                                       d.channel_names, d.context_slices)
+        self.channel_names = d.input_names  # with each neighbouring slice's channels
         self.size = d.image_size
-        self.channels = d.channels
+        self.channels = d.input_channels
+        self.context_slices = d.context_slices
+        self.slice_flip = d.augment.slice_flip if augment and d.augment.enabled else 0.0
         self._aug_cfg = d.augment if augment else None
         self._local = threading.local()  # one augmenter per worker thread: reseeding is safe
         self._cache: dict[tuple[int, int], Prepared] | None = {} if cache else None
@@ -322,6 +343,9 @@ class SampleEncoder:
 
     def finish(self, p: Prepared, aug_seed: int) -> tuple[np.ndarray, dict, dict]:
         image, mask, box = p.image, p.mask, p.box
+        if self.context_slices and self.slice_flip and (
+                np.random.default_rng([int(aug_seed), 1]).random() < self.slice_flip):
+            image = reverse_slices(image, 2 * self.context_slices + 1)
         aug = self._augmenter()
         if aug is not None:
             aug.set_random_seed(int(aug_seed))
@@ -446,7 +470,7 @@ def load_item(sources: list[Source], encoder: SampleEncoder, src: int, item: int
     source = sources[src]
     record = source.records[item]
     try:
-        prepared = encoder.prepared((src, item), lambda: (source.adapter.load(record), source))
+        prepared = encoder.prepared((src, item), lambda: (source.load(record), source))
         return None, encoder.finish(prepared, aug_seed)
     except Exception as exc:  # noqa: BLE001 - reported with the file name, or skipped
         return (record.source or record.case_id, str(exc)), None

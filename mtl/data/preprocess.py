@@ -19,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mtl.data.context import context_names
+
 
 @dataclass(frozen=True)
 class Letterbox:
@@ -44,16 +46,25 @@ def preprocessing_spec(
     channels: int,
     intensity_percentiles: list[float] | tuple[float, float],
     channel_names: list[str] | tuple[str, ...] | None = None,
+    context_slices: int = 0,
 ) -> dict[str, Any]:
     """What the model stores about its input. With ``channel_names`` the channels are MR
-    sequences, in this order, each scaled between its own percentiles ("percentile_per_channel")."""
+    sequences, in this order, each scaled between its own percentiles ("percentile_per_channel").
+    ``context_slices`` k > 0 (with ``channel_names``): each slice is read with k neighbouring
+    slices on either side (:mod:`mtl.data.context`); ``channels`` and ``channel_names`` then
+    count and name every input channel (``flair@-1``, ...) and ``sequences`` the sequences."""
     names = [str(n) for n in channel_names] if channel_names else None
     if names is not None and len(names) != int(channels):
         raise ValueError(f"{len(names)} channel names for {channels} channels")
+    k = int(context_slices)
+    if k and names is None:
+        raise ValueError("context slices need named channels (MR sequences)")
     return {
         "image_size": int(image_size),
-        "channels": int(channels),
-        "channel_names": names,
+        "channels": int(channels) * (2 * k + 1),
+        "channel_names": context_names(names, k) if names else None,
+        "sequences": names,
+        "context_slices": k,
         "intensity": "percentile_per_channel" if names else "percentile",
         "intensity_percentiles": [float(p) for p in intensity_percentiles],
         "geometry": "letterbox",
@@ -61,9 +72,23 @@ def preprocessing_spec(
 
 
 def channel_names(spec: dict[str, Any]) -> list[str] | None:
-    """The model's named input channels (MR sequences), or None for a grey/RGB model."""
+    """The model's named input channels (MR sequences, at each slice offset of a model with
+    context slices), or None for a grey/RGB model."""
     names = spec.get("channel_names")
     return list(names) if names else None
+
+
+def sequence_names(spec: dict[str, Any]) -> list[str] | None:
+    """The MR sequences a model reads, each once (what a user gives it: ``--input NAME=FILE``),
+    or None for a grey/RGB model. Models saved before context slices store only
+    ``channel_names``, which are then the sequences."""
+    names = spec.get("sequences") or spec.get("channel_names")
+    return list(names) if names else None
+
+
+def context_slices(spec: dict[str, Any]) -> int:
+    """Neighbouring slices read on either side of each slice (0: one slice, older models)."""
+    return int(spec.get("context_slices") or 0)
 
 
 def check_channels(image: np.ndarray, names: list[str]) -> None:
@@ -124,6 +149,9 @@ def letterbox(array: np.ndarray, info: Letterbox, *, nearest: bool) -> np.ndarra
     interp = cv2.INTER_NEAREST if nearest else (
         cv2.INTER_AREA if info.side > info.size else cv2.INTER_LINEAR
     )
+    if array.ndim == 3 and array.shape[-1] > 4:  # cv2 resizes at most 4 channels at once
+        return np.concatenate([letterbox(array[..., c:c + 4], info, nearest=nearest)
+                               for c in range(0, array.shape[-1], 4)], axis=-1)
     out = cv2.resize(square, (info.size, info.size), interpolation=interp)
     if array.ndim == 3 and out.ndim == 2:  # cv2 drops a trailing channel of 1
         out = out[..., None]

@@ -12,6 +12,7 @@ import keras
 
 from mtl.config import Config, ConfigError, SourceConfig, load_config
 from mtl.data.pipeline import Source, open_source
+from mtl.data.preprocess import context_slices, sequence_names
 from mtl.data.splits import match_case_ids, split_records
 from mtl.evaluate.healthy import check_grey_model, healthy_volume_check, resolve_healthy_volume
 from mtl.evaluate.predict import predict_split
@@ -54,11 +55,15 @@ def config_for(model: keras.Model, run_dir: Path | None) -> Config:
     a config says, so targets are never encoded differently from what the model learned.
     """
     pre = model.preprocessing
+    sequences = sequence_names(pre)
     stored = {
-        "data.image_size": pre["image_size"], "data.channels": pre["channels"],
+        "data.image_size": pre["image_size"],
+        "data.channels": len(sequences) if sequences else pre["channels"],
         "data.intensity_percentiles": pre["intensity_percentiles"], "data.classes": model.classes,
-        # named input channels (MR sequences) and their order, or None for a grey model
-        "data.channel_names": pre.get("channel_names"),
+        # named input channels (MR sequences) and their order, or None for a grey model, and
+        # the neighbouring slices read on either side of each slice
+        "data.channel_names": sequences,
+        "data.context_slices": context_slices(pre),
         "model.backbone": model.spec.backbone,
     }
     return load_config(run_dir / CONFIG if run_dir is not None else None, stored)
@@ -124,7 +129,8 @@ def open_eval_sources(config: Config, run_dir: Path | None, split: str
     saved = _saved_splits(run_dir)
     sources, how = [], {}
     for i, sc in enumerate(config.data.sources):
-        source = open_source(sc, config.data.on_error, config.data.classes, i)
+        source = open_source(sc, config.data.on_error, config.data.classes, i,
+                             config.data.context_slices)
         how[source.name] = assign_eval_split(source, split, saved, config)
         sources.append(source)
     return sources, how

@@ -150,7 +150,7 @@ def predict_split(
     weights = {k: [] for k in TASK_NAMES}
     outputs: dict[str, list[np.ndarray]] = {}
     images = []
-    forward = compiled_forward(model, config.data.image_size, config.data.channels,
+    forward = compiled_forward(model, config.data.image_size, config.data.input_channels,
                                jit_compile=jit_for_batches(batch_size))
     if tta:
         forward = with_flip_tta(forward)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mtl.data.context import context_names, stack_context
 from mtl.data.imageio import ImageReadError, read_channels
 from mtl.infer.case import Case, InputError, InputItem, check_pixels, check_side
 from mtl.infer.discovery import discover, safe_name
@@ -149,6 +150,28 @@ def load_sequence_image(name: str, item: InputItem,
     return Case(item.name, "image", item.source, image[None], image.shape, spacing=spacing)
 
 
+def with_context(case: Case, k: int, hint: str | None = None) -> Case:
+    """A case of named sequences with each slice's ``k`` neighbours on either side added as
+    channels (:func:`mtl.data.context.stack_context`), for a model trained with
+    ``data.context_slices: k``. A single 2-D image has no neighbouring slices: it is refused
+    with a message saying what to give instead (the model never sees made-up neighbours).
+    The volume's end slices stand in for neighbours beyond its ends, as in training."""
+    if not k:
+        return case
+    names = list(case.channel_names or ())
+    if not case.is_volume:
+        raise InputError(
+            f"{case.source}: a single 2-D image; this model reads each slice together with the "
+            f"{k} slice{'s' if k > 1 else ''} on either side of it in its volume (channels "
+            f"{', '.join(context_names(names, k))}), which one image does not hold. Give the "
+            f"volume: {hint or sequence_hint(names)}, each a NIfTI, NRRD or DICOM series")
+    stacked = context_names(names, k)
+    case.slices = stack_context(case.slices, k)
+    case.channel_names = tuple(stacked)
+    case.display_channel = display_channel(stacked)
+    return case
+
+
 def _common_name(names: Sequence[str]) -> str:
     """The common start of the sequences' case names (``BraTS_001_flair``, ``BraTS_001_t1ce``
     -> ``BraTS_001``), without trailing separators; "" when they share nothing useful."""
@@ -208,4 +231,4 @@ def stack_channels(item: InputItem, cases: Sequence[tuple[str, Case]]) -> Case:
 
 __all__ = ["AFFINE_TOLERANCE_MM", "channel_item", "display_channel", "load_channel_image",
            "load_sequence_image", "parse_channel_option", "refuse_single_volume",
-           "sequence_hint", "stack_channels"]
+           "sequence_hint", "stack_channels", "with_context"]

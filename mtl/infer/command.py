@@ -158,7 +158,7 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
         raise click.ClickException(f"{out_dir / 'findings.csv'} exists (an earlier run); use "
                                    "--force to overwrite or choose another --out")
     if sequences:  # wrong, repeated or missing names: refused before the model is loaded
-        from mtl.data.preprocess import channel_names
+        from mtl.data.preprocess import sequence_names
         from mtl.infer.channels import channel_item
         from mtl.model.card import read_model_config
 
@@ -168,7 +168,7 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
             stored = None
         if isinstance(stored, dict):
             try:
-                channel_item(sequences, channel_names(stored))
+                channel_item(sequences, sequence_names(stored))
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None
     discovered = discover(inputs)  # no pixels decoded (DICOM headers are); handed on to run()

@@ -22,7 +22,8 @@ from typing import Any, ContextManager, Sequence
 import numpy as np
 
 from mtl.data.orientation import View, display_view
-from mtl.data.preprocess import channel_names
+from mtl.data.context import describe
+from mtl.data.preprocess import context_slices, sequence_names
 from mtl.files import json_default
 from mtl.infer.axes import format_axis as parse_axis
 from mtl.infer.case import Case, InputError, InputItem
@@ -171,7 +172,8 @@ def analyse_case(
     (default: its source); ``lock``: held around the network call (a server's one model).
     """
     case = load_case(item, axis=axis, pixel_spacing=pixel_spacing,
-                     channels=channel_names(predictor.preprocessing), hint=hint)
+                     channels=sequence_names(predictor.preprocessing), hint=hint,
+                     context=context_slices(predictor.preprocessing))
     threshold = (predictor.presence_threshold if presence_threshold is None
                  else float(presence_threshold))
     try:
@@ -265,7 +267,7 @@ def drawn_on(channels: Sequence[str] | None, shown: str | None) -> str | None:
     sequences, None otherwise: said on every overlay."""
     if not channels:
         return None
-    return f"drawn on {shown} (input: {', '.join(channels)})"
+    return f"drawn on {shown} (input: {describe(channels)})"
 
 
 def area_text(n_px: int, px_mm2: float | None) -> str:

@@ -34,6 +34,7 @@ from mtl.infer.channels import (
     refuse_single_volume,
     sequence_hint,
     stack_channels,
+    with_context,
 )
 from mtl.infer.discovery import discover, path_problem, safe_name
 from mtl.infer.formats import FORMATS, Format, kind_of
@@ -45,7 +46,8 @@ from mtl.infer.formats.nrrd import load_nrrd_case
 
 def load_case(item: InputItem, *, axis: int | str = "axial",
               pixel_spacing: tuple[float, float] | None = None, upright: bool = True,
-              channels: Sequence[str] | None = None, hint: str | None = None) -> Case:
+              channels: Sequence[str] | None = None, hint: str | None = None,
+              context: int = 0) -> Case:
     """Read one input item. Raises InputError naming the file on any problem.
 
     ``upright``: turn a volume's slices upright where its orientation is known (the default,
@@ -53,7 +55,9 @@ def load_case(item: InputItem, *, axis: int | str = "axial",
     model's named input sequences (None: a grey model): one multi-channel image holding them in
     that order, or an item of one file per sequence (:func:`channel_item`); a single volume or
     a grey image is refused. ``hint``: how to give one file per sequence, for that message
-    (default: ``mtl infer``'s ``--input NAME=FILE``)."""
+    (default: ``mtl infer``'s ``--input NAME=FILE``). ``context``: the neighbouring slices a
+    model of named sequences reads on either side of each slice (:func:`with_context`): a
+    volume's slices get them as channels, a 2-D image is refused."""
     if item.channels is not None:
         names = [n for n, _i in item.channels]
         if channels is not None and [n.lower() for n in names] != [n.lower() for n in channels]:
@@ -62,12 +66,13 @@ def load_case(item: InputItem, *, axis: int | str = "axial",
         cases = [(name, load_case(part, axis=axis, pixel_spacing=pixel_spacing, upright=upright)
                   if _format(part).is_volume else load_sequence_image(name, part, pixel_spacing))
                  for name, part in item.channels]
-        return stack_channels(item, cases)
+        return with_context(stack_channels(item, cases), context, hint)
     if channels:
         fmt = FORMATS.get(item.kind)
         if fmt is None or fmt.is_volume:
             refuse_single_volume(item, channels, hint)
-        return load_channel_image(item, pixel_spacing, list(channels), hint)
+        return with_context(load_channel_image(item, pixel_spacing, list(channels), hint),
+                            context, hint)
     case = _format(item).read(item, axis=axis, pixel_spacing=pixel_spacing)
     return turn_upright(case) if upright else case
 

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtl.data.preprocess import channel_names
+from mtl.data.preprocess import sequence_names
 from mtl.infer.case import InputError, InputItem
 from mtl.infer.channels import channel_item
 from mtl.infer.core import CaseAnalysis, analyse_case, check_threshold, parse_spacing, record_bytes
@@ -312,7 +312,7 @@ def run(
     items, bad = discover(inputs) if discovered is None else discovered
     items = list(items)  # the caller's list stays as it was
     if sequences:
-        extra = channel_item(sequences, channel_names(predictor.preprocessing))
+        extra = channel_item(sequences, sequence_names(predictor.preprocessing))
         taken = {item.name.lower() for item in items}
         name, k = extra.name, 2
         while name.lower() in taken:

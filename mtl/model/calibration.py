@@ -109,7 +109,7 @@ def calibrate_on_split(model: Any, sources: list, config: Any, split: str = "val
                       on_error=config.data.on_error,
                       num_parallel_calls=config.data.num_parallel_calls,
                       workers=config.data.workers, errors=LoadErrors())
-    forward = compiled_forward(model, config.data.image_size, config.data.channels,
+    forward = compiled_forward(model, config.data.image_size, config.data.input_channels,
                                jit_compile=jit_for_batches(batch_size))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("zp", "yp", "wp", "zt", "yt", "wt")}
     for x, y, w in ds:

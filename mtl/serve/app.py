@@ -48,7 +48,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 import mtl
-from mtl.data.preprocess import channel_names
+from mtl.data.preprocess import sequence_names
 from mtl.infer.predict import Predictor
 from mtl.infer.channels import display_channel
 from mtl.serve.results import ID_PATTERN, ResultStore, StoredResult
@@ -488,7 +488,7 @@ def create_app(
     """
     if max_waiting < 0:
         raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
-    names = channel_names(predictor.preprocessing)
+    names = sequence_names(predictor.preprocessing)
     store = ResultStore(max_items=max_results, ttl_seconds=result_ttl_seconds,
                         max_bytes=max_result_bytes)
     service = Service(predictor, limits=limits, store=store, model_name=model_name,

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mtl.data.preprocess import channel_names
+from mtl.data.preprocess import sequence_names
 from mtl.infer.case import InputError, InputItem
 from mtl.infer.channels import display_channel, refuse_single_volume
 from mtl.infer.core import (
@@ -154,7 +154,7 @@ class Service:
                            "preprocessing": dict(predictor.preprocessing),
                            **provenance(predictor.model)}
         #: the MR sequences the model takes as input channels, in order (None: grey model)
-        self.channels = channel_names(predictor.preprocessing)
+        self.channels = sequence_names(predictor.preprocessing)
         self.temp_root = Path(tempfile.mkdtemp(prefix="mtl-serve-", dir=temp_root))
         self._predict_lock = threading.Lock()  # one network call at a time, whole cases
         self._render_lock = threading.Lock()  # matplotlib is not thread-safe

@@ -169,6 +169,14 @@ class Adapter(abc.ABC):
     def load(self, record: Record) -> Sample:
         """Read one item's pixels and labels into a sample dict."""
 
+    def load_context(self, record: Record, k: int) -> Sample:
+        """The record's sample with the ``k`` slices on either side of it in its volume as
+        channels (:mod:`mtl.data.context`, ``data.context_slices``). Only adapters that read
+        volumes can; the others refuse."""
+        raise DataError(f"{self.name}: its items are single images, not slices of volumes, so "
+                        f"data.context_slices ({k}) cannot read their neighbouring slices; use "
+                        "it with a dataset of volumes (lgg, brats), or set data.context_slices: 0")
+
     def __len__(self) -> int:
         return len(self.records())
 

@@ -43,6 +43,7 @@ import nibabel as nib
 import numpy as np
 
 from mtl.data.adapters.base import Adapter, DataError, Record
+from mtl.data.context import offsets
 from mtl.data.orientation import View, upright_transform
 from mtl.data.sample import NO_TUMOR, Sample
 
@@ -301,9 +302,20 @@ class BratsAdapter(Adapter):
     # -- loading --------------------------------------------------------------------------------
 
     def load(self, record: Record) -> Sample:
+        return self._load(record, 0)
+
+    def load_context(self, record: Record, k: int) -> Sample:
+        """The slice with the ``k`` slices on either side of it along ``axis`` as channels,
+        offset ``-k`` first, each with every modality (:mod:`mtl.data.context`); the volume's
+        first and last slices stand in for neighbours beyond its ends."""
+        return self._load(record, k)
+
+    def _load(self, record: Record, k: int) -> Sample:
         extra = record.extra
         index = extra["slice"]
-        channels = [self._read_slice(Path(p), index) for p in extra["files"]]
+        last = int(extra["shape"][self.axis]) - 1
+        channels = [self._read_slice(Path(p), min(max(index + o, 0), last))
+                    for o in offsets(k) for p in extra["files"]]
         image = np.stack(channels, axis=-1)
         mask = self._read_slice(Path(extra["seg"]), index) > 0
         turn = View()
@@ -323,6 +335,7 @@ class BratsAdapter(Adapter):
             modalities=list(self.modalities),
             upright={"transpose": turn.transpose, "flip_rows": turn.flip_rows,
                      "flip_cols": turn.flip_cols},
+            **({"context_slices": k} if k else {}),
         )
 
     def _read_slice(self, path: Path, index: int) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 import tifffile
 
 from mtl.data.adapters.base import Adapter, DataError, Record
+from mtl.data.context import channel_name, clamped_index, offsets
 from mtl.data.sample import NO_TUMOR, Sample
 
 CHANNELS = ("pre-contrast", "flair", "post-contrast")
@@ -213,16 +214,57 @@ class LggAdapter(Adapter):
     # -- loading --------------------------------------------------------------------------------
 
     def load(self, record: Record) -> Sample:
-        image = _read_tif(Path(record.source))
+        image, channels = self._pixels(Path(record.source))
         mask = _read_tif(Path(record.extra["mask"]))
-        channels = list(CHANNELS)
-        if self.channel is not None:
-            if image.ndim != 3 or image.shape[-1] != len(CHANNELS):
-                raise DataError(
-                    f"{record.source}: channel={self.channel!r} needs a {len(CHANNELS)}-channel "
-                    f"slice, found shape {image.shape}")
-            image = image[..., CHANNELS.index(self.channel)]
-            channels = [self.channel]
         return self.sample(record, image, mask, blame=record.extra["mask"],
                            slice=record.extra["slice"], grade=record.extra["grade"],
                            channels=channels)
+
+    def load_context(self, record: Record, k: int) -> Sample:
+        """The slice with the ``k`` slices on either side of it in the patient's volume as
+        channels, offset ``-k`` first (:mod:`mtl.data.context`): every slice of the folder
+        counts, whatever ``keep`` or ``slice_step`` leave out of the records, and a volume's
+        end slice stands in for the neighbours beyond it."""
+        path = Path(record.source)
+        index = int(record.extra["slice"])
+        available = self._slice_numbers(path.parent)
+        mask = _read_tif(Path(record.extra["mask"]))
+        parts, channels = [], []
+        for offset in offsets(k):
+            if offset == 0:
+                neighbour = path
+            else:
+                number = clamped_index(index + offset, available)
+                neighbour = path.with_name(f"{record.extra['folder']}_{number}.tif")
+            image, names = self._pixels(neighbour)
+            if offset and image.shape[:2] != mask.shape[:2]:
+                raise DataError(f"{neighbour}: slice shape {image.shape[:2]} differs from "
+                                f"{path.name}'s {mask.shape[:2]} in the same volume")
+            parts.append(image if image.ndim == 3 else image[..., None])
+            channels.extend(channel_name(n, offset) for n in names)
+        return self.sample(record, np.concatenate(parts, axis=-1), mask,
+                           blame=record.extra["mask"], slice=index, grade=record.extra["grade"],
+                           channels=channels, context_slices=k)
+
+    def _pixels(self, path: Path) -> tuple[np.ndarray, list[str]]:
+        """One slice's image (the ``channel`` option's sequence alone, if set) and the names
+        of its channels."""
+        image = _read_tif(path)
+        if self.channel is None:
+            return image, list(CHANNELS)
+        if image.ndim != 3 or image.shape[-1] != len(CHANNELS):
+            raise DataError(f"{path}: channel={self.channel!r} needs a {len(CHANNELS)}-channel "
+                            f"slice, found shape {image.shape}")
+        return image[..., CHANNELS.index(self.channel)], [self.channel]
+
+    def _slice_numbers(self, folder: Path) -> list[int]:
+        """The slice numbers of a patient's volume: its ``<case>_<n>.tif`` files (cached)."""
+        cache = self.__dict__.setdefault("_slices_of", {})
+        if folder not in cache:
+            numbers = sorted(int(m["index"]) for p in folder.glob("*.tif")
+                             if not p.name.endswith("_mask.tif")
+                             and (m := _SLICE.match(p.stem)) is not None)
+            if not numbers:
+                raise DataError(f"{folder}: holds no <case>_<slice>.tif slices")
+            cache[folder] = numbers
+        return cache[folder]

@@ -1,0 +1,130 @@
+"""A new run that starts from a trained model's weights (``train.init_from``) instead of
+random ones: the same network (backbone, decoder, heads, classes, MR sequences), trained on.
+
+The one change allowed between the two is the input's slice context: a model trained on
+single slices can start a model that also reads ``k`` neighbouring slices on either side
+(``data.context_slices``, :mod:`mtl.data.context`). Its input weights are widened so that the
+new model computes, at its first step, exactly what the old one did: each input convolution
+kernel sees the slice itself through the old kernel and its neighbours through zeros, and
+per-channel statistics of the input (the backbone's first BatchNormalization) are repeated
+for every slice. Training then learns how much the neighbours help.
+
+The optimizer, the schedule and the epoch count start afresh; only weights are taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtl.config import ConfigError
+from mtl.data.preprocess import context_slices, sequence_names
+
+
+class WarmStartError(ConfigError):
+    """The model named by ``train.init_from`` cannot start this run; the message says why."""
+
+
+#: spec fields that must be the same in both models (the input size and channels may differ)
+SAME_FIELDS = ("backbone", "decoder_filters", "decoder_block_type", "head_units",
+               "deep_supervision", "classes")
+
+
+def resolve_init_path(value: str | Path) -> Path:
+    """``train.init_from``: a model file, or a run folder (its best.keras)."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / "best.keras"
+    if not path.is_file():
+        raise WarmStartError(f"train.init_from: {path} not found (give a .keras model file or a "
+                             "run folder holding best.keras)")
+    return path
+
+
+def widening(src: dict[str, Any], src_pre: dict[str, Any], tgt: dict[str, Any],
+             tgt_pre: dict[str, Any]) -> int:
+    """How many slices the target reads for each slice the source read, from both networks'
+    specs and preprocessing (dicts, as models store them): 1 for the same input, 2k + 1 when
+    the source read single slices and the target reads k neighbours per side. Raises
+    WarmStartError where the two networks differ otherwise."""
+    differ = [f for f in SAME_FIELDS if src.get(f) != tgt.get(f)]
+    if differ:
+        shown = "; ".join(f"{f}: {src.get(f)!r} there, {tgt.get(f)!r} here" for f in differ)
+        raise WarmStartError(f"train.init_from: the model is another network ({shown})")
+    if sequence_names(src_pre) != sequence_names(tgt_pre):
+        raise WarmStartError(f"train.init_from: the model reads {sequence_names(src_pre)}, this "
+                             f"run {sequence_names(tgt_pre)} (data.channel_names)")
+    k_src, k_tgt = context_slices(src_pre), context_slices(tgt_pre)
+    if k_src == k_tgt:
+        return 1
+    if k_src == 0:
+        return 2 * k_tgt + 1
+    raise WarmStartError(f"train.init_from: the model reads {k_src} neighbouring slice(s) per "
+                         f"side, this run {k_tgt}; a model can only start one of the same "
+                         "context or, from single slices, one of a wider context")
+
+
+def check_init_from(path: Path, spec: Any, preprocessing: dict[str, Any]) -> int:
+    """Whether the model file at ``path`` can start a network of ``spec`` (a NetworkSpec) and
+    ``preprocessing``, read from its stored config without building it (before a run folder
+    is made); returns :func:`widening`."""
+    from mtl.model.card import read_model_config
+
+    try:
+        stored = read_model_config(path)
+    except Exception as exc:  # noqa: BLE001 - not a zip, no config.json, bad JSON
+        raise WarmStartError(f"train.init_from: {path} is not a readable .keras model "
+                             f"({type(exc).__name__}: {exc})") from None
+    if "spec" not in stored:
+        raise WarmStartError(f"train.init_from: {path} is not an mtl model (no network spec)")
+    return widening(stored["spec"], stored.get("preprocessing") or {}, asdict(spec),
+                    preprocessing)
+
+
+def widen(weight: np.ndarray, shape: tuple[int, ...], channels: int, factor: int
+          ) -> np.ndarray | None:
+    """A source weight of the input's ``channels`` made the target's ``shape`` for ``factor``
+    slices (the source's slice in the middle): an input convolution kernel (``kh, kw,
+    channels, filters``) padded with zeros for the neighbours, a per-channel vector repeated
+    for each slice; None where the weight is not one of those."""
+    middle = factor // 2
+    if weight.ndim == 4 and weight.shape[2] == channels and shape == (
+            *weight.shape[:2], channels * factor, weight.shape[3]):
+        out = np.zeros(shape, weight.dtype)
+        out[:, :, middle * channels:(middle + 1) * channels] = weight
+        return out
+    if weight.ndim == 1 and weight.shape[0] == channels and shape == (channels * factor,):
+        return np.tile(weight, factor)
+    return None
+
+
+def warm_start(target: Any, source: Any) -> dict[str, Any]:
+    """Set ``target``'s weights from ``source`` (both mtl models, built). Returns what was
+    done: ``{"weights": n, "widened": [names], "slices": factor}``."""
+    factor = widening(asdict(source.spec), source.preprocessing or {}, asdict(target.spec),
+                      target.preprocessing or {})
+    src, tgt = source.weights, target.weights
+    if len(src) != len(tgt):
+        raise WarmStartError(f"train.init_from: the model holds {len(src)} weights, this "
+                             f"network {len(tgt)}")
+    channels = int((source.preprocessing or {}).get("channels", 1))
+    widened = []
+    for t, s in zip(tgt, src):
+        value = np.asarray(s.numpy())
+        shape = tuple(int(d) for d in t.shape)
+        if value.shape != shape:
+            grown = widen(value, shape, channels, factor) if factor > 1 else None
+            if grown is None:
+                raise WarmStartError(f"train.init_from: weight {s.path} is {value.shape} in the "
+                                     f"model and {shape} here")
+            value = grown
+            widened.append(t.path)
+        t.assign(value.astype(t.dtype))
+    return {"weights": len(tgt), "widened": widened, "slices": factor}
+
+
+__all__ = ["SAME_FIELDS", "WarmStartError", "check_init_from", "resolve_init_path",
+           "warm_start", "widen", "widening"]

@@ -101,7 +101,7 @@ def _naive_dataset(sources, plan, encoder, batch: int, element_spec):
             images, targets, weights = [], [], []
             for i in range(b * batch, (b + 1) * batch):
                 source = sources[int(plan.source[i])]
-                sample = source.adapter.load(source.records[int(plan.item[i])])
+                sample = source.load(source.records[int(plan.item[i])])
                 image, t, w = encoder.encode(sample, source, int(plan.aug_seed[i]))
                 images.append(image)
                 targets.append(t)

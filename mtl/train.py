@@ -507,7 +507,7 @@ def training_model(config: Config, start: Start, data: TrainingData, strategy: A
             model = build_model(config, learning_rate=data.scale.learning_rate,
                                 steps_per_epoch=data.steps)
             if t.init_from:
-                start_from(model, t.init_from)
+                start_from(model, t.init_from, data.sources)
     # every file saved from here carries the card; temperatures are fitted when training ends
     model.card, model.calibration = data.card, None
     if start.resume:
@@ -526,12 +526,26 @@ def check_start_from(config: Config) -> None:
                                        d.channel_names, d.context_slices))
 
 
-def start_from(model: keras.Model, init_from: str) -> None:
+def start_from(model: keras.Model, init_from: str, sources: list[Source]) -> None:
     """``train.init_from``: the new model takes a trained model's weights
-    (:func:`mtl.model.warm_start.warm_start`); says so in the log."""
-    from mtl.model.warm_start import resolve_init_path, warm_start
+    (:func:`mtl.model.warm_start.warm_start`); says so in the log. Refused (WarmStartError)
+    when the model's run trained on an item of this run's validation or test split."""
+    from mtl.model.warm_start import (
+        WarmStartError, resolve_init_path, source_splits, trained_on_held_out, warm_start,
+    )
 
     path = resolve_init_path(init_from)
+    splits = source_splits(path)
+    if splits is None:
+        log.warning("train.init_from: %s has no splits.json beside it, so it cannot be checked "
+                    "that it never trained on this run's validation and test items", path)
+    else:
+        leaked = trained_on_held_out(splits, sources)
+        if leaked:
+            raise WarmStartError(
+                f"train.init_from: {path}'s run trained on {len(leaked)} item(s) of this run's "
+                f"validation and test splits (e.g. {', '.join(leaked[:3])}); its scores would "
+                "not be honest. Use the same data.split and seed as that run, or another model")
     done = warm_start(model, keras.models.load_model(path))
     widened = (f"; {len(done['widened'])} input weights widened to {done['slices']} slices"
                if done["widened"] else "")

@@ -22,10 +22,10 @@ from mtl.data.preprocess import (
     context_slices, prepare_image, preprocessing_spec, sequence_names,
 )
 from mtl.model.warm_start import WarmStartError
+from test_infer_channels import NAMES, lgg_slice, save_nifti
 
 #: the module-wide model and run are built once, in one test process
 pytestmark = pytest.mark.xdist_group("context-slices")
-from test_infer_channels import NAMES, lgg_slice, save_nifti
 
 # --------------------------------------------------------------------------- names and stacking
 
@@ -276,6 +276,30 @@ def test_a_model_that_cannot_start_the_run_is_refused_before_a_run_folder(
     with pytest.raises(WarmStartError, match="not found"):
         train(missing, verbose=0)
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_model_whose_run_trained_on_this_runs_test_items_is_refused(
+        single_slice_model, lgg_volumes, tmp_path):
+    """The model's run folder says (splits.json) what it trained on: a run whose validation or
+    test items are among them is refused, its scores would not be honest."""
+    import shutil
+
+    root, volumes = lgg_volumes
+    folder = tmp_path / "other-run"
+    folder.mkdir()
+    shutil.copy(single_slice_model, folder / "best.keras")
+    every = [f"{f}_{k}" for f in volumes for k in range(1, 6)]
+    (folder / "splits.json").write_text(json.dumps({"lgg": {
+        "format": "lgg", "root": str(root), "patients": {},
+        "case_ids": {"train": every, "val": [], "test": []}}}))
+    config = _lgg_config(root, *TINY_NET, f"train.runs_dir={tmp_path / 'runs'}",
+                         f"train.init_from={folder}",
+                         "data.split={train: 0.6, val: 0.2, test: 0.2}")
+    from mtl.train import train
+
+    with pytest.raises(WarmStartError, match=r"trained on 20 item\(s\) of this run's "
+                                             "validation and test splits"):
+        train(config, verbose=0)  # two val and two test patients of five slices
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,17 @@ per-channel statistics of the input (the backbone's first BatchNormalization) ar
 for every slice. Training then learns how much the neighbours help.
 
 The optimizer, the schedule and the epoch count start afresh; only weights are taken.
+
+A model that trained on an item this run validates or tests on would make its scores
+dishonest, so :func:`trained_on_held_out` compares the run's split with the ``splits.json`` of
+the model's own run folder (beside the model file) and the run is refused if they overlap.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,6 +88,29 @@ def check_init_from(path: Path, spec: Any, preprocessing: dict[str, Any]) -> int
                     preprocessing)
 
 
+def source_splits(path: Path) -> dict[str, Any] | None:
+    """The ``splits.json`` of the run the model file comes from (beside it), or None."""
+    from mtl.runfolder import SPLITS, read_splits
+
+    return read_splits(path.parent / SPLITS)
+
+
+def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any]) -> list[str]:
+    """The items of this run's validation and test splits (``sources``: opened and split,
+    :class:`mtl.data.pipeline.Source`) that the model's run trained on (``splits``: its
+    splits.json), as ``"dataset: case id"``; matched by dataset format and case id."""
+    trained = {(entry.get("format"), case_id) for entry in splits.values()
+               for case_id in entry.get("case_ids", {}).get("train", [])}
+    found = []
+    for source in sources:
+        for split in ("val", "test"):
+            for i in source.splits.get(split, []):
+                case_id = source.records[i].case_id
+                if (source.config.format, case_id) in trained:
+                    found.append(f"{source.name}: {case_id} ({split})")
+    return found
+
+
 def widen(weight: np.ndarray, shape: tuple[int, ...], channels: int, factor: int
           ) -> np.ndarray | None:
     """A source weight of the input's ``channels`` made the target's ``shape`` for ``factor``
@@ -127,4 +154,4 @@ def warm_start(target: Any, source: Any) -> dict[str, Any]:
 
 
 __all__ = ["SAME_FIELDS", "WarmStartError", "check_init_from", "resolve_init_path",
-           "warm_start", "widen", "widening"]
+           "source_splits", "trained_on_held_out", "warm_start", "widen", "widening"]

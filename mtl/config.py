@@ -289,6 +289,10 @@ class Config:
         if k and not names:
             raise ConfigError("data.context_slices needs data.channel_names: the neighbouring "
                               "slices' channels are named after the sequences (flair@-1, ...)")
+        if self.model.encoder_weights == "imagenet" and self.data.input_channels != 3:
+            raise ConfigError(f"model.encoder_weights: imagenet needs 3 input channels; "
+                              f"data.channels={self.data.channels} with data.context_slices={k} "
+                              f"gives {self.data.input_channels}")
         stages = len(self.model.decoder_filters)
         if not 0 <= self.model.deep_supervision < stages:
             raise ConfigError(f"model.deep_supervision must be between 0 and {stages - 1} (the "

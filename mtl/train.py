@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -65,6 +66,7 @@ from mtl.data.splits import match_case_ids, split_records
 from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
 from mtl.model.optimizers import FusedAdam
+from mtl.model.warm_start import WarmStartError
 from mtl.model.weight_gradient import resolve_weight_gradient, use_weight_gradient
 from mtl.figures import plot_history
 from mtl.files import json_text
@@ -507,7 +509,12 @@ def training_model(config: Config, start: Start, data: TrainingData, strategy: A
             model = build_model(config, learning_rate=data.scale.learning_rate,
                                 steps_per_epoch=data.steps)
             if t.init_from:
-                start_from(model, t.init_from, data.sources)
+                try:
+                    start_from(model, t.init_from, data.sources)
+                except WarmStartError:
+                    if not start.epoch:  # nothing trained yet: no half-made run is left
+                        shutil.rmtree(start.run.path, ignore_errors=True)
+                    raise
     # every file saved from here carries the card; temperatures are fitted when training ends
     model.card, model.calibration = data.card, None
     if start.resume:
@@ -543,9 +550,10 @@ def start_from(model: keras.Model, init_from: str, sources: list[Source]) -> Non
         leaked = trained_on_held_out(splits, sources)
         if leaked:
             raise WarmStartError(
-                f"train.init_from: {path}'s run trained on {len(leaked)} item(s) of this run's "
-                f"validation and test splits (e.g. {', '.join(leaked[:3])}); its scores would "
-                "not be honest. Use the same data.split and seed as that run, or another model")
+                f"train.init_from: {path}'s run trained on {len(leaked)} patient(s) of this "
+                f"run's validation and test splits (e.g. {', '.join(leaked[:3])}); its scores "
+                "would not be honest. Use the same data.split and seed as that run, or another "
+                "model")
     done = warm_start(model, keras.models.load_model(path))
     widened = (f"; {len(done['widened'])} input weights widened to {done['slices']} slices"
                if done["widened"] else "")

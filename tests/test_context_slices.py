@@ -92,6 +92,14 @@ def test_config_and_stored_preprocessing(tmp_path):
         _lgg_config(tmp_path, "data.context_slices=-1")
     with pytest.raises(ConfigError, match="marks a neighbouring slice"):
         load_config(overrides=["data.channels=2", "data.channel_names=[t1, flair@-1]"])
+    with pytest.raises(ConfigError, match="imagenet needs 3 input channels.*gives 9"):
+        _lgg_config(tmp_path, "model.encoder_weights=imagenet")
+    # a dataset of single images is refused when it is opened, not item by item
+    images = load_config(overrides=["data.sources=[{format: phantoms, options: {n: 4}}]",
+                                    "data.channels=1", "data.channel_names=[t1]",
+                                    "data.context_slices=1"])
+    with pytest.raises(ConfigError, match="single images, not slices of volumes"):
+        open_sources(images)
 
 
 # --------------------------------------------------------------------------- the LGG adapter
@@ -297,9 +305,17 @@ def test_a_model_whose_run_trained_on_this_runs_test_items_is_refused(
                          "data.split={train: 0.6, val: 0.2, test: 0.2}")
     from mtl.train import train
 
-    with pytest.raises(WarmStartError, match=r"trained on 20 item\(s\) of this run's "
+    with pytest.raises(WarmStartError, match=r"trained on 4 patient\(s\) of this run's "
                                              "validation and test splits"):
-        train(config, verbose=0)  # two val and two test patients of five slices
+        train(config, verbose=0)  # two val and two test patients
+    assert not any((tmp_path / "runs").iterdir())  # the refused run left no folder
+    # one slice of each patient trained on counts for the whole patient
+    one_each = [f"{f}_3" for f in volumes]
+    (folder / "splits.json").write_text(json.dumps({"lgg": {
+        "format": "lgg", "root": str(root), "patients": {},
+        "case_ids": {"train": one_each, "val": [], "test": []}}}))
+    with pytest.raises(WarmStartError, match=r"trained on 4 patient\(s\)"):
+        train(config, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -401,3 +417,34 @@ def test_infer_stacks_a_volumes_neighbours_and_refuses_a_single_image(context_ru
     assert "a single 2-D image" in failure.error
     assert "1 slice on either side" in failure.error
     assert "--input flair=FILE" in failure.error
+
+
+def test_pictures_show_the_slice_itself_and_one_slice_volumes_are_refused(tmp_path):
+    """Without a sequence named FLAIR the overlays show the first sequence of the slice itself
+    (never a neighbour); a volume of one slice holds no neighbours and is refused."""
+    from mtl.evaluate.healthy import HealthyVolumeError, check_grey_model
+    from mtl.infer.channels import overlay_index
+    from mtl.infer.predict import Predictor
+    from mtl.infer.readers import InputError, channel_item, load_case
+
+    assert overlay_index(["t1", "t2"], 1) == 2 and overlay_index(NAMES, 1) == 4
+    assert overlay_index(NAMES, 0) == 1 and overlay_index(None, 2) == 0
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    files = {n: save_nifti(tmp_path / f"{n}.nii.gz",
+                           rng.integers(0, 200, (40, 40, 4)).astype(np.int16), affine)
+             for n in ("t1", "t2")}
+    case = load_case(channel_item(list(files.items()), ["t1", "t2"]), channels=["t1", "t2"],
+                     context=1)
+    assert case.display_name == "t1" and case.channel_names[case.display_channel] == "t1"
+    np.testing.assert_array_equal(case.shown_slices(), case.slices[..., 2])
+    thin = {n: save_nifti(tmp_path / f"thin_{n}.nii.gz",
+                          rng.integers(0, 200, (40, 40, 1)).astype(np.int16), affine)
+            for n in ("t1", "t2")}
+    with pytest.raises(InputError, match="a volume of one slice"):
+        load_case(channel_item(list(thin.items()), ["t1", "t2"]), channels=["t1", "t2"],
+                  context=1)
+    one = Predictor(forward=lambda x: {}, classes=["no_tumor", "glioma"],
+                    preprocessing=preprocessing_spec(32, 1, [0.5, 99.5], ["t1"], 1))
+    with pytest.raises(HealthyVolumeError, match="neighbouring slice"):
+        check_grey_model(one)

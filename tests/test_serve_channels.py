@@ -210,3 +210,8 @@ def test_a_model_of_neighbouring_slices_takes_volumes_and_refuses_single_images(
     res = client.post("/predict", files=files)
     assert res.status_code == 200, res.text
     assert res.json()["n_slices"] == 3 and set(seen) == {9}
+    del files["post-contrast"]
+    missing = client.post("/predict", files=files)
+    assert missing.status_code == 400 and "channel image" not in missing.json()["detail"]
+    assert "each slice read with the 1 slice(s) on either side" in \
+        client.get("/openapi.json").json()["info"]["description"]

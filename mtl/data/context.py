@@ -80,8 +80,11 @@ def stack_context(slices: np.ndarray, k: int) -> np.ndarray:
     if n == 0:
         raise ValueError("a volume without slices")
     index = np.arange(n)
-    parts = [slices[np.clip(index + o, 0, n - 1)] for o in offsets(k)]
-    return np.ascontiguousarray(np.concatenate(parts, axis=-1))
+    c = slices.shape[-1]
+    out = np.empty((*slices.shape[:3], (2 * k + 1) * c), slices.dtype)
+    for j, o in enumerate(offsets(k)):  # filled in place: no copies held besides the result
+        out[..., j * c:(j + 1) * c] = slices[np.clip(index + o, 0, n - 1)]
+    return out
 
 
 __all__ = ["OFFSET_MARK", "channel_name", "clamped_index", "context_names", "describe", "offsets",

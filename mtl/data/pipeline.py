@@ -84,6 +84,11 @@ class Source:
 def open_source(config: SourceConfig, on_error: str, classes: list[str], index: int = 0,
                 context_slices: int = 0) -> Source:
     adapter = get_adapter(config.format, config.root, on_error=on_error, **config.options)
+    if context_slices and type(adapter).load_context is Adapter.load_context:
+        raise ConfigError(f"{config.format} ({config.root}): its items are single images, not "
+                          f"slices of volumes, so data.context_slices ({context_slices}) cannot "
+                          "read their neighbouring slices; use it with datasets of volumes "
+                          "(lgg, brats), or set data.context_slices: 0")
     records = adapter.records()
     source = Source(config, adapter, records, name=f"{config.format}" + (f"#{index}" if index else ""),
                     scan_skipped=list(adapter.skipped),  # loads add to adapter.skipped later

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mtl.data.preprocess import context_slices, sequence_names
 from mtl.infer.predict import Predictor, is_constant, load_model
 from mtl.infer.readers import Case, InputItem, kind_of, load_nifti_case, turn_upright
 from mtl.model.inference import jit_for_batches
@@ -61,7 +62,13 @@ def check_grey_model(model: Any) -> None:
     """Refuse a model that reads named MR sequences: a healthy volume is one grey volume, and a
     grey copy in every channel is never made (:mod:`mtl.data.preprocess`). ``model`` is a
     loaded mtl model or a :class:`~mtl.infer.predict.Predictor`."""
-    names = (getattr(model, "preprocessing", None) or {}).get("channel_names") or []
+    spec = getattr(model, "preprocessing", None) or {}
+    names = sequence_names(spec) or []
+    if context_slices(spec):
+        raise HealthyVolumeError(
+            f"--healthy-volume: this model reads each slice with {context_slices(spec)} "
+            "neighbouring slice(s) per side (data.context_slices); the check runs only on "
+            "models of one grey slice")
     if len(names) > 1:
         raise HealthyVolumeError(
             f"--healthy-volume: this model reads {len(names)} MR sequences ({', '.join(names)}) "

@@ -19,6 +19,7 @@ from mtl.data.pipeline import INFO_KEYS, TASK_NAMES, LoadErrors, SampleEncoder, 
 from mtl.data.preprocess import letterbox_info, unletterbox
 from mtl.evaluate.metrics import MaskScores, score_mask
 from mtl.infer.predict import keep_largest_component
+from mtl.infer.channels import overlay_index
 from mtl.model.calibration import temperatures
 from mtl.model.inference import compiled_forward, jit_for_batches, with_flip_tta
 
@@ -29,6 +30,7 @@ class SplitPredictions:
 
     case_ids: list[str]
     source_names: list[str]
+    #: (N, S, S, 1): the network input's channel that pictures show (:func:`overlay_index`)
     images: np.ndarray
     targets: dict[str, np.ndarray]
     weights: dict[str, np.ndarray]
@@ -149,14 +151,15 @@ def predict_split(
     targets = {k: [] for k in TASK_NAMES + INFO_KEYS}
     weights = {k: [] for k in TASK_NAMES}
     outputs: dict[str, list[np.ndarray]] = {}
-    images = []
+    images = []  # the channel pictures show (FLAIR of the slice itself, where one is named)
+    shown = overlay_index(config.data.channel_names, config.data.context_slices)
     forward = compiled_forward(model, config.data.image_size, config.data.input_channels,
                                jit_compile=jit_for_batches(batch_size))
     if tta:
         forward = with_flip_tta(forward)
     for x, y, w in ds:
         pred = forward(x.numpy())
-        images.append(x.numpy())
+        images.append(x.numpy()[..., shown:shown + 1])
         for k in TASK_NAMES + INFO_KEYS:
             targets[k].append(y[k].numpy())
         for k in TASK_NAMES:

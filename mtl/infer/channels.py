@@ -34,6 +34,13 @@ def display_channel(names: Sequence[str]) -> int:
     return 0
 
 
+def overlay_index(sequences: Sequence[str] | None, k: int = 0) -> int:
+    """The input channel pictures are drawn on: the display sequence (:func:`display_channel`)
+    of the slice itself, never of a neighbour (``k`` context slices per side); 0 for a model
+    without named sequences."""
+    return k * len(sequences) + display_channel(sequences) if sequences else 0
+
+
 def sequence_hint(names: Sequence[str]) -> str:
     """How to give one file per sequence on ``mtl infer``'s command line."""
     return "one file per sequence: " + " ".join(f"--input {n}=FILE" for n in names)
@@ -165,10 +172,15 @@ def with_context(case: Case, k: int, hint: str | None = None) -> Case:
             f"{k} slice{'s' if k > 1 else ''} on either side of it in its volume (channels "
             f"{', '.join(context_names(names, k))}), which one image does not hold. Give the "
             f"volume: {hint or sequence_hint(names)}, each a NIfTI, NRRD or DICOM series")
-    stacked = context_names(names, k)
+    if case.n_slices < 2:
+        raise InputError(
+            f"{case.source}: a volume of one slice; this model reads each slice together with "
+            f"the {k} slice{'s' if k > 1 else ''} on either side of it, which it does not hold. "
+            f"Give the whole volume: {hint or sequence_hint(names)}")
+    shown = overlay_index(names, k)  # the slice itself, never a neighbour
     case.slices = stack_context(case.slices, k)
-    case.channel_names = tuple(stacked)
-    case.display_channel = display_channel(stacked)
+    case.channel_names = tuple(context_names(names, k))
+    case.display_channel = shown
     return case
 
 
@@ -230,5 +242,5 @@ def stack_channels(item: InputItem, cases: Sequence[tuple[str, Case]]) -> Case:
 
 
 __all__ = ["AFFINE_TOLERANCE_MM", "channel_item", "display_channel", "load_channel_image",
-           "load_sequence_image", "parse_channel_option", "refuse_single_volume",
+           "load_sequence_image", "overlay_index", "parse_channel_option", "refuse_single_volume",
            "sequence_hint", "stack_channels", "with_context"]

@@ -54,6 +54,10 @@ def widening(src: dict[str, Any], src_pre: dict[str, Any], tgt: dict[str, Any],
     specs and preprocessing (dicts, as models store them): 1 for the same input, 2k + 1 when
     the source read single slices and the target reads k neighbours per side. Raises
     WarmStartError where the two networks differ otherwise."""
+    from mtl.model.network import Architecture
+
+    defaults = asdict(Architecture())  # fields added after the model was saved: their default
+    src, tgt = {**defaults, **src}, {**defaults, **tgt}
     differ = [f for f in SAME_FIELDS if src.get(f) != tgt.get(f)]
     if differ:
         shown = "; ".join(f"{f}: {src.get(f)!r} there, {tgt.get(f)!r} here" for f in differ)
@@ -96,18 +100,26 @@ def source_splits(path: Path) -> dict[str, Any] | None:
 
 
 def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any]) -> list[str]:
-    """The items of this run's validation and test splits (``sources``: opened and split,
+    """The patients of this run's validation and test splits (``sources``: opened and split,
     :class:`mtl.data.pipeline.Source`) that the model's run trained on (``splits``: its
-    splits.json), as ``"dataset: case id"``; matched by dataset format and case id."""
-    trained = {(entry.get("format"), case_id) for entry in splits.values()
-               for case_id in entry.get("case_ids", {}).get("train", [])}
+    splits.json), as ``"dataset: patient (split)"``. Items are matched by dataset format and
+    case id, and a trained item counts for its whole patient (through this run's records), so
+    other slices of a patient trained on (another ``slice_step`` or ``keep``) count too."""
+    trained: dict[str, set[str]] = {}
+    for entry in splits.values():
+        ids = entry.get("case_ids", {}).get("train", [])
+        trained.setdefault(str(entry.get("format")), set()).update(ids)
     found = []
     for source in sources:
+        ids = trained.get(source.config.format, set())
+        if not ids:
+            continue
+        patients = {r.patient_id for r in source.records if r.case_id in ids}
         for split in ("val", "test"):
-            for i in source.splits.get(split, []):
-                case_id = source.records[i].case_id
-                if (source.config.format, case_id) in trained:
-                    found.append(f"{source.name}: {case_id} ({split})")
+            held = {source.records[i].patient_id for i in source.splits.get(split, [])
+                    if source.records[i].patient_id in patients
+                    or source.records[i].case_id in ids}
+            found.extend(f"{source.name}: {p} ({split})" for p in sorted(held))
     return found
 
 

@@ -384,11 +384,19 @@ AXIS_DESCRIPTION = "Volumes: slicing axis, axial, coronal, sagittal (from the af
 SPACING_DESCRIPTION = "Images: ROW_MM,COL_MM (or one value) for areas in mm²."
 
 
-def sequences_description(names: list[str] | None) -> str:
-    """What ``POST /predict`` takes from a model of named MR sequences ("" for a grey model)."""
+def sequences_description(names: list[str] | None, context: int = 0) -> str:
+    """What ``POST /predict`` takes from a model of named MR sequences ("" for a grey model);
+    ``context``: the neighbouring slices it reads per side (it then takes volumes only)."""
     if not names:
         return ""
     fields = ", ".join(f"'{n}'" for n in names)
+    if context:
+        return (f" This model's input channels are the MR sequences {', '.join(names)}, each "
+                f"slice read with the {context} slice(s) on either side of it: send one volume "
+                f"per sequence in the multipart fields {fields} (NIfTI, NRRD or DICOM series of "
+                "one geometry; each within the upload limits). A missing sequence is a 400 that "
+                "names it; a 2-D image or a single volume is refused. Overlays are drawn on "
+                f"{names[display_channel(names)]}.")
     return (f" This model's input channels are the MR sequences {', '.join(names)}, in this "
             f"order: send one file per sequence in the multipart fields {fields} (images, "
             "NIfTI, NRRD or DICOM files of one geometry; each within the upload limits), or "
@@ -510,7 +518,7 @@ def create_app(
             "uploaded brain MRI slice image (PNG, JPEG, TIFF), NIfTI volume (.nii, .nii.gz), "
             "NRRD volume (.nrrd) or DICOM file. Types are recognised by content. Results stay in the server's "
             "memory for a limited time under a random id. Research software: not a medical "
-            "device, outputs are not a diagnosis." + sequences_description(names)),
+            "device, outputs are not a diagnosis." + sequences_description(names, service.context)),
         lifespan=lifespan,
         docs_url=None,  # Swagger UI and ReDoc load from a CDN: blank pages offline
         redoc_url=None,
@@ -548,7 +556,7 @@ def create_app(
         app.post("/predict", response_model=PredictResult, responses=ERRORS,
                  summary="Run the model on one scan: one upload per MR sequence, or one "
                          "image holding them as its channels",
-                 description=sequences_description(names).strip())(
+                 description=sequences_description(names, service.context).strip())(
             sequences_endpoint(service, names))
     else:
         _grey_predict(app, service)

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mtl.data.preprocess import sequence_names
+from mtl.data.preprocess import context_slices, sequence_names
 from mtl.infer.case import InputError, InputItem
 from mtl.infer.channels import display_channel, refuse_single_volume
 from mtl.infer.core import (
@@ -155,6 +155,10 @@ class Service:
                            **provenance(predictor.model)}
         #: the MR sequences the model takes as input channels, in order (None: grey model)
         self.channels = sequence_names(predictor.preprocessing)
+        #: slices read per slice (2k + 1 with k context slices): a case's array grows so much
+        #: once neighbours are stacked, so each upload gets that much less of the budget
+        self.context = context_slices(predictor.preprocessing)
+        self.slices_read = 2 * self.context + 1
         self.temp_root = Path(tempfile.mkdtemp(prefix="mtl-serve-", dir=temp_root))
         self._predict_lock = threading.Lock()  # one network call at a time, whole cases
         self._render_lock = threading.Lock()  # matplotlib is not thread-safe
@@ -205,9 +209,10 @@ class Service:
                                   f"inputs are {', '.join(names)}")
         missing = [n for n in names if n not in uploads]
         if missing:
+            image = ("" if self.context else f", or one {len(names)}-channel image holding them "
+                     "in the field file")
             raise BadRequest(400, f"missing sequence(s) {', '.join(missing)}: this model needs "
-                                  f"{', '.join(names)}; give {form_hint(names)}, or one "
-                                  f"{len(names)}-channel image holding them in the field file")
+                                  f"{', '.join(names)}; give {form_hint(names)}{image}")
         return self._run([(n, *uploads[n]) for n in names], axis=axis,
                          pixel_spacing=pixel_spacing)
 
@@ -247,10 +252,10 @@ class Service:
                 if kind != "image":  # refused before its (larger) volume is staged
                     refuse_single_volume(InputItem(name, kind, Path(_client_name(filename)), ()),
                                          names, form_hint(names))
-                limits = share(self.limits, len(names))
+                limits = share(self.limits, len(names) * self.slices_read)
             item, detected = stage_upload(data, folder, name, limits)
             return item, detected, {str(item.paths[0]): _client_name(filename)}
-        limits = share(self.limits, len(uploads))
+        limits = share(self.limits, len(uploads) * self.slices_read)
         parts: list[tuple[str, InputItem]] = []
         types: list[str] = []
         labels: dict[str, str] = {}

@@ -227,7 +227,8 @@ class LggAdapter(Adapter):
         end slice stands in for the neighbours beyond it."""
         path = Path(record.source)
         index = int(record.extra["slice"])
-        available = self._slice_numbers(path.parent)
+        case = _SLICE.match(path.stem)["case"]  # as the slice files are named
+        available = self._slice_numbers(path.parent, case)
         mask = _read_tif(Path(record.extra["mask"]))
         parts, channels = [], []
         for offset in offsets(k):
@@ -235,7 +236,7 @@ class LggAdapter(Adapter):
                 neighbour = path
             else:
                 number = clamped_index(index + offset, available)
-                neighbour = path.with_name(f"{record.extra['folder']}_{number}.tif")
+                neighbour = path.with_name(f"{case}_{number}.tif")
             image, names = self._pixels(neighbour)
             if offset and image.shape[:2] != mask.shape[:2]:
                 raise DataError(f"{neighbour}: slice shape {image.shape[:2]} differs from "
@@ -257,14 +258,14 @@ class LggAdapter(Adapter):
                             f"slice, found shape {image.shape}")
         return image[..., CHANNELS.index(self.channel)], [self.channel]
 
-    def _slice_numbers(self, folder: Path) -> list[int]:
+    def _slice_numbers(self, folder: Path, case: str) -> list[int]:
         """The slice numbers of a patient's volume: its ``<case>_<n>.tif`` files (cached)."""
         cache = self.__dict__.setdefault("_slices_of", {})
-        if folder not in cache:
+        if (folder, case) not in cache:
             numbers = sorted(int(m["index"]) for p in folder.glob("*.tif")
                              if not p.name.endswith("_mask.tif")
-                             and (m := _SLICE.match(p.stem)) is not None)
+                             and (m := _SLICE.match(p.stem)) is not None and m["case"] == case)
             if not numbers:
-                raise DataError(f"{folder}: holds no <case>_<slice>.tif slices")
-            cache[folder] = numbers
-        return cache[folder]
+                raise DataError(f"{folder}: holds no {case}_<slice>.tif slices")
+            cache[(folder, case)] = numbers
+        return cache[(folder, case)]

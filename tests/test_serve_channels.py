@@ -54,6 +54,14 @@ def _files(arrays: dict[str, np.ndarray], fmt: str = "PNG") -> dict[str, tuple]:
             for n, a in arrays.items()}
 
 
+def _volume_files(arrays: dict[str, np.ndarray], affine: np.ndarray, folder) -> dict[str, tuple]:
+    """One NIfTI volume per sequence (three copies of its slice), as multipart uploads."""
+    return {n: (f"{n}.nii.gz", save_nifti(folder / f"{n}.nii.gz",
+                                          np.stack([arrays[n]] * 3, -1).astype(np.int16),
+                                          affine).read_bytes(), "application/gzip")
+            for n in NAMES}
+
+
 def test_info_schema_and_page_name_the_sequence_fields(serve):
     client, _app = serve()
     info = client.get("/api/info").json()
@@ -136,10 +144,7 @@ def test_one_volume_per_sequence_and_their_geometry(serve, tmp_path):
     client, _app = serve()
     affine = np.diag([0.9, 0.9, 2.5, 1.0])
     arrays = sequences()
-    files = {n: (f"{n}.nii.gz", save_nifti(tmp_path / f"{n}.nii.gz",
-                                           np.stack([arrays[n]] * 3, -1).astype(np.int16),
-                                           affine).read_bytes(), "application/gzip")
-             for n in NAMES}
+    files = _volume_files(arrays, affine, tmp_path)
     res = client.post("/predict", files=files)
     assert res.status_code == 200, res.text
     body = res.json()
@@ -201,12 +206,7 @@ def test_a_model_of_neighbouring_slices_takes_volumes_and_refuses_single_images(
     detail = single.json()["detail"]
     assert "a single 2-D image" in detail and "1 slice on either side" in detail
     assert "form fields pre-contrast, flair, post-contrast" in detail and "--input" not in detail
-    affine = np.diag([0.9, 0.9, 2.5, 1.0])
-    arrays = sequences()
-    files = {n: (f"{n}.nii.gz", save_nifti(tmp_path / f"{n}.nii.gz",
-                                           np.stack([arrays[n]] * 3, -1).astype(np.int16),
-                                           affine).read_bytes(), "application/gzip")
-             for n in NAMES}
+    files = _volume_files(sequences(), np.diag([0.9, 0.9, 2.5, 1.0]), tmp_path)
     res = client.post("/predict", files=files)
     assert res.status_code == 200, res.text
     assert res.json()["n_slices"] == 3 and set(seen) == {9}

@@ -448,3 +448,26 @@ def test_pictures_show_the_slice_itself_and_one_slice_volumes_are_refused(tmp_pa
                     preprocessing=preprocessing_spec(32, 1, [0.5, 99.5], ["t1"], 1))
     with pytest.raises(HealthyVolumeError, match="neighbouring slice"):
         check_grey_model(one)
+
+
+def test_the_warm_start_benchmark_compares_the_two_models_on_a_volume(single_slice_model,
+                                                                      lgg_volumes, tmp_path):
+    """benchmarks/warm_start_check.py (the README's figure for the real model) on the tiny one."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks/
+    from benchmarks.warm_start_check import main
+
+    root, _volumes = lgg_volumes
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(_lgg_config(root, "data.context_slices=0", *TINY_NET)
+                                     .to_dict()))
+    out = tmp_path / "check.json"
+    result = main(["--model", str(single_slice_model), "--config", str(config), "--lgg",
+                   str(root), "--patient", "1", "--slices", "1:4", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["slices"] == 3 and "conv0/kernel" in result["widened_weights"]
+    assert max(result["max_abs_difference"].values()) < 1e-4
+    assert result["mask_pixels_that_differ"] == 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from mtl.data.context import OFFSET_MARK, context_names
+from mtl.data.context import OFFSET_MARK, context_names, offsets
 from mtl.model.network import Architecture, NetworkSpec
 from mtl.model.weight_gradient import WEIGHT_GRADIENTS
 from mtl.precision import PRECISIONS
@@ -284,8 +284,10 @@ class Config:
                                   "neighbouring slice's channel (data.context_slices); name the "
                                   "sequences alone")
         k = self.data.context_slices
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ConfigError(f"data.context_slices must be a whole number >= 0, got {k!r}")
+        try:
+            offsets(k)
+        except ValueError as exc:
+            raise ConfigError(f"data.context_slices: {exc}") from None
         if k and not names:
             raise ConfigError("data.context_slices needs data.channel_names: the neighbouring "
                               "slices' channels are named after the sequences (flair@-1, ...)")

@@ -57,7 +57,7 @@ from mtl.data.pipeline import (
     skip_report,
     steps_per_epoch,
 )
-from mtl.data.preprocess import preprocessing_spec
+from mtl.data.preprocess import data_preprocessing
 from mtl.distribute import (
     cluster_role, distributed_dataset, make_strategy, scaling, synchronize_batchnorm,
 )
@@ -328,8 +328,7 @@ def build_model(config: Config, learning_rate: float | None = None,
             spec=config.network_spec(),
             loss={"weights": dict(config.loss.weights), "uncertainty": config.loss.uncertainty,
                   "dice_smooth": config.loss.dice_smooth, "dice": config.loss.dice},
-            preprocessing=preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
-                                             d.channel_names, d.context_slices),
+            preprocessing=data_preprocessing(d),
             name="mtl",
         )
         use_weight_gradient(model, config.train.weight_gradient)
@@ -527,10 +526,8 @@ def check_start_from(config: Config) -> None:
     ConfigError, says why not), from its stored config alone."""
     from mtl.model.warm_start import check_init_from, resolve_init_path
 
-    d = config.data
     check_init_from(resolve_init_path(config.train.init_from), config.network_spec(),
-                    preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
-                                       d.channel_names, d.context_slices))
+                    data_preprocessing(config.data))
 
 
 def start_from(model: keras.Model, init_from: str, sources: list[Source]) -> None:
@@ -538,7 +535,7 @@ def start_from(model: keras.Model, init_from: str, sources: list[Source]) -> Non
     (:func:`mtl.model.warm_start.warm_start`); says so in the log. Refused (WarmStartError)
     when the model's run trained on an item of this run's validation or test split."""
     from mtl.model.warm_start import (
-        WarmStartError, resolve_init_path, source_splits, trained_on_held_out, warm_start,
+        resolve_init_path, source_splits, trained_on_held_out, warm_start,
     )
 
     path = resolve_init_path(init_from)

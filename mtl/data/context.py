@@ -40,6 +40,11 @@ def context_names(sequences: Sequence[str], k: int) -> list[str]:
     return [channel_name(s, o) for o in offsets(k) for s in sequences]
 
 
+def on_either_side(k: int) -> str:
+    """``1 slice on either side``, ``2 slices on either side``."""
+    return f"{k} slice{'s' if k != 1 else ''} on either side"
+
+
 def describe(names: Sequence[str]) -> str:
     """A model's input channels in words: ``pre-contrast, flair, post-contrast`` or, with
     neighbouring slices, ``pre-contrast, flair, post-contrast; each with 1 slice on either
@@ -49,8 +54,7 @@ def describe(names: Sequence[str]) -> str:
     if len(sequences) == len(names) or not sequences or len(names) % len(sequences):
         return ", ".join(names)
     k = (len(names) // len(sequences) - 1) // 2
-    return (f"{', '.join(sequences)}; each with {k} slice{'s' if k > 1 else ''} on either "
-            "side")
+    return f"{', '.join(sequences)}; each with {on_either_side(k)}"
 
 
 def clamped_index(index: int, available: Sequence[int]) -> int:
@@ -88,4 +92,4 @@ def stack_context(slices: np.ndarray, k: int) -> np.ndarray:
 
 
 __all__ = ["OFFSET_MARK", "channel_name", "clamped_index", "context_names", "describe", "offsets",
-           "stack_context"]
+           "on_either_side", "stack_context"]

@@ -30,8 +30,9 @@ import numpy as np
 
 from mtl.config import AugmentConfig, Config, ConfigError, SourceConfig
 from mtl.data.adapters import Adapter, Record, get_adapter
+from mtl.data.adapters.base import context_refusal
 from mtl.data.preprocess import (
-    box_to_mask, check_channels, letterbox, prepare_image, preprocessing_spec,
+    box_to_mask, check_channels, data_preprocessing, letterbox, prepare_image,
 )
 from mtl.data.sample import Sample
 from mtl import tasks
@@ -85,10 +86,7 @@ def open_source(config: SourceConfig, on_error: str, classes: list[str], index: 
                 context_slices: int = 0) -> Source:
     adapter = get_adapter(config.format, config.root, on_error=on_error, **config.options)
     if context_slices and type(adapter).load_context is Adapter.load_context:
-        raise ConfigError(f"{config.format} ({config.root}): its items are single images, not "
-                          f"slices of volumes, so data.context_slices ({context_slices}) cannot "
-                          "read their neighbouring slices; use it with datasets of volumes "
-                          "(lgg, brats), or set data.context_slices: 0")
+        raise ConfigError(context_refusal(f"{config.format} ({config.root})", context_slices))
     records = adapter.records()
     source = Source(config, adapter, records, name=f"{config.format}" + (f"#{index}" if index else ""),
                     scan_skipped=list(adapter.skipped),  # loads add to adapter.skipped later
@@ -281,8 +279,7 @@ class SampleEncoder:
     def __init__(self, config: Config, augment: bool, cache: bool = False) -> None:
         d = config.data
         self.classes = list(d.classes)
-        self.spec = preprocessing_spec(d.image_size, d.channels, d.intensity_percentiles,
-                                       d.channel_names, d.context_slices)
+        self.spec = data_preprocessing(d)
         self.channel_names = d.input_names  # with each neighbouring slice's channels
         self.size = d.image_size
         self.channels = d.input_channels

@@ -71,6 +71,13 @@ def preprocessing_spec(
     }
 
 
+def data_preprocessing(data: Any) -> dict[str, Any]:
+    """:func:`preprocessing_spec` of a config's ``data`` section (:class:`mtl.config.DataConfig`):
+    what a model trained on it stores, and what its training input is prepared with."""
+    return preprocessing_spec(data.image_size, data.channels, data.intensity_percentiles,
+                              data.channel_names, data.context_slices)
+
+
 def channel_names(spec: dict[str, Any]) -> list[str] | None:
     """The model's named input channels (MR sequences, at each slice offset of a model with
     context slices), or None for a grey/RGB model."""

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mtl.data.context import context_names, stack_context
+from mtl.data.context import context_names, on_either_side, stack_context
 from mtl.data.imageio import ImageReadError, read_channels
 from mtl.infer.case import Case, InputError, InputItem, check_pixels, check_side
 from mtl.infer.discovery import discover, safe_name
@@ -169,13 +169,13 @@ def with_context(case: Case, k: int, hint: str | None = None) -> Case:
     if not case.is_volume:
         raise InputError(
             f"{case.source}: a single 2-D image; this model reads each slice together with the "
-            f"{k} slice{'s' if k > 1 else ''} on either side of it in its volume (channels "
+            f"{on_either_side(k)} of it in its volume (channels "
             f"{', '.join(context_names(names, k))}), which one image does not hold. Give the "
             f"volume: {hint or sequence_hint(names)}, each a NIfTI, NRRD or DICOM series")
     if case.n_slices < 2:
         raise InputError(
             f"{case.source}: a volume of one slice; this model reads each slice together with "
-            f"the {k} slice{'s' if k > 1 else ''} on either side of it, which it does not hold. "
+            f"the {on_either_side(k)} of it, which it does not hold. "
             f"Give the whole volume: {hint or sequence_hint(names)}")
     shown = overlay_index(names, k)  # the slice itself, never a neighbour
     case.slices = stack_context(case.slices, k)

@@ -117,8 +117,7 @@ def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any]) -> list[
         patients = {r.patient_id for r in source.records if r.case_id in ids}
         for split in ("val", "test"):
             held = {source.records[i].patient_id for i in source.splits.get(split, [])
-                    if source.records[i].patient_id in patients
-                    or source.records[i].case_id in ids}
+                    if source.records[i].patient_id in patients}
             found.extend(f"{source.name}: {p} ({split})" for p in sorted(held))
     return found
 

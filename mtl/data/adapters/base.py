@@ -35,6 +35,13 @@ class DataError(ValueError):
     """A dataset item that cannot be read or is inconsistent; the message names the file."""
 
 
+def context_refusal(dataset: str, k: int) -> str:
+    """Why a dataset of single images cannot give ``data.context_slices`` (``k``)."""
+    return (f"{dataset}: its items are single images, not slices of volumes, so "
+            f"data.context_slices ({k}) cannot read their neighbouring slices; use it with "
+            "datasets of volumes (lgg, brats), or set data.context_slices: 0")
+
+
 @dataclass(frozen=True)
 class Record:
     """One item of a dataset, without its pixels."""
@@ -173,9 +180,7 @@ class Adapter(abc.ABC):
         """The record's sample with the ``k`` slices on either side of it in its volume as
         channels (:mod:`mtl.data.context`, ``data.context_slices``). Only adapters that read
         volumes can; the others refuse."""
-        raise DataError(f"{self.name}: its items are single images, not slices of volumes, so "
-                        f"data.context_slices ({k}) cannot read their neighbouring slices; use "
-                        "it with a dataset of volumes (lgg, brats), or set data.context_slices: 0")
+        raise DataError(context_refusal(self.name, k))
 
     def __len__(self) -> int:
         return len(self.records())

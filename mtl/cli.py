@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import click
@@ -20,6 +21,31 @@ os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 @click.version_option(package_name="mtl")
 def main() -> None:
     """mtl: one network for brain MRI tumor presence, type and mask."""
+    show_messages()
+
+
+class _Console(logging.Handler):
+    """Writes the ``mtl.*`` loggers' messages to the terminal's stderr, looked up at each
+    message (so click's test runner and redirections see them): INFO as the bare message
+    ("weights from runs/a/best.keras ..."), WARNING and above prefixed with their level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"{record.levelname.lower()}: {text}"
+            click.echo(text, err=True)
+        except Exception:  # a message must never end the command
+            self.handleError(record)
+
+
+def show_messages(level: int = logging.INFO) -> None:
+    """Make the command line show what mtl logs at ``level`` and above (a library user keeps
+    Python's default: warnings only, through their own logging set-up). Idempotent."""
+    logger = logging.getLogger("mtl")
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+        logger.addHandler(_Console())
+    logger.setLevel(level)
 
 
 # each verb lives next to its code; their heavy imports happen inside the commands

@@ -1,6 +1,5 @@
 """The click CLI: help texts, a tiny training run, data commands, clear errors."""
 
-from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -32,6 +31,25 @@ def test_tiny_train_run_prints_where_outputs_went(tmp_path):
     assert f"results: {run_dir}" in result.output
     assert (run_dir / "best.keras").is_file() and (run_dir / "plots" / "curves.png").is_file()
     assert "epochs: 1" in (run_dir / "config.yaml").read_text()
+    # what the training code logs at INFO reaches the terminal (it used to be hidden)
+    again = CliRunner().invoke(main, ["train", "--quiet", "--resume", str(run_dir)],
+                               catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert f"run {run_dir} already finished (1 epochs" in again.output
+
+
+def test_the_command_line_shows_infos_and_labels_warnings(capsys):
+    import logging
+
+    from mtl.cli import show_messages
+
+    show_messages()
+    show_messages()  # twice: still one handler
+    logging.getLogger("mtl.train").info("weights from %s", "a/best.keras")
+    logging.getLogger("mtl.data.copies").warning("2 groups")
+    err = capsys.readouterr().err
+    assert err.count("weights from a/best.keras\n") == 1
+    assert "warning: 2 groups\n" in err
 
 
 def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):

@@ -1,6 +1,5 @@
 """The click CLI: help texts, a tiny training run, data commands, clear errors."""
 
-
 from click.testing import CliRunner
 
 from mtl.cli import main

@@ -58,7 +58,8 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray]:
     return {"presence": column("presence_prob"), "scores": scores,
             "free": column("presence_true") == 0,  # NaN (no presence label) is neither
             "patient": np.array([f"{r['dataset']}/{r['patient']}" for r in rows]) if known else None,
-            "threshold": float(metrics["threshold"])}
+            "threshold": float(metrics["threshold"]),
+            "largest_component": bool(metrics.get("largest_component"))}
 
 
 def at_threshold(p: dict[str, np.ndarray], t: float) -> dict[str, float | None]:
@@ -136,6 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     p = read_predictions(args.evaluation)
     result = {"evaluation": str(args.evaluation), "mask_threshold": p["threshold"],
+              "largest_component": p["largest_component"],
               **sweep(p, [float(x) for x in args.thresholds.split(",")],
                       args.max_tumor_free_rate)}
     print(f"{'threshold':>9}  {'Dice':>6}  {'per patient':>11}  {'no mask':>7}  tumor-free w/ pixels")
@@ -149,6 +151,10 @@ def main() -> None:
               f"{fmt(r['dice_per_patient'], '11.3f'):>11}  {r['tumor_slices_without_mask']:>7}  "
               f"{fmt(free, '.1f')}%{mark}")
     print(f"pick (best Dice with tumor-free rate <= {args.max_tumor_free_rate:.1%}): {result['pick']}")
+    if p["largest_component"]:
+        print("note: evaluated with --largest-component; for the slices of a volume the one 3-D "
+              "region was chosen before the gate here, while mtl infer and mtl evaluate choose "
+              "it after: check the pick with mtl evaluate")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mtl.config import Config, DataConfig, SourceConfig
 from mtl.data.pipeline import TASK_NAMES, open_sources, plan_split
-from mtl.data.preprocess import letterbox, letterbox_info
+from mtl.data.preprocess import letterbox, letterbox_info, unletterbox
 from mtl.evaluate.predict import SplitPredictions, source_geometry_scores
 from mtl.evaluate.report import score
 
@@ -339,3 +339,95 @@ def test_the_presence_threshold_reaches_every_figure_of_an_evaluation(sources, t
     assert slice_dice[1]["dice_mean"] == pytest.approx(opened["by_dataset"]["figshare"]["mask"]
                                                        ["dice_mean"])
     assert "- presence_threshold: 0.25" in (tmp_path / "b" / "report.md").read_text()
+
+
+def _lgg_volumes(root: Path, n_slices: int = 6) -> None:
+    """Two TCGA patients of ``n_slices`` 40x40 slices; tumor in slices 2-4 (the same box)."""
+    import tifffile
+
+    data = root / "kaggle_3m"
+    rows = ["Patient,neoplasm_histologic_grade"]
+    for p in range(2):
+        folder = data / f"TCGA_XX_{1000 + p}_20000101"
+        folder.mkdir(parents=True)
+        for index in range(1, n_slices + 1):
+            image = np.random.default_rng(10 * p + index).integers(0, 255, (40, 40, 3), np.uint8)
+            mask = np.zeros((40, 40), np.uint8)
+            if index in (2, 3, 4):
+                mask[8:24, 8:24] = 255
+            tifffile.imwrite(folder / f"{folder.name}_{index}.tif", image, photometric="rgb")
+            tifffile.imwrite(folder / f"{folder.name}_{index}_mask.tif", mask)
+        rows.append(f"TCGA_XX_{1000 + p},{1 + p}")
+    (data / "data.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_largest_component_keeps_one_3d_region_per_volume(tmp_path: Path) -> None:
+    """For the slices of a volume (lgg, brats), `mtl evaluate --largest-component` keeps one
+    3-D region per volume, as `mtl infer --largest-component` exports a volume: a stray blob on
+    a tumor-free slice, away from the tumor, goes; a gate (the presence rule) applies first."""
+    from mtl.config import load_config
+    from mtl.infer.predict import keep_largest_component
+
+    _lgg_volumes(tmp_path)
+    config = load_config(overrides=[
+        "data.sources=[{format: lgg, root: " + str(tmp_path) + "}]", "data.image_size=32",
+        "data.channels=3", "data.classes=[no_tumor, G2, G3]", "data.link_copies=false"])
+    sources = open_sources(config)
+    for s in sources:
+        s.splits = {"test": list(range(len(s.records)))}
+    plan = plan_split(sources, "test")
+    records = [sources[0].records[int(i)] for i in plan.item]
+    assert [sources[0].adapter.volume_slice(r)[1] for r in records[:6]] == [1, 2, 3, 4, 5, 6]
+    probs = np.zeros((len(plan), 32, 32, 1), np.float32)
+    number = np.array([sources[0].adapter.volume_slice(r)[1] for r in records])
+    probs[np.isin(number, (2, 3, 4)), 6:19, 6:19] = 0.9   # the tumor, 40 px -> 32 px
+    probs[number == 6, 26:30, 26:30] = 0.9                # a stray blob on a tumor-free slice
+    probs[number == 3, 26:28, 2:4] = 0.9                  # and a speck beside one tumor slice
+    ones = np.ones(len(plan), np.float32)
+    raw = source_geometry_scores(sources, plan, probs, ones, progress=False)
+    kept = source_geometry_scores(sources, plan, probs, ones, progress=False,
+                                  largest_component=True)
+    stray, speck = number == 6, number == 3
+    assert (raw.pred_pixels[stray] > 0).all() and (kept.pred_pixels[stray] == 0).all()
+    assert (kept.dice[speck] > raw.dice[speck]).all()
+    # per slice, the blob would have stayed: the region is chosen over the whole volume
+    exported = [keep_largest_component(unletterbox(probs[j, ..., 0], letterbox_info(40, 40, 32))
+                                       > 0.5) for j in range(6)]
+    volume = keep_largest_component(np.stack(exported))
+    assert kept.pred_pixels[:6].tolist() == volume.reshape(6, -1).sum(1).tolist()
+    # the presence rule gates before the region is chosen, as mtl infer does: with the tumor
+    # slices gated out, the blob is the largest region left, and it stays
+    gate = ~np.isin(number, (2, 3, 4))
+    gated = source_geometry_scores(sources, plan, probs, ones, progress=False,
+                                   largest_component=True, gate=gate)
+    assert (gated.pred_pixels[stray] > 0).all() and (gated.pred_pixels[~gate] == 0).all()
+    # a slice missing from the split is a blank slice: no region joins across it
+    half = [j for j in range(len(plan)) if number[j] != 3]
+    sources[0].splits = {"test": [int(plan.item[j]) for j in half]}
+    plan_gap = plan_split(sources, "test")
+    probs_gap = probs[half]
+    probs_gap[number[half] == 4, 6:19, 6:19] = 0.0
+    probs_gap[number[half] == 4, 10:32, 10:32] = 0.9  # slice 4: larger than slice 2's, overlapping
+    gap = source_geometry_scores(sources, plan_gap, probs_gap, ones[half], progress=False,
+                                 largest_component=True)
+    at = {n: gap.pred_pixels[:5][i] for i, n in enumerate(number[half][:5])}
+    assert at[2] == 0 and at[4] > 0  # slices 2 and 4 were not joined through the missing 3
+    stacked = source_geometry_scores(sources, plan_gap, probs_gap, ones[half], progress=False)
+    assert stacked.pred_pixels[:5][1] > 0  # (slice 2 has its region before one is chosen)
+
+
+def test_native_under_the_presence_rule_reads_the_masks_gated_first(sources) -> None:
+    """Where a region was kept per volume, the presence rule at the evaluation's threshold
+    reads the masks gated before the region was chosen (native_gated); at another threshold,
+    or the independent rule, it reads the mask head's own."""
+    plan = plan_split(sources, "test")
+    probs = _network_truth(sources, plan)
+    presence = np.array([0.9, 0.2, 0.9, 0.1, 0.1], np.float32)[:len(plan)]
+    pred = _predictions(sources, probs, presence)
+    ones = np.ones(len(plan), np.float32)
+    pred.native_gated = source_geometry_scores(sources, plan, probs * 0.0, ones, progress=False)
+    pred.gated_at = 0.5
+    assert pred.native_under("presence", 0.5).pred_pixels.sum() == 0  # the gated scores
+    assert pred.native_under("presence", 0.3).pred_pixels.sum() > 0
+    assert pred.native_under("independent", 0.5).pred_pixels.sum() > 0
+    assert pred.select(np.ones(len(plan), bool)).gated_at == 0.5

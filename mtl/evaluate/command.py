@@ -37,7 +37,7 @@ from mtl.infer.command import (
                    "array order (native, as mtl infer feeds volumes today), or both.")
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation, as mtl infer --tta.")
 @mask_rule_option
-@largest_component_option("slice")
+@largest_component_option("image (3-D per volume for the slices of a volume: lgg, brats)")
 def evaluate(run_or_model, data_specs, split, threshold, presence_threshold, out, n_resamples,
              weights, batch_size, skip_bad, healthy_volumes, healthy_orientation, tta, mask_rule,
              largest_component) -> None:

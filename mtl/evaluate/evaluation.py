@@ -161,7 +161,8 @@ def evaluate(
     The masks scored are those ``mtl infer`` exports under the same options: ``threshold`` for
     mask pixels, ``presence_threshold`` (None: ``threshold``) for the presence decision,
     ``mask_rule`` (whether a mask counts where presence says no) and ``largest_component``
-    (only the largest connected region of each slice's mask)."""
+    (only the largest connected region of each image's mask, one 3-D region per volume for
+    the slices of a volume)."""
     model_path, run_dir = resolve_model(target, weights)
     healthy_paths = [resolve_healthy_volume(v) for v in healthy_volumes or []]  # fail early
     model = keras.models.load_model(model_path)
@@ -176,7 +177,8 @@ def evaluate(
     batch_size = batch_size or config.train.batch_size
     presence_threshold = threshold if presence_threshold is None else presence_threshold
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
-                         tta=tta, largest_component=largest_component)
+                         tta=tta, largest_component=largest_component,
+                         presence_threshold=presence_threshold)
     # no largest_component here: the healthy check predicts batches of unrelated slices, over
     # which it would keep one 3-D region; per slice it never empties a mask, so the share of
     # slices with tumor pixels is the same without it

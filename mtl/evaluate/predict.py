@@ -42,6 +42,11 @@ class SplitPredictions:
     native: MaskScores | None = None
     #: the model's calibration temperatures, {"presence": T, "type": T} (outputs have them applied)
     temperatures: dict[str, float] = field(default_factory=dict)
+    #: with a largest region kept per volume: the scores of the masks the presence rule gated
+    #: at ``gated_at`` before the region was chosen, as ``mtl infer`` does (None: not needed,
+    #: the rule and the region commute)
+    native_gated: MaskScores | None = None
+    gated_at: float | None = None
 
     def native_under(self, rule: str, presence_threshold: float) -> MaskScores | None:
         """:attr:`native` under a mask rule (:func:`mtl.infer.predict.apply_mask_rule`) with
@@ -52,7 +57,10 @@ class SplitPredictions:
         if rule != "presence":
             raise ValueError(f"unknown mask rule {rule!r}")
         presence = np.nan_to_num(self.outputs["presence"].reshape(-1), nan=0.0)
-        return self.native.withhold(presence > presence_threshold)
+        base = self.native
+        if self.native_gated is not None and presence_threshold == self.gated_at:
+            base = self.native_gated  # the region chosen after the gate, as infer chooses it
+        return base.withhold(presence > presence_threshold)
 
     def select(self, keep: np.ndarray) -> "SplitPredictions":
         """The items where ``keep`` is True."""
@@ -68,52 +76,65 @@ class SplitPredictions:
             [p for p, k in zip(self.patient_ids, keep) if k],
             self.native.select(keep) if self.native is not None else None,
             self.temperatures,
+            self.native_gated.select(keep) if self.native_gated is not None else None,
+            self.gated_at,
         )
 
 
 def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                            mask_weights: np.ndarray, threshold: float = 0.5,
-                           progress: bool = True, largest_component: bool = False) -> MaskScores:
+                           progress: bool = True, largest_component: bool = False,
+                           gate: np.ndarray | None = None) -> MaskScores:
     """Mask scores of every planned item in its source image's geometry.
 
     Each item with a mask label is loaded again through its adapter; the network-size
     probability map goes back to the image's size (unletterbox, as ``mtl infer`` does) and is
     thresholded there: the mask head alone (:meth:`SplitPredictions.native_under` applies a
-    mask rule), with ``largest_component`` only its largest connected region (as ``mtl infer
-    --largest-component`` exports a 2-D image; the presence rule empties a mask or leaves it
-    whole, so the two commute). HD95 is in mm when every tumor item carries ``meta["spacing"]``, else in
-    source pixels ("source px": each image's own pixels). Items without a mask label, or
-    unreadable now, are not scored (``scored`` False).
+    mask rule). ``largest_component`` keeps only the largest connected region, as ``mtl infer
+    --largest-component`` exports it: per image for single images, and one 3-D region per
+    volume for the slices of a volume (:meth:`Adapter.volume_slice`; slice numbers missing
+    from the split are blank slices between the others). ``gate`` (per item, False: the mask
+    rule empties that item's mask) is applied before the region is chosen, as ``mtl infer``
+    applies its mask rule first. HD95 is in mm when every tumor item carries
+    ``meta["spacing"]``, else in source pixels ("source px": each image's own pixels). Items
+    without a mask label, or unreadable now, are not scored (``scored`` False).
     """
     from tqdm import tqdm
 
     size = mask_probs.shape[1]
-    rows: list[tuple[int, tuple, tuple | None, Any]] = []
-    for j in tqdm(range(len(plan)), desc="scoring masks at source size", unit="item",
-                  disable=not progress, leave=False):
-        if mask_weights[j] <= 0:
-            continue
-        source = sources[int(plan.source[j])]
-        try:
-            sample = source.adapter.load(source.records[int(plan.item[j])])
-        except Exception:  # noqa: BLE001 - counted as skipped by the pipeline already
-            continue
-        truth = sample["mask"]
-        if truth is None:
-            continue
-        h, w = sample["image"].shape[:2]  # placed into the network input as prepare() did
-        prob = np.clip(unletterbox(mask_probs[j].reshape(size, size),
-                                   letterbox_info(h, w, size)), 0.0, 1.0)
-        spacing = sample["meta"].get("spacing")
-        if spacing is not None and not (np.isfinite(spacing[:2]).all()
-                                        and np.all(np.asarray(spacing[:2]) > 0)):
-            spacing = None
-        pred = prob > threshold  # as mtl infer decides a mask pixel
+    rows: list[tuple[int, tuple, tuple | None, Any, int]] = []
+    bar = tqdm(total=int((mask_weights > 0).sum()), desc="scoring masks at source size",
+               unit="item", disable=not progress, leave=False)
+    for group in _scoring_groups(sources, plan, mask_weights, largest_component):
+        loaded = []
+        for j, number in group:
+            bar.update()
+            source = sources[int(plan.source[j])]
+            try:
+                sample = source.adapter.load(source.records[int(plan.item[j])])
+            except Exception:  # noqa: BLE001 - counted as skipped by the pipeline already
+                continue
+            truth = sample["mask"]
+            if truth is None:
+                continue
+            h, w = sample["image"].shape[:2]  # placed into the network input as prepare() did
+            prob = np.clip(unletterbox(mask_probs[j].reshape(size, size),
+                                       letterbox_info(h, w, size)), 0.0, 1.0)
+            pred = prob > threshold  # as mtl infer decides a mask pixel
+            if gate is not None and not gate[j]:
+                pred[:] = False
+            spacing = sample["meta"].get("spacing")
+            if spacing is not None and not (np.isfinite(spacing[:2]).all()
+                                            and np.all(np.asarray(spacing[:2]) > 0)):
+                spacing = None
+            loaded.append([j, number, truth, pred, spacing])
         if largest_component:
-            pred = keep_largest_component(pred).astype(bool)
-        in_px = score_mask(truth, pred, None)
-        in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
-        rows.append((j, in_px, in_mm, spacing, int(np.count_nonzero(truth > 0))))
+            _keep_largest_regions(loaded)
+        for j, _number, truth, pred, spacing in loaded:
+            in_px = score_mask(truth, pred, None)
+            in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
+            rows.append((j, in_px, in_mm, spacing, int(np.count_nonzero(truth > 0))))
+    bar.close()
     # HD95 in mm only when every tumor item has a spacing, else in source pixels
     use_mm = bool(rows) and all(mm is not None for _, px, mm, *_ in rows if px[0])
     out = MaskScores.empty(len(plan), "mm" if use_mm else "source px")
@@ -126,15 +147,53 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
     return out
 
 
+def _scoring_groups(sources: list[Source], plan, mask_weights: np.ndarray,
+                    by_volume: bool) -> list[list[tuple[int, int | None]]]:
+    """The items with a mask label as groups of (item, slice number): with ``by_volume`` the
+    slices of one volume together (in the split's order), else one item per group (slice
+    number None)."""
+    groups: dict[Any, list[tuple[int, int | None]]] = {}
+    for j in np.flatnonzero(mask_weights > 0):
+        j = int(j)
+        source = sources[int(plan.source[j])]
+        where = source.adapter.volume_slice(source.records[int(plan.item[j])]) if by_volume else None
+        if where is None:
+            groups[("item", j)] = [(j, None)]
+        else:
+            groups.setdefault((int(plan.source[j]), where[0]), []).append((j, where[1]))
+    return list(groups.values())
+
+
+def _keep_largest_regions(loaded: list[list]) -> None:
+    """In place on [item, slice number, truth, prediction, spacing] rows of one group: only the
+    largest connected region of the prediction; across the slices of a volume in 3-D (slice
+    numbers missing from the group are blank, so no region joins across them), else per row
+    (also where the volume's slices differ in size)."""
+    numbers = [row[1] for row in loaded]
+    shapes = {row[3].shape for row in loaded}
+    if len(loaded) < 2 or None in numbers or len(shapes) != 1 or len(set(numbers)) != len(numbers):
+        for row in loaded:
+            row[3] = keep_largest_component(row[3]).astype(bool)
+        return
+    first = min(numbers)
+    volume = np.zeros((max(numbers) - first + 1, *shapes.pop()), bool)
+    for row in loaded:
+        volume[row[1] - first] = row[3]
+    volume = keep_largest_component(volume).astype(bool)
+    for row in loaded:
+        row[3] = volume[row[1] - first]
+
+
 def predict_split(
     model: keras.Model, sources: list[Source], config: Config, split: str = "test",
     batch_size: int | None = None, threshold: float = 0.5, progress: bool = True,
-    tta: bool = False, largest_component: bool = False,
+    tta: bool = False, largest_component: bool = False, presence_threshold: float | None = None,
 ) -> SplitPredictions:
     """Run ``model`` over ``split`` of ``sources``; ``tta`` averages with mirrored inputs as
     ``mtl infer --tta`` does; masks are also scored at source size (see module docstring;
     :meth:`SplitPredictions.native_under` applies a mask rule; ``largest_component`` as
-    :func:`source_geometry_scores`). Presence and type
+    :func:`source_geometry_scores`, where for volumes the masks gated by presence at
+    ``presence_threshold`` (None: ``threshold``) are scored apart). Presence and type
     probabilities are calibrated with the model's temperatures; the outputs also hold the
     uncalibrated ones and the logits (:func:`mtl.model.inference.compiled_forward`)."""
     plan = plan_split(sources, split)
@@ -175,6 +234,13 @@ def predict_split(
     native = source_geometry_scores(sources, plan, outputs_all["mask"], weights_all["mask"],
                                     threshold, progress=progress,
                                     largest_component=largest_component)
+    native_gated, gated_at = None, None
+    if largest_component and _has_volumes(sources, plan):
+        gated_at = threshold if presence_threshold is None else presence_threshold
+        gate = np.nan_to_num(outputs_all["presence"].reshape(-1), nan=0.0) > gated_at
+        native_gated = source_geometry_scores(sources, plan, outputs_all["mask"],
+                                              weights_all["mask"], threshold, progress=progress,
+                                              largest_component=True, gate=gate)
     return SplitPredictions(
         case_ids,
         names,
@@ -186,7 +252,15 @@ def predict_split(
         patients,
         native,
         dict(zip(("presence", "type"), temperatures(model))),
+        native_gated,
+        gated_at,
     )
+
+
+def _has_volumes(sources: list[Source], plan) -> bool:
+    """Whether any planned item is the slice of a volume (:meth:`Adapter.volume_slice`)."""
+    return any(sources[int(s)].adapter.volume_slice(sources[int(s)].records[int(i)]) is not None
+               for s, i in zip(plan.source, plan.item))
 
 
 def dice_per_image(truth: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:

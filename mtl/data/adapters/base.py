@@ -176,6 +176,12 @@ class Adapter(abc.ABC):
     def load(self, record: Record) -> Sample:
         """Read one item's pixels and labels into a sample dict."""
 
+    def volume_slice(self, record: Record) -> tuple[str, int] | None:
+        """(volume, slice number) where the record is a slice of a volume the dataset ships
+        (``mtl evaluate --largest-component`` keeps one 3-D region per volume, as ``mtl
+        infer`` does for a volume); None for a single image (the default)."""
+        return None
+
     def load_context(self, record: Record, k: int) -> Sample:
         """The record's sample with the ``k`` slices on either side of it in its volume as
         channels (:mod:`mtl.data.context`, ``data.context_slices``). Only adapters that read

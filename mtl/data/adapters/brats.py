@@ -301,6 +301,10 @@ class BratsAdapter(Adapter):
 
     # -- loading --------------------------------------------------------------------------------
 
+    def volume_slice(self, record: Record) -> tuple[str, int]:
+        """A subject's volume, sliced along ``axis``."""
+        return f"{record.extra['subject']}/axis{self.axis}", int(record.extra["slice"])
+
     def load(self, record: Record) -> Sample:
         return self._load(record, 0)
 

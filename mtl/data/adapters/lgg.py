@@ -220,6 +220,10 @@ class LggAdapter(Adapter):
                            slice=record.extra["slice"], grade=record.extra["grade"],
                            channels=channels)
 
+    def volume_slice(self, record: Record) -> tuple[str, int]:
+        """A patient folder is one volume; its slices are numbered by their file names."""
+        return record.extra["folder"], int(record.extra["slice"])
+
     def load_context(self, record: Record, k: int) -> Sample:
         """The slice with the ``k`` slices on either side of it in the patient's volume as
         channels, offset ``-k`` first (:mod:`mtl.data.context`): every slice of the folder

@@ -90,6 +90,18 @@ class Scaling:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One line for the terminal, e.g. "1 replica on 1 worker, batch 16, learning rate
+        0.001"."""
+        line = (f"{self.replicas} replica{'s' * (self.replicas != 1)} on {self.workers} "
+                f"worker{'s' * (self.workers != 1)}, batch {self.global_batch}")
+        if self.global_batch != self.per_replica_batch:
+            line += f" ({self.per_replica_batch} per replica)"
+        line += f", learning rate {self.learning_rate:g}"
+        if self.learning_rate != self.base_learning_rate:
+            line += f" ({self.base_learning_rate:g} x {self.replicas}, {self.lr_scaling} scaling)"
+        return line
+
 
 def scaling(strategy: tf.distribute.Strategy, batch_size: int, learning_rate: float,
             lr_scaling: str) -> Scaling:

@@ -471,7 +471,7 @@ def training_data(config: Config, start: Start, strategy: Any, verbose: int | st
     checked and split (splits.json, data_summary.json) and the model card they make."""
     t = config.train
     scale = scaling(strategy, t.batch_size, t.learning_rate, t.lr_scaling)
-    log.info("distribution: %s", scale.to_dict())
+    log.info("distribution: %s", scale.describe())
     start.out.write_json("distribution.json",
                          {**scale.to_dict(), "precision": resolve_precision(t.precision),
                           "weight_gradient": resolve_weight_gradient(t.weight_gradient)})

@@ -159,3 +159,13 @@ def test_two_workers_train_the_same_weights_and_resume(tmp_path):
     assert int(chief.optimizer.iterations) == 2 * 3  # optimizer state carried over the restart
     for a, b in zip(chief.weights, other.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
+def test_the_scaling_reads_as_one_line() -> None:
+    from mtl.distribute import Scaling
+
+    one = Scaling("_DefaultDistributionStrategy", 1, 1, 16, 16, 1e-3, 1e-3, "linear")
+    assert one.describe() == "1 replica on 1 worker, batch 16, learning rate 0.001"
+    four = Scaling("MirroredStrategy", 4, 2, 8, 32, 1e-3, 4e-3, "linear")
+    assert four.describe() == ("4 replicas on 2 workers, batch 32 (8 per replica), learning rate "
+                               "0.004 (0.001 x 4, linear scaling)")

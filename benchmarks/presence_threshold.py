@@ -104,7 +104,7 @@ def plot(result: dict, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     t = [r["threshold"] for r in result["table"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(6.4, 4.3))
     ax.plot(t, [r["dice_mean"] for r in result["table"]], "o-", label="tumor-slice Dice")
     if all(r["dice_per_patient"] is not None for r in result["table"]):
         ax.plot(t, [r["dice_per_patient"] for r in result["table"]], "s-", label="per-patient Dice")
@@ -114,11 +114,15 @@ def plot(result: dict, path: Path, title: str) -> Path:
     ax2.plot(t, [100 * (r["tumor_free_with_tumor_pixels"] or 0.0) for r in result["table"]], "^--",
              color="C3", label="tumor-free slices with tumor pixels (%)")
     ax2.axhline(100 * result["max_tumor_free_rate"], color="C3", lw=0.8, ls=":")
+    ax2.annotate(f"limit {result['max_tumor_free_rate']:.0%}", (1.0, 100 * result["max_tumor_free_rate"]),
+                 xycoords=("axes fraction", "data"), xytext=(-4, -10), textcoords="offset points",
+                 ha="right", fontsize=7, color="C3")
     ax2.set_ylabel("tumor-free slices with tumor pixels (%)", color="C3")
     if result["pick"] is not None:
         ax.axvline(result["pick"], color="grey", lw=0.8)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(lines, [h.get_label() for h in lines], fontsize=7, loc="lower left")
+    ax.legend(lines, [h.get_label() for h in lines], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)  # below: clear of the curves
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

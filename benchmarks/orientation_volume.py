@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import log, machine_facts  # noqa: E402
+from mtl.data.volumes import picture_to_ras  # noqa: E402
 
 CHANNELS = ("pre-contrast", "flair", "post-contrast")
 _NUMBER = re.compile(r"_(\d+)\.tif$")
@@ -51,11 +52,6 @@ def patient_slices(folder: Path, channel: int) -> tuple[np.ndarray, np.ndarray]:
         pictures.append(pixels[..., channel] if pixels.ndim == 3 else pixels)
         masks.append(tifffile.imread(path.with_name(path.stem + "_mask.tif")) > 0)
     return np.stack(pictures), np.stack(masks)
-
-
-def picture_to_ras(stack: np.ndarray) -> np.ndarray:
-    """(S, H, W) radiological pictures -> (W, H, S) RAS+ array: data[i, j, k] = pic_k[H-1-j, W-1-i]."""
-    return np.ascontiguousarray(np.transpose(stack[:, ::-1, ::-1], (2, 1, 0)))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

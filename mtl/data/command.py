@@ -1,4 +1,4 @@
-"""``mtl data``: list the dataset cards, inspect a dataset folder.
+"""``mtl data``: list the dataset cards, inspect a dataset folder, write its volumes as NIfTI.
 
 Registered on the ``mtl`` group in :mod:`mtl.cli` with ``main.add_command(data)``.
 """
@@ -19,7 +19,7 @@ def safe_file_name(text: str) -> str:
 
 @click.group()
 def data() -> None:
-    """Supported datasets: list their cards, inspect a folder."""
+    """Supported datasets: list their cards, inspect a folder, write its volumes as NIfTI."""
 
 
 @data.command("list")
@@ -57,3 +57,39 @@ def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(summary, indent=1, default=str))
     click.echo(f"mosaic: {out_path.resolve()}")
+
+
+@data.command("to-nifti")
+@click.argument("name")
+@click.argument("path")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for <volume>/<sequence>.nii.gz and <volume>/mask.nii.gz.")
+@click.option("--volume", "volumes", multiple=True, metavar="NAME",
+              help="Only this volume or patient, e.g. TCGA_CS_4941 (repeatable; default: all).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Adapter option (repeatable).")
+def data_to_nifti(name, path, out, volumes, options) -> None:
+    """Stack a dataset's slices back into volumes: one NIfTI per sequence, plus the mask, as
+    mtl infer --input NAME=FILE reads them (e.g. the TCGA-LGG patients of kaggle_3m)."""
+    from tqdm import tqdm
+
+    from mtl.config import ConfigError, parse_override
+    from mtl.data.adapters import DataError, get_adapter
+    from mtl.data.volumes import write_volumes
+
+    try:
+        opts = dict(parse_override(o) for o in options)
+        adapter = get_adapter(name, path, **opts)
+        written = write_volumes(adapter, Path(out), volumes,
+                                progress=lambda xs: tqdm(xs, desc="volumes", unit="volume"))
+    except (ConfigError, DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for volume in written:
+        click.echo(f"{volume.name}: {volume.slices} slices -> "
+                   f"{', '.join(p.name for p in volume.files.values())}")
+    click.echo(f"{len(written)} volume(s) in {Path(out).resolve()}")
+    if any(not v.spacing_known for v in written):
+        click.echo("note: the dataset gives no voxel size; the files say 1 mm, so areas and "
+                   "volumes that mtl infer reports for them count voxels, not mm", err=True)
+    if written:
+        click.echo(f"mtl infer <model> {written[0].infer_inputs()} --out <folder>")

@@ -55,15 +55,17 @@ def test_volumes_read_back_as_the_slices_the_dataset_holds(lgg, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     assert "2 volume(s)" in result.output and "gives no voxel size" in result.output
     name = "TCGA_XX_1000_20000101"
-    assert f"--input flair={out / name / 'flair.nii.gz'}" in result.output
+    assert f"--input flair={out / name / (name + '_flair.nii.gz')}" in result.output
     images, masks = pictures[name]
-    files = {n: out / name / f"{n}.nii.gz" for n in NAMES}
-    case = load_case(channel_item(list(files.items()), NAMES), channels=NAMES)
+    files = {n: out / name / f"{name}_{n}.nii.gz" for n in NAMES}
+    item = channel_item(list(files.items()), NAMES)
+    assert item.name == name  # mtl infer names the case after the volume
+    case = load_case(item, channels=NAMES)
     # mtl infer turns each slice upright: exactly the dataset's picture, in slice order
     np.testing.assert_array_equal(case.slices, images)
     import nibabel as nib
 
-    mask = np.asarray(nib.load(out / name / "mask.nii.gz").dataobj)
+    mask = np.asarray(nib.load(out / name / f"{name}_mask.nii.gz").dataobj)
     np.testing.assert_array_equal(mask, picture_to_ras(masks > 0).astype(np.uint8))
     assert mask.shape == (32, 24, 5)  # (x, y, slices): RAS, as a DICOM converter writes
     # and the mask of a prediction goes back into the file's array order

@@ -63,7 +63,7 @@ def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
 @click.argument("name")
 @click.argument("path")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Folder for <volume>/<sequence>.nii.gz and <volume>/mask.nii.gz.")
+              help="Folder for <volume>/<volume>_<sequence>.nii.gz and <volume>_mask.nii.gz.")
 @click.option("--volume", "volumes", multiple=True, metavar="NAME",
               help="Only this volume or patient, e.g. TCGA_CS_4941 (repeatable; default: all).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",

@@ -66,8 +66,9 @@ def volumes_of(adapter: Adapter, only: Iterable[str] = ()) -> dict[str, list[tup
 
 def write_volume(adapter: Adapter, name: str, rows: list[tuple[int, Record]], out: Path
                  ) -> WrittenVolume:
-    """Stack one volume's slices and write ``<out>/<name>/<sequence>.nii.gz`` per channel and
-    ``mask.nii.gz`` (0/1). Every slice number between the first and the last must be there."""
+    """Stack one volume's slices and write ``<out>/<name>/<name>_<sequence>.nii.gz`` per channel
+    and ``<name>_mask.nii.gz`` (0/1); ``mtl infer`` names the case after the common start,
+    ``<name>``. Every slice number between the first and the last must be there."""
     import nibabel as nib
 
     numbers = [n for n, _ in rows]
@@ -94,11 +95,11 @@ def write_volume(adapter: Adapter, name: str, rows: list[tuple[int, Record]], ou
     files: dict[str, Path] = {}
     for c, channel in enumerate(channels):
         files[str(channel)] = _save(nib, picture_to_ras(stack[..., c]), affine,
-                                    folder / f"{_safe(str(channel))}.nii.gz")
+                                    folder / f"{_safe(name)}_{_safe(str(channel))}.nii.gz")
     masks = [s["mask"] for s in samples]
     if all(m is not None for m in masks):
         truth = picture_to_ras(np.stack([np.asarray(m) > 0 for m in masks]).astype(np.uint8))
-        files["mask"] = _save(nib, truth, affine, folder / "mask.nii.gz")
+        files["mask"] = _save(nib, truth, affine, folder / f"{_safe(name)}_mask.nii.gz")
     return WrittenVolume(name, len(rows), files, known)
 
 

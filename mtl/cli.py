@@ -34,6 +34,8 @@ class _Console(logging.Handler):
             text = record.getMessage()
             if record.levelno >= logging.WARNING:
                 text = f"{record.levelname.lower()}: {text}"
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
             click.echo(text, err=True)
         except Exception:  # a message must never end the command
             self.handleError(record)

@@ -46,9 +46,14 @@ def test_the_command_line_shows_infos_and_labels_warnings(capsys):
     show_messages()  # twice: still one handler
     logging.getLogger("mtl.train").info("weights from %s", "a/best.keras")
     logging.getLogger("mtl.data.copies").warning("2 groups")
+    try:
+        raise OSError("disk full")
+    except OSError:
+        logging.getLogger("mtl.infer.core").warning("case x failed", exc_info=True)
     err = capsys.readouterr().err
     assert err.count("weights from a/best.keras\n") == 1
     assert "warning: 2 groups\n" in err
+    assert "warning: case x failed\nTraceback" in err and "OSError: disk full" in err
 
 
 def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):

@@ -147,6 +147,7 @@ def test_evaluate_takes_the_export_options_of_mtl_infer(run_dir, tmp_path, monke
     assert metrics["largest_component"] is True
     # the masks are scored with the largest region kept, gated at the presence threshold
     assert seen["predict"]["largest_component"] is True and seen["predict"]["threshold"] == 0.5
+    assert seen["predict"]["presence_threshold"] == 0.3  # volumes: gated before the region
     assert seen["score"]["presence_threshold"] == 0.3 and seen["score"]["threshold"] == 0.5
     overall = metrics["overall"]
     assert overall["presence"]["threshold"] == 0.3 and overall["mask"]["threshold"] == 0.5

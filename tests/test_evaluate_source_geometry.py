@@ -361,7 +361,7 @@ def _lgg_volumes(root: Path, n_slices: int = 6) -> None:
     (data / "data.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_largest_component_keeps_one_3d_region_per_volume(tmp_path: Path) -> None:
+def test_largest_component_keeps_one_3d_region_per_volume(tmp_path: Path, caplog) -> None:
     """For the slices of a volume (lgg, brats), `mtl evaluate --largest-component` keeps one
     3-D region per volume, as `mtl infer --largest-component` exports a volume: a stray blob on
     a tumor-free slice, away from the tumor, goes; a gate (the presence rule) applies first."""
@@ -408,15 +408,17 @@ def test_largest_component_keeps_one_3d_region_per_volume(tmp_path: Path) -> Non
     probs_gap = probs[half]
     probs_gap[number[half] == 4, 6:19, 6:19] = 0.0
     probs_gap[number[half] == 4, 10:32, 10:32] = 0.9  # slice 4: larger than slice 2's, overlapping
-    gap = source_geometry_scores(sources, plan_gap, probs_gap, ones[half], progress=False,
-                                 largest_component=True)
+    with caplog.at_level("WARNING", logger="mtl.evaluate.predict"):
+        gap = source_geometry_scores(sources, plan_gap, probs_gap, ones[half], progress=False,
+                                     largest_component=True)
+    assert "2 volume(s) have slices that are not in the split" in caplog.text
     at = {n: gap.pred_pixels[:5][i] for i, n in enumerate(number[half][:5])}
     assert at[2] == 0 and at[4] > 0  # slices 2 and 4 were not joined through the missing 3
     stacked = source_geometry_scores(sources, plan_gap, probs_gap, ones[half], progress=False)
     assert stacked.pred_pixels[:5][1] > 0  # (slice 2 has its region before one is chosen)
 
 
-def test_native_under_the_presence_rule_reads_the_masks_gated_first(sources) -> None:
+def test_native_under_the_presence_rule_reads_the_masks_gated_first(sources, caplog) -> None:
     """Where a region was kept per volume, the presence rule at the evaluation's threshold
     reads the masks gated before the region was chosen (native_gated); at another threshold,
     or the independent rule, it reads the mask head's own."""
@@ -428,6 +430,8 @@ def test_native_under_the_presence_rule_reads_the_masks_gated_first(sources) -> 
     pred.native_gated = source_geometry_scores(sources, plan, probs * 0.0, ones, progress=False)
     pred.gated_at = 0.5
     assert pred.native_under("presence", 0.5).pred_pixels.sum() == 0  # the gated scores
-    assert pred.native_under("presence", 0.3).pred_pixels.sum() > 0
+    with caplog.at_level("WARNING", logger="mtl.evaluate.predict"):
+        assert pred.native_under("presence", 0.3).pred_pixels.sum() > 0
+    assert "chosen before the gate" in caplog.text  # not the semantics of mtl infer: said so
     assert pred.native_under("independent", 0.5).pred_pixels.sum() > 0
     assert pred.select(np.ones(len(plan), bool)).gated_at == 0.5

@@ -84,6 +84,8 @@ def data_to_nifti(name, path, out, volumes, options) -> None:
                                 progress=lambda xs: tqdm(xs, desc="volumes", unit="volume"))
     except (ConfigError, DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or out}: {exc.strerror or exc}") from None
     for volume in written:
         click.echo(f"{volume.name}: {volume.slices} slices -> "
                    f"{', '.join(p.name for p in volume.files.values())}")
@@ -91,5 +93,8 @@ def data_to_nifti(name, path, out, volumes, options) -> None:
     if any(not v.spacing_known for v in written):
         click.echo("note: the dataset gives no voxel size; the files say 1 mm, so areas and "
                    "volumes that mtl infer reports for them count voxels, not mm", err=True)
+    elif written:
+        click.echo("note: the files say 1 mm between slices (the slices carry their in-plane "
+                   "pixel size only)", err=True)
     if written:
         click.echo(f"mtl infer <model> {written[0].infer_inputs()} --out <folder>")

@@ -58,9 +58,10 @@ def volumes_of(adapter: Adapter, only: Iterable[str] = ()) -> dict[str, list[tup
         if wanted and where[0] not in wanted and record.patient_id not in wanted:
             continue
         groups.setdefault(where[0], []).append((where[1], record))
-    if wanted and not groups:
-        raise DataError(f"{adapter.name}: no volume named {', '.join(sorted(wanted))} in "
-                        f"{adapter.root}")
+    unknown = sorted(w for w in wanted if w not in groups
+                     and not any(r.patient_id == w for rows in groups.values() for _, r in rows))
+    if unknown:
+        raise DataError(f"{adapter.name}: no volume named {', '.join(unknown)} in {adapter.root}")
     return {name: sorted(rows, key=lambda r: r[0]) for name, rows in sorted(groups.items())}
 
 
@@ -75,15 +76,18 @@ def write_volume(adapter: Adapter, name: str, rows: list[tuple[int, Record]], ou
     missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
     if missing:
         raise DataError(f"{name}: slice(s) {', '.join(map(str, missing[:8]))} missing between "
-                        f"{numbers[0]} and {numbers[-1]}; a volume needs every slice")
+                        f"{numbers[0]} and {numbers[-1]}; a volume needs every slice (drop "
+                        "adapter options that leave slices out, such as keep or slice_step)")
     samples = [adapter.load(record) for _, record in rows]
     images = [np.asarray(s["image"]) for s in samples]
     shapes = {i.shape for i in images}
     if len(shapes) != 1:
         raise DataError(f"{name}: its slices differ in shape ({sorted(shapes)})")
     stack = np.stack([i if i.ndim == 3 else i[..., None] for i in images])  # (S, H, W, C)
-    channels = samples[0]["meta"].get("channels") or [f"channel{c}" for c in range(stack.shape[-1])]
-    spacing = samples[0]["meta"].get("spacing")
+    meta = samples[0]["meta"]
+    channels = (meta.get("channels") or meta.get("modalities")
+                or [f"channel{c}" for c in range(stack.shape[-1])])
+    spacing = meta.get("spacing")
     affine = np.eye(4)
     known = spacing is not None and bool(np.all(np.isfinite(spacing[:2]))
                                          and np.all(np.asarray(spacing[:2]) > 0))

@@ -8,6 +8,8 @@ own mask at full resolution (:func:`source_geometry_scores`).
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,8 @@ from mtl.infer.predict import keep_largest_component
 from mtl.infer.channels import overlay_index
 from mtl.model.calibration import temperatures
 from mtl.model.inference import compiled_forward, jit_for_batches, with_flip_tta
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,8 +62,13 @@ class SplitPredictions:
             raise ValueError(f"unknown mask rule {rule!r}")
         presence = np.nan_to_num(self.outputs["presence"].reshape(-1), nan=0.0)
         base = self.native
-        if self.native_gated is not None and presence_threshold == self.gated_at:
-            base = self.native_gated  # the region chosen after the gate, as infer chooses it
+        if self.native_gated is not None:
+            if math.isclose(presence_threshold, self.gated_at):
+                base = self.native_gated  # the region chosen after the gate, as infer does
+            else:
+                log.warning("masks gated at presence %g were scored with the 3-D region chosen "
+                            "before the gate (predict_split scored the gate of %g first, as "
+                            "mtl infer does)", presence_threshold, self.gated_at)
         return base.withhold(presence > presence_threshold)
 
     def select(self, keep: np.ndarray) -> "SplitPredictions":
@@ -103,6 +112,7 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
 
     size = mask_probs.shape[1]
     rows: list[tuple[int, tuple, tuple | None, Any, int]] = []
+    gaps = 0
     bar = tqdm(total=int((mask_weights > 0).sum()), desc="scoring masks at source size",
                unit="item", disable=not progress, leave=False)
     for group in _scoring_groups(sources, plan, mask_weights, largest_component):
@@ -129,12 +139,16 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
                 spacing = None
             loaded.append([j, number, truth, pred, spacing])
         if largest_component:
-            _keep_largest_regions(loaded)
+            gaps += _keep_largest_regions(loaded)
         for j, _number, truth, pred, spacing in loaded:
             in_px = score_mask(truth, pred, None)
             in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
             rows.append((j, in_px, in_mm, spacing, int(np.count_nonzero(truth > 0))))
     bar.close()
+    if gaps and gate is None:  # (the gated pass over the same slices says nothing new)
+        log.warning("%d volume(s) have slices that are not in the split (adapter options such as "
+                    "keep or slice_step leave slices out): the 3-D region takes them as blank, "
+                    "while mtl infer on the whole volume could join regions across them", gaps)
     # HD95 in mm only when every tumor item has a spacing, else in source pixels
     use_mm = bool(rows) and all(mm is not None for _, px, mm, *_ in rows if px[0])
     out = MaskScores.empty(len(plan), "mm" if use_mm else "source px")
@@ -164,17 +178,18 @@ def _scoring_groups(sources: list[Source], plan, mask_weights: np.ndarray,
     return list(groups.values())
 
 
-def _keep_largest_regions(loaded: list[list]) -> None:
+def _keep_largest_regions(loaded: list[list]) -> bool:
     """In place on [item, slice number, truth, prediction, spacing] rows of one group: only the
     largest connected region of the prediction; across the slices of a volume in 3-D (slice
     numbers missing from the group are blank, so no region joins across them), else per row
-    (also where the volume's slices differ in size)."""
+    (also where the volume's slices differ in size). Returns whether slice numbers were
+    missing between the first and the last."""
     numbers = [row[1] for row in loaded]
     shapes = {row[3].shape for row in loaded}
     if len(loaded) < 2 or None in numbers or len(shapes) != 1 or len(set(numbers)) != len(numbers):
         for row in loaded:
             row[3] = keep_largest_component(row[3]).astype(bool)
-        return
+        return False
     first = min(numbers)
     volume = np.zeros((max(numbers) - first + 1, *shapes.pop()), bool)
     for row in loaded:
@@ -182,6 +197,7 @@ def _keep_largest_regions(loaded: list[list]) -> None:
     volume = keep_largest_component(volume).astype(bool)
     for row in loaded:
         row[3] = volume[row[1] - first]
+    return len(volume) != len(loaded)
 
 
 def predict_split(

@@ -47,6 +47,8 @@ def test_trained_model_files_carry_the_card(phantom_run):
     assert line.startswith("model: " + DEMO_WARNING)
     assert f"{counts['train']}/{counts['val']}/{counts['test']} items" in line
     assert "val: presence acc" in line
+    dice = model.card["metrics"]["values"]["dice"]
+    assert f"Dice {dice:.3f}" in line  # three decimals: 0.795 is not shown as 0.80
 
 
 def test_demo_flag_needs_every_dataset_synthetic():

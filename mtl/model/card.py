@@ -109,7 +109,8 @@ def card_line(card: Mapping[str, Any] | None) -> str:
     metrics = card.get("metrics")
     if metrics and metrics.get("values"):
         values = metrics["values"]
-        shown = ", ".join(f"{label} {values[key]:.2f}" for key, label in HEADLINE if key in values)
+        # three decimals: "Dice 0.80" would round 0.795 onto a 0.80 target
+        shown = ", ".join(f"{label} {values[key]:.3f}" for key, label in HEADLINE if key in values)
         parts.append(f"{metrics.get('split', '?')}: {shown}")
     else:
         parts.append("no test metrics")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -38,16 +37,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def patient_volume(root: Path, patient: int) -> tuple[str, np.ndarray]:
-    """One patient's slices in order, (N, H, W, 3), as the LGG adapter numbers them."""
-    import tifffile
+    """One patient's slices in order, (N, H, W, 3), read by the LGG adapter
+    (:func:`mtl.data.volumes.volumes_of`); ``patient``: the index in folder-name order."""
+    from mtl.data.adapters import get_adapter
+    from mtl.data.volumes import volumes_of
 
-    from mtl.data.adapters.lgg import find_data_dir
-
-    folders = sorted(p for p in find_data_dir(root).iterdir() if p.is_dir())
-    folder = folders[patient]
-    slices = [(int(m["i"]), p) for p in folder.glob("*.tif")
-              if (m := re.match(r".+_(?P<i>\d+)$", p.stem)) is not None]
-    return folder.name, np.stack([tifffile.imread(p) for _i, p in sorted(slices)])
+    adapter = get_adapter("lgg", root)
+    volumes = volumes_of(adapter)
+    name = sorted(volumes)[patient]
+    return name, np.stack([adapter.load(record)["image"] for _n, record in volumes[name]])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -33,6 +33,12 @@ class OutputExistsError(FileExistsError):
     """An output file exists and overwriting was not allowed."""
 
 
+def safe_file_name(text: str, fallback: str = "file") -> str:
+    """``text`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by
+    ``_`` (``fallback`` when empty): safe as one file or folder name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or fallback
+
+
 def sync_path(path: str | Path) -> None:
     """fsync a file or folder (folders: where the file system allows it)."""
     fd = os.open(path, os.O_RDONLY)

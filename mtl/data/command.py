@@ -13,10 +13,6 @@ import click
 INSPECT_DIR = Path("runs") / "inspect"
 
 
-def safe_file_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "dataset"
-
-
 @click.group()
 def data() -> None:
     """Supported datasets: list their cards, inspect a folder, write its volumes as NIfTI."""
@@ -46,12 +42,14 @@ def data_inspect(name, path, out, n_samples, options, skip_bad) -> None:
     from mtl.config import ConfigError, parse_override
     from mtl.data.adapters import DataError, get_adapter
     from mtl.data.inspect import summarize, write_mosaic
+    from mtl.files import safe_file_name
 
     try:
         opts = dict(parse_override(o) for o in options)
         adapter = get_adapter(name, path, on_error="skip" if skip_bad else "raise", **opts)
         summary = summarize(adapter)
-        out_path = Path(out) if out else INSPECT_DIR / f"{safe_file_name(name)}_mosaic.png"
+        mosaic = f"{safe_file_name(name, 'dataset')}_mosaic.png"
+        out_path = Path(out) if out else INSPECT_DIR / mosaic
         write_mosaic(adapter, out_path, n=n_samples)
     except (ConfigError, DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from mtl.data.adapters.base import Adapter, DataError, Record
+from mtl.files import safe_file_name
 
 
 def picture_to_ras(stack: np.ndarray) -> np.ndarray:
@@ -94,16 +95,17 @@ def write_volume(adapter: Adapter, name: str, rows: list[tuple[int, Record]], ou
     if known:
         # rows of a picture run posterior (y), columns the patient's left (x): RAS x <- columns
         affine[0, 0], affine[1, 1] = float(spacing[1]), float(spacing[0])
-    folder = out / _safe(name)
+    stem = safe_file_name(name, "volume")
+    folder = out / stem
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     for c, channel in enumerate(channels):
-        files[str(channel)] = _save(nib, picture_to_ras(stack[..., c]), affine,
-                                    folder / f"{_safe(name)}_{_safe(str(channel))}.nii.gz")
+        path = folder / f"{stem}_{safe_file_name(str(channel), 'volume')}.nii.gz"
+        files[str(channel)] = _save(nib, picture_to_ras(stack[..., c]), affine, path)
     masks = [s["mask"] for s in samples]
     if all(m is not None for m in masks):
         truth = picture_to_ras(np.stack([np.asarray(m) > 0 for m in masks]).astype(np.uint8))
-        files["mask"] = _save(nib, truth, affine, folder / f"{_safe(name)}_mask.nii.gz")
+        files["mask"] = _save(nib, truth, affine, folder / f"{stem}_mask.nii.gz")
     return WrittenVolume(name, len(rows), files, known)
 
 
@@ -120,7 +122,3 @@ def _save(nib: Any, data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     image.header.set_qform(affine, code=1)
     nib.save(image, str(path))
     return path
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "volume"

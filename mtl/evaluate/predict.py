@@ -169,8 +169,7 @@ def _scoring_groups(sources: list[Source], plan, mask_weights: np.ndarray,
     groups: dict[Any, list[tuple[int, int | None]]] = {}
     for j in np.flatnonzero(mask_weights > 0):
         j = int(j)
-        source = sources[int(plan.source[j])]
-        where = source.adapter.volume_slice(source.records[int(plan.item[j])]) if by_volume else None
+        where = _volume_slice(sources, plan, j) if by_volume else None
         if where is None:
             groups[("item", j)] = [(j, None)]
         else:
@@ -273,10 +272,15 @@ def predict_split(
     )
 
 
+def _volume_slice(sources: list[Source], plan, j: int) -> tuple[str, int] | None:
+    """(volume, slice number) of planned item ``j`` (:meth:`Adapter.volume_slice`)."""
+    source = sources[int(plan.source[j])]
+    return source.adapter.volume_slice(source.records[int(plan.item[j])])
+
+
 def _has_volumes(sources: list[Source], plan) -> bool:
-    """Whether any planned item is the slice of a volume (:meth:`Adapter.volume_slice`)."""
-    return any(sources[int(s)].adapter.volume_slice(sources[int(s)].records[int(i)]) is not None
-               for s, i in zip(plan.source, plan.item))
+    """Whether any planned item is the slice of a volume."""
+    return any(_volume_slice(sources, plan, j) is not None for j in range(len(plan)))
 
 
 def dice_per_image(truth: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -471,3 +471,80 @@ def test_the_warm_start_benchmark_compares_the_two_models_on_a_volume(single_sli
     assert result["slices"] == 3 and "conv0/kernel" in result["widened_weights"]
     assert max(result["max_abs_difference"].values()) < 1e-4
     assert result["mask_pixels_that_differ"] == 0
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
+        context_run, single_slice_model, tmp_path, caplog):
+    """``mtl evaluate RUN --ensemble MODEL``: the run's split, scored on the mean of both
+    models (a single-slice member among 2.5-D ones); the run's card is left alone; a member
+    whose run trained on a patient of the split is refused."""
+    import logging
+    import shutil
+
+    import mtl.evaluate.evaluation as evaluation
+    from mtl.config import ConfigError
+    from mtl.model.card import read_card
+
+    card_before = read_card(context_run / "best.keras")
+    with caplog.at_level(logging.WARNING, logger="mtl"):
+        result, out = evaluation.evaluate(context_run, split="test", n_resamples=0,
+                                          ensemble=[single_slice_model],
+                                          out=tmp_path / "eval-ensemble")
+    assert "no splits.json beside it" in caplog.text
+    assert result["ensemble"] == [str(context_run / "best.keras"), str(single_slice_model)]
+    assert result["overall"]["n_items"] == 10
+    assert result["model_card"].startswith("ensemble of 2 models")
+    assert "model_card_updated" not in result
+    assert read_card(context_run / "best.keras") == card_before
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# Evaluation of an ensemble: {context_run / 'best.keras'} + "
+                             f"{single_slice_model}")
+    assert "- ensemble:" in report
+
+    # a member trained on the test patients of this run: refused, nothing scored
+    leaky = tmp_path / "leaky-run"
+    leaky.mkdir()
+    shutil.copy(single_slice_model, leaky / "best.keras")
+    saved = json.loads((context_run / "splits.json").read_text())
+    test_ids = [c for entry in saved.values() for c in entry["case_ids"]["test"]]
+    (leaky / "splits.json").write_text(json.dumps({"lgg": {
+        "format": "lgg", "root": "elsewhere", "patients": {},
+        "case_ids": {"train": test_ids[:1], "val": [], "test": []}}}))
+    with pytest.raises(ConfigError, match=r"trained on 1 patient\(s\) of the split scored here"):
+        evaluation.evaluate(context_run, split="test", n_resamples=0, ensemble=[leaky],
+                            out=tmp_path / "refused")
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    # ... while its validation split, which it never saw, is scored
+    evaluation.evaluate(context_run, split="val", n_resamples=0, ensemble=[leaky],
+                        out=tmp_path / "val")
+
+
+def test_infer_runs_an_ensemble_and_refuses_grad_cam_of_one(context_run, single_slice_model,
+                                                            lgg_volumes, tmp_path):
+    from click.testing import CliRunner
+
+    from mtl.infer.command import infer
+
+    _root, volumes = lgg_volumes
+    folder = sorted(volumes)[0]
+    files = []
+    for c, name in enumerate(NAMES):
+        volume = np.stack([s[..., c] for s in volumes[folder]], axis=-1).astype(np.int16)
+        path = save_nifti(tmp_path / f"{folder}_{name}.nii.gz", volume, np.eye(4))
+        files += ["--input", f"{name}={path}"]
+    base = [str(single_slice_model), *files, "--ensemble", str(context_run), "--no-progress"]
+    result = CliRunner().invoke(infer, [*base, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2 models, outputs averaged" in result.output
+    (record_path,) = (tmp_path / "out").glob("*/findings.json")
+    record = json.loads(record_path.read_text())
+    assert record["input"]["channels"] == context_names(NAMES, 1)  # the widest member's input
+    assert "ensemble of 2 models" in json.dumps(record)
+    refused = CliRunner().invoke(infer, [*base, "--explain", "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "Grad-CAM of one network" in refused.output
+    missing = CliRunner().invoke(infer, [*base, "--ensemble", str(tmp_path / "none.keras"),
+                                         "--out", str(tmp_path / "y")])
+    assert missing.exit_code == 2 and "none.keras: not found" in missing.output

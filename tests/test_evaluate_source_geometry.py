@@ -11,7 +11,7 @@ from PIL import Image
 from mtl.config import Config, DataConfig, SourceConfig
 from mtl.data.pipeline import TASK_NAMES, open_sources, plan_split
 from mtl.data.preprocess import letterbox, letterbox_info, unletterbox
-from mtl.evaluate.predict import SplitPredictions, source_geometry_scores
+from mtl.evaluate.predict import SplitPredictions, source_geometry_passes, source_geometry_scores
 from mtl.evaluate.report import score
 
 CLASSES = ["no_tumor", "glioma", "meningioma", "pituitary"]
@@ -401,6 +401,19 @@ def test_largest_component_keeps_one_3d_region_per_volume(tmp_path: Path, caplog
     gated = source_geometry_scores(sources, plan, probs, ones, progress=False,
                                    largest_component=True, gate=gate)
     assert (gated.pred_pixels[stray] > 0).all() and (gated.pred_pixels[~gate] == 0).all()
+    # predict_split scores both in one pass, each slice loaded once: the same scores
+    loads = []
+    real_load = sources[0].adapter.load
+    sources[0].adapter.load = lambda record: loads.append(record) or real_load(record)
+    try:
+        both = source_geometry_passes(sources, plan, probs, ones, progress=False,
+                                      largest_component=True, gates=(None, gate))
+    finally:
+        del sources[0].adapter.load
+    assert len(loads) == len(plan)
+    for one, alone in zip(both, (kept, gated)):
+        for name in ("dice", "pred_pixels", "hd95", "scored"):
+            np.testing.assert_array_equal(getattr(one, name), getattr(alone, name))
     # a slice missing from the split is a blank slice: no region joins across it
     half = [j for j in range(len(plan)) if number[j] != 3]
     sources[0].splits = {"test": [int(plan.item[j]) for j in half]}

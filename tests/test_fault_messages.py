@@ -208,8 +208,9 @@ def test_a_dicom_without_position_gets_a_pixel_grid_mask_and_a_warning(tmp_path,
     from mtl.infer.command import infer
 
     monkeypatch.setattr(Predictor, "from_file", classmethod(
-        lambda cls, path, **kw: cls(forward=fake_forward, preprocessing=PREPROCESSING,
-                                    classes=CLASSES, **kw)))
+        lambda cls, path, ensemble=(), **kw: cls(forward=fake_forward,
+                                                 preprocessing=PREPROCESSING, classes=CLASSES,
+                                                 **kw)))
     (path,) = make_dicom_series(tmp_path / "series", n=1, tumor_slices=(0,),
                                 tumor_box=(10, 20, 40, 52))
     ds = pydicom.dcmread(path)

@@ -76,7 +76,7 @@ def test_serve_prints_its_url_loads_the_model_once_and_answers(tiny_model_path, 
 def test_serve_warns_when_not_on_loopback_and_reports_bad_models_and_busy_ports(
         tmp_path, monkeypatch):
     monkeypatch.setattr(predict_module.Predictor, "from_file",
-                        classmethod(lambda cls, path, **kw: fake_predictor(**kw)))
+                        classmethod(lambda cls, path, ensemble=(), **kw: fake_predictor(**kw)))
     model = tmp_path / "m.keras"
     model.write_bytes(b"not a model")
     seen = _capture(monkeypatch)
@@ -97,3 +97,32 @@ def test_serve_warns_when_not_on_loopback_and_reports_bad_models_and_busy_ports(
         taken = CliRunner().invoke(serve, [str(model), "--port", str(port)])
     assert taken.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.output
     assert CliRunner().invoke(serve, [str(model), "--port", "70000"]).exit_code == 2
+
+
+def test_serve_runs_an_ensemble_and_names_its_members(tiny_model_path, tmp_path, monkeypatch):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    other = tmp_path / "n.keras"
+    shutil.copy(tiny_model_path, other)
+    answers = {}
+
+    def drive(app, sock):
+        host, port = sock.getsockname()[:2]
+        client = TestClient(app, base_url=f"http://{host}:{port}")
+        res = client.post("/predict", files={"file": ("a.png", tumor_png(), "image/png")})
+        assert res.status_code == 200, res.text
+        answers.update(res.json())
+
+    _capture(monkeypatch, drive)
+    result = CliRunner().invoke(serve, [str(tiny_model_path), "--port", "0",
+                                        "--ensemble", str(other)])
+    assert result.exit_code == 0, result.output
+    assert f"model {tiny_model_path} + {other}:" in result.output
+    assert "ensemble of 2 models, outputs averaged" in result.output
+    assert answers["model"]["path"] == "m.keras + n.keras"
+    assert answers["model"]["card_line"].startswith("ensemble of 2 models")
+    missing = CliRunner().invoke(serve, [str(tiny_model_path), "--port", "0",
+                                         "--ensemble", str(tmp_path / "gone.keras")])
+    assert missing.exit_code == 2 and "gone.keras: not found" in missing.output

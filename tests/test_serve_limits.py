@@ -322,7 +322,7 @@ def test_serve_options_reach_the_app_and_the_server(monkeypatch):
     from test_serve_support import fake_predictor
 
     monkeypatch.setattr(predict_module.Predictor, "from_file",
-                        classmethod(lambda cls, path, **kw: fake_predictor(**kw)))
+                        classmethod(lambda cls, path, ensemble=(), **kw: fake_predictor(**kw)))
     seen_info = {}
 
     def drive(app, sock):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import click
 
 from mtl.infer.command import (
-    largest_component_option, mask_rule_option, presence_threshold_option, threshold_option,
+    ensemble_option, largest_component_option, mask_rule_option, presence_threshold_option,
+    threshold_option,
 )
 
 
@@ -38,9 +39,10 @@ from mtl.infer.command import (
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation, as mtl infer --tta.")
 @mask_rule_option
 @largest_component_option("image (3-D per volume for the slices of a volume: lgg, brats)")
+@ensemble_option
 def evaluate(run_or_model, data_specs, split, threshold, presence_threshold, out, n_resamples,
              weights, batch_size, skip_bad, healthy_volumes, healthy_orientation, tta, mask_rule,
-             largest_component) -> None:
+             largest_component, ensemble) -> None:
     """Score a model per task: metrics.json, report.md and plots in an evaluation folder."""
     from mtl.config import ConfigError
     from mtl.data.adapters import DataError
@@ -56,7 +58,7 @@ def evaluate(run_or_model, data_specs, split, threshold, presence_threshold, out
             healthy_volumes=list(healthy_volumes) or None,
             healthy_orientations=(("upright", "native") if healthy_orientation == "both"
                                   else (healthy_orientation,)),
-            tta=tta, mask_rule=mask_rule)
+            tta=tta, mask_rule=mask_rule, ensemble=ensemble)
     except (ConfigError, DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     rows = headline_rows(result)

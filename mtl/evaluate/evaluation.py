@@ -153,6 +153,7 @@ def evaluate(
     tta: bool = False,
     mask_rule: str = "presence",
     largest_component: bool = False,
+    ensemble: tuple[str | Path, ...] | list[str | Path] = (),
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run or model on a split; ``healthy_volumes`` (``mni152`` or NIfTI paths) are
     also checked for slices called tumor (:mod:`mtl.evaluate.healthy`), once per orientation
@@ -162,10 +163,21 @@ def evaluate(
     mask pixels, ``presence_threshold`` (None: ``threshold``) for the presence decision,
     ``mask_rule`` (whether a mask counts where presence says no) and ``largest_component``
     (only the largest connected region of each image's mask, one 3-D region per volume for
-    the slices of a volume)."""
+    the slices of a volume).
+
+    ``ensemble`` (model files or run folders) averages the model's outputs with theirs
+    (:mod:`mtl.model.ensemble`); the split is the run's, and a member whose own run trained on
+    a patient of the split scored is refused (ConfigError). The run's model card is then
+    left as it is: the scores are the ensemble's."""
+    from mtl.model.ensemble import Ensemble, member_file
+
     model_path, run_dir = resolve_model(target, weights)
+    member_paths = [member_file(m) for m in ensemble]
     healthy_paths = [resolve_healthy_volume(v) for v in healthy_volumes or []]  # fail early
     model = keras.models.load_model(model_path)
+    if member_paths:
+        model = Ensemble([model, *(keras.models.load_model(p) for p in member_paths)],
+                         [model_path, *member_paths])
     if healthy_paths:
         check_grey_model(model)  # before minutes of prediction, not after
     config = config_for(model, run_dir)
@@ -174,6 +186,8 @@ def evaluate(
     if on_error:
         config.data = replace(config.data, on_error=on_error)
     sources, how = open_eval_sources(config, run_dir, split)
+    for path in member_paths:
+        check_member_split(path, sources, split)
     batch_size = batch_size or config.train.batch_size
     presence_threshold = threshold if presence_threshold is None else presence_threshold
     pred = predict_split(model, sources, config, split, batch_size=batch_size, threshold=threshold,
@@ -205,6 +219,8 @@ def evaluate(
         "mask_rule": mask_rule,
         "largest_component": largest_component,
     }
+    if member_paths:
+        context["ensemble"] = [str(p) for p in (model_path, *member_paths)]
     context["model_card"] = card_line(model_card(model))
     context["calibration"] = {"presence_temperature": pred.temperatures.get("presence", 1.0),
                               "type_temperature": pred.temperatures.get("type", 1.0)}
@@ -212,9 +228,34 @@ def evaluate(
                                   presence_threshold=presence_threshold,
                                   n_resamples=n_resamples, context=context, mask_rule=mask_rule,
                                   healthy=healthy or None)
-    if run_dir is not None and not data and split == "test":
+    if run_dir is not None and not data and split == "test" and not member_paths:
         result["model_card_updated"] = record_test_metrics(model_path, model, result)
     return result, out_dir
+
+
+def check_member_split(path: Path, sources: list[Source], split: str) -> None:
+    """Refuse (ConfigError) an ensemble member whose run trained on a patient of ``split``
+    (``val``, ``test``; ``all``: both) of the opened ``sources``; warn where the member has no
+    ``splits.json`` beside it to tell."""
+    import logging
+
+    from mtl.model.warm_start import source_splits, trained_on_held_out
+
+    held_out = {"val": ("val",), "test": ("test",), "all": ("val", "test")}.get(split, ())
+    if not held_out:
+        return
+    splits = source_splits(path)
+    if splits is None:
+        logging.getLogger(__name__).warning(
+            "--ensemble %s has no splits.json beside it, so it cannot be checked that it never "
+            "trained on the patients scored here", path)
+        return
+    leaked = trained_on_held_out(splits, sources, held_out)
+    if leaked:
+        raise ConfigError(f"--ensemble {path}: its run trained on {len(leaked)} patient(s) of "
+                          f"the split scored here (e.g. {', '.join(leaked[:3])}); the scores "
+                          "would not be honest. Use models of runs with the same data.split "
+                          "and seed")
 
 
 def record_test_metrics(model_path: Path, model: keras.Model, result: dict[str, Any]

@@ -108,10 +108,22 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
     ``meta["spacing"]``, else in source pixels ("source px": each image's own pixels). Items
     without a mask label, or unreadable now, are not scored (``scored`` False).
     """
+    (scores,) = source_geometry_passes(sources, plan, mask_probs, mask_weights, threshold,
+                                       progress, largest_component, gates=(gate,))
+    return scores
+
+
+def source_geometry_passes(sources: list[Source], plan, mask_probs: np.ndarray,
+                           mask_weights: np.ndarray, threshold: float = 0.5,
+                           progress: bool = True, largest_component: bool = False,
+                           gates: tuple[np.ndarray | None, ...] = (None,)
+                           ) -> list[MaskScores]:
+    """:func:`source_geometry_scores` once per entry of ``gates`` (None: no gate), with each
+    item loaded once for all of them."""
     from tqdm import tqdm
 
     size = mask_probs.shape[1]
-    rows: list[tuple[int, tuple, tuple | None, Any, int]] = []
+    rows: list[list[tuple[int, tuple, tuple | None, Any, int]]] = [[] for _ in gates]
     gaps = 0
     bar = tqdm(total=int((mask_weights > 0).sum()), desc="scoring masks at source size",
                unit="item", disable=not progress, leave=False)
@@ -130,28 +142,34 @@ def source_geometry_scores(sources: list[Source], plan, mask_probs: np.ndarray,
             h, w = sample["image"].shape[:2]  # placed into the network input as prepare() did
             prob = np.clip(unletterbox(mask_probs[j].reshape(size, size),
                                        letterbox_info(h, w, size)), 0.0, 1.0)
-            pred = prob > threshold  # as mtl infer decides a mask pixel
-            if gate is not None and not gate[j]:
-                pred[:] = False
             spacing = sample["meta"].get("spacing")
             if spacing is not None and not (np.isfinite(spacing[:2]).all()
                                             and np.all(np.asarray(spacing[:2]) > 0)):
                 spacing = None
-            loaded.append([j, number, truth, pred, spacing])
-        if largest_component:
-            gaps += _keep_largest_regions(loaded)
-        for j, _number, truth, pred, spacing in loaded:
-            in_px = score_mask(truth, pred, None)
-            in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
-            rows.append((j, in_px, in_mm, spacing, int(np.count_nonzero(truth > 0))))
+            loaded.append((j, number, truth, prob > threshold, spacing))  # as infer decides
+        for g, gate in enumerate(gates):
+            gated = [[j, number, truth, pred & bool(gate is None or gate[j]), spacing]
+                     for j, number, truth, pred, spacing in loaded]
+            if largest_component:
+                missing = _keep_largest_regions(gated)
+                gaps += missing if g == 0 else 0  # (another gate over the same slices: the same)
+            for j, _number, truth, pred, spacing in gated:
+                in_px = score_mask(truth, pred, None)
+                in_mm = score_mask(truth, pred, tuple(spacing[:2])) if spacing is not None else None
+                rows[g].append((j, in_px, in_mm, spacing, int(np.count_nonzero(truth > 0))))
     bar.close()
-    if gaps and gate is None:  # (the gated pass over the same slices says nothing new)
+    if gaps:
         log.warning("%d volume(s) have slices that are not in the split (adapter options such as "
                     "keep or slice_step leave slices out): the 3-D region takes them as blank, "
                     "while mtl infer on the whole volume could join regions across them", gaps)
-    # HD95 in mm only when every tumor item has a spacing, else in source pixels
+    return [_mask_scores(r, len(plan)) for r in rows]
+
+
+def _mask_scores(rows: list[tuple[int, tuple, tuple | None, Any, int]], n: int) -> MaskScores:
+    """Per-item (item, px scores, mm scores, spacing, true pixels) rows as MaskScores; HD95 in
+    mm only when every tumor item has a spacing, else in source pixels."""
     use_mm = bool(rows) and all(mm is not None for _, px, mm, *_ in rows if px[0])
-    out = MaskScores.empty(len(plan), "mm" if use_mm else "source px")
+    out = MaskScores.empty(n, "mm" if use_mm else "source px")
     for j, in_px, in_mm, spacing, n_true in rows:
         out.scored[j] = True
         out.true_pixels[j] = n_true
@@ -246,16 +264,15 @@ def predict_split(
                 for s, i in zip(plan.source, plan.item)]
     weights_all = {k: np.concatenate(v) for k, v in weights.items()}
     outputs_all = {k: np.concatenate(v) for k, v in outputs.items()}
-    native = source_geometry_scores(sources, plan, outputs_all["mask"], weights_all["mask"],
-                                    threshold, progress=progress,
-                                    largest_component=largest_component)
-    native_gated, gated_at = None, None
+    gates: tuple[np.ndarray | None, ...] = (None,)
+    gated_at = None
     if largest_component and _has_volumes(sources, plan):
         gated_at = threshold if presence_threshold is None else presence_threshold
-        gate = np.nan_to_num(outputs_all["presence"].reshape(-1), nan=0.0) > gated_at
-        native_gated = source_geometry_scores(sources, plan, outputs_all["mask"],
-                                              weights_all["mask"], threshold, progress=progress,
-                                              largest_component=True, gate=gate)
+        gates += (np.nan_to_num(outputs_all["presence"].reshape(-1), nan=0.0) > gated_at,)
+    native, *gated = source_geometry_passes(sources, plan, outputs_all["mask"],
+                                            weights_all["mask"], threshold, progress=progress,
+                                            largest_component=largest_component, gates=gates)
+    native_gated = gated[0] if gated else None
     return SplitPredictions(
         case_ids,
         names,

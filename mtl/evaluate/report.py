@@ -265,8 +265,11 @@ def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Evaluation of {result.get('model', 'model')}", ""]
-    for key in ("model_card", "split", "data", "threshold", "presence_threshold", "mask_rule",
+    title = result.get("model", "model")
+    if result.get("ensemble"):
+        title = "an ensemble: " + " + ".join(result["ensemble"])
+    lines = [f"# Evaluation of {title}", ""]
+    for key in ("ensemble", "model_card", "split", "data", "threshold", "presence_threshold", "mask_rule",
                 "largest_component", "tta", "evaluated_at"):
         if key in result:
             lines.append(f"- {key}: {result[key]}")

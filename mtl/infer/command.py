@@ -79,6 +79,20 @@ presence_threshold_option = click.option(
     help="Threshold of the presence decision (default: --threshold).")
 
 
+def _members(values: tuple[str, ...]):
+    from mtl.model.ensemble import member_file
+
+    return tuple(member_file(v) for v in values)
+
+
+#: ``--ensemble`` of ``mtl infer``, ``mtl serve`` and ``mtl evaluate`` (:mod:`mtl.model.ensemble`)
+ensemble_option = click.option(
+    "--ensemble", "ensemble", multiple=True, metavar="MODEL|RUN", callback=checked(_members),
+    help="Average the outputs with this model's (a .keras file or a run folder's best.keras), "
+         "repeatable: the same classes, input size and MR sequences; the neighbouring slices "
+         "read may differ.")
+
+
 def largest_component_option(unit: str):
     """``--largest-component`` of ``mtl infer``, ``mtl serve`` and ``mtl evaluate``; ``unit``:
     what one connected region is kept per ("case (3-D for volumes)", "slice")."""
@@ -112,6 +126,7 @@ def largest_component_option(unit: str):
                                           "mirrored input's prediction).")
 @mask_rule_option
 @largest_component_option("case (3-D for volumes)")
+@ensemble_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
 @click.option("--axis", default="axial", show_default=True, callback=checked(_axis),
@@ -123,8 +138,8 @@ def largest_component_option(unit: str):
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when the terminal shows it).")
 def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, explain, threshold,
-          presence_threshold, tta, mask_rule, largest_component, batch_size, axis, pixel_spacing,
-          force, progress) -> None:
+          presence_threshold, tta, mask_rule, largest_component, ensemble, batch_size, axis,
+          pixel_spacing, force, progress) -> None:
     """Run MODEL on images, folders, NIfTI/NRRD volumes or DICOM series; write findings and masks.
 
     Per case: findings.json (presence, type, tumor size and place), the mask in the input's own
@@ -150,6 +165,9 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
     options = InferOptions(formats=formats, overlay=overlay, overlay_slices=overlay_slices,
                            explain=explain, presence_threshold=presence_threshold, axis=axis,
                            pixel_spacing=pixel_spacing, force=force)
+    if explain and ensemble:
+        raise click.UsageError("--explain draws Grad-CAM of one network, not of an ensemble: "
+                               "drop --ensemble or --explain")
     if not inputs and not sequences:
         raise click.UsageError("give INPUTS (images, folders, volumes, DICOM series) or, for a "
                                "model of named MR sequences, --input NAME=FILE per sequence")
@@ -183,7 +201,7 @@ def infer(model, inputs, sequences, out, formats, overlay, overlay_slices, expla
     many_small = len(items) > images and batch_size < XLA_BELOW_BATCH
     jit = "auto" if many_small else jit_for_single_slices(images * (2 if tta else 1))
     try:
-        predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
+        predictor = Predictor.from_file(model, ensemble=ensemble, threshold=threshold, tta=tta,
                                         largest_component=largest_component,
                                         batch_size=batch_size, mask_rule=mask_rule,
                                         presence_threshold=presence_threshold,

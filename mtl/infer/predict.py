@@ -172,7 +172,14 @@ class Predictor:
         self.jit_compile = checked_jit_compile(jit_compile)
 
     @classmethod
-    def from_file(cls, path: str | Path, **options: Any) -> "Predictor":
+    def from_file(cls, path: str | Path, ensemble: Sequence[str | Path] = (),
+                  **options: Any) -> "Predictor":
+        """The model saved at ``path``; with ``ensemble`` (more model files), the mean of all
+        of them (:mod:`mtl.model.ensemble`; EnsembleError, a ValueError, where they differ)."""
+        if ensemble:
+            from mtl.model.ensemble import load_ensemble
+
+            return cls(load_ensemble([path, *ensemble]), **options)
         return cls(load_model(path), **options)
 
     @property

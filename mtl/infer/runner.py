@@ -326,6 +326,9 @@ def run(
     if options.explain:
         if predictor.model is None:
             raise ValueError("--explain needs a loaded model")
+        if not hasattr(predictor.model, "net"):
+            raise ValueError("--explain draws Grad-CAM of one network, not of an ensemble; "
+                             "run it with one of the models")
         from mtl.infer.gradcam import GradCam
 
         gradcam = GradCam(predictor.model)

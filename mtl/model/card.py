@@ -93,9 +93,15 @@ def card_metrics(values: Mapping[str, Any], split: str, source: str,
 
 
 def card_line(card: Mapping[str, Any] | None) -> str:
-    """One line: the demo warning first where it applies, then data, metrics, version, date."""
+    """One line: the demo warning first where it applies, then data, metrics, version, date.
+    An ensemble's card (:mod:`mtl.model.ensemble`) gives each member's, after its file name."""
     if not card:
         return NO_CARD
+    members = card.get("ensemble")
+    if members:
+        shown = " | ".join(f"{_short_path(m.get('path'))}: "
+                           + card_line(m.get("card")).removeprefix("model: ") for m in members)
+        return f"ensemble of {len(members)} models, outputs averaged: {shown}"
     parts = []
     if card.get("demo"):
         parts.append(DEMO_WARNING)
@@ -121,6 +127,19 @@ def card_line(card: Mapping[str, Any] | None) -> str:
     return "model: " + "; ".join(parts)
 
 
+def _short_path(path: Any) -> str:
+    """``runs/x/best.keras`` -> ``x/best.keras``: the run folder and file name."""
+    path = Path(str(path or "?"))
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def is_demo(card: Mapping[str, Any] | None) -> bool:
+    """Whether a card is a demo model's, or an ensemble's with a demo member."""
+    if not card:
+        return False
+    return bool(card.get("demo")) or any(is_demo(m.get("card")) for m in card.get("ensemble", []))
+
+
 def model_card(model: Any) -> dict[str, Any] | None:
     """The card of a loaded model (None: none)."""
     card = getattr(model, "card", None)
@@ -135,7 +154,7 @@ def provenance(model: Any) -> dict[str, Any]:
     calibration = calibration if isinstance(calibration, dict) and calibration else None
     return {
         "card_line": card_line(card),
-        "demo": bool(card and card.get("demo")),
+        "demo": is_demo(card),
         "card": dict(card) if card else None,
         "calibration": None if calibration is None else {
             "presence_temperature": calibration.get("presence_temperature", 1.0),
@@ -235,5 +254,5 @@ def update_model_config(path: str | Path, **fields: Any) -> None:
 
 
 __all__ = ["DEMO_WARNING", "NO_CARD", "card_line", "card_metrics", "finish_run_models",
-           "git_commit", "model_card", "provenance", "read_card", "read_model_config",
+           "git_commit", "is_demo", "model_card", "provenance", "read_card", "read_model_config",
            "training_card", "update_model_config"]

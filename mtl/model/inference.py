@@ -107,8 +107,16 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     ``benchmarks/results/subpixel*-avx2.md``, README, Performance).
     ``subpixel=False`` keeps the decoder's own arrangement; ``fold=False, subpixel=False`` runs
     the network as trained.
+
+    ``model`` may be an :class:`mtl.model.ensemble.Ensemble`: the mean of its members' passes.
     """
     import tensorflow as tf
+
+    from mtl.model.ensemble import Ensemble
+
+    if isinstance(model, Ensemble):
+        return model.compiled_forward(image_size, channels, jit_compile=jit_compile, fold=fold,
+                                      subpixel=subpixel)
 
     from mtl.model.calibration import temperatures
     from mtl.model.inference_copy import inference_copy

@@ -99,8 +99,9 @@ def source_splits(path: Path) -> dict[str, Any] | None:
     return read_splits(path.parent / SPLITS)
 
 
-def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any]) -> list[str]:
-    """The patients of this run's validation and test splits (``sources``: opened and split,
+def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any],
+                        held_out: Sequence[str] = ("val", "test")) -> list[str]:
+    """The patients of this run's ``held_out`` splits (``sources``: opened and split,
     :class:`mtl.data.pipeline.Source`) that the model's run trained on (``splits``: its
     splits.json), as ``"dataset: patient (split)"``. Items are matched by dataset format and
     case id, and a trained item counts for its whole patient (through this run's records), so
@@ -115,7 +116,7 @@ def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any]) -> list[
         if not ids:
             continue
         patients = {r.patient_id for r in source.records if r.case_id in ids}
-        for split in ("val", "test"):
+        for split in held_out:
             held = {source.records[i].patient_id for i in source.splits.get(split, [])
                     if source.records[i].patient_id in patients}
             found.extend(f"{source.name}: {p} ({split})" for p in sorted(held))

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
-from mtl.infer.command import checked, largest_component_option, mask_rule_option, threshold_value
+from mtl.infer.command import (
+    checked, ensemble_option, largest_component_option, mask_rule_option, threshold_value,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
@@ -132,14 +134,15 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning",
 @click.option("--tta", is_flag=True, help="Flip test-time augmentation.")
 @mask_rule_option
 @largest_component_option("case (3-D for volumes)")
+@ensemble_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True, help="Server log level (info: access log).")
 def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_active,
           max_waiting, result_memory_mb, request_timeout, allow_origins, keep_results,
-          result_minutes, threshold, tta, mask_rule, largest_component, batch_size,
-          log_level) -> None:
+          result_minutes, threshold, tta, mask_rule, largest_component, ensemble,
+          batch_size, log_level) -> None:
     """Serve MODEL: a web page and a JSON API (POST /predict) for uploaded scans.
 
     Upload a slice image (PNG, JPEG, TIFF), a NIfTI volume (.nii, .nii.gz) or a DICOM file;
@@ -159,10 +162,10 @@ def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_
     sock = bind_socket(host, port)
     try:
         try:
-            predictor = Predictor.from_file(model, threshold=threshold, tta=tta,
-                                            largest_component=largest_component,
+            predictor = Predictor.from_file(model, ensemble=ensemble, threshold=threshold,
+                                            tta=tta, largest_component=largest_component,
                                             batch_size=batch_size, mask_rule=mask_rule)
-        except ModelError as exc:
+        except (ModelError, ValueError) as exc:  # ValueError: members that cannot be averaged
             raise click.ClickException(str(exc)) from None
         predictor.warm_up()  # the first upload should not wait for tracing and compiling
         loopback = is_loopback(host, sock)
@@ -173,11 +176,13 @@ def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_
                          result_ttl_seconds=result_minutes * 60,
                          max_result_bytes=int(result_memory_mb * (1 << 20)),
                          allowed_hosts=LOOPBACK_HOSTS if loopback else None,
-                         model_name=Path(model).name, max_active=max_active,
+                         model_name=" + ".join(Path(m).name for m in (model, *ensemble)),
+                         max_active=max_active,
                          max_waiting=max_waiting, allowed_origins=allow_origins)
         url = url_for(sock)
         click.echo(f"mtl serve: {url}")
-        click.echo(f"  model {model}: classes {', '.join(predictor.classes)}; "
+        shown = " + ".join(str(m) for m in (model, *ensemble))
+        click.echo(f"  model {shown}: classes {', '.join(predictor.classes)}; "
                    f"input {predictor.image_size} px")
         click.echo(f"  {card_line(model_card(predictor.model))}")
         click.echo(f"  API: POST {url}predict  (schema {url}openapi.json)")

@@ -477,7 +477,7 @@ def test_the_warm_start_benchmark_compares_the_two_models_on_a_volume(single_sli
 
 
 def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
-        context_run, single_slice_model, tmp_path, caplog):
+        context_run, single_slice_model, lgg_volumes, tmp_path, caplog):
     """``mtl evaluate RUN --ensemble MODEL``: the run's split, scored on the mean of both
     models (a single-slice member among 2.5-D ones); the run's card is left alone; a member
     whose run trained on a patient of the split is refused."""
@@ -488,11 +488,39 @@ def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
     from mtl.config import ConfigError
     from mtl.model.card import read_card
 
+    from mtl.infer.predict import Predictor
+    from mtl.model.ensemble import load_ensemble
+
     card_before = read_card(context_run / "best.keras")
+    seen = []
+    original = evaluation.predict_split
+
+    def spy(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(evaluation, "predict_split", spy)
     with caplog.at_level(logging.WARNING, logger="mtl"):
         result, out = evaluation.evaluate(context_run, split="test", n_resamples=0,
                                           ensemble=[single_slice_model],
                                           out=tmp_path / "eval-ensemble")
+    monkeypatch.undo()
+    # what was scored is the ensemble's prediction of each test volume, as infer makes it
+    _root, volumes = lgg_volumes
+    pred = seen[0]
+    both = Predictor(load_ensemble([context_run / "best.keras", single_slice_model]))
+    alone = Predictor.from_file(context_run / "best.keras")
+    differs = False
+    for folder in sorted({c.rsplit("_", 1)[0] for c in pred.case_ids}):
+        stacked = stack_context(np.stack(volumes[folder]), 1)
+        got, own = both.predict(stacked), alone.predict(stacked)
+        for k in range(5):
+            j = pred.case_ids.index(f"{folder}_{k + 1}")
+            assert got.presence[k] == pytest.approx(float(pred.outputs["presence"][j, 0]),
+                                                    abs=2e-4)
+            differs |= abs(float(own.presence[k]) - float(got.presence[k])) > 1e-3
+    assert differs  # the member counted
     assert "no splits.json beside it" in caplog.text
     assert result["ensemble"] == [str(context_run / "best.keras"), str(single_slice_model)]
     assert result["overall"]["n_items"] == 10
@@ -502,7 +530,7 @@ def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
     report = (out / "report.md").read_text()
     assert report.startswith(f"# Evaluation of an ensemble: {context_run / 'best.keras'} + "
                              f"{single_slice_model}")
-    assert "- ensemble:" in report
+    assert "- ensemble:" in report and "T per member" in report
 
     # a member trained on the test patients of this run: refused, nothing scored
     leaky = tmp_path / "leaky-run"
@@ -513,10 +541,17 @@ def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
     (leaky / "splits.json").write_text(json.dumps({"lgg": {
         "format": "lgg", "root": "elsewhere", "patients": {},
         "case_ids": {"train": test_ids[:1], "val": [], "test": []}}}))
-    with pytest.raises(ConfigError, match=r"trained on 1 patient\(s\) of the split scored here"):
+    with pytest.raises(ConfigError, match=r"trained or validated on 1 patient\(s\) of the "
+                                          "split scored here"):
         evaluation.evaluate(context_run, split="test", n_resamples=0, ensemble=[leaky],
                             out=tmp_path / "refused")
     assert not (tmp_path / "refused" / "metrics.json").exists()
+    # a member that chose its weights on a test patient (its validation split): refused too
+    (leaky / "splits.json").write_text(json.dumps({"lgg": {
+        "format": "lgg", "root": "elsewhere", "patients": {},
+        "case_ids": {"train": [], "val": test_ids[-1:], "test": []}}}))
+    with pytest.raises(ConfigError, match="trained or validated on 1 patient"):
+        evaluation.evaluate(context_run, split="test", n_resamples=0, ensemble=[leaky])
     # ... while its validation split, which it never saw, is scored
     evaluation.evaluate(context_run, split="val", n_resamples=0, ensemble=[leaky],
                         out=tmp_path / "val")

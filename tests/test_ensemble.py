@@ -52,6 +52,9 @@ def test_each_member_reads_its_own_slices_and_the_outputs_are_averaged(members):
     np.testing.assert_allclose(e / e.sum(-1, keepdims=True), got["type_uncalibrated"], atol=1e-5)
     with pytest.raises(ValueError, match="reads 9 channels"):
         ensemble.compiled_forward(32, 3)
+    # no one temperature describes the mean: each member's is recorded, and applied to its own
+    assert [m["presence_temperature"] for m in ensemble.calibration["ensemble"]] == [1.0, 1.0]
+    assert provenance(ensemble)["calibration"]["members"][1]["path"] == "wide.keras"
 
 
 def test_the_predictor_runs_an_ensemble_on_a_stacked_volume(members):
@@ -105,7 +108,7 @@ def test_the_card_line_names_each_member_and_a_demo_member_shows():
     assert "Dice 0.795" in line and "b/best.keras: no model card" in line
     assert not is_demo(card)
     card["ensemble"][1]["card"] = demo
-    assert is_demo(card) and DEMO_WARNING in card_line(card)
+    assert is_demo(card) and card_line(card).startswith(DEMO_WARNING + "; ensemble of 2")
 
     class Fake:
         calibration = None

@@ -121,7 +121,10 @@ def test_serve_runs_an_ensemble_and_names_its_members(tiny_model_path, tmp_path,
     assert result.exit_code == 0, result.output
     assert f"model {tiny_model_path} + {other}:" in result.output
     assert "ensemble of 2 models, outputs averaged" in result.output
-    assert answers["model"]["path"] == "m.keras + n.keras"
+    assert answers["model"]["path"] == (f"{tiny_model_path.parent.name}/m.keras + "
+                                        f"{tmp_path.name}/n.keras")  # run folder and file
+    members = answers["model"]["calibration"]["members"]  # each member's own temperatures
+    assert [m["path"] for m in members] == [str(tiny_model_path), str(other)]
     assert answers["model"]["card_line"].startswith("ensemble of 2 models")
     missing = CliRunner().invoke(serve, [str(tiny_model_path), "--port", "0",
                                          "--ensemble", str(tmp_path / "gone.keras")])

@@ -48,6 +48,7 @@ def evaluate(run_or_model, data_specs, split, threshold, presence_threshold, out
     from mtl.data.adapters import DataError
     from mtl.evaluate.evaluation import evaluate as run_evaluation
     from mtl.evaluate.report import headline_rows
+    from mtl.infer.predict import ModelError
 
     try:
         result, out_dir = run_evaluation(
@@ -59,7 +60,7 @@ def evaluate(run_or_model, data_specs, split, threshold, presence_threshold, out
             healthy_orientations=(("upright", "native") if healthy_orientation == "both"
                                   else (healthy_orientation,)),
             tta=tta, mask_rule=mask_rule, ensemble=ensemble)
-    except (ConfigError, DataError, ValueError) as exc:
+    except (ConfigError, DataError, ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     rows = headline_rows(result)
     width = max(len(k) for k, _ in rows) if rows else 10

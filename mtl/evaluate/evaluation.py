@@ -176,7 +176,9 @@ def evaluate(
     healthy_paths = [resolve_healthy_volume(v) for v in healthy_volumes or []]  # fail early
     model = keras.models.load_model(model_path)
     if member_paths:
-        model = Ensemble([model, *(keras.models.load_model(p) for p in member_paths)],
+        from mtl.infer.predict import load_model
+
+        model = Ensemble([model, *(load_model(p) for p in member_paths)],
                          [model_path, *member_paths])
     if healthy_paths:
         check_grey_model(model)  # before minutes of prediction, not after
@@ -222,8 +224,9 @@ def evaluate(
     if member_paths:
         context["ensemble"] = [str(p) for p in (model_path, *member_paths)]
     context["model_card"] = card_line(model_card(model))
-    context["calibration"] = {"presence_temperature": pred.temperatures.get("presence", 1.0),
-                              "type_temperature": pred.temperatures.get("type", 1.0)}
+    context["calibration"] = model.calibration if member_paths else {
+        "presence_temperature": pred.temperatures.get("presence", 1.0),
+        "type_temperature": pred.temperatures.get("type", 1.0)}
     result = evaluate_predictions(pred, config.data.classes, out_dir, threshold=threshold,
                                   presence_threshold=presence_threshold,
                                   n_resamples=n_resamples, context=context, mask_rule=mask_rule,
@@ -234,15 +237,15 @@ def evaluate(
 
 
 def check_member_split(path: Path, sources: list[Source], split: str) -> None:
-    """Refuse (ConfigError) an ensemble member whose run trained on a patient of ``split``
-    (``val``, ``test``; ``all``: both) of the opened ``sources``; warn where the member has no
-    ``splits.json`` beside it to tell."""
+    """Refuse (ConfigError) an ensemble member whose run trained on, or chose its weights and
+    temperatures on (its validation split), a patient of ``split`` (``val`` or ``test``) of the
+    opened ``sources``; warn where the member has no ``splits.json`` beside it to tell. The
+    ``train`` and ``all`` splits hold the run's own training patients: not checked."""
     import logging
 
     from mtl.model.warm_start import source_splits, trained_on_held_out
 
-    held_out = {"val": ("val",), "test": ("test",), "all": ("val", "test")}.get(split, ())
-    if not held_out:
+    if split not in ("val", "test"):
         return
     splits = source_splits(path)
     if splits is None:
@@ -250,12 +253,12 @@ def check_member_split(path: Path, sources: list[Source], split: str) -> None:
             "--ensemble %s has no splits.json beside it, so it cannot be checked that it never "
             "trained on the patients scored here", path)
         return
-    leaked = trained_on_held_out(splits, sources, held_out)
+    leaked = trained_on_held_out(splits, sources, (split,), used=("train", "val"))
     if leaked:
-        raise ConfigError(f"--ensemble {path}: its run trained on {len(leaked)} patient(s) of "
-                          f"the split scored here (e.g. {', '.join(leaked[:3])}); the scores "
-                          "would not be honest. Use models of runs with the same data.split "
-                          "and seed")
+        raise ConfigError(f"--ensemble {path}: its run trained or validated on {len(leaked)} "
+                          f"patient(s) of the split scored here (e.g. {', '.join(leaked[:3])}); "
+                          "the scores would not be honest. Use models of runs with the same "
+                          "data.split and seed")
 
 
 def record_test_metrics(model_path: Path, model: keras.Model, result: dict[str, Any]

@@ -23,6 +23,7 @@ from mtl.evaluate.metrics import MaskScores, score_mask
 from mtl.infer.predict import keep_largest_component
 from mtl.infer.channels import overlay_index
 from mtl.model.calibration import temperatures
+from mtl.model.ensemble import is_ensemble
 from mtl.model.inference import compiled_forward, jit_for_batches, with_flip_tta
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class SplitPredictions:
     patient_ids: list[str] = field(default_factory=list)
     #: mask scores in each source image's own geometry, mask head alone (None: not computed)
     native: MaskScores | None = None
-    #: the model's calibration temperatures, {"presence": T, "type": T} (outputs have them applied)
+    #: the model's calibration temperatures, {"presence": T, "type": T} (outputs have them
+    #: applied); None for an ensemble, whose members apply their own
     temperatures: dict[str, float] = field(default_factory=dict)
     #: with a largest region kept per volume: the scores of the masks the presence rule gated
     #: at ``gated_at`` before the region was chosen, as ``mtl infer`` does (None: not needed,
@@ -283,7 +285,8 @@ def predict_split(
         errors.items,
         patients,
         native,
-        dict(zip(("presence", "type"), temperatures(model))),
+        dict.fromkeys(("presence", "type")) if is_ensemble(model)  # (each member has its own)
+        else dict(zip(("presence", "type"), temperatures(model))),
         native_gated,
         gated_at,
     )

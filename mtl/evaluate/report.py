@@ -212,8 +212,8 @@ def _ece(task: dict[str, Any]) -> str:
     e = task.get("ece")
     if not e:  # metrics written before calibration
         return _fmt(task["calibration"]["ece"])
-    return (f"{_fmt(e['before_calibration'])} / {_fmt(e['after_calibration'])} "
-            f"(T = {e['temperature']:.3g})")
+    t = "T per member" if e["temperature"] is None else f"T = {e['temperature']:.3g}"
+    return f"{_fmt(e['before_calibration'])} / {_fmt(e['after_calibration'])} ({t})"
 
 
 def headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -269,8 +269,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("ensemble"):
         title = "an ensemble: " + " + ".join(result["ensemble"])
     lines = [f"# Evaluation of {title}", ""]
-    for key in ("ensemble", "model_card", "split", "data", "threshold", "presence_threshold", "mask_rule",
-                "largest_component", "tta", "evaluated_at"):
+    for key in ("ensemble", "model_card", "split", "data", "threshold", "presence_threshold",
+                "mask_rule", "largest_component", "tta", "evaluated_at"):
         if key in result:
             lines.append(f"- {key}: {result[key]}")
     unit = result["overall"].get("ci95_resampling", "images")

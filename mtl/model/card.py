@@ -99,9 +99,10 @@ def card_line(card: Mapping[str, Any] | None) -> str:
         return NO_CARD
     members = card.get("ensemble")
     if members:
-        shown = " | ".join(f"{_short_path(m.get('path'))}: "
+        shown = " | ".join(f"{short_model_path(m.get('path'))}: "
                            + card_line(m.get("card")).removeprefix("model: ") for m in members)
-        return f"ensemble of {len(members)} models, outputs averaged: {shown}"
+        line = f"ensemble of {len(members)} models, outputs averaged: {shown}"
+        return f"{DEMO_WARNING}; {line}" if is_demo(card) else line
     parts = []
     if card.get("demo"):
         parts.append(DEMO_WARNING)
@@ -127,7 +128,7 @@ def card_line(card: Mapping[str, Any] | None) -> str:
     return "model: " + "; ".join(parts)
 
 
-def _short_path(path: Any) -> str:
+def short_model_path(path: Any) -> str:
     """``runs/x/best.keras`` -> ``x/best.keras``: the run folder and file name."""
     path = Path(str(path or "?"))
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
@@ -152,6 +153,13 @@ def provenance(model: Any) -> dict[str, Any]:
     card = model_card(model) if model is not None else None
     calibration = getattr(model, "calibration", None)
     calibration = calibration if isinstance(calibration, dict) and calibration else None
+    if calibration is not None and "ensemble" in calibration:
+        return {"card_line": card_line(card), "demo": is_demo(card),
+                "card": dict(card) if card else None,
+                "calibration": {"members": calibration["ensemble"],
+                                "note": "each member's presence and type probabilities are "
+                                        "divided in logit space by its own temperatures, "
+                                        "then averaged"}}
     return {
         "card_line": card_line(card),
         "demo": is_demo(card),
@@ -255,4 +263,4 @@ def update_model_config(path: str | Path, **fields: Any) -> None:
 
 __all__ = ["DEMO_WARNING", "NO_CARD", "card_line", "card_metrics", "finish_run_models",
            "git_commit", "is_demo", "model_card", "provenance", "read_card", "read_model_config",
-           "training_card", "update_model_config"]
+           "short_model_path", "training_card", "update_model_config"]

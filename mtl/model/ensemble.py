@@ -64,7 +64,7 @@ class Ensemble:
 
     It offers what prediction reads from a model: ``preprocessing`` (the widest member's),
     ``classes``, ``spec`` (the first member's: the backbone named in reports), ``card`` (the
-    members' cards) and ``calibration`` (None: each member applies its own)."""
+    members' cards) and ``calibration`` (the members' temperatures; each applies its own)."""
 
     def __init__(self, members: Sequence[Any], paths: Sequence[str | Path]) -> None:
         self.members = list(members)
@@ -76,8 +76,15 @@ class Ensemble:
         self.preprocessing = dict(widest.preprocessing)
         self.classes = list(self.members[0].classes)
         self.spec = self.members[0].spec
-        self.calibration = None
+        from mtl.model.calibration import temperatures
         from mtl.model.card import model_card
+
+        #: each member's temperatures, applied to its own outputs before the mean (no single
+        #: temperature describes the ensemble: :func:`mtl.model.calibration.temperatures` of it
+        #: is (1, 1), and reports say "per member")
+        self.calibration = {"ensemble": [
+            dict(zip(("path", "presence_temperature", "type_temperature"),
+                     (str(p), *temperatures(m)))) for p, m in zip(self.paths, self.members)]}
 
         self.card = {"ensemble": [{"path": str(p), "card": model_card(m)}
                                   for p, m in zip(self.paths, self.members)]}
@@ -141,6 +148,10 @@ def member_file(target: str | Path, weights: str = "best") -> Path:
     return target
 
 
+def is_ensemble(model: Any) -> bool:
+    return isinstance(model, Ensemble)
+
+
 def load_ensemble(paths: Sequence[str | Path]) -> Ensemble:
     """The models in ``paths`` (``.keras`` files) as one :class:`Ensemble`; ModelError for an
     unreadable file, EnsembleError for models that cannot be averaged."""
@@ -149,5 +160,5 @@ def load_ensemble(paths: Sequence[str | Path]) -> Ensemble:
     return Ensemble([load_model(p) for p in paths], paths)
 
 
-__all__ = ["Ensemble", "EnsembleError", "SHARED_PREPROCESSING", "check_members", "load_ensemble",
-           "mean_outputs", "member_file"]
+__all__ = ["Ensemble", "EnsembleError", "SHARED_PREPROCESSING", "check_members", "is_ensemble",
+           "load_ensemble", "mean_outputs", "member_file"]

@@ -100,16 +100,19 @@ def source_splits(path: Path) -> dict[str, Any] | None:
 
 
 def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any],
-                        held_out: Sequence[str] = ("val", "test")) -> list[str]:
+                        held_out: Sequence[str] = ("val", "test"),
+                        used: Sequence[str] = ("train",)) -> list[str]:
     """The patients of this run's ``held_out`` splits (``sources``: opened and split,
     :class:`mtl.data.pipeline.Source`) that the model's run trained on (``splits``: its
-    splits.json), as ``"dataset: patient (split)"``. Items are matched by dataset format and
+    splits.json; ``used``: the splits of that run that count, its training split by default),
+    as ``"dataset: patient (split)"``. Items are matched by dataset format and
     case id, and a trained item counts for its whole patient (through this run's records), so
     other slices of a patient trained on (another ``slice_step`` or ``keep``) count too."""
     trained: dict[str, set[str]] = {}
     for entry in splits.values():
-        ids = entry.get("case_ids", {}).get("train", [])
-        trained.setdefault(str(entry.get("format")), set()).update(ids)
+        for name in used:
+            ids = entry.get("case_ids", {}).get(name, [])
+            trained.setdefault(str(entry.get("format")), set()).update(ids)
     found = []
     for source in sources:
         ids = trained.get(source.config.format, set())

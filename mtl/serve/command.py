@@ -150,7 +150,7 @@ def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_
     findings to download. The model is loaded once. Research use, not a diagnosis.
     """
     from mtl.infer.predict import ModelError, Predictor
-    from mtl.model.card import card_line, model_card
+    from mtl.model.card import card_line, model_card, short_model_path
     from mtl.serve.app import LOOPBACK_HOSTS, create_app, normal_origin
     from mtl.serve.uploads import Limits
 
@@ -159,6 +159,7 @@ def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_
             raise click.BadParameter(f"{origin!r}: give an origin as http://host:port",
                                      param_hint="--allow-origin")
 
+    ensemble_files = (model, *ensemble)
     sock = bind_socket(host, port)
     try:
         try:
@@ -176,12 +177,13 @@ def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_
                          result_ttl_seconds=result_minutes * 60,
                          max_result_bytes=int(result_memory_mb * (1 << 20)),
                          allowed_hosts=LOOPBACK_HOSTS if loopback else None,
-                         model_name=" + ".join(Path(m).name for m in (model, *ensemble)),
+                         model_name=" + ".join(short_model_path(m) for m in ensemble_files)
+                         if ensemble else Path(model).name,
                          max_active=max_active,
                          max_waiting=max_waiting, allowed_origins=allow_origins)
         url = url_for(sock)
         click.echo(f"mtl serve: {url}")
-        shown = " + ".join(str(m) for m in (model, *ensemble))
+        shown = " + ".join(str(m) for m in ensemble_files)
         click.echo(f"  model {shown}: classes {', '.join(predictor.classes)}; "
                    f"input {predictor.image_size} px")
         click.echo(f"  {card_line(model_card(predictor.model))}")

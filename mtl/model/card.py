@@ -153,24 +153,21 @@ def provenance(model: Any) -> dict[str, Any]:
     card = model_card(model) if model is not None else None
     calibration = getattr(model, "calibration", None)
     calibration = calibration if isinstance(calibration, dict) and calibration else None
-    if calibration is not None and "ensemble" in calibration:
-        return {"card_line": card_line(card), "demo": is_demo(card),
-                "card": dict(card) if card else None,
-                "calibration": {"members": calibration["ensemble"],
-                                "note": "each member's presence and type probabilities are "
-                                        "divided in logit space by its own temperatures, "
-                                        "then averaged"}}
-    return {
-        "card_line": card_line(card),
-        "demo": is_demo(card),
-        "card": dict(card) if card else None,
-        "calibration": None if calibration is None else {
+    if calibration is None:
+        applied = None
+    elif "ensemble" in calibration:  # each member's own temperatures (mtl.model.ensemble)
+        applied = {"members": calibration["ensemble"],
+                   "note": "each member's presence and type probabilities are divided in "
+                           "logit space by its own temperatures, then averaged"}
+    else:
+        applied = {
             "presence_temperature": calibration.get("presence_temperature", 1.0),
             "type_temperature": calibration.get("type_temperature", 1.0),
             "split": calibration.get("split"),
             "note": "presence and type probabilities are divided in logit space by these "
-                    "temperatures (fitted on the validation split by mtl train)"},
-    }
+                    "temperatures (fitted on the validation split by mtl train)"}
+    return {"card_line": card_line(card), "demo": is_demo(card),
+            "card": dict(card) if card else None, "calibration": applied}
 
 
 def history_metrics(row: Mapping[str, Any] | None, validated: bool) -> dict[str, Any]:

@@ -112,9 +112,9 @@ def compiled_forward(model: Any, image_size: int, channels: int,
     """
     import tensorflow as tf
 
-    from mtl.model.ensemble import Ensemble
+    from mtl.model.ensemble import is_ensemble
 
-    if isinstance(model, Ensemble):
+    if is_ensemble(model):
         return model.compiled_forward(image_size, channels, jit_compile=jit_compile, fold=fold,
                                       subpixel=subpixel)
 

@@ -18,6 +18,12 @@ the threshold with the best mean Dice whose tumor-free rate stays within
 ``--max-tumor-free-rate``, writes the table as JSON and draws it (``--plot``, default beside
 the JSON). Check the pick once on the test split with
 ``mtl evaluate runs/<name> --presence-threshold <pick>``.
+
+Several evaluation folders are pooled: the validation splits of the folds of one
+cross-validation (``data.cv_folds``, README -> Cross-validation), evaluated fold by fold, give
+out-of-fold predictions for every train and val patient, so the pick rests on all of them
+instead of one validation split. A patient found in two of the folders is refused (they would
+not be out of fold), and so are folders evaluated with different mask thresholds or regions.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +66,48 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray]:
             "free": column("presence_true") == 0,  # NaN (no presence label) is neither
             "patient": np.array([f"{r['dataset']}/{r['patient']}" for r in rows]) if known else None,
             "threshold": float(metrics["threshold"]),
-            "largest_component": bool(metrics.get("largest_component"))}
+            "largest_component": bool(metrics.get("largest_component")),
+            # what else must agree before evaluations are pooled
+            "options": {"split": metrics.get("split"), "tta": bool(metrics.get("tta")),
+                        "ensemble": metrics.get("ensemble") is not None}}
+
+
+def pool_predictions(parts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Several :func:`read_predictions` as one (out-of-fold predictions of cross-validation);
+    refuses a patient in two parts, parts without patient ids, and parts evaluated with
+    different mask thresholds or ``--largest-component`` settings."""
+    if len(parts) == 1:
+        return parts[0]
+    options = [{"threshold": p["threshold"], "largest_component": p["largest_component"],
+                **p.get("options", {})} for p in parts]
+    for key in options[0]:
+        values = {str(o.get(key)) for o in options}
+        if len(values) > 1:
+            raise SystemExit(f"the evaluations differ in {key} ({', '.join(sorted(values))}); "
+                             "pool evaluations made with the same options")
+    if options[0].get("split") not in (None, "val"):
+        raise SystemExit(f"the evaluations are of the {options[0]['split']!r} split; pool the "
+                         "folds' validation evaluations (--split val), never the test split")
+    seen: dict[str, str] = {}
+    for part, name in zip(parts, names):
+        if part["patient"] is None:
+            raise SystemExit(f"{name}: items without patient ids cannot be pooled out of fold")
+        for patient in np.unique(part["patient"]):
+            if patient in seen:
+                raise SystemExit(f"patient {patient} is in {seen[patient]} and {name}: pool the "
+                                 "validation splits of one cross-validation's folds, which "
+                                 "never share a patient")
+            seen[str(patient)] = name
+    units = {p["scores"].hd95_unit for p in parts}
+    fields = ("tumor", "dice", "iou", "hd95", "pred_pixels", "pixel_area", "scored", "true_pixels")
+    scores = MaskScores(**{f: np.concatenate([getattr(p["scores"], f) for p in parts])
+                           for f in fields},
+                        hd95_unit=units.pop() if len(units) == 1 else "mixed")
+    return {"presence": np.concatenate([p["presence"] for p in parts]), "scores": scores,
+            "free": np.concatenate([p["free"] for p in parts]),
+            "patient": np.concatenate([p["patient"] for p in parts]),
+            "threshold": parts[0]["threshold"], "largest_component": parts[0]["largest_component"],
+            "options": parts[0].get("options", {})}
 
 
 def at_threshold(p: dict[str, np.ndarray], t: float) -> dict[str, float | None]:
@@ -132,15 +180,19 @@ def plot(result: dict, path: Path, title: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("evaluation", type=Path,
-                        help="folder of an `mtl evaluate --mask-rule independent` run")
+    parser.add_argument("evaluation", type=Path, nargs="+",
+                        help="folder of an `mtl evaluate --mask-rule independent` run; several: "
+                             "the validation evaluations of a cross-validation's folds, pooled")
     parser.add_argument("--thresholds", default="0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.6,0.7")
     parser.add_argument("--max-tumor-free-rate", type=float, default=0.03)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
-    p = read_predictions(args.evaluation)
-    result = {"evaluation": str(args.evaluation), "mask_threshold": p["threshold"],
+    names = [str(e) for e in args.evaluation]
+    p = pool_predictions([read_predictions(e) for e in args.evaluation], names)
+    result = {"evaluation": names[0] if len(names) == 1 else names,
+              "patients": int(len(np.unique(p["patient"]))) if p["patient"] is not None else None,
+              "mask_threshold": p["threshold"],
               "largest_component": p["largest_component"],
               **sweep(p, [float(x) for x in args.thresholds.split(",")],
                       args.max_tumor_free_rate)}
@@ -165,7 +217,8 @@ def main() -> None:
         print(f"wrote {args.out}")
     figure = args.plot or (args.out.with_suffix(".png") if args.out else None)
     if figure:
-        print(f"wrote {plot(result, figure, f'presence threshold sweep: {args.evaluation}')}")
+        shown = names[0] if len(names) == 1 else f"{len(names)} folds pooled ({result['patients']} patients)"
+        print(f"wrote {plot(result, figure, f'presence threshold sweep: {shown}')}")
 
 
 if __name__ == "__main__":

@@ -72,9 +72,11 @@ def count_train_items(config) -> int:
 
     sources = open_sources(config)
     if config.data.link_copies:
-        parts = split_jointly(sources, link_copies(sources), config.data.split, config.seed)
+        parts = split_jointly(sources, link_copies(sources), config.data.split, config.seed,
+                              cv=config.data.cv)
         return sum(len(p.get("train", [])) for p in parts)
-    return sum(len(split_records(s.records, config.data.split, seed=config.seed).get("train", []))
+    return sum(len(split_records(s.records, config.data.split, seed=config.seed,
+                                 cv=config.data.cv).get("train", []))
                for s in sources)
 
 

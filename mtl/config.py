@@ -81,6 +81,12 @@ class DataConfig:
     split: dict[str, float] = field(
         default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15}
     )
+    #: k-fold cross-validation: with cv_folds >= 2 the patients of the train and val splits
+    #: are dealt into cv_folds patient-safe folds; fold cv_fold (0-based) is the validation
+    #: split, the others train, and the test split stays the same for every fold
+    #: (mtl.data.splits.cross_validation_fold). 0: off
+    cv_folds: int = 0
+    cv_fold: int = 0
     #: "raise": a bad item stops with an error naming the file; "skip": skipped and counted
     on_error: str = "raise"
     #: load every item once before training so bad data is found before the first epoch
@@ -101,6 +107,11 @@ class DataConfig:
     #: split all sources together so that near-copies of a slice in any source of the run land
     #: in one split (mtl.data.copies); false splits each source on its own
     link_copies: bool = True
+
+    @property
+    def cv(self) -> tuple[int, int] | None:
+        """``(cv_folds, cv_fold)`` for :func:`mtl.data.splits.split_records`, or None."""
+        return (self.cv_folds, self.cv_fold) if self.cv_folds else None
 
     @property
     def input_names(self) -> list[str] | None:
@@ -224,6 +235,13 @@ class Config:
             raise ConfigError(f"data.split needs train (and val/test) fractions, got {self.data.split}")
         if abs(sum(self.data.split.values()) - 1.0) > 1e-6:
             raise ConfigError(f"data.split fractions must sum to 1, got {self.data.split}")
+        if self.data.cv_folds and (self.data.cv_folds < 2
+                                   or not 0 <= self.data.cv_fold < self.data.cv_folds):
+            raise ConfigError(f"data.cv_fold must be between 0 and data.cv_folds - 1 with "
+                              f"data.cv_folds >= 2 (or 0: no cross-validation), got fold "
+                              f"{self.data.cv_fold} of {self.data.cv_folds}")
+        if not self.data.cv_folds and self.data.cv_fold:
+            raise ConfigError(f"data.cv_fold={self.data.cv_fold} needs data.cv_folds >= 2")
         if self.train.strategy not in ("auto", "default", "mirrored", "multiworker"):
             raise ConfigError("train.strategy must be auto, default, mirrored or multiworker")
         if self.data.workers < 0:

@@ -113,7 +113,9 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
             copies = recorded.get("_near_copies")
     elif config.data.link_copies:
         links = link_copies(sources)
-        parts = split_jointly(sources, links, config.data.split, seed=config.seed)
+        with split_errors(config):
+            parts = split_jointly(sources, links, config.data.split, seed=config.seed,
+                                  cv=config.data.cv)
         check_groups_together(links, parts)
         for source, split in zip(sources, parts):
             source.splits = split
@@ -123,15 +125,37 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
                  copies["split_groups"])
     else:
         for source in sources:
-            source.splits = split_records(source.records, config.data.split, seed=config.seed)
+            with split_errors(config, source.name):
+                source.splits = split_records(source.records, config.data.split,
+                                              seed=config.seed, cv=config.data.cv)
+    if config.data.cv:
+        log.info("cross-validation fold %d of %d (0-based): %s", config.data.cv_fold,
+                 config.data.cv_folds, "; ".join(
+                     f"{s.name}: {len({s.records[i].patient_id for i in s.splits['val']})} "
+                     f"validation patient group(s)" for s in sources))
     folder.write_splits({s.name: splits_entry(s.config.format, s.config.root, s.records, s.splits)
                          for s in sources})
     return copies
 
 
-def data_summary(sources: list[Source], copies: dict[str, Any] | None = None) -> dict[str, Any]:
+@contextlib.contextmanager
+def split_errors(config: Config, source: str | None = None) -> Iterator[None]:
+    """A split that cannot be made (too few patients for the splits or the cross-validation
+    folds) as a ConfigError naming the dataset, not a traceback."""
+    try:
+        yield
+    except ValueError as exc:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{exc} (data.split {config.data.split}"
+                          + (f", data.cv_folds {config.data.cv_folds}" if config.data.cv else "")
+                          + ")") from None
+
+
+def data_summary(sources: list[Source], copies: dict[str, Any] | None = None,
+                 cv: tuple[int, int] | None = None) -> dict[str, Any]:
     """Items and labelled tasks per source and split; ``copies``: near-copy counts, under
-    ``"_near_copies"`` (see :meth:`mtl.data.copies.CopyLinks.summary`)."""
+    ``"_near_copies"`` (see :meth:`mtl.data.copies.CopyLinks.summary`); ``cv``: the
+    cross-validation fold (``data.cv_folds``, ``data.cv_fold``), under ``"_cross_validation"``."""
     summary: dict[str, Any] = {}
     for source in sources:
         per_split = {}
@@ -154,6 +178,8 @@ def data_summary(sources: list[Source], copies: dict[str, Any] | None = None) ->
         summary[source.name] = {"skipped_at_scan": len(source.scan_skipped), "splits": per_split}
     if copies is not None:
         summary["_near_copies"] = copies
+    if cv is not None:
+        summary["_cross_validation"] = {"folds": cv[0], "fold": cv[1]}
     return summary
 
 
@@ -482,7 +508,7 @@ def training_data(config: Config, start: Start, strategy: Any, verbose: int | st
     )
     copies = assign_splits(sources, config, start.out.path, reuse=start.resume,
                            saved_in=start.run.path)
-    summary = data_summary(sources, copies)
+    summary = data_summary(sources, copies, cv=config.data.cv)
     start.out.write_json(DATA_SUMMARY, summary)
     card = training_card(config.name, summary, {s.name: s.config.format for s in sources},
                          list(config.data.classes))
@@ -534,23 +560,17 @@ def start_from(model: keras.Model, init_from: str, sources: list[Source]) -> Non
     """``train.init_from``: the new model takes a trained model's weights
     (:func:`mtl.model.warm_start.warm_start`); says so in the log. Refused (WarmStartError)
     when the model's run trained on an item of this run's validation or test split."""
-    from mtl.model.warm_start import (
-        resolve_init_path, source_splits, trained_on_held_out, warm_start,
-    )
+    from mtl.model.warm_start import resolve_init_path, used_held_out, warm_start
 
     path = resolve_init_path(init_from)
-    splits = source_splits(path)
-    if splits is None:
-        log.warning("train.init_from: %s has no splits.json beside it, so it cannot be checked "
-                    "that it never trained on this run's validation and test items", path)
-    else:
-        leaked = trained_on_held_out(splits, sources)
-        if leaked:
-            raise WarmStartError(
-                f"train.init_from: {path}'s run trained on {len(leaked)} patient(s) of this "
-                f"run's validation and test splits (e.g. {', '.join(leaked[:3])}); its scores "
-                "would not be honest. Use the same data.split and seed as that run, or another "
-                "model")
+    leaked = used_held_out(path, sources, what=f"train.init_from: {path}",
+                           against="this run's validation and test items")
+    if leaked:
+        raise WarmStartError(
+            f"train.init_from: {path}'s run trained on {len(leaked)} patient(s) of this "
+            f"run's validation and test splits (e.g. {', '.join(leaked[:3])}); its scores "
+            "would not be honest. Use the same data.split and seed as that run (and, in a "
+            "cross-validation, the same data.cv_folds and data.cv_fold), or another model")
     done = warm_start(model, keras.models.load_model(path))
     widened = (f"; {len(done['widened'])} input weights widened to {done['slices']} slices"
                if done["widened"] else "")

@@ -63,11 +63,23 @@ def test_yaml_then_overrides(tmp_path):
         ("data.split={train: 0.9, val: 0.2, test: -0.1}", "data.split.test must be in"),
         ("model.deep_supervision=5", "model.deep_supervision must be between 0 and 4"),
         ("loss.dice=volume", r"loss.dice must be one of image, batch, batch\+image, not 'volume'"),
+        ("data.cv_fold=2", "data.cv_fold=2 needs data.cv_folds >= 2"),
+        ("data.cv_folds=1", "data.cv_fold must be between 0 and data.cv_folds - 1"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+def test_cross_validation_fold_settings():
+    assert load_config().data.cv is None
+    assert load_config(overrides=["data.cv_folds=5"]).data.cv == (5, 0)
+    assert load_config(overrides=["data.cv_folds=5", "data.cv_fold=4"]).data.cv == (5, 4)
+    with pytest.raises(ConfigError, match="got fold 5 of 5"):
+        load_config(overrides=["data.cv_folds=5", "data.cv_fold=5"])
+    with pytest.raises(ConfigError, match="got fold -1 of 5"):
+        load_config(overrides=["data.cv_folds=5", "data.cv_fold=-1"])
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

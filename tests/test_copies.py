@@ -114,6 +114,25 @@ def test_copies_land_in_the_same_split(two_datasets, seed: int) -> None:
         assert all(parts[k][name] for name in ("train", "val", "test"))
 
 
+def test_cross_validation_folds_keep_copies_together(two_datasets) -> None:
+    """data.cv_folds over linked datasets: near-copies share each fold's split, the test split
+    is the plain split's, and the folds' validation splits cover train and val once."""
+    sources = open_sources(_config(*two_datasets))
+    links = link_copies(sources, progress=False)
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    plain = split_jointly(sources, links, fractions, seed=0)
+    folds = [split_jointly(sources, links, fractions, seed=0, cv=(3, k)) for k in range(3)]
+    for fold in folds:
+        check_groups_together(links, fold)
+        for a, b in _planted_pairs(sources):
+            assert _split_of(fold[0], a) == _split_of(fold[1], b)
+        for k in range(len(sources)):
+            assert sorted(fold[k]["test"]) == sorted(plain[k]["test"])
+    for k in range(len(sources)):
+        vals = sorted(i for fold in folds for i in fold[k]["val"])
+        assert vals == sorted(plain[k]["train"] + plain[k]["val"])
+
+
 def test_a_dataset_without_copies_in_the_others_leaves_their_splits_alone(two_datasets) -> None:
     """Adding a dataset that shares no near-copy keeps the linked datasets' splits as they were
     (so models trained before and after it are compared on the same test slices); the new one is
@@ -205,6 +224,38 @@ def test_real_data_copies_across_figshare_br35h_and_brisc(shared_data: Path) -> 
     for k, source in enumerate(sources):
         total = len(source.records)
         assert 0.1 * total < len(parts[k]["test"]) < 0.25 * total, source.name
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_run_folder_saves_the_cross_validation_fold(two_datasets, tmp_path: Path, link: bool
+                                                    ) -> None:
+    """data.cv_folds / cv_fold reach splits.json (the fold's validation patients) and
+    data_summary.json, linked or not; a fold count the patients cannot fill is a ConfigError
+    naming the dataset, not a traceback."""
+    from mtl.config import ConfigError
+
+    saved = []
+    for fold in (0, 1):
+        config = _config(*two_datasets, link=link)
+        config.data.cv_folds, config.data.cv_fold = 2, fold
+        sources = open_sources(config)
+        run = tmp_path / f"run{int(link)}{fold}"
+        run.mkdir()
+        copies = assign_splits(sources, config, run, reuse=False)
+        assert data_summary(sources, copies, cv=config.data.cv)["_cross_validation"] == {
+            "folds": 2, "fold": fold}
+        saved.append(json.loads((run / "splits.json").read_text()))
+    for name in saved[0]:
+        ids = [set(s[name]["case_ids"]["val"]) for s in saved]
+        assert ids[0] and ids[1] and not ids[0] & ids[1]
+        assert saved[0][name]["case_ids"]["test"] == saved[1][name]["case_ids"]["test"]
+        assert ids[0] | ids[1] == set(saved[0][name]["case_ids"]["train"]) | ids[0]
+    config = _config(*two_datasets, link=link)
+    config.data.cv_folds = 500
+    run = tmp_path / f"run{int(link)}-many"
+    run.mkdir()
+    with pytest.raises(ConfigError, match="into 500 cross-validation folds.*data.cv_folds 500"):
+        assign_splits(open_sources(config), config, run, reuse=False)
 
 
 def test_resume_refuses_a_changed_set_of_datasets(two_datasets, tmp_path: Path) -> None:

@@ -109,6 +109,11 @@ def test_the_card_line_names_each_member_and_a_demo_member_shows():
     assert not is_demo(card)
     card["ensemble"][1]["card"] = demo
     assert is_demo(card) and card_line(card).startswith(DEMO_WARNING + "; ensemble of 2")
+    # the warning once, each demo member marked after its name
+    card["ensemble"][0]["card"] = demo
+    line = card_line(card)
+    assert line.count(DEMO_WARNING) == 1
+    assert "a/best.keras (demo): trained on lgg" in line and "b/best.keras (demo): " in line
 
     class Fake:
         calibration = None

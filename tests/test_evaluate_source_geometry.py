@@ -304,6 +304,36 @@ def test_presence_threshold_sweep_agrees_with_evaluate(sources, tmp_path: Path) 
     result = sweep(table, [0.25, 0.35, 0.5], max_free_rate=0.5)
     assert result["pick"] == 0.25
     assert sweep(table, [0.25, 0.35, 0.5], max_free_rate=0.0)["pick"] == 0.5
+    # cross-validation: the folds' evaluations, each holding some patients, pooled, sweep as
+    # the one evaluation of all of them; a patient in two of them, or other options, refused
+    from benchmarks.presence_threshold import pool_predictions
+
+    folds = [tmp_path / "fold0", tmp_path / "fold1"]
+    lines = (tmp_path / "predictions.csv").read_text().splitlines(keepends=True)
+    column = lines[0].rstrip("\r\n").split(",").index("patient")
+    for folder, patient in zip(folds, ("a", "b")):
+        folder.mkdir()
+        (folder / "metrics.json").write_text((tmp_path / "metrics.json").read_text())
+        (folder / "predictions.csv").write_text("".join(
+            [lines[0]] + [r for r in lines[1:] if r.split(",")[column] == patient]))
+    pooled = pool_predictions([read_predictions(f) for f in folds], [str(f) for f in folds])
+    for t in (0.1, 0.3, 0.5):
+        assert at_threshold(pooled, t) == pytest.approx(at_threshold(table, t)), t
+    with pytest.raises(SystemExit, match="is in .*fold0 and .*fold0"):
+        pool_predictions([read_predictions(folds[0])] * 2, [str(folds[0])] * 2)
+    for other, message in (({"threshold": 0.4}, "differ in threshold"),
+                           ({"tta": True}, "differ in tta"),
+                           ({"split": "test"}, "differ in split"),
+                           ({"ensemble": ["runs/b/best.keras"]}, "differ in ensemble")):
+        (folds[1] / "metrics.json").write_text(json.dumps({"mask_rule": "independent",
+                                                           "threshold": 0.5, **other}))
+        with pytest.raises(SystemExit, match=message):
+            pool_predictions([read_predictions(f) for f in folds], [str(f) for f in folds])
+    for folder in folds:  # the test split is never pooled into a pick
+        (folder / "metrics.json").write_text(json.dumps({"mask_rule": "independent",
+                                                         "threshold": 0.5, "split": "test"}))
+    with pytest.raises(SystemExit, match="never the test split"):
+        pool_predictions([read_predictions(f) for f in folds], [str(f) for f in folds])
     # an evaluation under the presence rule cannot be swept: its withheld masks are gone
     (tmp_path / "metrics.json").write_text(json.dumps({"mask_rule": "presence", "threshold": 0.5}))
     with pytest.raises(SystemExit, match="independent"):

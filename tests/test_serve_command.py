@@ -129,3 +129,40 @@ def test_serve_runs_an_ensemble_and_names_its_members(tiny_model_path, tmp_path,
     missing = CliRunner().invoke(serve, [str(tiny_model_path), "--port", "0",
                                          "--ensemble", str(tmp_path / "gone.keras")])
     assert missing.exit_code == 2 and "gone.keras: not found" in missing.output
+
+
+def test_log_level_reaches_mtl_own_messages_while_serving(tiny_model_path, monkeypatch,
+                                                          caplog):
+    """--log-level sets mtl's loggers as well as uvicorn's while the server runs (error hides
+    mtl's warnings; debug says why an upload was refused, with the traceback), and puts them
+    back afterwards."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    logger = logging.getLogger("mtl")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+
+    def drive(app, sock):
+        host, port = sock.getsockname()[:2]
+        client = TestClient(app, base_url=f"http://{host}:{port}")
+        during["level"] = logger.getEffectiveLevel()
+        res = client.post("/predict", files={"file": ("junk.png", b"not a png", "image/png")})
+        assert 400 <= res.status_code < 500, res.text
+
+    try:
+        for level in ("error", "debug", "warning"):
+            during: dict = {}
+            caplog.clear()
+            seen = _capture(monkeypatch, drive)
+            result = CliRunner().invoke(serve, [str(tiny_model_path), "--port", "0",
+                                                "--log-level", level])
+            assert result.exit_code == 0, result.output
+            assert seen["log_level"] == level
+            assert during["level"] == getattr(logging, level.upper())
+            assert logger.level == logging.INFO
+            refused = [r for r in caplog.records if "upload junk.png refused" in r.getMessage()]
+            assert bool(refused) == (level == "debug"), level
+    finally:
+        logger.setLevel(before)

@@ -13,6 +13,7 @@ from mtl.data.adapters.base import Record
 from mtl.data.splits import (
     allocate_folds,
     check_no_leak,
+    cross_validation_fold,
     indices_for_case_ids,
     split_records,
 )
@@ -172,3 +173,109 @@ def test_small_datasets_with_thin_strata_still_split():
     tiny = records[:3]
     splits = split_records(tiny, {"train": 0.4, "val": 0.3, "test": 0.3})
     assert sorted(len(v) for v in splits.values()) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_cross_validation_folds_keep_the_test_split_and_cover_the_rest_once(seed: int) -> None:
+    """data.cv_folds: every fold has the same test split as the plain split; the folds'
+    validation splits are patient-safe, disjoint, and together hold every train and val item
+    exactly once; each fold's training split is the rest; stratified like the plain split."""
+    records = make_records(60, seed=seed)
+    fractions = {"train": 0.7, "val": 0.1, "test": 0.2}
+    plain = split_records(records, fractions, seed=seed)
+    folds = [split_records(records, fractions, seed=seed, cv=(5, k)) for k in range(5)]
+    pool = sorted(plain["train"] + plain["val"])
+    for fold in folds:
+        assert fold["test"] == sorted(plain["test"])
+        check_no_leak(records, fold)
+        assert sorted(fold["train"] + fold["val"]) == pool
+        assert fold["val"] and len({records[i].patient_id for i in fold["val"]}) >= 6
+    vals = [i for fold in folds for i in fold["val"]]
+    assert sorted(vals) == pool  # each train/val item is validated on exactly once
+    # stratified: every fold's validation split sees the rare labels too
+    for label in ("b", "c"):
+        assert all(any(records[i].label == label for i in fold["val"]) for fold in folds), label
+    # the same fold again: the same split
+    assert split_records(records, fractions, seed=seed, cv=(5, 2)) == folds[2]
+
+
+def test_no_cross_validation_fold_is_left_empty() -> None:
+    """With about as many patient groups as folds StratifiedGroupKFold can leave a fold empty
+    (five groups of 5, 28, 1, 10 and 2 slices into five folds): every fold still validates on
+    one group, and the folds still cover the pool once."""
+    records = [Record(case_id=f"p{g}-{k}", patient_id=f"p{g}", presence=1, label=label,
+                      has_mask=False)
+               for g, (n, label) in enumerate(zip((5, 28, 1, 10, 2), "caaac")) for k in range(n)]
+    splits = {"train": list(range(len(records))), "val": [], "test": []}
+    vals = [cross_validation_fold(records, splits, 5, k)["val"] for k in range(5)]
+    assert all(vals)
+    assert sorted(i for v in vals for i in v) == list(range(len(records)))
+
+
+def test_evaluate_and_leak_checks_follow_the_cross_validation_fold(tmp_path: Path) -> None:
+    """A split recomputed for evaluation is the fold's; a fold's model is refused on another
+    fold's validation split (it trained there) and accepted on the shared test split."""
+    from types import SimpleNamespace
+
+    from mtl.config import load_config
+    from mtl.evaluate.evaluation import assign_eval_split
+    from mtl.model.warm_start import used_held_out
+
+    records = make_records(40)
+    config = load_config(overrides=["data.cv_folds=4", "data.cv_fold=1",
+                                    "data.split={train: 0.7, val: 0.1, test: 0.2}"])
+    source = SimpleNamespace(name="phantoms", records=records, splits={},
+                             config=SimpleNamespace(format="phantoms", root=None))
+    assign_eval_split(source, "val", {}, config)
+    assert source.splits == split_records(records, config.data.split, cv=(4, 1))
+    member = tmp_path / "fold0"
+    member.mkdir()
+    fold0 = split_records(records, config.data.split, cv=(4, 0))
+    RunFolder(member).write_splits({"phantoms": splits_entry("phantoms", None, records, fold0)})
+    kw = {"what": "member", "against": "here"}
+    leaked = used_held_out(member / "best.keras", [source], ("val",), ("train", "val"), **kw)
+    assert leaked and all(x.endswith("(val)") for x in leaked)
+    assert used_held_out(member / "best.keras", [source], ("test",), ("train", "val"), **kw) == []
+
+
+def test_cross_validation_refuses_bad_folds_and_too_few_patients() -> None:
+    records = make_records(4)
+    splits = split_records(records, {"train": 0.5, "val": 0.25, "test": 0.25})
+    with pytest.raises(ValueError, match="needs folds >= 2"):
+        cross_validation_fold(records, splits, 3, 3)
+    with pytest.raises(ValueError, match="into 5 cross-validation folds"):
+        cross_validation_fold(records, splits, 5, 0)
+
+
+def test_lgg_cross_validation_folds_on_the_real_set() -> None:
+    """experiments/lgg_grade.yaml with data.cv_folds=5 on TCGA-LGG: the 23 test patients stay,
+    and the five validation splits hold the other 87 patients once (README ->
+    Cross-validation quotes the sizes printed here)."""
+    from mtl.config import load_config
+    from mtl.data.pipeline import open_sources
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "data" / "lgg" / "kaggle_3m").is_dir():
+        pytest.skip("real data not available: data/lgg/kaggle_3m (TCGA-LGG, README -> Grade on "
+                    "TCGA-LGG says where to get it)")
+    config = load_config(repo / "experiments" / "lgg_grade.yaml",
+                         overrides=[f"data.sources=[{{format: lgg, root: {repo / 'data' / 'lgg'}, "
+                                    "options: {label_from: grade}}]"])
+    source = open_sources(config)[0]
+    records = source.records
+
+    def patients(indices) -> set[str]:
+        return {records[i].patient_id for i in indices}
+
+    plain = split_records(records, config.data.split, seed=config.seed)
+    seen: set[str] = set()
+    for k in range(5):
+        fold = split_records(records, config.data.split, seed=config.seed, cv=(5, k))
+        assert fold["test"] == sorted(plain["test"]) and len(patients(fold["test"])) == 23
+        val = patients(fold["val"])
+        tumor = sum(records[i].presence == 1 for i in fold["val"])
+        print(f"fold {k}: {len(val)} validation patients, {len(fold['val'])} slices, "
+              f"{tumor} with tumor")
+        assert 15 <= len(val) <= 19 and not val & seen
+        seen |= val
+    assert len(seen) == 87 and seen == patients(plain["train"] + plain["val"])

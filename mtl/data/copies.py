@@ -206,7 +206,8 @@ def linked_sources(links: CopyLinks) -> list[list[int]]:
 
 
 def split_jointly(
-    sources: Sequence["Source"], links: CopyLinks, fractions: Mapping[str, float], seed: int
+    sources: Sequence["Source"], links: CopyLinks, fractions: Mapping[str, float], seed: int,
+    cv: tuple[int, int] | None = None,
 ) -> list[dict[str, list[int]]]:
     """Train/val/test indices per source, so that every split group lies in one split.
 
@@ -214,7 +215,8 @@ def split_jointly(
     so each dataset is split in about the requested proportions. Sources that share no
     near-copy are split apart (:func:`linked_sources`): adding a dataset with no copies in the
     others leaves their splits as they were, so models trained before and after it can be
-    compared on the same test slices.
+    compared on the same test slices. ``cv``: ``(folds, fold)``, the cross-validation fold of
+    each such part (:func:`mtl.data.splits.cross_validation_fold`), groups kept together.
     """
     result: list[dict[str, list[int]]] = [{} for _ in sources]
     for members in linked_sources(links):
@@ -229,7 +231,10 @@ def split_jointly(
             for k in members
             for i, r in enumerate(sources[k].records)
         ]
-        parts = split_records(joint, fractions, seed=seed)
+        try:
+            parts = split_records(joint, fractions, seed=seed, cv=cv)
+        except ValueError as exc:  # name the datasets split together
+            raise ValueError(f"{' + '.join(sources[k].name for k in members)}: {exc}") from None
         offsets = np.cumsum([0] + [len(sources[k].records) for k in members])
         for k in members:
             result[k] = {name: [] for name in parts}

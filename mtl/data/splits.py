@@ -7,6 +7,12 @@ small folds with scikit-learn's ``StratifiedGroupKFold`` and the folds are then 
 splits in proportion to ``fractions``; with few groups the proportions are only approximate, but
 the patient separation always holds.
 
+With ``cv=(folds, fold)`` (``data.cv_folds`` / ``data.cv_fold``) the patients of the train and
+val splits are dealt again into ``folds`` patient-safe, stratified folds: fold ``fold`` is the
+validation split and the others train (:func:`cross_validation_fold`). The test split stays as
+it was, so the folds' models are all tested on the same patients, and their validation splits
+together hold every other patient exactly once (out-of-fold predictions).
+
 Splits are saved as case ids per split in a run folder's ``splits.json``
 (:func:`mtl.runfolder.splits_entry`, :meth:`mtl.runfolder.RunFolder.read_splits`);
 :func:`match_case_ids` turns them back into indices.
@@ -90,13 +96,22 @@ def split_records(
     records: Sequence[Record],
     fractions: Mapping[str, float] | None = None,
     seed: int = 0,
+    cv: tuple[int, int] | None = None,
 ) -> dict[str, list[int]]:
     """Split records into named parts by patient, stratified: {split name: sorted indices}.
 
     ``fractions`` (default 0.7 / 0.15 / 0.15 train / val / test) must sum to 1; a split with
-    fraction 0 comes back empty. The result depends only on the records (and their order) and
-    ``seed``. Raises ValueError when there are fewer patient groups than non-empty splits.
+    fraction 0 comes back empty. The result depends only on the records (and their order),
+    ``seed`` and ``cv`` (``(folds, fold)``: :func:`cross_validation_fold` of the result). Raises
+    ValueError when there are fewer patient groups than non-empty splits.
     """
+    splits = _split_by_fractions(records, fractions, seed)
+    return splits if cv is None else cross_validation_fold(records, splits, *cv, seed=seed)
+
+
+def _split_by_fractions(
+    records: Sequence[Record], fractions: Mapping[str, float] | None, seed: int
+) -> dict[str, list[int]]:
     fractions = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
     active = [name for name, f in fractions.items() if f > 0]
     n_groups = len({r.patient_id for r in records})
@@ -121,6 +136,51 @@ def split_records(
     for index, fold in enumerate(folds):
         result[split_of_fold[int(fold)]].append(index)
     return _fill_empty_splits(records, result, active)
+
+
+def cross_validation_fold(
+    records: Sequence[Record], splits: Mapping[str, Sequence[int]], folds: int, fold: int,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Fold ``fold`` of ``folds``-fold cross-validation inside ``splits``: the patients of its
+    ``train`` and ``val`` splits dealt into ``folds`` patient-safe folds, stratified as
+    :func:`split_records` deals them; fold ``fold`` becomes ``val``, the others ``train``, and
+    every other split (``test``) is kept as it is. The folds of one ``seed`` never overlap and
+    together cover the train and val patients. Raises ValueError for a fold out of range or
+    fewer patient groups than folds."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"cross-validation fold {fold} of {folds}: needs folds >= 2 and "
+                         f"0 <= fold < folds")
+    pool = sorted(int(i) for name in ("train", "val") for i in splits.get(name, []))
+    members = [records[i] for i in pool]
+    n_groups = len({r.patient_id for r in members})
+    if n_groups < folds:
+        raise ValueError(f"cannot deal {n_groups} patient group(s) of the train and val splits "
+                         f"into {folds} cross-validation folds")
+    largest_stratum = max(Counter(r.stratum for r in members).values())
+    fold_of = _fill_empty_folds(
+        members, _fold_of_each_record(members, folds, seed, stratify=largest_stratum >= folds),
+        folds)
+    result = {name: sorted(int(i) for i in indices) for name, indices in splits.items()}
+    result["train"] = [i for i, f in zip(pool, fold_of) if f != fold]
+    result["val"] = [i for i, f in zip(pool, fold_of) if f == fold]
+    return result
+
+
+def _fill_empty_folds(records: Sequence[Record], fold_of: np.ndarray, folds: int) -> np.ndarray:
+    """Give each empty fold the smallest patient group of the fold with most groups (with about
+    as many groups as folds, StratifiedGroupKFold can leave a fold empty). Depends only on
+    the folds, not on which one validates, so the folds still cover every group once."""
+    fold_of = fold_of.copy()
+    patients = np.array([r.patient_id for r in records], dtype=object)
+    for empty in range(folds):
+        if (fold_of == empty).any():
+            continue
+        groups_of = {f: Counter(patients[fold_of == f]) for f in range(folds)}
+        donor = max(range(folds), key=lambda f: (len(groups_of[f]), -f))
+        smallest = min(groups_of[donor], key=lambda p: (groups_of[donor][p], str(p)))
+        fold_of[patients == smallest] = empty
+    return fold_of
 
 
 def _fill_empty_splits(

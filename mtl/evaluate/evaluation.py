@@ -115,7 +115,8 @@ def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config:
             return (f"the run's saved split, less {len(missing)} case id(s) no longer in the "
                     f"data (e.g. {', '.join(missing[:3])})")
         return "the run's saved split"
-    source.splits = split_records(source.records, config.data.split, seed=config.seed)
+    source.splits = split_records(source.records, config.data.split, seed=config.seed,
+                                  cv=config.data.cv)
     if split not in source.splits:
         raise ConfigError(f"unknown split {split!r}; use train, val, test or all")
     return (f"patient-safe split recomputed with seed {config.seed} (data the run did not "
@@ -241,24 +242,18 @@ def check_member_split(path: Path, sources: list[Source], split: str) -> None:
     temperatures on (its validation split), a patient of ``split`` (``val`` or ``test``) of the
     opened ``sources``; warn where the member has no ``splits.json`` beside it to tell. The
     ``train`` and ``all`` splits hold the run's own training patients: not checked."""
-    import logging
-
-    from mtl.model.warm_start import source_splits, trained_on_held_out
+    from mtl.model.warm_start import used_held_out
 
     if split not in ("val", "test"):
         return
-    splits = source_splits(path)
-    if splits is None:
-        logging.getLogger(__name__).warning(
-            "--ensemble %s has no splits.json beside it, so it cannot be checked that it never "
-            "trained on the patients scored here", path)
-        return
-    leaked = trained_on_held_out(splits, sources, (split,), used=("train", "val"))
+    leaked = used_held_out(path, sources, (split,), used=("train", "val"),
+                           what=f"--ensemble {path}", against="the patients scored here")
     if leaked:
         raise ConfigError(f"--ensemble {path}: its run trained or validated on {len(leaked)} "
                           f"patient(s) of the split scored here (e.g. {', '.join(leaked[:3])}); "
                           "the scores would not be honest. Use models of runs with the same "
-                          "data.split and seed")
+                          "data.split and seed (the folds of one cross-validation share the "
+                          "test split only)")
 
 
 def record_test_metrics(model_path: Path, model: keras.Model, result: dict[str, Any]

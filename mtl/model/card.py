@@ -99,8 +99,11 @@ def card_line(card: Mapping[str, Any] | None) -> str:
         return NO_CARD
     members = card.get("ensemble")
     if members:
-        shown = " | ".join(f"{short_model_path(m.get('path'))}: "
-                           + card_line(m.get("card")).removeprefix("model: ") for m in members)
+        # the warning leads the line once; a demo member is marked "(demo)" after its name
+        shown = " | ".join(f"{short_model_path(m.get('path'))}"
+                           + (" (demo)" if is_demo(m.get("card")) else "") + ": "
+                           + card_line(m.get("card")).removeprefix("model: ")
+                           .removeprefix(f"{DEMO_WARNING}; ") for m in members)
         line = f"ensemble of {len(members)} models, outputs averaged: {shown}"
         return f"{DEMO_WARNING}; {line}" if is_demo(card) else line
     parts = []

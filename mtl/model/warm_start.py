@@ -18,6 +18,7 @@ the model's own run folder (beside the model file) and the run is refused if the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,6 +98,20 @@ def source_splits(path: Path) -> dict[str, Any] | None:
     from mtl.runfolder import SPLITS, read_splits
 
     return read_splits(path.parent / SPLITS)
+
+
+def used_held_out(path: Path, sources: Sequence[Any], held_out: Sequence[str] = ("val", "test"),
+                  used: Sequence[str] = ("train",), *, what: str, against: str) -> list[str]:
+    """:func:`trained_on_held_out` for the model file ``path``, read from the ``splits.json``
+    of its run; where there is none, a warning (``what``: how it names the model, ``against``:
+    what it cannot be checked against) and no patients."""
+    splits = source_splits(path)
+    if splits is None:
+        logging.getLogger(__name__).warning(
+            "%s has no splits.json beside it, so it cannot be checked that it never trained on "
+            "%s", what, against)
+        return []
+    return trained_on_held_out(splits, sources, held_out, used)
 
 
 def trained_on_held_out(splits: dict[str, Any], sources: Sequence[Any],

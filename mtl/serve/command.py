@@ -5,12 +5,14 @@ Registered on the ``mtl`` group in :mod:`mtl.cli` with ``main.add_command(serve)
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
 import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -65,6 +67,20 @@ def url_for(sock: socket.socket) -> str:
     address, port = sock.getsockname()[:2]
     shown = f"[{address}]" if ":" in address else address
     return f"http://{shown}:{port}/"
+
+
+@contextlib.contextmanager
+def mtl_log_level(level: str) -> Iterator[None]:
+    """``--log-level`` for mtl's own messages too (the server's: uvicorn's), while serving:
+    ``error`` hides mtl's warnings, ``debug`` shows why each refused upload was refused, with
+    the traceback of a file that could not be read."""
+    logger = logging.getLogger("mtl")
+    before = logger.level
+    logger.setLevel(getattr(logging, level.upper()))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def make_server(app: Any, log_level: str = "warning",
@@ -138,7 +154,9 @@ def run_server(app: Any, sock: socket.socket, log_level: str = "warning",
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Slices per network call.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="warning", show_default=True, help="Server log level (info: access log).")
+              default="warning", show_default=True,
+              help="Log level of the server and of mtl's own messages (info: access log; "
+                   "debug: why each refused upload was refused).")
 def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_active,
           max_waiting, result_memory_mb, request_timeout, allow_origins, keep_results,
           result_minutes, threshold, tta, mask_rule, largest_component, ensemble,
@@ -195,7 +213,8 @@ def serve(model, host, port, max_upload_mb, max_megapixels, max_request_mb, max_
             click.echo(f"  warning: listening on {host}, not a loopback address: anyone who "
                        "can reach this machine can upload scans (no authentication)", err=True)
         click.echo("  Ctrl+C to stop")
-        run_server(app, sock, log_level, request_timeout)
+        with mtl_log_level(log_level):
+            run_server(app, sock, log_level, request_timeout)
     finally:
         sock.close()
 

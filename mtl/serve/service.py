@@ -299,8 +299,10 @@ class Service:
                     hint=form_hint(self.channels) if self.channels else None, label=shown,
                     lock=self._predict_lock)
             except UploadRejected as exc:
+                log.debug("upload %s refused (%d): %s", shown, exc.status, exc.message)
                 raise BadRequest(exc.status, exc.message) from None
-            except InputError as exc:
+            except InputError as exc:  # the traceback says where in the reading it failed
+                log.debug("upload %s refused: %s", shown, exc, exc_info=True)
                 raise BadRequest(400, _hide_paths(str(exc), folder, labels or shown)) from None
             case, pred, record = analysis.case, analysis.prediction, analysis.record
             record["source"] = shown

@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
@@ -158,34 +159,21 @@ def cross_validation_fold(
         raise ValueError(f"cannot deal {n_groups} patient group(s) of the train and val splits "
                          f"into {folds} cross-validation folds")
     largest_stratum = max(Counter(r.stratum for r in members).values())
-    fold_of = _fill_empty_folds(
-        members, _fold_of_each_record(members, folds, seed, stratify=largest_stratum >= folds),
-        folds)
+    fold_of = _fold_of_each_record(members, folds, seed, stratify=largest_stratum >= folds)
+    # a fold left empty gets a group, the same whichever fold validates (so they still cover
+    # the pool once); positions into ``members``
+    parts = _fill_empty_splits(
+        members, {f: [j for j, g in enumerate(fold_of) if g == f] for f in range(folds)},
+        list(range(folds)))
     result = {name: sorted(int(i) for i in indices) for name, indices in splits.items()}
-    result["train"] = [i for i, f in zip(pool, fold_of) if f != fold]
-    result["val"] = [i for i, f in zip(pool, fold_of) if f == fold]
+    result["val"] = sorted(pool[j] for j in parts[fold])
+    result["train"] = sorted(pool[j] for f, js in parts.items() if f != fold for j in js)
     return result
 
 
-def _fill_empty_folds(records: Sequence[Record], fold_of: np.ndarray, folds: int) -> np.ndarray:
-    """Give each empty fold the smallest patient group of the fold with most groups (with about
-    as many groups as folds, StratifiedGroupKFold can leave a fold empty). Depends only on
-    the folds, not on which one validates, so the folds still cover every group once."""
-    fold_of = fold_of.copy()
-    patients = np.array([r.patient_id for r in records], dtype=object)
-    for empty in range(folds):
-        if (fold_of == empty).any():
-            continue
-        groups_of = {f: Counter(patients[fold_of == f]) for f in range(folds)}
-        donor = max(range(folds), key=lambda f: (len(groups_of[f]), -f))
-        smallest = min(groups_of[donor], key=lambda p: (groups_of[donor][p], str(p)))
-        fold_of[patients == smallest] = empty
-    return fold_of
-
-
 def _fill_empty_splits(
-    records: Sequence[Record], result: dict[str, list[int]], active: list[str]
-) -> dict[str, list[int]]:
+    records: Sequence[Record], result: dict[Any, list[int]], active: list[Any]
+) -> dict[Any, list[int]]:
     """Give each empty active split the smallest patient group of the split with most groups.
 
     StratifiedGroupKFold may leave a fold empty when there are very few groups.

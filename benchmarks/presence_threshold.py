@@ -23,7 +23,8 @@ Several evaluation folders are pooled: the validation splits of the folds of one
 cross-validation (``data.cv_folds``, README -> Cross-validation), evaluated fold by fold, give
 out-of-fold predictions for every train and val patient, so the pick rests on all of them
 instead of one validation split. A patient found in two of the folders is refused (they would
-not be out of fold), and so are folders evaluated with different mask thresholds or regions.
+not be out of fold), and so are folders evaluated with other options (mask threshold, region,
+TTA, ensemble, split) or of the test split.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def read_predictions(folder: Path) -> dict[str, np.ndarray]:
 
 def pool_predictions(parts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     """Several :func:`read_predictions` as one (out-of-fold predictions of cross-validation);
-    refuses a patient in two parts, parts without patient ids, and parts evaluated with
-    different mask thresholds or ``--largest-component`` settings."""
+    refuses a patient in two parts, parts without patient ids, parts evaluated with different
+    options (mask threshold, ``--largest-component``, ``--tta``, ``--ensemble``, split), and
+    the test split."""
     if len(parts) == 1:
         return parts[0]
     options = [{"threshold": p["threshold"], "largest_component": p["largest_component"],

@@ -10,6 +10,7 @@ import numpy as np
 from mtl.evaluate.metrics import dice_iou
 from mtl.evaluate.patient import plot_name
 from mtl.evaluate.predict import SplitPredictions
+from mtl.infer.predict import apply_mask_rule
 from mtl.figures import plt, save_figure
 
 
@@ -85,22 +86,42 @@ def dice_histogram(dice: list[float], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def worst_cases(pred: SplitPredictions, classes: list[str], threshold: float, path: Path,
-                n: int = 12) -> Path | None:
-    """The n items with the worst score: low Dice, false positives, wrong type or presence."""
+def worst_case_scores(pred: SplitPredictions, threshold: float, mask_rule: str = "presence",
+                      presence_threshold: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(masks as exported, mask pixels withheld, Dice, badness) per item, at the network's input
+    size: the mask head at ``threshold`` under ``mask_rule`` with the presence gate
+    ``presence_threshold`` (None: ``threshold``), as ``mtl infer`` exports it before any
+    largest-region step. Badness adds up what went wrong: 1 - Dice, the presence error, 1 - the
+    true type's probability, and predicted pixels outside a true box."""
     t, o, w = pred.targets, pred.outputs, pred.weights
+    gate = threshold if presence_threshold is None else presence_threshold
+    shown, withheld = apply_mask_rule(o["mask"][..., 0] >= threshold,
+                                      o["presence"].reshape(-1), mask_rule, gate)
     badness = np.zeros(len(pred.case_ids))
+    dice = np.full(len(pred.case_ids), np.nan)
     for i in range(len(pred.case_ids)):
-        truth = t["mask"][i, ..., 0] > 0.5
-        pm = o["mask"][i, ..., 0] >= threshold
         if w["mask"][i] > 0:
-            badness[i] += 1.0 - dice_iou(truth, pm)[0]
+            dice[i] = dice_iou(t["mask"][i, ..., 0] > 0.5, shown[i])[0]
+            badness[i] += 1.0 - dice[i]
         if w["presence"][i] > 0:
             badness[i] += abs(float(t["presence"][i, 0]) - float(o["presence"][i, 0]))
         if w["type"][i] > 0:
             badness[i] += 1.0 - float(o["type"][i, int(t["type"][i])])
         if w["box"][i] > 0:
-            badness[i] += float((pm & (t["box"][i, ..., 0] < 0.5)).mean() * 10)
+            badness[i] += float((shown[i] & (t["box"][i, ..., 0] < 0.5)).mean() * 10)
+    return shown, withheld, dice, badness
+
+
+def worst_cases(pred: SplitPredictions, classes: list[str], threshold: float, path: Path,
+                n: int = 12, mask_rule: str = "presence",
+                presence_threshold: float | None = None) -> Path | None:
+    """The n items with the worst score (:func:`worst_case_scores`): low Dice, false
+    positives, wrong type or presence. The red mask is the one ``mtl infer`` exports; where the
+    presence gate withholds a slice's mask, the mask head's output is drawn dashed."""
+    t, o, w = pred.targets, pred.outputs, pred.weights
+    shown, withheld, dice, badness = worst_case_scores(pred, threshold, mask_rule,
+                                                       presence_threshold)
     order = np.argsort(-badness)[:n]
     if not len(order):
         return None
@@ -115,22 +136,26 @@ def worst_cases(pred: SplitPredictions, classes: list[str], threshold: float, pa
             ax.contour(t["mask"][i, ..., 0], [0.5], colors="lime", linewidths=1)
         if w["box"][i] > 0:
             ax.contour(t["box"][i, ..., 0], [0.5], colors="yellow", linewidths=1, linestyles="--")
-        if (o["mask"][i, ..., 0] >= threshold).any():
-            ax.contour(o["mask"][i, ..., 0], [threshold], colors="red", linewidths=1)
+        if shown[i].any() or withheld[i]:
+            ax.contour(o["mask"][i, ..., 0], [threshold], colors="red", linewidths=1,
+                       linestyles="solid" if shown[i].any() else "dashed")
         truth_label = classes[int(t["type"][i])] if w["type"][i] > 0 else "?"
         guess = classes[int(np.argmax(o["type"][i]))]
         truth_p = str(int(t["presence"][i, 0])) if w["presence"][i] > 0 else "?"
+        scored = "" if np.isnan(dice[i]) else f", Dice {dice[i]:.2f}"
         ax.set_title(f"{pred.case_ids[i]}\ntrue {truth_label} / p={truth_p}\n"
-                     f"pred {guess} / p={float(o['presence'][i, 0]):.2f}", fontsize=7)
-    fig.suptitle("worst cases: green true mask, yellow box, red predicted mask", fontsize=9)
+                     f"pred {guess} / p={float(o['presence'][i, 0]):.2f}{scored}", fontsize=7)
+    fig.suptitle("worst cases: green true mask, yellow box, red predicted mask as exported "
+                 "(dashed: withheld by the presence gate)", fontsize=9)
     return save_figure(fig, path, dpi=90)
 
 
 def write_all(pred: SplitPredictions, result: dict[str, Any], roc: dict | None, classes: list[str],
-              out_dir: Path, threshold: float, presence_threshold: float | None = None
-              ) -> list[Path]:
+              out_dir: Path, threshold: float, presence_threshold: float | None = None,
+              mask_rule: str = "presence") -> list[Path]:
     """Every plot of an evaluation; ``threshold``: of mask pixels, ``presence_threshold`` (None:
-    ``threshold``): the presence operating point marked on the ROC."""
+    ``threshold``): the presence operating point marked on the ROC, and the gate of
+    ``mask_rule`` in the worst cases."""
     o = result["overall"]
     written: list[Path] = []
     if roc is not None:
@@ -147,7 +172,8 @@ def write_all(pred: SplitPredictions, result: dict[str, Any], roc: dict | None, 
     for dataset, entry in result.get("patient_level", {}).get("datasets", {}).items():
         if entry["roc"]:
             written.append(patient_roc_plot(dataset, entry, out_dir / plot_name(dataset)))
-    gallery = worst_cases(pred, classes, threshold, out_dir / "worst_cases.png")
+    gallery = worst_cases(pred, classes, threshold, out_dir / "worst_cases.png",
+                          mask_rule=mask_rule, presence_threshold=presence_threshold)
     if gallery:
         written.append(gallery)
     return written

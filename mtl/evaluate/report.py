@@ -188,7 +188,7 @@ def evaluate_predictions(pred: SplitPredictions, classes: list[str], out_dir: Pa
     sel = pred.weights["presence"] > 0
     roc = roc_points(pred.targets["presence"][sel], pred.outputs["presence"][sel]) if sel.any() else None
     written = plots.write_all(pred, result, roc, classes, out_dir / "plots", threshold,
-                              presence_threshold)
+                              presence_threshold, mask_rule)
     result["plots"] = [str(p.relative_to(out_dir)) for p in written]
     write_predictions_csv(pred, classes, out_dir / "predictions.csv", presence_threshold,
                           mask_rule)

@@ -138,6 +138,30 @@ def test_steps_per_execution_trains_the_same(tiny):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_the_training_step_is_traced_once(tiny, monkeypatch):
+    """The optimizer's variables exist before fit traces the step (MultiTaskModel's
+    _maybe_symbolic_build); Keras 3 would create them inside the first trace, and TensorFlow
+    would then trace the whole step a second time. Same losses as Keras's own order."""
+    from mtl.model.multitask import MultiTaskModel
+
+    traced = []
+    step = MultiTaskModel.train_step
+
+    def counting(self, data):
+        traced.append(1)
+        return step(self, data)
+
+    monkeypatch.setattr(MultiTaskModel, "train_step", counting)
+    model, losses, _ = trained()
+    assert len(traced) == 1 and int(model.optimizer.iterations) == STEPS
+    # Keras's own order without a strategy: the optimizer built inside the first trace
+    traced.clear()
+    monkeypatch.setattr(MultiTaskModel, "_maybe_symbolic_build", lambda self, **_: None)
+    lazy, lazy_losses, _ = trained()
+    assert len(traced) == 2
+    assert losses == pytest.approx(lazy_losses, rel=1e-6)
+
+
 def test_xla_trains_the_same(tiny):
     model, losses, weights = trained(jit_compile=False)
     model2, losses2, weights2 = trained(jit_compile=True)

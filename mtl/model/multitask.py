@@ -82,15 +82,17 @@ class MultiTaskModel(keras.Model):
         self.built = True
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Build what fit needs without Keras's symbolic pass over a reduced data batch.
+        """Build what fit needs before the first step is traced, without Keras's symbolic pass.
 
-        Under a tf.distribute strategy Keras 3 first averages a data batch across replicas,
-        which fails with MultiWorkerMirroredStrategy (keras-team/keras#20585). This model is
-        fully built at construction and compiles no Keras losses or metrics, so the only state
-        left to create is the optimizer's, under the strategy's scope.
+        This model is fully built at construction and compiles no Keras losses or metrics, so
+        the only state left to create is the optimizer's, under the strategy's scope (the
+        default strategy's where none was set). Keras 3 would otherwise:
+        - without a strategy, leave the optimizer to build itself inside the first traced train
+          step, and TensorFlow then traces that step a second time once the variables exist
+          (one more trace of the whole network each time training starts);
+        - under a strategy, first average a data batch across replicas, which fails with
+          MultiWorkerMirroredStrategy (keras-team/keras#20585).
         """
-        if self._distribute_strategy is None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         with self.distribute_strategy.scope():
             if self.optimizer is not None and not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)

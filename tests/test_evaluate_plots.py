@@ -24,7 +24,8 @@ def _predictions() -> SplitPredictions:
     n = 3
     targets = {"mask": np.stack([square, square, np.zeros_like(square)]),
                "presence": np.array([[1.0], [1.0], [0.0]], np.float32),
-               "type": np.array([1, 1, 0]), "box": np.zeros((n, S, S, 1), np.float32)}
+               "type": np.array([1, 1, 0]), "box": np.zeros((n, S, S, 1), np.float32),
+               "spacing": np.full((n, 2), np.nan, np.float32)}
     weights = {"mask": np.ones(n, np.float32), "presence": np.ones(n, np.float32),
                "type": np.ones(n, np.float32), "box": np.zeros(n, np.float32)}
     outputs = {"mask": np.stack([square * 0.9] * n),
@@ -36,20 +37,38 @@ def _predictions() -> SplitPredictions:
 
 def test_the_gallery_scores_the_exported_mask() -> None:
     pred = _predictions()
-    shown, withheld, dice, badness = plots.worst_case_scores(pred, 0.5, "presence")
-    assert [bool(m.any()) for m in shown] == [False, True, False]
-    assert list(withheld) == [144, 0, 144]
-    # slice 2: both masks empty once the gate has withheld the false one
-    assert dice[0] == 0.0 and dice[1] == pytest.approx(1.0) and dice[2] == 1.0
+    pixels, withheld, dice, badness = plots.worst_case_scores(pred, 0.5, "presence")
+    assert list(pixels) == [0, 144, 0] and list(withheld) == [144, 0, 144]
+    # Dice on tumor slices only, as predictions.csv has it
+    assert dice[0] == 0.0 and dice[1] == pytest.approx(1.0) and np.isnan(dice[2])
     assert int(np.argmax(badness)) == 0  # the withheld tumor mask is the worst case
     # the independent rule exports the mask head as it is: the tumor-free slice is then worst
-    shown, withheld, dice, badness = plots.worst_case_scores(pred, 0.5, "independent")
-    assert all(m.any() for m in shown) and not withheld.any()
-    assert dice[0] == pytest.approx(1.0) and dice[2] == 0.0
+    pixels, withheld, dice, badness = plots.worst_case_scores(pred, 0.5, "independent")
+    assert list(pixels) == [144, 144, 144] and not withheld.any()
+    assert dice[0] == pytest.approx(1.0)
     assert int(np.argmax(badness)) == 2
     # a lower gate (the presence threshold picked on validation) lets slice 0's mask through
-    shown, withheld, dice, _ = plots.worst_case_scores(pred, 0.5, "presence", 0.15)
-    assert [bool(m.any()) for m in shown] == [True, True, False] and dice[0] == pytest.approx(1.0)
+    pixels, withheld, dice, _ = plots.worst_case_scores(pred, 0.5, "presence", 0.15)
+    assert list(pixels) == [144, 144, 0] and dice[0] == pytest.approx(1.0)
+    # pixels exactly at the threshold are not exported (mtl infer keeps p > threshold)
+    pred.outputs["mask"][:] = np.where(pred.outputs["mask"] > 0, np.float32(0.5), 0)
+    assert not plots.worst_case_scores(pred, 0.5, "independent")[0].any()
+
+
+def test_evaluate_draws_the_gallery_under_its_own_mask_rule_and_gate(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    from mtl.evaluate.report import evaluate_predictions
+
+    seen = {}
+
+    def gallery(pred, classes, threshold, path, **kwargs):
+        seen.update(kwargs, threshold=threshold)
+        return None
+
+    monkeypatch.setattr(plots, "worst_cases", gallery)
+    evaluate_predictions(_predictions(), CLASSES, tmp_path, n_resamples=0,
+                         mask_rule="independent", presence_threshold=0.15)
+    assert seen == {"mask_rule": "independent", "presence_threshold": 0.15, "threshold": 0.5}
 
 
 def test_withheld_masks_are_drawn_dashed(tmp_path: Path, monkeypatch) -> None:

@@ -89,28 +89,36 @@ def dice_histogram(dice: list[float], path: Path) -> Path:
 def worst_case_scores(pred: SplitPredictions, threshold: float, mask_rule: str = "presence",
                       presence_threshold: float | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(masks as exported, mask pixels withheld, Dice, badness) per item, at the network's input
-    size: the mask head at ``threshold`` under ``mask_rule`` with the presence gate
-    ``presence_threshold`` (None: ``threshold``), as ``mtl infer`` exports it before any
-    largest-region step. Badness adds up what went wrong: 1 - Dice, the presence error, 1 - the
-    true type's probability, and predicted pixels outside a true box."""
+    """(pixels of the exported mask, mask pixels withheld, Dice, badness) per item, at the
+    network's input size: the mask head above ``threshold`` under ``mask_rule`` with the
+    presence gate ``presence_threshold`` (None: ``threshold``), as ``mtl infer`` exports it
+    before any largest-region step. Dice is NaN where the item has no true tumor (or no mask
+    label). Badness adds up what went wrong: 1 - Dice (on tumor-free items: 1 if any pixel is
+    exported), the presence error, 1 - the true type's probability, and predicted pixels
+    outside a true box."""
     t, o, w = pred.targets, pred.outputs, pred.weights
     gate = threshold if presence_threshold is None else presence_threshold
-    shown, withheld = apply_mask_rule(o["mask"][..., 0] >= threshold,
-                                      o["presence"].reshape(-1), mask_rule, gate)
-    badness = np.zeros(len(pred.case_ids))
-    dice = np.full(len(pred.case_ids), np.nan)
-    for i in range(len(pred.case_ids)):
+    n = len(pred.case_ids)
+    pixels, withheld = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    badness, dice = np.zeros(n), np.full(n, np.nan)
+    for i in range(n):  # one item at a time: no second copy of every mask
+        gated, held = apply_mask_rule(o["mask"][i:i + 1, ..., 0] > threshold,
+                                      o["presence"][i:i + 1, 0], mask_rule, gate)
+        shown, withheld[i] = gated[0], held[0]
+        pixels[i] = int(shown.sum())
         if w["mask"][i] > 0:
-            dice[i] = dice_iou(t["mask"][i, ..., 0] > 0.5, shown[i])[0]
-            badness[i] += 1.0 - dice[i]
+            truth = t["mask"][i, ..., 0] > 0.5
+            score = dice_iou(truth, shown)[0]
+            badness[i] += 1.0 - score
+            if truth.any():
+                dice[i] = score
         if w["presence"][i] > 0:
             badness[i] += abs(float(t["presence"][i, 0]) - float(o["presence"][i, 0]))
         if w["type"][i] > 0:
             badness[i] += 1.0 - float(o["type"][i, int(t["type"][i])])
         if w["box"][i] > 0:
-            badness[i] += float((shown[i] & (t["box"][i, ..., 0] < 0.5)).mean() * 10)
-    return shown, withheld, dice, badness
+            badness[i] += float((shown & (t["box"][i, ..., 0] < 0.5)).mean() * 10)
+    return pixels, withheld, dice, badness
 
 
 def worst_cases(pred: SplitPredictions, classes: list[str], threshold: float, path: Path,
@@ -120,8 +128,8 @@ def worst_cases(pred: SplitPredictions, classes: list[str], threshold: float, pa
     positives, wrong type or presence. The red mask is the one ``mtl infer`` exports; where the
     presence gate withholds a slice's mask, the mask head's output is drawn dashed."""
     t, o, w = pred.targets, pred.outputs, pred.weights
-    shown, withheld, dice, badness = worst_case_scores(pred, threshold, mask_rule,
-                                                       presence_threshold)
+    pixels, withheld, dice, badness = worst_case_scores(pred, threshold, mask_rule,
+                                                        presence_threshold)
     order = np.argsort(-badness)[:n]
     if not len(order):
         return None
@@ -136,9 +144,9 @@ def worst_cases(pred: SplitPredictions, classes: list[str], threshold: float, pa
             ax.contour(t["mask"][i, ..., 0], [0.5], colors="lime", linewidths=1)
         if w["box"][i] > 0:
             ax.contour(t["box"][i, ..., 0], [0.5], colors="yellow", linewidths=1, linestyles="--")
-        if shown[i].any() or withheld[i]:
+        if pixels[i] or withheld[i]:
             ax.contour(o["mask"][i, ..., 0], [threshold], colors="red", linewidths=1,
-                       linestyles="solid" if shown[i].any() else "dashed")
+                       linestyles="solid" if pixels[i] else "dashed")
         truth_label = classes[int(t["type"][i])] if w["type"][i] > 0 else "?"
         guess = classes[int(np.argmax(o["type"][i]))]
         truth_p = str(int(t["presence"][i, 0])) if w["presence"][i] > 0 else "?"

@@ -10,8 +10,8 @@ import numpy as np
 from mtl.evaluate.metrics import dice_iou
 from mtl.evaluate.patient import plot_name
 from mtl.evaluate.predict import SplitPredictions
-from mtl.infer.predict import apply_mask_rule
 from mtl.figures import plt, save_figure
+from mtl.infer.predict import apply_mask_rule
 
 
 def roc_plot(roc: dict[str, list[float]], auc: float | None, threshold: float, path: Path) -> Path:

@@ -87,6 +87,11 @@ class DataConfig:
     #: (mtl.data.splits.cross_validation_fold). 0: off
     cv_folds: int = 0
     cv_fold: int = 0
+    #: train on the val split's patients too, once the choices validation makes (epochs, gate)
+    #: have been made elsewhere (e.g. on cross-validation folds): the test split stays as
+    #: data.split makes it, the val split is empty, and the run has no validation
+    #: (mtl.data.splits.refit_split)
+    refit: bool = False
     #: "raise": a bad item stops with an error naming the file; "skip": skipped and counted
     on_error: str = "raise"
     #: load every item once before training so bad data is found before the first epoch
@@ -242,6 +247,9 @@ class Config:
                               f"{self.data.cv_fold} of {self.data.cv_folds}")
         if not self.data.cv_folds and self.data.cv_fold:
             raise ConfigError(f"data.cv_fold={self.data.cv_fold} needs data.cv_folds >= 2")
+        if self.data.refit and self.data.cv_folds:
+            raise ConfigError("data.refit trains on every non-test patient, so it takes no "
+                              "data.cv_folds: set one or the other")
         if self.train.strategy not in ("auto", "default", "mirrored", "multiworker"):
             raise ConfigError("train.strategy must be auto, default, mirrored or multiworker")
         if self.data.workers < 0:

@@ -115,7 +115,7 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
         links = link_copies(sources)
         with split_errors(config):
             parts = split_jointly(sources, links, config.data.split, seed=config.seed,
-                                  cv=config.data.cv)
+                                  cv=config.data.cv, refit=config.data.refit)
         check_groups_together(links, parts)
         for source, split in zip(sources, parts):
             source.splits = split
@@ -127,12 +127,18 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
         for source in sources:
             with split_errors(config, source.name):
                 source.splits = split_records(source.records, config.data.split,
-                                              seed=config.seed, cv=config.data.cv)
+                                              seed=config.seed, cv=config.data.cv,
+                                              refit=config.data.refit)
     if config.data.cv:
         log.info("cross-validation fold %d of %d (0-based): %s", config.data.cv_fold,
                  config.data.cv_folds, "; ".join(
                      f"{s.name}: {len({s.records[i].patient_id for i in s.splits['val']})} "
                      f"validation patient group(s)" for s in sources))
+    if config.data.refit:
+        log.info("data.refit: the val split's patients train too; no validation, test split "
+                 "unchanged: %s", "; ".join(
+                     f"{s.name}: {len({s.records[i].patient_id for i in s.splits['train']})} "
+                     f"training patient group(s)" for s in sources))
     folder.write_splits({s.name: splits_entry(s.config.format, s.config.root, s.records, s.splits)
                          for s in sources})
     return copies
@@ -152,10 +158,11 @@ def split_errors(config: Config, source: str | None = None) -> Iterator[None]:
 
 
 def data_summary(sources: list[Source], copies: dict[str, Any] | None = None,
-                 cv: tuple[int, int] | None = None) -> dict[str, Any]:
+                 cv: tuple[int, int] | None = None, refit: bool = False) -> dict[str, Any]:
     """Items and labelled tasks per source and split; ``copies``: near-copy counts, under
     ``"_near_copies"`` (see :meth:`mtl.data.copies.CopyLinks.summary`); ``cv``: the
-    cross-validation fold (``data.cv_folds``, ``data.cv_fold``), under ``"_cross_validation"``."""
+    cross-validation fold (``data.cv_folds``, ``data.cv_fold``), under ``"_cross_validation"``;
+    ``refit`` (``data.refit``: the val patients trained too) as ``"_refit": true``."""
     summary: dict[str, Any] = {}
     for source in sources:
         per_split = {}
@@ -180,6 +187,8 @@ def data_summary(sources: list[Source], copies: dict[str, Any] | None = None,
         summary["_near_copies"] = copies
     if cv is not None:
         summary["_cross_validation"] = {"folds": cv[0], "fold": cv[1]}
+    if refit:
+        summary["_refit"] = True
     return summary
 
 
@@ -508,7 +517,7 @@ def training_data(config: Config, start: Start, strategy: Any, verbose: int | st
     )
     copies = assign_splits(sources, config, start.out.path, reuse=start.resume,
                            saved_in=start.run.path)
-    summary = data_summary(sources, copies, cv=config.data.cv)
+    summary = data_summary(sources, copies, cv=config.data.cv, refit=config.data.refit)
     start.out.write_json(DATA_SUMMARY, summary)
     card = training_card(config.name, summary, {s.name: s.config.format for s in sources},
                          list(config.data.classes))

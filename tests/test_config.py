@@ -80,6 +80,9 @@ def test_cross_validation_fold_settings():
         load_config(overrides=["data.cv_folds=5", "data.cv_fold=5"])
     with pytest.raises(ConfigError, match="got fold -1 of 5"):
         load_config(overrides=["data.cv_folds=5", "data.cv_fold=-1"])
+    assert load_config(overrides=["data.refit=true"]).data.refit is True
+    with pytest.raises(ConfigError, match="data.refit .* takes no data.cv_folds"):
+        load_config(overrides=["data.refit=true", "data.cv_folds=4"])
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -258,6 +258,36 @@ def test_run_folder_saves_the_cross_validation_fold(two_datasets, tmp_path: Path
         assign_splits(open_sources(config), config, run, reuse=False)
 
 
+@pytest.mark.parametrize("link", [True, False])
+def test_run_folder_saves_the_refit_split(two_datasets, tmp_path: Path, link: bool) -> None:
+    """data.refit reaches splits.json (val empty, its patients in train, test as the plain
+    run's) and data_summary.json, linked or not; evaluating such a run's val split is refused
+    with a message that says why."""
+    from mtl.config import ConfigError
+    from mtl.evaluate.evaluation import assign_eval_split
+
+    saved = {}
+    for refit in (False, True):
+        config = _config(*two_datasets, link=link)
+        config.data.refit = refit
+        sources = open_sources(config)
+        run = tmp_path / f"run{int(link)}{int(refit)}"
+        run.mkdir()
+        copies = assign_splits(sources, config, run, reuse=False)
+        assert ("_refit" in data_summary(sources, copies, refit=config.data.refit)) is refit
+        saved[refit] = json.loads((run / "splits.json").read_text())
+    for name, entry in saved[True].items():
+        plain = saved[False][name]["case_ids"]
+        assert plain["val"] and entry["case_ids"]["val"] == []
+        assert entry["case_ids"]["test"] == plain["test"]
+        assert set(entry["case_ids"]["train"]) == set(plain["train"]) | set(plain["val"])
+    source = open_sources(config)[0]
+    with pytest.raises(ConfigError, match="trained on its validation patients"):
+        assign_eval_split(source, "val", saved[True], config)
+    assign_eval_split(source, "test", saved[True], config)
+    assert source.splits["test"]
+
+
 def test_resume_refuses_a_changed_set_of_datasets(two_datasets, tmp_path: Path) -> None:
     from mtl.config import ConfigError
 

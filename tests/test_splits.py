@@ -15,6 +15,7 @@ from mtl.data.splits import (
     check_no_leak,
     cross_validation_fold,
     indices_for_case_ids,
+    refit_split,
     split_records,
 )
 from mtl.runfolder import RunFolder, splits_entry
@@ -245,6 +246,22 @@ def test_cross_validation_refuses_bad_folds_and_too_few_patients() -> None:
         cross_validation_fold(records, splits, 3, 3)
     with pytest.raises(ValueError, match="into 5 cross-validation folds"):
         cross_validation_fold(records, splits, 5, 0)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_refit_trains_on_the_val_patients_and_keeps_the_test_split(seed: int) -> None:
+    """data.refit: the plain split's val items join train, val is empty, test is untouched,
+    and no patient is in two splits."""
+    records = make_records(60, seed=seed)
+    fractions = {"train": 0.7, "val": 0.1, "test": 0.2}
+    plain = split_records(records, fractions, seed=seed)
+    refit = split_records(records, fractions, seed=seed, refit=True)
+    assert plain["val"] and refit["val"] == []
+    assert refit["test"] == sorted(plain["test"])
+    assert refit["train"] == sorted(plain["train"] + plain["val"])
+    check_no_leak(records, refit)
+    assert refit_split(plain) == refit
+    assert refit_split({"train": [3, 1], "val": [2]}) == {"train": [1, 2, 3], "val": []}
 
 
 def test_lgg_cross_validation_folds_on_the_real_set() -> None:

@@ -280,6 +280,33 @@ def test_unknown_learning_rate_schedule_is_refused(tmp_path):
         tiny_config(tmp_path, "train.lr_min_fraction=1.5")
 
 
+def test_refit_trains_without_validation_on_the_val_patients(tmp_path):
+    """data.refit: the run trains on train + val (val empty in splits.json, test as a plain
+    run's), has no validation, picks best.keras on the training metric the val_ monitor
+    falls back to, and leaves the model uncalibrated (no split to fit temperatures on)."""
+    from mtl.data.splits import split_records
+    from mtl.model.card import model_card
+
+    config = tiny_config(tmp_path, "data.refit=true", "name=refit", "train.epochs=1",
+                         "train.steps_per_epoch=2", "train.monitor=val_dice",
+                         "train.monitor_mode=max", "data.link_copies=false",
+                         "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]")
+    result = train(config, verbose=0)
+    assert result.epochs_done == 1 and result.best_epoch == 1
+    assert not [k for k in result.history[0] if k.startswith("val_")]
+    splits = json.loads((result.run_dir / "splits.json").read_text())["phantoms"]["case_ids"]
+    records = open_sources(config)[0].records
+    plain = split_records(records, config.data.split, seed=config.seed)
+    assert splits["val"] == [] and plain["val"]
+    assert sorted(splits["test"]) == sorted(records[i].case_id for i in plain["test"])
+    assert sorted(splits["train"]) == sorted(
+        records[i].case_id for i in plain["train"] + plain["val"])
+    assert json.loads((result.run_dir / "data_summary.json").read_text())["_refit"] is True
+    card = model_card(keras.models.load_model(result.run_dir / "best.keras", compile=False))
+    assert card["calibration"] == {"presence_temperature": 1.0, "type_temperature": 1.0,
+                                   "split": None}
+
+
 def test_resume_after_a_killed_run_continues_from_the_saved_epoch(killed_run):
     """A real `mtl train` process is SIGKILLed mid-run (the fixture above); `--resume` picks up
     where it stopped. The run is in mixed bfloat16 with uncertainty weighting: resuming must

@@ -207,7 +207,7 @@ def linked_sources(links: CopyLinks) -> list[list[int]]:
 
 def split_jointly(
     sources: Sequence["Source"], links: CopyLinks, fractions: Mapping[str, float], seed: int,
-    cv: tuple[int, int] | None = None,
+    cv: tuple[int, int] | None = None, refit: bool = False,
 ) -> list[dict[str, list[int]]]:
     """Train/val/test indices per source, so that every split group lies in one split.
 
@@ -216,7 +216,8 @@ def split_jointly(
     near-copy are split apart (:func:`linked_sources`): adding a dataset with no copies in the
     others leaves their splits as they were, so models trained before and after it can be
     compared on the same test slices. ``cv``: ``(folds, fold)``, the cross-validation fold of
-    each such part (:func:`mtl.data.splits.cross_validation_fold`), groups kept together.
+    each such part (:func:`mtl.data.splits.cross_validation_fold`), groups kept together;
+    ``refit``: the val split trains too (:func:`mtl.data.splits.refit_split`).
     """
     result: list[dict[str, list[int]]] = [{} for _ in sources]
     for members in linked_sources(links):
@@ -232,7 +233,7 @@ def split_jointly(
             for i, r in enumerate(sources[k].records)
         ]
         try:
-            parts = split_records(joint, fractions, seed=seed, cv=cv)
+            parts = split_records(joint, fractions, seed=seed, cv=cv, refit=refit)
         except ValueError as exc:  # name the datasets split together
             raise ValueError(f"{' + '.join(sources[k].name for k in members)}: {exc}") from None
         offsets = np.cumsum([0] + [len(sources[k].records) for k in members])

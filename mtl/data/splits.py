@@ -98,16 +98,30 @@ def split_records(
     fractions: Mapping[str, float] | None = None,
     seed: int = 0,
     cv: tuple[int, int] | None = None,
+    refit: bool = False,
 ) -> dict[str, list[int]]:
     """Split records into named parts by patient, stratified: {split name: sorted indices}.
 
     ``fractions`` (default 0.7 / 0.15 / 0.15 train / val / test) must sum to 1; a split with
     fraction 0 comes back empty. The result depends only on the records (and their order),
-    ``seed`` and ``cv`` (``(folds, fold)``: :func:`cross_validation_fold` of the result). Raises
-    ValueError when there are fewer patient groups than non-empty splits.
+    ``seed``, ``cv`` (``(folds, fold)``: :func:`cross_validation_fold` of the result) and
+    ``refit`` (:func:`refit_split` of the result). Raises ValueError when there are fewer
+    patient groups than non-empty splits.
     """
     splits = _split_by_fractions(records, fractions, seed)
-    return splits if cv is None else cross_validation_fold(records, splits, *cv, seed=seed)
+    if cv is not None:
+        splits = cross_validation_fold(records, splits, *cv, seed=seed)
+    return refit_split(splits) if refit else splits
+
+
+def refit_split(splits: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """``data.refit``: the ``val`` split's items join ``train`` and ``val`` is left empty;
+    every other split (``test``) is kept as it is, so a model refit on all non-test patients
+    is tested on the same patients as the models its choices were made with."""
+    result = {name: sorted(int(i) for i in indices) for name, indices in splits.items()}
+    result["train"] = sorted(result.get("train", []) + result.get("val", []))
+    result["val"] = []
+    return result
 
 
 def _split_by_fractions(

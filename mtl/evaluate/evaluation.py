@@ -110,13 +110,19 @@ def assign_eval_split(source: Source, split: str, saved: dict[str, Any], config:
         cases = entry["case_ids"].get(split)
         if cases is None:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(entry['case_ids'])}")
+        if not cases and split == "val" and config.data.refit:
+            raise ConfigError(
+                "this run trained on its validation patients (data.refit: true), so it has no "
+                "validation split to score; its choices (presence gate, epochs) come from the "
+                "runs it was refit after, e.g. the cross-validation folds' out-of-fold "
+                "evaluations")
         source.splits, missing = match_case_ids(source.records, {split: cases})
         if missing:
             return (f"the run's saved split, less {len(missing)} case id(s) no longer in the "
                     f"data (e.g. {', '.join(missing[:3])})")
         return "the run's saved split"
     source.splits = split_records(source.records, config.data.split, seed=config.seed,
-                                  cv=config.data.cv)
+                                  cv=config.data.cv, refit=config.data.refit)
     if split not in source.splits:
         raise ConfigError(f"unknown split {split!r}; use train, val, test or all")
     return (f"patient-safe split recomputed with seed {config.seed} (data the run did not "

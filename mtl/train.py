@@ -131,17 +131,20 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
                                               refit=config.data.refit)
     if config.data.cv:
         log.info("cross-validation fold %d of %d (0-based): %s", config.data.cv_fold,
-                 config.data.cv_folds, "; ".join(
-                     f"{s.name}: {len({s.records[i].patient_id for i in s.splits['val']})} "
-                     f"validation patient group(s)" for s in sources))
+                 config.data.cv_folds, patient_groups(sources, "val", "validation"))
     if config.data.refit:
         log.info("data.refit: the val split's patients train too; no validation, test split "
-                 "unchanged: %s", "; ".join(
-                     f"{s.name}: {len({s.records[i].patient_id for i in s.splits['train']})} "
-                     f"training patient group(s)" for s in sources))
+                 "unchanged: %s", patient_groups(sources, "train", "training"))
     folder.write_splits({s.name: splits_entry(s.config.format, s.config.root, s.records, s.splits)
                          for s in sources})
     return copies
+
+
+def patient_groups(sources: list[Source], split: str, role: str) -> str:
+    """How many patient groups each source has in one split, for the log:
+    ``"figshare: 3 validation patient group(s); brisc: 40 ..."``."""
+    return "; ".join(f"{s.name}: {len({s.records[i].patient_id for i in s.splits[split]})} "
+                     f"{role} patient group(s)" for s in sources)
 
 
 @contextlib.contextmanager

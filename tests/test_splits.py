@@ -264,10 +264,29 @@ def test_refit_trains_on_the_val_patients_and_keeps_the_test_split(seed: int) ->
     assert refit_split({"train": [3, 1], "val": [2]}) == {"train": [1, 2, 3], "val": []}
 
 
+def test_patient_groups_counts_each_sources_patients_in_one_split() -> None:
+    """The log line of data.refit and data.cv_folds: distinct patient groups, not items."""
+    from types import SimpleNamespace
+
+    from mtl.train import patient_groups
+
+    a = SimpleNamespace(name="a", records=make_records(12, seed=1))
+    b = SimpleNamespace(name="b", records=make_records(9, seed=2))
+    for source in (a, b):
+        source.splits = split_records(source.records, {"train": 0.6, "val": 0.2, "test": 0.2},
+                                      seed=0, refit=True)
+    line = patient_groups([a, b], "train", "training")
+    counts = [len({s.records[i].patient_id for i in s.splits["train"]}) for s in (a, b)]
+    assert line == (f"a: {counts[0]} training patient group(s); "
+                    f"b: {counts[1]} training patient group(s)")
+    assert counts[0] < len(a.splits["train"])  # patients with several slices count once
+    assert patient_groups([a], "val", "validation") == "a: 0 validation patient group(s)"
+
+
 def test_lgg_cross_validation_folds_on_the_real_set() -> None:
     """experiments/lgg_grade.yaml with data.cv_folds=5 on TCGA-LGG: the 23 test patients stay,
-    and the five validation splits hold the other 87 patients once (README ->
-    Cross-validation quotes the sizes printed here)."""
+    and the five validation splits hold the other 87 patients once; data.refit trains on those
+    87 (README -> Cross-validation quotes the sizes printed here)."""
     from mtl.config import load_config
     from mtl.data.pipeline import open_sources
 
@@ -296,3 +315,11 @@ def test_lgg_cross_validation_folds_on_the_real_set() -> None:
         assert 15 <= len(val) <= 19 and not val & seen
         seen |= val
     assert len(seen) == 87 and seen == patients(plain["train"] + plain["val"])
+    refit = split_records(records, config.data.split, seed=config.seed, refit=True)
+    print(f"refit: train {len(refit['train'])} slices / {len(patients(refit['train']))} "
+          f"patients (plain: {len(patients(plain['train']))}), test {len(refit['test'])} / "
+          f"{len(patients(refit['test']))}")
+    # README -> Grade on TCGA-LGG: "87 training patients instead of 77, the same 23 to test on"
+    assert refit["test"] == sorted(plain["test"]) and refit["val"] == []
+    assert len(patients(plain["train"])) == 77 and len(patients(refit["train"])) == 87
+    assert (len(refit["train"]), len(refit["test"])) == (3115, 814)

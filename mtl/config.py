@@ -112,6 +112,11 @@ class DataConfig:
     #: split all sources together so that near-copies of a slice in any source of the run land
     #: in one split (mtl.data.copies); false splits each source on its own
     link_copies: bool = True
+    #: "all": every near-copy in the training split trains; "once": one item of each group of
+    #: near-copies trains, the one of the first-listed source (BRISC's copies of figshare and
+    #: Br35H slices, with BRISC's own masks of them, are left out of training; val and test are
+    #: unchanged). Needs data.link_copies (mtl.data.copies.train_once)
+    train_copies: str = "all"
 
     @property
     def cv(self) -> tuple[int, int] | None:
@@ -247,6 +252,12 @@ class Config:
                               f"{self.data.cv_fold} of {self.data.cv_folds}")
         if not self.data.cv_folds and self.data.cv_fold:
             raise ConfigError(f"data.cv_fold={self.data.cv_fold} needs data.cv_folds >= 2")
+        if self.data.train_copies not in ("all", "once"):
+            raise ConfigError(f"data.train_copies must be 'all' or 'once', "
+                              f"not {self.data.train_copies!r}")
+        if self.data.train_copies == "once" and not self.data.link_copies:
+            raise ConfigError("data.train_copies: once needs data.link_copies: true (the copies "
+                              "are found when the sources are split together)")
         if self.data.refit and self.data.cv_folds:
             raise ConfigError("data.refit trains on every non-test patient, so it takes no "
                               "data.cv_folds: set one or the other")

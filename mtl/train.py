@@ -61,7 +61,7 @@ from mtl.data.preprocess import data_preprocessing
 from mtl.distribute import (
     cluster_role, distributed_dataset, make_strategy, scaling, synchronize_batchnorm,
 )
-from mtl.data.copies import check_groups_together, link_copies, split_jointly
+from mtl.data.copies import check_groups_together, link_copies, split_jointly, train_once
 from mtl.data.splits import match_case_ids, split_records
 from mtl.model.card import finish_run_models, training_card
 from mtl.model.multitask import MultiTaskModel
@@ -117,12 +117,17 @@ def assign_splits(sources: list[Source], config: Config, run_dir: Path, reuse: b
             parts = split_jointly(sources, links, config.data.split, seed=config.seed,
                                   cv=config.data.cv, refit=config.data.refit)
         check_groups_together(links, parts)
-        for source, split in zip(sources, parts):
-            source.splits = split
         copies = links.summary()
         log.info("near-copies: %d cross-dataset groups (%d items); %d split groups",
                  copies["cross_dataset_groups"], copies["items_in_cross_dataset_groups"],
                  copies["split_groups"])
+        if config.data.train_copies == "once":
+            copies["left_out_of_training"] = left_out = train_once(links, parts)
+            log.info("data.train_copies: once: %s near-copies left out of training (%s)",
+                     sum(left_out.values()),
+                     ", ".join(f"{name} {n}" for name, n in left_out.items() if n) or "none")
+        for source, split in zip(sources, parts):
+            source.splits = split
     else:
         for source in sources:
             with split_errors(config, source.name):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from mtl.config import Config, DataConfig, SourceConfig
-from mtl.data.copies import check_groups_together, link_copies, split_jointly
+from mtl.data.copies import check_groups_together, link_copies, split_jointly, train_once
 from mtl.data.pipeline import open_sources
 from mtl.data.splits import split_records
 from mtl.train import assign_splits, data_summary
@@ -326,3 +326,65 @@ def test_evaluation_finds_the_joint_split_however_the_dataset_is_listed(
     saved.pop("class_folders")
     assert "copies of its training items are not excluded" in assign_eval_split(
         fresh, "test", saved, other)
+
+
+def test_train_once_keeps_the_first_sources_item_of_each_copy_group(two_datasets) -> None:
+    """data.train_copies: once leaves dataset B's copies of A's slices out of training only."""
+    sources = open_sources(_config(*two_datasets))
+    links = link_copies(sources, progress=False)
+    parts = [{"train": list(range(len(s.records))), "test": []} for s in sources]
+    dropped = train_once(links, parts)
+    copies_in_b = {b for _, b in _planted_pairs(sources)}
+    assert dropped == {"class_folders": 0, "brisc#1": len(PLANTED)}
+    assert parts[0]["train"] == list(range(len(sources[0].records)))  # the originals all train
+    assert set(parts[1]["train"]) == set(range(len(sources[1].records))) - copies_in_b
+    # a copy whose original is not in training (another split) still trains
+    a, b = _planted_pairs(sources)[0]
+    parts = [{"train": [i for i in range(len(sources[0].records)) if i != a], "val": [a]},
+             {"train": list(range(len(sources[1].records)))}]
+    assert train_once(links, parts)["brisc#1"] == len(PLANTED) - 1 and b in parts[1]["train"]
+
+
+def test_train_copies_once_through_assign_splits(two_datasets, tmp_path: Path) -> None:
+    """The run's splits: training loses B's copies, val and test are those of 'all', the count
+    is in data_summary.json, and a resumed run reads the same splits back."""
+    runs = {}
+    for mode in ("all", "once"):
+        config = _config(*two_datasets)
+        config.data.train_copies = mode
+        sources = open_sources(config)
+        run = tmp_path / mode
+        run.mkdir()
+        copies = assign_splits(sources, config, run, reuse=False)
+        runs[mode] = (config, sources, copies, run)
+    _, all_sources, all_copies, _ = runs["all"]
+    config, sources, copies, run = runs["once"]
+    assert "left_out_of_training" not in all_copies
+    trained_copies = [b for a, b in _planted_pairs(all_sources)
+                      if b in all_sources[1].splits["train"]]
+    assert trained_copies  # the check below is not empty
+    assert copies["left_out_of_training"] == {"class_folders": 0, "brisc#1": len(trained_copies)}
+    assert not set(trained_copies) & set(sources[1].splits["train"])
+    for once, every in zip(sources, all_sources):
+        assert once.splits["val"] == every.splits["val"]
+        assert once.splits["test"] == every.splits["test"]
+    assert sources[0].splits["train"] == all_sources[0].splits["train"]
+    summary = data_summary(sources, copies)
+    assert summary["brisc#1"]["splits"]["train"]["items"] == (
+        len(all_sources[1].splits["train"]) - len(trained_copies))
+    (run / "data_summary.json").write_text(json.dumps(summary))
+    again = open_sources(config)
+    assert assign_splits(again, config, run, reuse=True) == copies
+    assert [s.splits for s in again] == [s.splits for s in sources]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"train_copies": "sometimes"}, "data.train_copies must be"),
+    ({"train_copies": "once", "link_copies": False}, "needs data.link_copies"),
+])
+def test_train_copies_settings_are_checked(changes, message) -> None:
+    from mtl.config import ConfigError
+
+    data = DataConfig(sources=[SourceConfig(format="phantoms")], **changes)
+    with pytest.raises(ConfigError, match=message):
+        Config(data=data).validate()

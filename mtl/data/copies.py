@@ -246,6 +246,32 @@ def split_jointly(
     return result
 
 
+def train_once(links: CopyLinks, splits: Sequence[dict[str, list[int]]]) -> dict[str, int]:
+    """Leave all but one item of each group of near-copies out of the training split, in place.
+
+    Groups are the connected components of the near-copy pairs among training items (patient
+    links do not count: a patient's other slices are other images). The item kept is the one
+    of the first-listed source, then the first in record order: the original over its copies,
+    when the run lists the original dataset first. Returns the items left out per source name
+    (every source named, 0 where none)."""
+    nodes = sorted((k, i) for k, parts in enumerate(splits) for i in parts.get("train", []))
+    index = {node: n for n, node in enumerate(nodes)}
+    pairs = [(index[a], index[b]) for a, b in links.pairs if a in index and b in index]
+    component = group_labels(len(nodes), pairs)
+    keep: dict[int, tuple[int, int]] = {}
+    for node, c in zip(nodes, component):  # nodes are sorted: the first seen is kept
+        keep.setdefault(int(c), node)
+    dropped = {name: 0 for name in links.names}
+    kept_nodes = set(keep.values())
+    for k, parts in enumerate(splits):
+        if "train" not in parts:
+            continue
+        before = len(parts["train"])
+        parts["train"] = [i for i in parts["train"] if (k, i) in kept_nodes]
+        dropped[links.names[k]] = before - len(parts["train"])
+    return dropped
+
+
 def check_groups_together(
     links: CopyLinks, splits: Sequence[Mapping[str, Sequence[int]]]
 ) -> None:

@@ -214,6 +214,12 @@ class TrainConfig:
     #: (a single-slice model starts a data.context_slices one: mtl.model.warm_start). Optimizer,
     #: schedule and epochs start afresh. Unused when a run resumes (its own weights go on)
     init_from: str | None = None
+    #: end training within this many minutes of wall-clock time (loading the data included,
+    #: summed over the sessions of a resumed run): after each epoch the run plans as many of
+    #: train.epochs as the time left holds at its median epoch time, the cosine schedule follows
+    #: the plan, and training stops when not one more epoch fits (mtl.time_budget). null: train
+    #: every one of train.epochs. Not under the multiworker strategy (workers would time apart)
+    time_budget_minutes: float | None = None
     runs_dir: str = "runs"
 
 
@@ -290,6 +296,13 @@ class Config:
                               f"got {self.train.lr_min_fraction}")
         if self.train.monitor_mode not in ("min", "max"):
             raise ConfigError("train.monitor_mode must be 'min' or 'max'")
+        budget = self.train.time_budget_minutes
+        if budget is not None and not budget > 0:
+            raise ConfigError(f"train.time_budget_minutes must be > 0 (or null), got {budget}")
+        if budget is not None and self.train.strategy == "multiworker":
+            raise ConfigError("train.time_budget_minutes does not work with the multiworker "
+                              "strategy (each worker would time its own epochs): set "
+                              "train.epochs instead")
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if len(self.data.intensity_percentiles) != 2:

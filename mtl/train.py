@@ -37,7 +37,6 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,6 +70,9 @@ from mtl.model.weight_gradient import resolve_weight_gradient, use_weight_gradie
 from mtl.figures import plot_history
 from mtl.files import json_text
 from mtl.precision import resolve_precision
+from mtl.time_budget import (STATE_KEY as BUDGET_KEY, CosineSchedule, EpochPlan, TimeBudget,
+                             cosine_learning_rate, finished_by_budget, initial_plan,
+                             resumed_budget)
 from mtl.runfolder import (
     CONFIG, DATA_SUMMARY, HISTORY, METRICS, SPLITS, STATE, ResumeError, RunFolder, describe,
     history_text, splits_entry,
@@ -211,15 +213,18 @@ class RunRecorder(keras.callbacks.Callback):
     fit's list, so that what it saves includes their decisions at the end of the epoch, and so
     that on resume it restores their counters after their ``on_train_begin`` reset them.
     ``state``: the state.json of the run being resumed (``best``, ``best_epoch`` and the
-    ``resume`` states are carried on from it)."""
+    ``resume`` states are carried on from it). ``epochs``: the planned epochs, or the plan a
+    time budget revises (``budget``, which must come before the recorder too)."""
 
     def __init__(self, run_dir: Path, monitor: str, mode: str, best: float | None,
-                 epochs: int, state: dict[str, Any] | None = None,
-                 keep: list[keras.callbacks.Callback] | None = None) -> None:
+                 epochs: int | EpochPlan, state: dict[str, Any] | None = None,
+                 keep: list[keras.callbacks.Callback] | None = None,
+                 budget: TimeBudget | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.folder = RunFolder(run_dir)
-        self.epochs = epochs
+        self.plan = epochs if isinstance(epochs, EpochPlan) else EpochPlan(int(epochs))
+        self.budget = budget
         self.monitor = monitor
         self.mode = mode
         self.best = best
@@ -227,6 +232,10 @@ class RunRecorder(keras.callbacks.Callback):
         self.keep = list(keep or [])
         self._t0 = time.perf_counter()
         self._lr: float | None = None
+
+    @property
+    def epochs(self) -> int:
+        return self.plan.epochs
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.state.get("epoch"):  # resuming: the generators and counters of that epoch
@@ -277,6 +286,8 @@ class RunRecorder(keras.callbacks.Callback):
                  "files": {"last.keras": last, "best.keras": last if improved
                            else (self.state.get("files") or {}).get("best.keras")},
                  "resume": resume_state(self.model, self.keep)}
+        if self.budget is not None:
+            state[BUDGET_KEY] = self.budget.state()
         commit.text(STATE, json_text(state))
         commit.commit()
         self.best, self.state = best, state
@@ -284,7 +295,8 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         state = self.folder.read_state()
-        if self.model.stop_training and state.get("epoch", 0) < self.epochs:
+        budget_stop = self.budget is not None and self.budget.stopped
+        if self.model.stop_training and not budget_stop and state.get("epoch", 0) < self.epochs:
             # early stopping: the run is finished unless it is resumed with more epochs
             state["stopped_early"] = True
             self.folder.write_state(state)
@@ -350,14 +362,6 @@ def precision_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-def cosine_learning_rate(epoch: int, _current: float = 0.0, *, base: float, epochs: int,
-                         min_fraction: float) -> float:
-    """The learning rate of a 0-based epoch: half a cosine from base down to base * min_fraction,
-    reached by the last planned epoch. A function of the epoch alone, so resume needs no state."""
-    progress = epoch / max(epochs - 1, 1)
-    return float(base * (min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))))
 
 
 def build_model(config: Config, learning_rate: float | None = None,
@@ -450,6 +454,10 @@ def train(
     Under a multi-worker strategy every worker runs this; only the chief writes the run folder,
     the others write to a scratch folder ``<runs_dir>/.workers/<name>-worker<i>``.
     """
+    started = time.perf_counter()  # what train.time_budget_minutes counts from
+    if config.train.time_budget_minutes is not None and cluster_role().num_workers > 1:
+        raise ConfigError("train.time_budget_minutes does not work across several workers (each "
+                          "would time its own epochs): set train.epochs instead")
     # first: MultiWorkerMirroredStrategy needs a fresh runtime
     strategy = make_strategy(config.train.strategy)
     if config.train.init_from and not resume:  # refused before a run folder is made
@@ -462,7 +470,7 @@ def train(
     data = training_data(config, start, strategy, verbose)
     model, start = training_model(config, start, data, strategy)
     pipelines = input_pipelines(config, start, data, strategy)
-    seconds = fit(config, start, data, pipelines, model, verbose, extra_callbacks)
+    seconds = fit(config, start, data, pipelines, model, verbose, extra_callbacks, started)
     return finish(config, start, data, pipelines, model, seconds)
 
 
@@ -494,7 +502,8 @@ def open_run(config: Config, run_dir: Path | None, resume: bool) -> Start:
             Path(t.runs_dir) / ".workers" / f"{config.name}-worker{role.task_index}")
         if not resume:  # the chief's folder name is not known here: it is only read on resume
             run = out
-    stopped = bool(state.get("stopped_early") and t.epochs <= state.get("epochs_planned", t.epochs))
+    stopped = bool(state.get("stopped_early") and t.epochs <= state.get("epochs_planned", t.epochs)
+                   or finished_by_budget(state, t.time_budget_minutes))
     return Start(run, out, resume, role.is_chief, state, stopped)
 
 
@@ -503,8 +512,11 @@ def already_finished(config: Config, start: Start) -> bool:
     end of training done."""
     done = start.epoch >= config.train.epochs or start.stopped
     if done and finished(start.run.path, start.state):
-        log.info("run %s already finished (%d epochs%s)", start.run.path, start.epoch,
-                 ", stopped early" if start.stopped else "")
+        why = ""
+        if start.stopped:
+            why = (", stopped by train.time_budget_minutes: resume with a larger one to go on"
+                   if resumed_budget(start.state).get("stopped") else ", stopped early")
+        log.info("run %s already finished (%d epochs%s)", start.run.path, start.epoch, why)
         return True
     return False
 
@@ -681,16 +693,21 @@ def validation_pipeline(config: Config, data: TrainingData, strategy: Any
     return distributed_dataset(strategy, build_val, t.batch_size), val_steps
 
 
-def run_callbacks(config: Config, start: Start, learning_rate: float, monitor: str
-                  ) -> list[keras.callbacks.Callback]:
-    """The learning-rate schedule, early stopping and, after them, the run recorder: it saves
-    their decisions and restores their counters on resume."""
+def run_callbacks(config: Config, start: Start, learning_rate: float, monitor: str,
+                  started: float | None = None) -> list[keras.callbacks.Callback]:
+    """The learning-rate schedule, early stopping, the time budget and, after them, the run
+    recorder: it saves their decisions and restores their counters on resume. ``started``: when
+    this session's training began (``time.perf_counter()``), what the time budget counts from."""
     t = config.train
+    state = start.state if start.resume else {}
+    plan = initial_plan(t.epochs, state, t.time_budget_minutes)
+    if plan.epochs != t.epochs:
+        log.info("time budget: %d of train.epochs=%d planned, from the epoch time of the last "
+                 "session", plan.epochs, t.epochs)
     callbacks: list[keras.callbacks.Callback] = []
     if t.lr_schedule == "cosine":
         callbacks.append(keras.callbacks.LearningRateScheduler(
-            partial(cosine_learning_rate, base=learning_rate, epochs=t.epochs,
-                    min_fraction=t.lr_min_fraction)))
+            CosineSchedule(learning_rate, plan, t.lr_min_fraction)))
     elif t.reduce_lr_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode=t.monitor_mode, factor=0.5, patience=t.reduce_lr_patience,
@@ -698,23 +715,31 @@ def run_callbacks(config: Config, start: Start, learning_rate: float, monitor: s
     if t.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
+    budget = None
+    if t.time_budget_minutes is not None:
+        budget = TimeBudget(t.time_budget_minutes, plan, t.epochs,
+                            time.perf_counter() if started is None else started,
+                            used_before=float(resumed_budget(state).get("seconds_used", 0.0)))
+        callbacks.append(budget)
     callbacks.append(RunRecorder(start.out.path, monitor, t.monitor_mode,
-                                 start.state.get("best") if start.resume else None, t.epochs,
+                                 start.state.get("best") if start.resume else None, plan,
                                  state=start.state if start.resume else None,
-                                 keep=list(callbacks)))
+                                 keep=[c for c in callbacks if c is not budget], budget=budget))
     return callbacks
 
 
 def fit(config: Config, start: Start, data: TrainingData, pipelines: Pipelines,
         model: keras.Model, verbose: int | str,
-        extra_callbacks: list[keras.callbacks.Callback] | None) -> float:
-    """``model.fit`` over the epochs left, the run recorder committing each; returns seconds."""
+        extra_callbacks: list[keras.callbacks.Callback] | None,
+        started: float | None = None) -> float:
+    """``model.fit`` over the epochs left (fewer where the time budget stops it), the run
+    recorder committing each; returns seconds."""
     t = config.train
     if data.scale.replicas > 1 and config.model.sync_batchnorm:
         log.info("synchronized BatchNormalization in %d layers", synchronize_batchnorm(model))
-    callbacks = run_callbacks(config, start, data.scale.learning_rate, pipelines.monitor)
+    callbacks = run_callbacks(config, start, data.scale.learning_rate, pipelines.monitor, started)
     callbacks += extra_callbacks or []
-    started = time.perf_counter()
+    fitting_from = time.perf_counter()
     if pipelines.fitting:
         model.fit(
             pipelines.train,
@@ -727,7 +752,7 @@ def fit(config: Config, start: Start, data: TrainingData, pipelines: Pipelines,
             verbose=verbose,
             shuffle=False,  # the epoch plan already fixes the order
         )
-    return time.perf_counter() - started
+    return time.perf_counter() - fitting_from
 
 
 def finish(config: Config, start: Start, data: TrainingData, pipelines: Pipelines,
@@ -748,6 +773,8 @@ def finish(config: Config, start: Start, data: TrainingData, pipelines: Pipeline
         "distribution": data.scale.to_dict(),
         "train_seconds_this_session": round(seconds, 1),
         "train_seconds_total": round(sum(float(r.get("seconds", 0)) for r in history), 1),
+        "epochs_planned": state.get("epochs_planned"),
+        "time_budget": resumed_budget(state) or None,
         # each skipped item once (adapters also list their load failures in adapter.skipped)
         **skip_report(data.sources, data.skipped_at_preflight, data.errors.items),
         "calibration": calibration,

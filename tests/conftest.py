@@ -140,14 +140,16 @@ def learned_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_variant_run(tiny_phantom_run):
     """The shared run's config trained again (a second run costs a build and a trace), with
-    three things changed that must not change its first epoch: items loaded by 2 worker
+    four things changed that must not change its first epoch: items loaded by 2 worker
     processes (data.workers), a cosine learning-rate schedule over 3 epochs (its first epoch
-    uses the base rate) and MirroredStrategy on this one device. tests/test_train.py checks the
-    seed, the workers and the schedule on it, tests/test_distribute.py the strategy."""
+    uses the base rate), MirroredStrategy on this one device and a time budget too generous to
+    cut anything (train.time_budget_minutes). tests/test_train.py checks the seed, the workers,
+    the schedule and the budget's records on it, tests/test_distribute.py the strategy."""
     from mtl.config import load_config
     from mtl.train import train
 
     config = load_config(tiny_phantom_run.run_dir / "config.yaml", [
         "train.epochs=3", "data.workers=2", "train.lr_schedule=cosine",
-        "train.lr_min_fraction=0.1", "train.strategy=mirrored"])
+        "train.lr_min_fraction=0.1", "train.strategy=mirrored",
+        "train.time_budget_minutes=600"])
     return config, train(config, verbose=0)

@@ -165,6 +165,12 @@ def test_seed_makes_runs_reproducible_with_worker_processes_and_a_cosine_schedul
     np.testing.assert_allclose(rates, [base, base * 0.55, base * 0.1], rtol=1e-5,
                                err_msg="learning rates of a 3-epoch cosine schedule")
     assert cosine_learning_rate(1, base=1.0, epochs=3, min_fraction=0.0) == pytest.approx(0.5)
+    # the budget (600 min) held every epoch, and the run folder says so
+    state = json.loads((b.run_dir / "state.json").read_text())
+    metrics = json.loads((b.run_dir / "metrics.json").read_text())
+    assert state["epochs_planned"] == metrics["epochs_planned"] == 3
+    assert metrics["time_budget"]["minutes"] == 600 and not metrics["time_budget"]["stopped"]
+    assert 0 < metrics["time_budget"]["seconds_used"] < 600 * 60
 
 
 def br35h_with_a_bad_file(root):

@@ -40,8 +40,6 @@ class EpochPlan:
     budget holds fewer. The learning-rate schedule and the run recorder read it every epoch."""
 
     epochs: int
-    #: why the plan is what it is, for the log and metrics.json
-    reason: str = "train.epochs"
 
 
 def cosine_learning_rate(epoch: int, *, base: float, epochs: int, min_fraction: float) -> float:
@@ -87,10 +85,12 @@ class TimeBudget(keras.callbacks.Callback):
     so that the epoch it commits carries the new plan and the stop.
 
     ``ceiling``: train.epochs; ``started``: ``time.perf_counter()`` when this session's
-    ``mtl train`` began; ``used_before``: the seconds earlier sessions of a resumed run used."""
+    ``mtl train`` began; ``used_before``: the seconds earlier sessions of a resumed run used;
+    ``kept_estimate``: the epoch time they measured, which stands in for this session's until
+    it has timed two epochs (its first fills the caches and traces the graph)."""
 
     def __init__(self, minutes: float, plan: EpochPlan, ceiling: int, started: float,
-                 used_before: float = 0.0) -> None:
+                 used_before: float = 0.0, kept_estimate: float | None = None) -> None:
         super().__init__()
         self.minutes = float(minutes)
         self.plan = plan
@@ -98,7 +98,8 @@ class TimeBudget(keras.callbacks.Callback):
         self.started = started
         self.used_before = float(used_before)
         self.cycles: list[float] = []  # this session's epochs, seconds from end to end
-        self.estimate: float | None = None
+        self.kept_estimate = kept_estimate
+        self.estimate: float | None = kept_estimate
         self.stopped = False
         self._mark = started
 
@@ -118,17 +119,17 @@ class TimeBudget(keras.callbacks.Callback):
         self.cycles.append(now - self._mark)
         self._mark = now
         done = epoch + 1
-        self.estimate = epoch_estimate(self.cycles)
+        if len(self.cycles) > 1 or self.kept_estimate is None:
+            self.estimate = epoch_estimate(self.cycles)
         fits = planned_epochs(done, self.ceiling, self.seconds - self.used(), self.estimate)
-        # the first epoch alone (caches, tracing) would under-plan: it only decides a stop
-        if len(self.cycles) > 1 or fits == done:
+        # a new run's first epoch alone (caches, tracing) would under-plan: it only decides a
+        # stop (so a budget under about two of its epochs may end after one)
+        if len(self.cycles) > 1 or self.kept_estimate is not None or fits == done:
             if fits != self.plan.epochs:
                 log.info("time budget: %.1f of %g min used, %.1f min an epoch: %d epochs "
                          "planned (was %d)", self.used() / 60, self.minutes,
                          self.estimate / 60, fits, self.plan.epochs)
             self.plan.epochs = fits
-            self.plan.reason = ("train.epochs" if fits == self.ceiling
-                                else f"train.time_budget_minutes={self.minutes:g}")
         if done >= self.plan.epochs and done < self.ceiling:
             self.stopped = True
             self.model.stop_training = True
@@ -137,7 +138,8 @@ class TimeBudget(keras.callbacks.Callback):
 
     def state(self) -> dict[str, Any]:
         """What state.json keeps of the budget (read back on resume)."""
-        return {"minutes": self.minutes, "seconds_used": round(self.used(), 1),
+        return {"minutes": self.minutes, "epochs": self.ceiling,
+                "seconds_used": round(self.used(), 1),
                 "epoch_seconds": None if self.estimate is None else round(self.estimate, 1),
                 "stopped": self.stopped}
 
@@ -147,13 +149,25 @@ def resumed_budget(state: dict[str, Any]) -> dict[str, Any]:
     return dict(state.get(STATE_KEY) or {})
 
 
-def finished_by_budget(state: dict[str, Any], minutes: float | None) -> bool:
-    """Whether a run the budget stopped stays finished when resumed with ``minutes``: it does
-    unless the budget was raised."""
+def budget_spent(state: dict[str, Any], epochs: int, minutes: float | None) -> bool:
+    """Whether a run resumed with ``epochs`` and ``minutes`` has no epoch left to train under
+    its budget: the budget stopped it and was not raised, or the time left does not hold one
+    more epoch at the epoch time last measured (a run killed when its time was up). A budget
+    removed (None) trains the rest of ``epochs``."""
     kept = resumed_budget(state)
-    if not kept.get("stopped"):
+    done = int(state.get("epoch") or 0)
+    if minutes is None or not kept or done >= epochs:
         return False
-    return minutes is None or minutes <= float(kept.get("minutes", 0.0))
+    if kept.get("stopped") and minutes <= float(kept.get("minutes", 0.0)):
+        return True
+    return initial_plan(epochs, state, minutes).epochs <= done
+
+
+def planned_ceiling(state: dict[str, Any]) -> int | None:
+    """The train.epochs a run's state.json was written under: the time budget's record of it,
+    else ``epochs_planned`` (the same number for a run without a budget)."""
+    ceiling = resumed_budget(state).get("epochs", state.get("epochs_planned"))
+    return None if ceiling is None else int(ceiling)
 
 
 def initial_plan(epochs: int, state: dict[str, Any], minutes: float | None) -> EpochPlan:
@@ -164,11 +178,10 @@ def initial_plan(epochs: int, state: dict[str, Any], minutes: float | None) -> E
     done = int(state.get("epoch") or 0)
     if minutes is None or not kept or not kept.get("epoch_seconds"):
         return EpochPlan(epochs)
-    fits = planned_epochs(done, epochs, minutes * 60.0 - float(kept.get("seconds_used", 0.0)),
-                          float(kept["epoch_seconds"]))
-    return EpochPlan(fits, "train.epochs" if fits == epochs
-                     else f"train.time_budget_minutes={minutes:g}")
+    return EpochPlan(planned_epochs(done, epochs,
+                                    minutes * 60.0 - float(kept.get("seconds_used", 0.0)),
+                                    float(kept["epoch_seconds"])))
 
 
-__all__ = ["CosineSchedule", "EpochPlan", "TimeBudget", "cosine_learning_rate", "epoch_estimate",
-           "finished_by_budget", "initial_plan", "planned_epochs", "resumed_budget"]
+__all__ = ["CosineSchedule", "EpochPlan", "TimeBudget", "budget_spent", "cosine_learning_rate",
+           "epoch_estimate", "initial_plan", "planned_ceiling", "planned_epochs", "resumed_budget"]

@@ -71,7 +71,7 @@ from mtl.figures import plot_history
 from mtl.files import json_text
 from mtl.precision import resolve_precision
 from mtl.time_budget import (STATE_KEY as BUDGET_KEY, CosineSchedule, EpochPlan, TimeBudget,
-                             cosine_learning_rate, finished_by_budget, initial_plan,
+                             budget_spent, cosine_learning_rate, initial_plan, planned_ceiling,
                              resumed_budget)
 from mtl.runfolder import (
     CONFIG, DATA_SUMMARY, HISTORY, METRICS, SPLITS, STATE, ResumeError, RunFolder, describe,
@@ -502,8 +502,10 @@ def open_run(config: Config, run_dir: Path | None, resume: bool) -> Start:
             Path(t.runs_dir) / ".workers" / f"{config.name}-worker{role.task_index}")
         if not resume:  # the chief's folder name is not known here: it is only read on resume
             run = out
-    stopped = bool(state.get("stopped_early") and t.epochs <= state.get("epochs_planned", t.epochs)
-                   or finished_by_budget(state, t.time_budget_minutes))
+    # early stopping ended it and it is not resumed with more epochs; or its budget is spent
+    ceiling = planned_ceiling(state)
+    stopped = bool(state.get("stopped_early") and t.epochs <= (ceiling or t.epochs)
+                   or budget_spent(state, t.epochs, t.time_budget_minutes))
     return Start(run, out, resume, role.is_chief, state, stopped)
 
 
@@ -514,8 +516,8 @@ def already_finished(config: Config, start: Start) -> bool:
     if done and finished(start.run.path, start.state):
         why = ""
         if start.stopped:
-            why = (", stopped by train.time_budget_minutes: resume with a larger one to go on"
-                   if resumed_budget(start.state).get("stopped") else ", stopped early")
+            why = (", stopped early" if start.state.get("stopped_early") else
+                   ", train.time_budget_minutes is spent: resume with a larger one to go on")
         log.info("run %s already finished (%d epochs%s)", start.run.path, start.epoch, why)
         return True
     return False
@@ -717,9 +719,11 @@ def run_callbacks(config: Config, start: Start, learning_rate: float, monitor: s
             monitor=monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     budget = None
     if t.time_budget_minutes is not None:
+        kept = resumed_budget(state)
         budget = TimeBudget(t.time_budget_minutes, plan, t.epochs,
                             time.perf_counter() if started is None else started,
-                            used_before=float(resumed_budget(state).get("seconds_used", 0.0)))
+                            used_before=float(kept.get("seconds_used", 0.0)),
+                            kept_estimate=kept.get("epoch_seconds"))
         callbacks.append(budget)
     callbacks.append(RunRecorder(start.out.path, monitor, t.monitor_mode,
                                  start.state.get("best") if start.resume else None, plan,

@@ -13,9 +13,9 @@ import pytest
 
 from mtl.config import ConfigError, load_config
 from mtl.runfolder import RunFolder, read_history
-from mtl.time_budget import (EpochPlan, cosine_learning_rate, epoch_estimate, finished_by_budget,
+from mtl.time_budget import (EpochPlan, budget_spent, cosine_learning_rate, epoch_estimate,
                              initial_plan, planned_epochs)
-from mtl.train import Start, run_callbacks
+from mtl.train import Start, open_run, run_callbacks
 
 from test_train import TINY
 
@@ -34,13 +34,18 @@ def test_planning_arithmetic():
 
 def test_resume_continues_or_stretches_the_plan():
     state = {"epoch": 3, "epochs_planned": 3,
-             "time_budget": {"minutes": 5.0, "seconds_used": 270.0, "epoch_seconds": 60.0,
-                             "stopped": True}}
-    assert finished_by_budget(state, 5.0) and finished_by_budget(state, 4.0)
-    assert not finished_by_budget(state, 10.0)  # a raised budget goes on
-    assert not finished_by_budget({"epoch": 3}, 5.0)  # no budget before: nothing to keep
+             "time_budget": {"minutes": 5.0, "epochs": 20, "seconds_used": 270.0,
+                             "epoch_seconds": 60.0, "stopped": True}}
+    assert budget_spent(state, 20, 5.0) and budget_spent(state, 20, 4.0)
+    assert budget_spent(state, 30, 5.0)  # more epochs, the same budget: still spent
+    assert budget_spent(state, 20, 5.4)  # raised, but 54 s hold no 60 s epoch
+    assert not budget_spent(state, 20, 10.0)  # a raised budget goes on
+    assert not budget_spent(state, 20, None)  # the budget removed: the rest of train.epochs
+    assert not budget_spent({"epoch": 3}, 20, 5.0)  # no budget before: nothing to keep
+    killed = {**state, "time_budget": {**state["time_budget"], "stopped": False}}
+    assert budget_spent(killed, 20, 5.0)  # killed with its time up: only the end is redone
     # 10 minutes: 330 s left at 60 s an epoch hold 5 more epochs
-    assert initial_plan(20, state, 10.0) == EpochPlan(8, "train.time_budget_minutes=10")
+    assert initial_plan(20, state, 10.0) == EpochPlan(8)
     assert initial_plan(6, state, 10.0).epochs == 6
     assert initial_plan(20, state, None) == EpochPlan(20)  # the budget dropped: train.epochs
     assert initial_plan(20, {"epoch": 0, "best": None}, 5.0) == EpochPlan(20)
@@ -116,26 +121,50 @@ def test_a_run_stops_within_its_budget_and_ends_its_schedule(tmp_path, monkeypat
     history, state, _ = fit_under_budget(tmp_path, monkeypatch, minutes=5, epochs=20)
     assert len(history) == 3
     assert state["epochs_planned"] == 3 and state["epoch"] == 3
-    assert state["time_budget"] == {"minutes": 5.0, "seconds_used": 270.0, "epoch_seconds": 60.0,
-                                    "stopped": True}
+    assert state["time_budget"] == {"minutes": 5.0, "epochs": 20, "seconds_used": 270.0,
+                                    "epoch_seconds": 60.0, "stopped": True}
     assert not state["stopped_early"]  # the budget's stop is not early stopping
     rates = [float(r["learning_rate"]) for r in history]
     expected = [0.01, cosine_learning_rate(1, base=0.01, epochs=20, min_fraction=0.1), 0.001]
     np.testing.assert_allclose(rates, expected, rtol=1e-5,
                                err_msg="the last planned epoch trains at the schedule's floor")
 
-    # resumed with the same budget: finished (train() checks this before loading anything)
-    assert finished_by_budget(state, 5.0)
     # resumed with 10 minutes: 330 s left at the 60 s measured hold 5 more epochs, planned at
-    # once, so the schedule goes on from epoch 4 of 8 (start-up 30 s, then 60 s epochs)
-    # and ends on its floor when the 10 minutes are used
+    # once, so the schedule goes on from epoch 4 of 8. This session starts up in 30 s and its
+    # first epoch takes 150 s (caches): the measured 60 s stand for it, so after it (450 s
+    # used) 150 s hold two more: 6 planned; epochs 5 and 6 take 60 s, the last on the floor
     history, state, _ = fit_under_budget(tmp_path, monkeypatch, minutes=10, epochs=20,
-                                         state=state, seconds=(60.0, 60.0))
-    assert state["time_budget"]["seconds_used"] == pytest.approx(270.0 + 30.0 + 60.0 * 5)
-    assert len(history) == 8 and state["epochs_planned"] == 8 and state["time_budget"]["stopped"]
+                                         state=state, seconds=(150.0, 60.0))
+    assert state["time_budget"]["seconds_used"] == pytest.approx(270.0 + 30.0 + 150.0 + 60.0 * 2)
+    assert len(history) == 6 and state["epochs_planned"] == 6 and state["time_budget"]["stopped"]
+    assert state["time_budget"]["epoch_seconds"] == 60.0  # not the slow first epoch
     assert float(history[3]["learning_rate"]) == pytest.approx(
         cosine_learning_rate(3, base=0.01, epochs=8, min_fraction=0.1), rel=1e-5)
     assert float(history[-1]["learning_rate"]) == pytest.approx(0.001, rel=1e-5)
+
+
+def test_resume_reads_the_budget_from_the_run_folder(tmp_path, monkeypatch):
+    """open_run, as `mtl train --resume` calls it: a run the budget ended stays finished unless
+    the budget is raised (or removed), and early stopping under a cut plan stays finished too."""
+    _, state, _ = fit_under_budget(tmp_path, monkeypatch, minutes=5, epochs=20)
+    run_dir = tmp_path / "run"
+
+    def stopped(*overrides):
+        config = load_config(overrides=TINY + [f"train.runs_dir={tmp_path}", *overrides])
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+        return open_run(config, run_dir, resume=True).stopped
+
+    assert stopped("train.epochs=20", "train.time_budget_minutes=5")
+    assert stopped("train.epochs=30", "train.time_budget_minutes=5")
+    assert not stopped("train.epochs=20", "train.time_budget_minutes=10")
+    assert not stopped("train.epochs=20")
+    # early stopping at epoch 3 while the budget planned 10 of 20: finished, unless resumed
+    # with more than the 20 epochs it ran under
+    early = {**state, "stopped_early": True, "epochs_planned": 10,
+             "time_budget": {**state["time_budget"], "stopped": False, "seconds_used": 100.0}}
+    (run_dir / "state.json").write_text(json.dumps(early))
+    assert stopped("train.epochs=20", "train.time_budget_minutes=5")
+    assert not stopped("train.epochs=30", "train.time_budget_minutes=5")
 
 
 def test_a_generous_budget_changes_nothing(tmp_path, monkeypatch):

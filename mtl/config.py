@@ -301,8 +301,8 @@ class Config:
             raise ConfigError(f"train.time_budget_minutes must be > 0 (or null), got {budget}")
         if budget is not None and self.train.strategy == "multiworker":
             raise ConfigError("train.time_budget_minutes does not work with the multiworker "
-                              "strategy (each worker would time its own epochs): set "
-                              "train.epochs instead")
+                              "strategy (each worker would time its own epochs): "
+                              "--set train.time_budget_minutes=null and size train.epochs")
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if len(self.data.intensity_percentiles) != 2:

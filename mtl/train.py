@@ -457,7 +457,8 @@ def train(
     started = time.perf_counter()  # what train.time_budget_minutes counts from
     if config.train.time_budget_minutes is not None and cluster_role().num_workers > 1:
         raise ConfigError("train.time_budget_minutes does not work across several workers (each "
-                          "would time its own epochs): set train.epochs instead")
+                          "would time its own epochs): --set train.time_budget_minutes=null and "
+                          "size train.epochs")
     # first: MultiWorkerMirroredStrategy needs a fresh runtime
     strategy = make_strategy(config.train.strategy)
     if config.train.init_from and not resume:  # refused before a run folder is made

@@ -1,20 +1,21 @@
 """Training within a time budget (``train.time_budget_minutes``).
 
-A CPU without bfloat16 instructions trains the same file at a third to a half of the speed of
-one with them (README -> Performance), so a fixed number of epochs cannot promise a duration.
-With a budget, the run plans its epochs from the epochs it has timed: after every epoch from the
-second on, the planned total becomes the epochs done plus as many more as the time left holds
-at the median epoch time of this session (the first epoch, which fills the caches and traces
-the graph, is left out of the median once a second one is timed), never more than
-``train.epochs``. The cosine schedule follows the plan (:class:`CosineSchedule`), so a run cut
-to fewer epochs still decays to its final learning rate, instead of being killed at a high one.
-When not even one more epoch fits, training stops and ends as usual (temperatures, cards,
+A 2-core CPU without bfloat16 instructions trains the reference file at a fifth to two fifths of
+the speed of one with them (README -> Performance), so a fixed number of epochs cannot promise a
+duration. With a budget, the run plans its epochs from the epochs it has timed: after every
+epoch, the planned total becomes the epochs done plus as many more as the time left holds at the
+median epoch time of this session, never more than ``train.epochs``. A new run's first epoch
+(it fills the caches and traces the graph) only decides a stop and leaves the median once a
+second epoch is timed; a resumed session plans with the epoch time the last one measured until
+it has timed two of its own. The cosine schedule follows the plan (:class:`CosineSchedule`), so
+a run cut to fewer epochs still decays to its final learning rate instead of being killed at a
+high one. When not one more epoch fits, training stops and ends as usual (temperatures, cards,
 metrics.json).
 
-The budget counts wall-clock time from the start of ``mtl train`` (loading the data and the
-near-copy search included) up to the last committed epoch, summed over the sessions of a resumed
-run (``state.json`` keeps the seconds used). The end of training (temperature fitting on the
-validation split, the cards) comes after it: about one validation pass more.
+The budget counts wall-clock time from the start of :func:`mtl.train.train` (reading the data
+and the near-copy search included) up to the last committed epoch, summed over the sessions of
+a resumed run (``state.json`` keeps the seconds used). The end of training (temperature fitting
+on the validation split, the cards) comes after it: about one validation pass more.
 """
 
 from __future__ import annotations

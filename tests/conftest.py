@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 #: real data prepared next to the project (``../shared/data``); never copied into the repo
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -84,22 +87,46 @@ def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield folder
 
 
+def once_for_all_workers(tmp_path_factory: pytest.TempPathFactory, name: str,
+                         make: Callable[[Path], Any]) -> Any:
+    """``make(folder)`` run once for the whole test session, however many pytest-xdist worker
+    processes it has: the first worker to ask makes it under a file lock in the folder all
+    workers share (pytest-xdist's documented pattern) and keeps the result (pickled); the others
+    read it. Without xdist, simply ``make(folder)``. ``make`` must write everything it returns
+    under ``folder``, and the tests that use it must only read it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's
+    folder, kept = shared / name, shared / f"{name}.pickle"
+    with FileLock(str(shared / f"{name}.lock")):
+        if kept.is_file():
+            return pickle.loads(kept.read_bytes())
+        folder.mkdir()
+        result = make(folder)
+        kept.write_bytes(pickle.dumps(result))
+        return result
+
+
 @pytest.fixture(scope="session")
 def tiny_phantom_run(tmp_path_factory: pytest.TempPathFactory):
     """One finished tiny training run on phantoms (2 epochs of 2 steps, with validation), shared
     by the tests that only read a run folder (each training run costs a model build and a trace,
-    the largest part of the suite's time). Tests must not change the folder: copy it first."""
+    the largest part of the suite's time), trained once for all pytest-xdist workers. Tests must
+    not change the folder: copy it first."""
     from mtl.config import load_config
     from mtl.train import train
 
-    runs = tmp_path_factory.mktemp("shared-runs")
-    config = load_config(overrides=[
-        "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]", "model.head_units=32",
-        "train.batch_size=8", "train.epochs=2", "train.steps_per_epoch=2", "train.val_steps=1",
-        "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]",
-        f"train.runs_dir={runs}", "name=tiny",
-    ])
-    return train(config, verbose=0)
+    def make(runs: Path):
+        config = load_config(overrides=[
+            "data.image_size=64", "model.decoder_filters=[32,32,16,16,8]",
+            "model.head_units=32", "train.batch_size=8", "train.epochs=2",
+            "train.steps_per_epoch=2", "train.val_steps=1",
+            "data.sources=[{format: phantoms, options: {n: 40, size: 64}}]",
+            f"train.runs_dir={runs}", "name=tiny",
+        ])
+        return train(config, verbose=0)
+
+    return once_for_all_workers(tmp_path_factory, "shared-runs", make)
 
 
 #: the settings of tests/test_train.py's tiny networks that learn within a few epochs

@@ -82,8 +82,11 @@ def test_mirrored_runs_on_one_device(tiny_variant_run):
 
 def test_mirrored_splits_batches_over_two_replicas(tmp_path):
     """Two logical CPU devices stand in for two GPUs: they must be set before TensorFlow
-    starts, so `mtl train` runs in a subprocess."""
-    overrides = TINY + [f"train.runs_dir={tmp_path}", "train.epochs=1", "train.strategy=mirrored"]
+    starts, so `mtl train` runs in a subprocess. Batch norm is not synchronized here: its
+    cross-replica moments cost half of this test's time (a trace of 29 synchronized layers), and
+    the two-worker test below checks them (its workers' moving statistics differ without them)."""
+    overrides = TINY + [f"train.runs_dir={tmp_path}", "train.epochs=1", "train.strategy=mirrored",
+                        "train.steps_per_epoch=2", "model.sync_batchnorm=false"]
     log = tmp_path / "log.txt"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-c", TWO_CPU_REPLICAS, json.dumps(overrides)],
@@ -96,7 +99,7 @@ def test_mirrored_splits_batches_over_two_replicas(tmp_path):
     assert dist["replicas"] == 2 and dist["global_batch"] == 8
     history = read_history(run_dir / "history.csv")
     assert len(history) == 1 and "val_loss" in history[0]
-    assert int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations) == 3
+    assert int(keras.models.load_model(run_dir / "last.keras").optimizer.iterations) == 2
 
 
 def free_ports(n):
@@ -140,7 +143,8 @@ def run_cluster(tmp_path, args, tag):
 
 
 def test_two_workers_train_the_same_weights_and_resume(tmp_path):
-    sets = [a for item in TINY + ["train.val_steps=1"] for a in ("--set", item)]
+    sets = [a for item in TINY + ["train.val_steps=1", "train.steps_per_epoch=2"]
+            for a in ("--set", item)]
     run_cluster(tmp_path, ["--name", "mw", "--runs-dir", str(tmp_path), "--epochs", "1",
                            "--strategy", "multiworker", *sets], "first")
     chief_dir = tmp_path / "mw"
@@ -156,7 +160,7 @@ def test_two_workers_train_the_same_weights_and_resume(tmp_path):
     assert [r["epoch"] for r in read_history(chief_dir / "history.csv")] == [1, 2]
     chief = keras.models.load_model(chief_dir / "last.keras")
     other = keras.models.load_model(worker_dir / "last.keras")
-    assert int(chief.optimizer.iterations) == 2 * 3  # optimizer state carried over the restart
+    assert int(chief.optimizer.iterations) == 2 * 2  # optimizer state carried over the restart
     for a, b in zip(chief.weights, other.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 

@@ -93,7 +93,9 @@ def once_for_all_workers(tmp_path_factory: pytest.TempPathFactory, name: str,
     processes it has: the first worker to ask makes it under a file lock in the folder all
     workers share (pytest-xdist's documented pattern) and keeps the result (pickled); the others
     read it. Without xdist, simply ``make(folder)``. ``make`` must write everything it returns
-    under ``folder``, and the tests that use it must only read it."""
+    under ``folder``, and the tests must not change what it wrote. ``tiny_variant_run`` adds a
+    second run folder beside the shared one (to check that a run never overwrites another):
+    safe because all its tests share one xdist group, so one process adds it."""
     if os.environ.get("PYTEST_XDIST_WORKER") is None:
         return make(tmp_path_factory.mktemp(name))
     shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's

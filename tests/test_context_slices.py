@@ -555,6 +555,19 @@ def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
     # ... while its validation split, which it never saw, is scored
     evaluation.evaluate(context_run, split="val", n_resamples=0, ensemble=[leaky],
                         out=tmp_path / "val")
+    # a replicate of the run (its own validation split): averaged on val to pick a gate, as
+    # the run itself chose its epoch there; a member that trained on a val patient is not
+    val_ids = [c for entry in saved.values() for c in entry["case_ids"]["val"]]
+    (leaky / "splits.json").write_text(json.dumps({"lgg": {
+        "format": "lgg", "root": "elsewhere", "patients": {},
+        "case_ids": {"train": [], "val": val_ids, "test": []}}}))
+    assert evaluation.evaluate(context_run, split="val", n_resamples=0, ensemble=[leaky],
+                               out=tmp_path / "val-replicate")[0]["overall"]["n_items"] > 0
+    (leaky / "splits.json").write_text(json.dumps({"lgg": {
+        "format": "lgg", "root": "elsewhere", "patients": {},
+        "case_ids": {"train": val_ids[:1], "val": [], "test": []}}}))
+    with pytest.raises(ConfigError, match=r"its run trained on 1 patient\(s\) of the split"):
+        evaluation.evaluate(context_run, split="val", n_resamples=0, ensemble=[leaky])
 
 
 def test_infer_runs_an_ensemble_and_refuses_grad_cam_of_one(context_run, single_slice_model,

@@ -244,18 +244,23 @@ def evaluate(
 
 
 def check_member_split(path: Path, sources: list[Source], split: str) -> None:
-    """Refuse (ConfigError) an ensemble member whose run trained on, or chose its weights and
-    temperatures on (its validation split), a patient of ``split`` (``val`` or ``test``) of the
-    opened ``sources``; warn where the member has no ``splits.json`` beside it to tell. The
+    """Refuse (ConfigError) an ensemble member whose run trained on a patient of ``split``
+    (``val`` or ``test``) of the opened ``sources``, or, scoring ``test``, chose its weights and
+    temperatures on one (its validation split); warn where the member has no ``splits.json``
+    beside it to tell. Scoring ``val``, a member that chose its weights on those patients is in
+    the main model's own position (it chose its best epoch on them too): the replicates of one
+    recipe, same split and seed, are averaged there to pick a gate for the test split. The
     ``train`` and ``all`` splits hold the run's own training patients: not checked."""
     from mtl.model.warm_start import used_held_out
 
     if split not in ("val", "test"):
         return
-    leaked = used_held_out(path, sources, (split,), used=("train", "val"),
+    used = ("train", "val") if split == "test" else ("train",)
+    leaked = used_held_out(path, sources, (split,), used=used,
                            what=f"--ensemble {path}", against="the patients scored here")
     if leaked:
-        raise ConfigError(f"--ensemble {path}: its run trained or validated on {len(leaked)} "
+        how = "trained or validated" if split == "test" else "trained"
+        raise ConfigError(f"--ensemble {path}: its run {how} on {len(leaked)} "
                           f"patient(s) of the split scored here (e.g. {', '.join(leaked[:3])}); "
                           "the scores would not be honest. Use models of runs with the same "
                           "data.split and seed (the folds of one cross-validation share the "

@@ -538,18 +538,21 @@ def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
     shutil.copy(single_slice_model, leaky / "best.keras")
     saved = json.loads((context_run / "splits.json").read_text())
     test_ids = [c for entry in saved.values() for c in entry["case_ids"]["test"]]
-    (leaky / "splits.json").write_text(json.dumps({"lgg": {
-        "format": "lgg", "root": "elsewhere", "patients": {},
-        "case_ids": {"train": test_ids[:1], "val": [], "test": []}}}))
+
+    def member_used(train: list[str], val: list[str]) -> None:
+        """The member's splits.json: which patients its run trained and validated on."""
+        (leaky / "splits.json").write_text(json.dumps({"lgg": {
+            "format": "lgg", "root": "elsewhere", "patients": {},
+            "case_ids": {"train": train, "val": val, "test": []}}}))
+
+    member_used(test_ids[:1], [])
     with pytest.raises(ConfigError, match=r"trained or validated on 1 patient\(s\) of the "
                                           "split scored here"):
         evaluation.evaluate(context_run, split="test", n_resamples=0, ensemble=[leaky],
                             out=tmp_path / "refused")
     assert not (tmp_path / "refused" / "metrics.json").exists()
     # a member that chose its weights on a test patient (its validation split): refused too
-    (leaky / "splits.json").write_text(json.dumps({"lgg": {
-        "format": "lgg", "root": "elsewhere", "patients": {},
-        "case_ids": {"train": [], "val": test_ids[-1:], "test": []}}}))
+    member_used([], test_ids[-1:])
     with pytest.raises(ConfigError, match="trained or validated on 1 patient"):
         evaluation.evaluate(context_run, split="test", n_resamples=0, ensemble=[leaky])
     # ... while its validation split, which it never saw, is scored
@@ -558,14 +561,10 @@ def test_evaluate_scores_an_ensemble_of_the_single_slice_and_the_2_5d_model(
     # a replicate of the run (its own validation split): averaged on val to pick a gate, as
     # the run itself chose its epoch there; a member that trained on a val patient is not
     val_ids = [c for entry in saved.values() for c in entry["case_ids"]["val"]]
-    (leaky / "splits.json").write_text(json.dumps({"lgg": {
-        "format": "lgg", "root": "elsewhere", "patients": {},
-        "case_ids": {"train": [], "val": val_ids, "test": []}}}))
+    member_used([], val_ids)
     assert evaluation.evaluate(context_run, split="val", n_resamples=0, ensemble=[leaky],
                                out=tmp_path / "val-replicate")[0]["overall"]["n_items"] > 0
-    (leaky / "splits.json").write_text(json.dumps({"lgg": {
-        "format": "lgg", "root": "elsewhere", "patients": {},
-        "case_ids": {"train": val_ids[:1], "val": [], "test": []}}}))
+    member_used(val_ids[:1], [])
     with pytest.raises(ConfigError, match=r"its run trained on 1 patient\(s\) of the split"):
         evaluation.evaluate(context_run, split="val", n_resamples=0, ensemble=[leaky])
 
